@@ -1,0 +1,8 @@
+//! A Qwen3.5 / Qwen3.6 vision-language model in candle (CPU, f32), mirroring HuggingFace
+//! transformers' `Qwen3_5ForConditionalGeneration`, with named taps for parity checks.
+
+pub mod config;
+pub mod replay;
+pub mod taps;
+pub mod vision;
+pub mod weights;

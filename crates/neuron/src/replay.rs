@@ -1,0 +1,241 @@
+//! Replaying a manifest case through the Rust implementation and comparing each tap with
+//! the reference dump. Shared by the generated tests and `cargo xtask verify`.
+//!
+//! A stage can be fed the reference's own input (teacher forcing: the reference
+//! `input.pixel_values` into the vision tower), so a failure points at the stage where it
+//! enters rather than at everything downstream.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use parity::array::{Array, Data};
+use parity::compare::{compare, CompareOptions, Comparison};
+use parity::manifest::Manifest;
+use parity::taps::Tap;
+
+use crate::config::Config;
+use crate::taps::Taps;
+use crate::vision::positions::Grid;
+use crate::vision::{VisionModel, VisionPositions};
+
+/// How many top logits are compared for `lm.logits_last`.
+pub const TOP_K: usize = 5;
+
+/// Which inputs a run takes from the reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Mode {
+    /// The vision tower fed the reference `input.pixel_values` and `input.image_grid_thw`.
+    VisionTeacherForced,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::VisionTeacherForced => "vision-teacher-forced",
+        }
+    }
+
+    /// The taps this mode produces.
+    pub fn covers(self, tap: Tap) -> bool {
+        match self {
+            Mode::VisionTeacherForced => tap.is_vision(),
+        }
+    }
+}
+
+/// The inputs of one case as the manifest names them.
+pub struct CaseInputs {
+    pub case: String,
+    pub model_dir: PathBuf,
+    pub config: Config,
+}
+
+impl CaseInputs {
+    pub fn new(manifest: &Manifest, case: &str) -> Result<CaseInputs> {
+        let Some(c) = manifest.cases.get(case) else {
+            bail!("no case \"{case}\"; known cases: {}", manifest.cases.keys().cloned().collect::<Vec<_>>().join(", "));
+        };
+        let model_dir = manifest.root.join(&manifest.models[&c.model].path);
+        let config = Config::from_dir(&model_dir)?;
+        Ok(CaseInputs { case: case.to_owned(), model_dir, config })
+    }
+}
+
+/// The taps one run produced, plus what is needed to name positions in model terms.
+pub struct Run {
+    pub mode: Mode,
+    pub taps: BTreeMap<String, Array>,
+    pub grids: Vec<Grid>,
+    pub rotary: Vec<[u32; 2]>,
+    pub merge: usize,
+}
+
+/// Reads a recorded reference dump of a case.
+pub fn reference(manifest: &Manifest, case: &str, tap: &str) -> Result<Array> {
+    ensure!(
+        manifest.cases[case].dumps.contains_key(tap),
+        "case {case} has no recorded {tap}; run `cargo xtask capture --case {case}`"
+    );
+    let path = manifest.root.join(Manifest::dump_path(case, tap));
+    Ok(parity::npy::read_npy(&path)?)
+}
+
+/// Converts a tensor into a dump-comparable array (f32, or i64 for integer tensors).
+pub fn to_array(t: &Tensor) -> Result<Array> {
+    let shape = t.dims().to_vec();
+    Ok(match t.dtype() {
+        DType::I64 | DType::U32 | DType::U8 => Array::i64(shape, t.to_dtype(DType::I64)?.flatten_all()?.to_vec1()?),
+        _ => Array::f32(shape, t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?),
+    })
+}
+
+fn to_tensor(a: &Array) -> Result<Tensor> {
+    Ok(match &a.data {
+        Data::F32(v) => Tensor::from_slice(v, a.shape.as_slice(), &Device::Cpu)?,
+        Data::I64(v) => Tensor::from_slice(v, a.shape.as_slice(), &Device::Cpu)?,
+    })
+}
+
+/// The image grids recorded as `input.image_grid_thw` ([images, 3]).
+pub fn grids_of(thw: &Array) -> Result<Vec<Grid>> {
+    let Some(values) = thw.as_i64() else { bail!("input.image_grid_thw is not an integer array") };
+    ensure!(thw.shape.len() == 2 && thw.shape[1] == 3, "input.image_grid_thw has shape {:?}, not [images, 3]", thw.shape);
+    Ok(values
+        .chunks(3)
+        .map(|g| Grid { t: g[0] as usize, h: g[1] as usize, w: g[2] as usize })
+        .collect())
+}
+
+/// Loads the vision tower of a checkpoint.
+pub fn load_vision(inputs: &CaseInputs) -> Result<VisionModel> {
+    let vb = crate::weights::var_builder(&inputs.model_dir)?;
+    vision_from(inputs, vb)
+}
+
+/// Builds the vision tower from any `VarBuilder` rooted at the checkpoint (tests use this to
+/// hand in perturbed weights).
+pub fn vision_from(inputs: &CaseInputs, vb: VarBuilder) -> Result<VisionModel> {
+    VisionModel::new(&inputs.config.vision_config, vb.pp("model.visual"))
+        .with_context(|| format!("building the vision tower of {}", inputs.model_dir.display()))
+}
+
+/// Runs the vision tower on the reference inputs of a case, with `positions` (normally
+/// `VisionPositions::new` of the recorded grids) handed to the tower as is.
+pub fn run_vision_with(
+    manifest: &Manifest,
+    case: &str,
+    vision: &VisionModel,
+    positions: impl FnOnce(Vec<Grid>) -> VisionPositions,
+) -> Result<Run> {
+    let thw = reference(manifest, case, "input.image_grid_thw")?;
+    let pixel_values = to_tensor(&reference(manifest, case, "input.pixel_values")?)?;
+    let grids = grids_of(&thw)?;
+    let positions = positions(grids.clone());
+    let mut taps = Taps::recording();
+    vision.forward(&pixel_values, &positions, &mut taps)?;
+    let taps = taps.into_map().iter().map(|(k, v)| Ok((k.clone(), to_array(v)?))).collect::<Result<_>>()?;
+    Ok(Run {
+        mode: Mode::VisionTeacherForced,
+        taps,
+        grids,
+        rotary: positions.rotary.clone(),
+        merge: vision.config().spatial_merge_size,
+    })
+}
+
+/// Runs the vision tower of a case as the model would: reference inputs, computed positions.
+pub fn run_vision(manifest: &Manifest, case: &str) -> Result<Run> {
+    let inputs = CaseInputs::new(manifest, case)?;
+    let vision = load_vision(&inputs)?;
+    let cfg = inputs.config.vision_config.clone();
+    run_vision_with(manifest, case, &vision, |grids| VisionPositions::new(&cfg, &grids))
+}
+
+/// The result of checking one tap of one run.
+pub struct TapResult {
+    pub case: String,
+    pub tap: String,
+    pub mode: Mode,
+    pub comparison: Comparison,
+    /// The worst element in model terms (image, patch row/col, token position).
+    pub location: Option<String>,
+}
+
+impl TapResult {
+    pub fn passed(&self) -> bool {
+        self.comparison.passed()
+    }
+
+    /// A failure message naming the case, the tap, the mode, the metrics and the place.
+    pub fn message(&self) -> String {
+        let mut s = format!("case {} · tap {} · {}\n{}", self.case, self.tap, self.mode.name(), self.comparison);
+        if let Some(loc) = &self.location {
+            s.push_str(&format!("\nWorst element: {loc}"));
+        }
+        s
+    }
+}
+
+impl Run {
+    /// Compares the run's tap with the recorded dump under the manifest's tolerance.
+    pub fn check(&self, manifest: &Manifest, case: &str, tap: &str) -> Result<TapResult> {
+        let expected = reference(manifest, case, tap)?;
+        let Some(actual) = self.taps.get(tap) else {
+            bail!("the {} run of case {case} produced no {tap}", self.mode.name());
+        };
+        let opts = CompareOptions {
+            tolerance: manifest.tolerance(case, tap),
+            top_k: (tap == "lm.logits_last").then_some(TOP_K),
+        };
+        let comparison = compare(&expected, actual, &opts);
+        let location = comparison.max_abs.as_ref().and_then(|w| self.locate(tap, &w.index));
+        Ok(TapResult { case: case.to_owned(), tap: tap.to_owned(), mode: self.mode, comparison, location })
+    }
+
+    /// Names a tensor index in model terms: which image and which patch (row, col) for
+    /// per-patch taps, which merged token for the projector.
+    pub fn locate(&self, tap: &str, index: &[usize]) -> Option<String> {
+        let row = *index.first()?;
+        let column = index.get(1).map(|c| format!(", channel {c}")).unwrap_or_default();
+        let per_patch = matches!(
+            Tap::parse(tap)?.stem(),
+            "input.pixel_values" | "vision.patch_embed" | "vision.pos_embed" | "vision.block" | "vision.tower"
+        );
+        let merged = tap == "vision.projector";
+        if !per_patch && !merged {
+            return None;
+        }
+        let unit = if merged { self.merge * self.merge } else { 1 };
+        let mut start = 0;
+        for (image, g) in self.grids.iter().enumerate() {
+            let count = g.patches() / unit;
+            if row < start + count {
+                return Some(if merged {
+                    let block = row - start;
+                    let blocks_w = g.w / self.merge;
+                    format!(
+                        "image {image}, merged token {block} (block row {}, col {} of {}×{}){column}",
+                        block / blocks_w,
+                        block % blocks_w,
+                        g.h / self.merge,
+                        blocks_w
+                    )
+                } else {
+                    let [r, c] = self.rotary.get(row)?;
+                    format!("image {image}, patch row {r}, col {c} of the {}×{} grid{column}", g.h, g.w)
+                });
+            }
+            start += count;
+        }
+        None
+    }
+}
+
+/// The manifest at the workspace root (for tests).
+pub fn workspace_manifest() -> Result<Manifest> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    Ok(Manifest::load(&root.join("fixtures.toml"))?)
+}

@@ -1,0 +1,42 @@
+//! Recording named intermediate tensors ("taps", the names of ARCHITECTURE.md).
+
+use std::collections::BTreeMap;
+
+use candle_core::Tensor;
+
+/// Collects taps during a forward pass when enabled; when disabled, `record` does nothing —
+/// not even build the tap's name — so production runs pay nothing for it.
+#[derive(Debug, Default)]
+pub struct Taps {
+    enabled: bool,
+    tensors: BTreeMap<String, Tensor>,
+}
+
+impl Taps {
+    /// A recorder that keeps every tap.
+    pub fn recording() -> Taps {
+        Taps { enabled: true, tensors: BTreeMap::new() }
+    }
+
+    /// A recorder that keeps nothing.
+    pub fn disabled() -> Taps {
+        Taps::default()
+    }
+
+    /// Keeps `tensor` under the name `name()` (tensors are reference-counted: no copy).
+    pub fn record(&mut self, name: impl FnOnce() -> String, tensor: &Tensor) {
+        if self.enabled {
+            self.tensors.insert(name(), tensor.clone());
+        }
+    }
+
+    /// The recorded tap `name`, if any.
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.tensors.get(name)
+    }
+
+    /// All recorded taps by name.
+    pub fn into_map(self) -> BTreeMap<String, Tensor> {
+        self.tensors
+    }
+}

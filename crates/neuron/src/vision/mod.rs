@@ -1,0 +1,301 @@
+//! The vision tower and patch merger, mirroring `Qwen3_5VisionModel`
+//! (`transformers/models/qwen3_5/modeling_qwen3_5.py`), top to bottom in the reference's order.
+
+pub mod positions;
+
+use anyhow::{ensure, Result};
+use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
+use candle_nn::{layer_norm, linear, LayerNorm, LayerNormConfig, Linear, VarBuilder};
+
+use crate::config::VisionConfig;
+use crate::taps::Taps;
+use positions::{attention_segments, pos_embed_interpolation, rotary_positions, Grid, Interpolation};
+
+/// The position-dependent inputs of the tower for a set of image grids. Built by
+/// [`VisionPositions::new`] from the pure functions in [`positions`]; the tower uses exactly
+/// these, so a test may alter any of them before the forward pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VisionPositions {
+    pub grids: Vec<Grid>,
+    pub interpolation: Interpolation,
+    pub rotary: Vec<[u32; 2]>,
+    pub segments: Vec<usize>,
+}
+
+impl VisionPositions {
+    pub fn new(cfg: &VisionConfig, grids: &[Grid]) -> VisionPositions {
+        let merge = cfg.spatial_merge_size;
+        VisionPositions {
+            grids: grids.to_vec(),
+            interpolation: pos_embed_interpolation(grids, cfg.num_grid_per_side(), merge),
+            rotary: rotary_positions(grids, merge),
+            segments: attention_segments(grids),
+        }
+    }
+
+    pub fn patches(&self) -> usize {
+        self.rotary.len()
+    }
+}
+
+/// `Qwen3_5VisionPatchEmbed`: the Conv3d whose stride equals its kernel is one matmul of each
+/// flattened (channel, frame, row, col) patch with the flattened kernel.
+struct PatchEmbed {
+    proj: Linear,
+}
+
+impl PatchEmbed {
+    fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+        let (c, t, p) = (cfg.in_channels, cfg.temporal_patch_size, cfg.patch_size);
+        let weight = vb.get((cfg.hidden_size, c, t, p, p), "proj.weight")?.reshape((cfg.hidden_size, c * t * p * p))?;
+        let bias = vb.get(cfg.hidden_size, "proj.bias")?;
+        Ok(PatchEmbed { proj: Linear::new(weight, Some(bias)) })
+    }
+
+    /// [patches, C·T·P·P] → [patches, Hv]
+    fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        Ok(self.proj.forward(pixel_values)?)
+    }
+}
+
+/// `Qwen3_5VisionRotaryEmbedding`: 2-D axial RoPE. A quarter of the head dims rotate with the
+/// patch row, a quarter with the column, and the pattern repeats for the second half
+/// (`rotate_half` pairs dim i with i + head_dim/2).
+struct VisionRotary {
+    inv_freq: Vec<f32>,
+}
+
+impl VisionRotary {
+    fn new(cfg: &VisionConfig) -> Self {
+        let dim = cfg.head_dim() / 2;
+        let base = cfg.rope_theta() as f32;
+        let inv_freq = (0..dim).step_by(2).map(|i| 1.0 / base.powf(i as f32 / dim as f32)).collect();
+        VisionRotary { inv_freq }
+    }
+
+    /// cos and sin, each [patches, head_dim].
+    fn cos_sin(&self, positions: &[[u32; 2]], device: &Device) -> Result<(Tensor, Tensor)> {
+        let quarter = self.inv_freq.len();
+        let head_dim = 4 * quarter;
+        let mut cos = Vec::with_capacity(positions.len() * head_dim);
+        let mut sin = Vec::with_capacity(positions.len() * head_dim);
+        for [row, col] in positions {
+            let angles: Vec<f32> = [*row, *col]
+                .iter()
+                .flat_map(|&p| self.inv_freq.iter().map(move |f| p as f32 * f))
+                .collect();
+            for _ in 0..2 {
+                cos.extend(angles.iter().map(|a| a.cos()));
+                sin.extend(angles.iter().map(|a| a.sin()));
+            }
+        }
+        let shape = (positions.len(), head_dim);
+        Ok((Tensor::from_vec(cos, shape, device)?, Tensor::from_vec(sin, shape, device)?))
+    }
+}
+
+fn rotate_half(x: &Tensor) -> Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, half)?;
+    Ok(Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?)
+}
+
+/// `apply_rotary_pos_emb_vision`: x [patches, heads, head_dim], cos/sin [patches, head_dim].
+fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let cos = cos.unsqueeze(1)?;
+    let sin = sin.unsqueeze(1)?;
+    Ok((x.broadcast_mul(&cos)? + rotate_half(x)?.broadcast_mul(&sin)?)?)
+}
+
+/// `Qwen3_5VisionAttention` with the eager path: each attention segment (one frame of one
+/// image) attends only to its own patches.
+struct VisionAttention {
+    qkv: Linear,
+    proj: Linear,
+    num_heads: usize,
+    head_dim: usize,
+}
+
+impl VisionAttention {
+    fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(VisionAttention {
+            qkv: linear(h, 3 * h, vb.pp("qkv"))?,
+            proj: linear(h, h, vb.pp("proj"))?,
+            num_heads: cfg.num_heads,
+            head_dim: cfg.head_dim(),
+        })
+    }
+
+    /// x [patches, Hv] → [patches, Hv]
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, segments: &[usize]) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        let qkv = self.qkv.forward(x)?.reshape((n, 3, self.num_heads, self.head_dim))?;
+        let q = apply_rotary(&qkv.i((.., 0))?, cos, sin)?;
+        let k = apply_rotary(&qkv.i((.., 1))?, cos, sin)?;
+        let v = qkv.i((.., 2))?;
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let mut outputs = Vec::with_capacity(segments.len());
+        for bounds in segments.windows(2) {
+            let (start, len) = (bounds[0], bounds[1] - bounds[0]);
+            // [len, heads, d] → [heads, len, d]
+            let seg = |t: &Tensor| -> Result<Tensor> { Ok(t.narrow(0, start, len)?.transpose(0, 1)?.contiguous()?) };
+            let (q, k, v) = (seg(&q)?, seg(&k)?, seg(&v)?);
+            let scores = (q.matmul(&k.t()?)? * scale)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            outputs.push(probs.matmul(&v)?.transpose(0, 1)?);
+        }
+        let out = Tensor::cat(&outputs, 0)?.reshape((n, self.num_heads * self.head_dim))?;
+        Ok(self.proj.forward(&out)?)
+    }
+}
+
+/// `Qwen3_5VisionMLP`: fc1, GELU (tanh approximation, `gelu_pytorch_tanh`), fc2.
+struct VisionMlp {
+    linear_fc1: Linear,
+    linear_fc2: Linear,
+}
+
+impl VisionMlp {
+    fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(VisionMlp {
+            linear_fc1: linear(cfg.hidden_size, cfg.intermediate_size, vb.pp("linear_fc1"))?,
+            linear_fc2: linear(cfg.intermediate_size, cfg.hidden_size, vb.pp("linear_fc2"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.linear_fc2.forward(&self.linear_fc1.forward(x)?.gelu()?)?)
+    }
+}
+
+fn layer_norm_eps6(size: usize, vb: VarBuilder) -> Result<LayerNorm> {
+    Ok(layer_norm(size, LayerNormConfig { eps: 1e-6, ..Default::default() }, vb)?)
+}
+
+/// `Qwen3_5VisionBlock`: pre-norm attention and MLP with residuals (LayerNorm eps 1e-6).
+struct VisionBlock {
+    norm1: LayerNorm,
+    norm2: LayerNorm,
+    attn: VisionAttention,
+    mlp: VisionMlp,
+}
+
+impl VisionBlock {
+    fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(VisionBlock {
+            norm1: layer_norm_eps6(cfg.hidden_size, vb.pp("norm1"))?,
+            norm2: layer_norm_eps6(cfg.hidden_size, vb.pp("norm2"))?,
+            attn: VisionAttention::new(cfg, vb.pp("attn"))?,
+            mlp: VisionMlp::new(cfg, vb.pp("mlp"))?,
+        })
+    }
+
+    /// x [patches, Hv] → [patches, Hv]
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, segments: &[usize]) -> Result<Tensor> {
+        let x = (x + self.attn.forward(&self.norm1.forward(x)?, cos, sin, segments)?)?;
+        Ok((&x + self.mlp.forward(&self.norm2.forward(&x)?)?)?)
+    }
+}
+
+/// `Qwen3_5VisionPatchMerger` (no post-shuffle norm): LayerNorm per patch, then each
+/// merge×merge block of consecutive patches is concatenated and projected by fc1, exact GELU,
+/// fc2 (both with biases) into the language model's width.
+struct PatchMerger {
+    norm: LayerNorm,
+    linear_fc1: Linear,
+    linear_fc2: Linear,
+    merged_dim: usize,
+}
+
+impl PatchMerger {
+    fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+        let merged_dim = cfg.hidden_size * cfg.spatial_merge_size * cfg.spatial_merge_size;
+        Ok(PatchMerger {
+            norm: layer_norm_eps6(cfg.hidden_size, vb.pp("norm"))?,
+            linear_fc1: linear(merged_dim, merged_dim, vb.pp("linear_fc1"))?,
+            linear_fc2: linear(merged_dim, cfg.out_hidden_size, vb.pp("linear_fc2"))?,
+            merged_dim,
+        })
+    }
+
+    /// [patches, Hv] → [patches / merge², out_hidden]
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.norm.forward(x)?.reshape(((), self.merged_dim))?;
+        Ok(self.linear_fc2.forward(&self.linear_fc1.forward(&x)?.gelu_erf()?)?)
+    }
+}
+
+/// `Qwen3_5VisionModel`.
+pub struct VisionModel {
+    patch_embed: PatchEmbed,
+    pos_embed: Tensor,
+    rotary: VisionRotary,
+    blocks: Vec<VisionBlock>,
+    merger: PatchMerger,
+    cfg: VisionConfig,
+}
+
+impl VisionModel {
+    /// Builds the tower from `model.visual.*` (pass `vb.pp("model.visual")`).
+    pub fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+        let blocks = (0..cfg.depth)
+            .map(|i| VisionBlock::new(cfg, vb.pp(format!("blocks.{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(VisionModel {
+            patch_embed: PatchEmbed::new(cfg, vb.pp("patch_embed"))?,
+            pos_embed: vb.get((cfg.num_position_embeddings, cfg.hidden_size), "pos_embed.weight")?,
+            rotary: VisionRotary::new(cfg),
+            blocks,
+            merger: PatchMerger::new(cfg, vb.pp("merger"))?,
+            cfg: cfg.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &VisionConfig {
+        &self.cfg
+    }
+
+    /// `(pos_embed(indices) * weights).sum(1)`: [patches, Hv].
+    fn interpolated_pos_embed(&self, interp: &Interpolation) -> Result<Tensor> {
+        let n = interp.indices.len();
+        let device = self.pos_embed.device();
+        let indices: Vec<u32> = interp.indices.iter().flatten().copied().collect();
+        let weights: Vec<f32> = interp.weights.iter().flatten().copied().collect();
+        let indices = Tensor::from_vec(indices, 4 * n, device)?;
+        let weights = Tensor::from_vec(weights, (n, 4, 1), device)?;
+        let gathered = self.pos_embed.index_select(&indices, 0)?.reshape((n, 4, self.cfg.hidden_size))?;
+        Ok(gathered.broadcast_mul(&weights)?.sum(1)?)
+    }
+
+    /// pixel_values [patches, C·T·P·P] (processor order) → projector output
+    /// [patches / merge², out_hidden]. Records `vision.patch_embed`, `vision.pos_embed`,
+    /// `vision.block.{i}`, `vision.tower` and `vision.projector`.
+    pub fn forward(&self, pixel_values: &Tensor, positions: &VisionPositions, taps: &mut Taps) -> Result<Tensor> {
+        let n = positions.patches();
+        ensure!(
+            pixel_values.dims() == [n, self.cfg.patch_dim()],
+            "pixel_values has shape {:?} but the image grids {:?} need [{n}, {}]",
+            pixel_values.dims(),
+            positions.grids,
+            self.cfg.patch_dim()
+        );
+        let pixel_values = pixel_values.to_dtype(DType::F32)?;
+        let patches = self.patch_embed.forward(&pixel_values)?;
+        taps.record(|| "vision.patch_embed".into(), &patches);
+        let pos = self.interpolated_pos_embed(&positions.interpolation)?;
+        taps.record(|| "vision.pos_embed".into(), &pos);
+        let mut x = (patches + pos)?;
+
+        let (cos, sin) = self.rotary.cos_sin(&positions.rotary, x.device())?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(&x, &cos, &sin, &positions.segments)?;
+            taps.record(|| format!("vision.block.{i}"), &x);
+        }
+        taps.record(|| "vision.tower".into(), &x);
+        let merged = self.merger.forward(&x)?;
+        taps.record(|| "vision.projector".into(), &merged);
+        Ok(merged)
+    }
+}

@@ -1,0 +1,9 @@
+//! Shared machinery of the parity workspace: the manifest (`fixtures.toml`), `.npy`
+//! dumps, SHA-256 digests, the tap contract and the comparison semantics of ARCHITECTURE.md.
+
+pub mod array;
+pub mod compare;
+pub mod digest;
+pub mod manifest;
+pub mod npy;
+pub mod taps;

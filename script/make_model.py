@@ -1,0 +1,313 @@
+"""Writes the iteration model: a tiny `Qwen3_5ForConditionalGeneration` checkpoint.
+
+Run through `cargo xtask make-model`, which passes the output folder. The checkpoint keeps
+Qwen3.6-27B's per-head geometry (see ../shared/reference/qwen3.6-27b.config.json) and cuts
+only the counts (layers, heads, widths, vocabulary) so that it stays under 10 MB in bf16:
+
+* text: head_dim 256, partial rotary factor 0.25 (64 rotary dims), interleaved mrope_section
+  [11, 11, 10], rope_theta 1e7, 6 query heads per KV head, linear-attention heads of 128 dims
+  with 3 value heads per key head, conv kernel 4, full_attention_interval 4;
+* vision: head_dim 72, patch 16, temporal patch 2, spatial merge 2, 2304 learned position
+  embeddings (48x48 grid), gelu_pytorch_tanh.
+
+Two KV heads and two linear-attention key heads (not one) so that a wrong grouping order of
+query heads onto KV heads, or of value heads onto key heads, changes the numbers.
+
+Weight scales (why activations stay of order one and every tensor is visible in the logits):
+
+* every projection matrix is N(0, 1/fan_in): a unit-variance input gives a unit-variance
+  output, so neither the residual stream nor the vision tower decays or explodes over depth;
+* embeddings and the learned position table are N(0, 1), of the same order as the patch
+  projection of pixels in [-1, 1], so a position-embedding bug moves `vision.pos_embed` and
+  everything after it by O(1);
+* norm weights are not left at their neutral value (zeros for the zero-centred RMSNorm,
+  ones for LayerNorm and the gated RMSNorm) but perturbed by N(0, 0.1^2); biases are
+  N(0, 0.1^2): a missing bias or a norm without its (1 + w) offset is an O(0.1) change;
+* the Gated DeltaNet decay A = exp(A_log) is drawn from U(0.02, 1) rather than the training
+  init U(0.01, 16): with A up to 16 the state would be forgotten within a token, and the
+  chunked prefill (across 64-token chunks) would go untested. dt_bias is 1 + N(0, 0.1^2);
+* lm_head is N(0, 4/hidden) so the logits spread over a few units and their argmax is
+  decided by more than rounding.
+
+The tokenizer is a byte-level BPE trained on a fixed corpus (below) with Qwen's
+pre-tokenizer, normalizer and special tokens; the chat template is a Qwen-style template.
+Everything is derived from a fixed seed, and the safetensors file is written with sorted
+keys, so running the generator twice writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+SEED = 20261129
+
+# The pre-tokenizer regex of transformers' Qwen3_5Tokenizer.
+PRETOKENIZE_REGEX = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"""
+    r"""| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+BPE_VOCAB = 1000  # ordinary tokens (256 bytes + merges); special tokens follow
+VOCAB_SIZE = 1024  # embedding rows: BPE_VOCAB + specials, padded like the release pads its vocabulary
+
+CORPUS = """\
+Describe this image in one sentence. What is in the picture? A cat sits on a wooden floor
+and looks at the camera with green eyes. An astronaut in an orange suit smiles in front of
+the flag. The rocket stands on the launch pad under a blue sky. The photographer took the
+picture in the morning light. Compare the two images and tell me what they have in common.
+Count the objects, name the colours, and explain the scene step by step. The quick brown fox
+jumps over the lazy dog. Numbers like 1, 2, 3, 42 and 2026 appear in text too. Parity tests
+compare every intermediate tensor of the model with the reference implementation, layer by
+layer, so that a wrong rotary base, a shifted position embedding or a missing bias shows up
+as a failure at the stage where it enters. The linear attention layers keep a recurrent state
+that decays over time, and the full attention layers look at every earlier token.
+"""
+
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- if message['content'] is string -%}"
+    "{{- message['content'] -}}"
+    "{%- else -%}"
+    "{%- for content in message['content'] -%}"
+    "{%- if content['type'] == 'image' -%}"
+    "{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif content['type'] == 'text' -%}"
+    "{{- content['text'] -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{- '<|im_start|>assistant\\n' -}}"
+    "{%- endif -%}"
+)
+
+
+def build_tokenizer() -> Tokenizer:
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=BPE_VOCAB,
+        min_frequency=1,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[],
+    )
+    tok.train_from_iterator([CORPUS] * 4, trainer=trainer)
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    return tok
+
+
+def text_config() -> dict:
+    return {
+        "model_type": "qwen3_5_text",
+        "attention_bias": False,
+        "attn_output_gate": True,
+        "eos_token_id": None,  # filled from the tokenizer
+        "full_attention_interval": 4,
+        "head_dim": 256,
+        "hidden_act": "silu",
+        "hidden_size": 128,
+        "intermediate_size": 256,
+        "linear_conv_kernel_dim": 4,
+        "linear_key_head_dim": 128,
+        "linear_num_key_heads": 2,
+        "linear_num_value_heads": 6,
+        "linear_value_head_dim": 128,
+        "mamba_ssm_dtype": "float32",
+        "max_position_embeddings": 4096,
+        "num_attention_heads": 12,
+        "num_hidden_layers": 4,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-06,
+        "rope_parameters": {
+            "mrope_interleaved": True,
+            "mrope_section": [11, 11, 10],
+            "partial_rotary_factor": 0.25,
+            "rope_theta": 10000000,
+            "rope_type": "default",
+        },
+        "tie_word_embeddings": False,
+        "vocab_size": VOCAB_SIZE,
+    }
+
+
+def vision_config() -> dict:
+    return {
+        "deepstack_visual_indexes": [],
+        "depth": 2,
+        "hidden_act": "gelu_pytorch_tanh",
+        "hidden_size": 144,
+        "in_channels": 3,
+        "intermediate_size": 288,
+        "num_heads": 2,
+        "num_position_embeddings": 2304,
+        "out_hidden_size": 128,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    }
+
+
+def preprocessor_config() -> dict:
+    # min/max pixels keep every case small: chelsea (451x300) becomes 192x128 (96 patches),
+    # and an image under 128x128 is scaled up to the minimum.
+    return {
+        "do_convert_rgb": True,
+        "do_normalize": True,
+        "do_rescale": True,
+        "do_resize": True,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_processor_type": "Qwen2VLImageProcessor",
+        "image_std": [0.5, 0.5, 0.5],
+        "merge_size": 2,
+        "patch_size": 16,
+        "processor_class": "Qwen3VLProcessor",
+        "resample": 3,
+        "rescale_factor": 0.00392156862745098,
+        "size": {"longest_edge": 32768, "shortest_edge": 16384},
+        "temporal_patch_size": 2,
+    }
+
+
+def init_tensor(name: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    """One rule per kind of tensor; see the module docstring for why each scale."""
+
+    def normal(std: float) -> torch.Tensor:
+        return torch.randn(shape, generator=gen, dtype=torch.float32) * std
+
+    leaf = name.rsplit(".", 1)[-1]
+    if name.endswith("embed_tokens.weight") or name.endswith("pos_embed.weight"):
+        return normal(1.0)
+    if name == "lm_head.weight":
+        return normal(2.0 / math.sqrt(shape[1]))
+    if leaf == "A_log":
+        uniform = torch.rand(shape, generator=gen, dtype=torch.float32) * 0.98 + 0.02
+        return uniform.log()
+    if leaf == "dt_bias":
+        return 1.0 + normal(0.1)
+    if leaf == "bias":
+        return normal(0.1)
+    is_norm = any(part in name for part in ("norm", "layernorm"))
+    if is_norm and leaf == "weight" and len(shape) == 1:
+        # Zero-centred RMSNorm (Qwen3_5RMSNorm) stores w with the output scaled by (1 + w);
+        # LayerNorm and the gated RMSNorm of the DeltaNet store the scale itself.
+        zero_centred = "visual" not in name and "linear_attn.norm" not in name
+        return normal(0.1) if zero_centred else 1.0 + normal(0.1)
+    if "conv1d" in name:
+        return normal(1.0 / math.sqrt(shape[-1]))
+    if leaf == "weight" and len(shape) >= 2:
+        fan_in = math.prod(shape[1:])
+        return normal(1.0 / math.sqrt(fan_in))
+    raise ValueError(f"make_model.py has no initialisation rule for {name} {shape}")
+
+
+def write_model(out: Path) -> None:
+    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+
+    tok = build_tokenizer()
+    ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
+    assert max(ids.values()) < VOCAB_SIZE, f"special token ids {ids} exceed vocab {VOCAB_SIZE}"
+
+    tcfg = text_config()
+    tcfg["eos_token_id"] = ids["<|im_end|>"]
+    config = {
+        "architectures": ["Qwen3_5ForConditionalGeneration"],
+        "model_type": "qwen3_5",
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+        "tie_word_embeddings": False,
+        "text_config": tcfg,
+        "vision_config": vision_config(),
+    }
+
+    # The parameter names and shapes come from transformers itself, so the checkpoint
+    # loads with no missing or unexpected keys.
+    hf_config = Qwen3_5Config(**{k: v for k, v in config.items() if k not in ("architectures", "model_type")})
+    with torch.device("meta"):
+        skeleton = Qwen3_5ForConditionalGeneration(hf_config)
+    shapes = {name: tuple(p.shape) for name, p in skeleton.state_dict().items()}
+
+    gen = torch.Generator().manual_seed(SEED)
+    tensors = {}
+    for name in sorted(shapes):
+        tensors[name] = init_tensor(name, shapes[name], gen).to(torch.bfloat16).contiguous()
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(), indent=2) + "\n")
+    (out / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    tok.save(str(out / "tokenizer.json"))
+    tokenizer_config = {
+        "tokenizer_class": "TokenizersBackend",
+        "model_max_length": 4096,
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": None,
+        "bos_token": None,
+        "add_prefix_space": False,
+        "errors": "replace",
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+
+    n_params = sum(t.numel() for t in tensors.values())
+    size = (out / "model.safetensors").stat().st_size
+    print(f"wrote {out}: {n_params} parameters, model.safetensors {size} bytes", file=sys.stderr)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, type=Path, help="folder to (re)write the checkpoint into")
+    args = parser.parse_args()
+    torch.manual_seed(SEED)
+    # Written next to the destination and swapped in whole, so a failed run loses nothing.
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-model-", dir=args.out.parent))
+    try:
+        write_model(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the checkpoint is ordinary project data
+        for f in tmp.iterdir():
+            f.chmod(0o644)
+        old = args.out.with_name(args.out.name + ".old")
+        if args.out.exists():
+            args.out.rename(old)
+        tmp.rename(args.out)
+        if old.exists():
+            shutil.rmtree(old)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+if __name__ == "__main__":
+    main()

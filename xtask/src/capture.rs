@@ -1,0 +1,240 @@
+//! `cargo xtask capture`: run the transformers reference for each selected case and record
+//! its dumps.
+//!
+//! Each case is captured into a temporary folder beside its dump folder and swapped in only
+//! when the whole case succeeded; the manifest is then updated for that case, so an
+//! interrupted capture leaves every case either as it was or fully new.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use parity::array::DType;
+use parity::manifest::{Dump, Manifest, Reference, DUMPS_DIR};
+use parity::taps::Tap;
+use serde::Deserialize;
+use xshell::Shell;
+
+use crate::{harness, manifest_edit::ManifestDoc, ManifestArg};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Capture only the cases of this model.
+    #[arg(long)]
+    model: Option<String>,
+    /// Capture only this case.
+    #[arg(long)]
+    case: Option<String>,
+    /// torch threads; the dumps are bit-reproducible for a fixed count.
+    #[arg(long, default_value_t = 1)]
+    threads: u32,
+    #[command(flatten)]
+    manifest: ManifestArg,
+}
+
+/// `capture.json`, written by `script/capture.py` next to the dumps.
+#[derive(Deserialize)]
+struct CaptureListing {
+    taps: Vec<CapturedTap>,
+    versions: Versions,
+    threads: u32,
+}
+
+#[derive(Deserialize)]
+struct CapturedTap {
+    tap: String,
+    shape: Vec<usize>,
+    dtype: DType,
+    #[serde(default)]
+    mean_abs: Option<f64>,
+}
+
+#[derive(Deserialize)]
+struct Versions {
+    transformers: String,
+    torch: String,
+    numpy: String,
+    pillow: String,
+    python: String,
+}
+
+pub fn run(sh: &Shell, args: Args) -> Result<()> {
+    let manifest_path = args.manifest.path(sh);
+    let manifest = args.manifest.load(sh)?;
+    let cases = select_cases(&manifest, args.model.as_deref(), args.case.as_deref())?;
+    harness::require_uv(sh)?;
+    let harness_sha = harness::harness_digest(&manifest.root)?;
+
+    for case in &cases {
+        let started = std::time::Instant::now();
+        let c = &manifest.cases[case];
+        check_model_files(&manifest, &c.model)?;
+        let image_shas = image_digests(&manifest, case)?;
+
+        let final_dir = manifest.root.join(DUMPS_DIR).join(case);
+        let tmp_dir = manifest.root.join(DUMPS_DIR).join(format!(".tmp-{case}-{}", std::process::id()));
+        if tmp_dir.exists() {
+            std::fs::remove_dir_all(&tmp_dir)?;
+        }
+        let listing = capture_case(sh, &manifest, case, &tmp_dir, args.threads)
+            .with_context(|| format!("capturing case {case}"));
+        let listing = match listing {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp_dir);
+                return Err(e);
+            }
+        };
+        // capture.json served its purpose; the manifest is the record.
+        std::fs::remove_file(tmp_dir.join("capture.json"))?;
+        let mut dumps = Vec::new();
+        for t in &listing.taps {
+            let path = tmp_dir.join(format!("{}.npy", t.tap));
+            dumps.push((
+                t.tap.clone(),
+                Dump { sha256: parity::digest::sha256_file(&path)?, shape: t.shape.clone(), dtype: t.dtype },
+            ));
+        }
+        swap_in(&tmp_dir, &final_dir)?;
+
+        let mut doc = ManifestDoc::open(&manifest_path)?;
+        for (name, sha) in &image_shas {
+            doc.set_image_sha(name, sha);
+        }
+        let inputs = inputs_digest(&manifest, case, &image_shas, &harness_sha);
+        doc.set_case_capture(case, &inputs, &dumps);
+        doc.set_reference(&Reference {
+            transformers: listing.versions.transformers.clone(),
+            torch: listing.versions.torch.clone(),
+            numpy: listing.versions.numpy.clone(),
+            pillow: listing.versions.pillow.clone(),
+            python: listing.versions.python.clone(),
+            threads: listing.threads,
+            harness_sha256: harness_sha.clone(),
+        });
+        doc.save()?;
+
+        println!("captured {case}: {} taps in {:.1}s", dumps.len(), started.elapsed().as_secs_f64());
+        for t in &listing.taps {
+            let stat = t.mean_abs.map(|m| format!("mean |x| {m:.4}")).unwrap_or_default();
+            println!("  {:<22} {:<14} {stat}", t.tap, format!("{:?}", t.shape));
+        }
+    }
+    Ok(())
+}
+
+fn select_cases(manifest: &Manifest, model: Option<&str>, case: Option<&str>) -> Result<Vec<String>> {
+    if let Some(m) = model {
+        ensure!(
+            manifest.models.contains_key(m),
+            "no model \"{m}\" in the manifest; known models: {}",
+            manifest.models.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    if let Some(c) = case {
+        ensure!(
+            manifest.cases.contains_key(c),
+            "no case \"{c}\" in the manifest; known cases: {}",
+            manifest.cases.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    let cases: Vec<String> = manifest
+        .cases
+        .iter()
+        .filter(|(name, c)| case.is_none_or(|want| want == name.as_str()) && model.is_none_or(|m| m == c.model))
+        .map(|(name, _)| name.clone())
+        .collect();
+    ensure!(!cases.is_empty(), "no case matches --model {model:?} --case {case:?}");
+    Ok(cases)
+}
+
+/// Capture never regenerates a model: the checkpoint on disk must be the recorded one.
+fn check_model_files(manifest: &Manifest, model: &str) -> Result<()> {
+    let m = &manifest.models[model];
+    if m.files.is_empty() {
+        bail!("model \"{model}\" has no recorded files; run `cargo xtask make-model --model {model}` first");
+    }
+    for (file, sha) in &m.files {
+        let path = manifest.root.join(&m.path).join(file);
+        parity::digest::verify_file(&path, sha).map_err(|e| {
+            anyhow::anyhow!("{e}\n(capture uses the checkpoint as recorded and never regenerates it)")
+        })?;
+    }
+    Ok(())
+}
+
+fn image_digests(manifest: &Manifest, case: &str) -> Result<Vec<(String, String)>> {
+    manifest.cases[case]
+        .images
+        .iter()
+        .map(|name| {
+            let path = manifest.root.join(&manifest.images[name].path);
+            let sha = parity::digest::sha256_file(&path).with_context(|| format!("reading image {}", path.display()))?;
+            Ok((name.clone(), sha))
+        })
+        .collect()
+}
+
+/// Everything a case's dumps depend on, as one digest: the model files, the images, the
+/// prompt and the harness. A later `status` recomputes it to find stale dumps.
+fn inputs_digest(manifest: &Manifest, case: &str, image_shas: &[(String, String)], harness_sha: &str) -> String {
+    let c = &manifest.cases[case];
+    let mut text = String::new();
+    for (file, sha) in &manifest.models[&c.model].files {
+        text.push_str(&format!("model {file} {sha}\n"));
+    }
+    for (name, sha) in image_shas {
+        text.push_str(&format!("image {name} {sha}\n"));
+    }
+    text.push_str(&format!("prompt {:?}\nharness {harness_sha}\n", c.prompt));
+    parity::digest::sha256_bytes(text.as_bytes())
+}
+
+fn capture_case(sh: &Shell, manifest: &Manifest, case: &str, out: &Path, threads: u32) -> Result<CaptureListing> {
+    let c = &manifest.cases[case];
+    let images: Vec<PathBuf> = c.images.iter().map(|i| manifest.root.join(&manifest.images[i].path)).collect();
+    let spec = serde_json::json!({
+        "model_dir": manifest.root.join(&manifest.models[&c.model].path),
+        "images": images,
+        "prompt": c.prompt,
+    });
+    harness::run_python(
+        sh,
+        "capture.py",
+        &[
+            "--case-json".into(),
+            spec.to_string(),
+            "--out".into(),
+            out.display().to_string(),
+            "--threads".into(),
+            threads.to_string(),
+        ],
+    )?;
+    let listing_path = out.join("capture.json");
+    let listing: CaptureListing = serde_json::from_str(
+        &std::fs::read_to_string(&listing_path).with_context(|| format!("reading {}", listing_path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", listing_path.display()))?;
+    for t in &listing.taps {
+        let Some(tap) = Tap::parse(&t.tap) else { bail!("the harness wrote an unknown tap {}", t.tap) };
+        ensure!(tap.dtype() == t.dtype, "the harness wrote {} as {} but the contract says {}", t.tap, t.dtype, tap.dtype());
+    }
+    Ok(listing)
+}
+
+/// Replaces `final_dir` by `tmp_dir` with renames, so the old dumps survive until the new
+/// ones are complete.
+fn swap_in(tmp_dir: &Path, final_dir: &Path) -> Result<()> {
+    let old = final_dir.with_file_name(format!(
+        ".old-{}-{}",
+        final_dir.file_name().unwrap().to_string_lossy(),
+        std::process::id()
+    ));
+    if final_dir.exists() {
+        std::fs::rename(final_dir, &old)?;
+    }
+    std::fs::rename(tmp_dir, final_dir)?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old)?;
+    }
+    Ok(())
+}
