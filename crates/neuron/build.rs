@@ -7,6 +7,9 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use parity::manifest::Manifest;
+use parity::mode::Mode;
+
+
 
 fn main() {
     let crate_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -41,6 +44,28 @@ fn generate(manifest: &Manifest, root: &Path) -> String {
             file.entry
         )
         .unwrap();
+    }
+    code.push_str("}\n\n");
+
+    // One test per case × tap, per mode that produces the tap. The run behind them happens
+    // once per case and mode and is shared (see tests/support).
+    code.push_str(
+        "/// The Rust implementation against the reference, tap by tap.\n\
+         mod taps {\n    use parity::mode::Mode;\n\n",
+    );
+    for (case, _) in &manifest.cases {
+        for (tap, _) in manifest.dumps_in_order(case) {
+            for mode in Mode::ALL.iter().filter(|m| m.covers(tap)) {
+                let name = format!("{}_{}_{}_matches_the_reference", ident(case), ident(&tap.to_string()), ident(mode.name()));
+                let name = unique(&mut names, name);
+                writeln!(
+                    code,
+                    "    #[test]\n    fn {name}() {{\n        crate::support::assert_tap({case:?}, {:?}, Mode::{mode:?});\n    }}\n",
+                    tap.to_string()
+                )
+                .unwrap();
+            }
+        }
     }
     code.push_str("}\n");
     code

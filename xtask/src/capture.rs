@@ -60,7 +60,7 @@ struct Versions {
 pub fn run(sh: &Shell, args: Args) -> Result<()> {
     let manifest_path = args.manifest.path(sh);
     let manifest = args.manifest.load(sh)?;
-    let cases = select_cases(&manifest, args.model.as_deref(), args.case.as_deref())?;
+    let cases = crate::select_cases(&manifest, args.model.as_deref(), args.case.as_deref())?;
     harness::require_uv(sh)?;
     let harness_sha = harness::harness_digest(&manifest.root)?;
 
@@ -120,31 +120,6 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn select_cases(manifest: &Manifest, model: Option<&str>, case: Option<&str>) -> Result<Vec<String>> {
-    if let Some(m) = model {
-        ensure!(
-            manifest.models.contains_key(m),
-            "no model \"{m}\" in the manifest; known models: {}",
-            manifest.models.keys().cloned().collect::<Vec<_>>().join(", ")
-        );
-    }
-    if let Some(c) = case {
-        ensure!(
-            manifest.cases.contains_key(c),
-            "no case \"{c}\" in the manifest; known cases: {}",
-            manifest.cases.keys().cloned().collect::<Vec<_>>().join(", ")
-        );
-    }
-    let cases: Vec<String> = manifest
-        .cases
-        .iter()
-        .filter(|(name, c)| case.is_none_or(|want| want == name.as_str()) && model.is_none_or(|m| m == c.model))
-        .map(|(name, _)| name.clone())
-        .collect();
-    ensure!(!cases.is_empty(), "no case matches --model {model:?} --case {case:?}");
-    Ok(cases)
 }
 
 /// Capture never regenerates a model: the checkpoint on disk must be the recorded one.

@@ -8,6 +8,7 @@ mod check;
 mod harness;
 mod make_model;
 mod manifest_edit;
+mod verify;
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +31,8 @@ enum Command {
     Capture(capture::Args),
     /// Check every recorded file against its digest; list unreferenced dumps.
     Check(check::Args),
+    /// Replay every case through the Rust implementation and compare tap by tap.
+    Verify(verify::Args),
 }
 
 fn main() {
@@ -41,6 +44,7 @@ fn main() {
             Command::MakeModel(args) => make_model::run(&sh, args),
             Command::Capture(args) => capture::run(&sh, args),
             Command::Check(args) => check::run(&sh, args),
+            Command::Verify(args) => verify::run(&sh, args),
         }
     })();
     if let Err(e) = result {
@@ -70,4 +74,31 @@ impl ManifestArg {
     fn load(&self, sh: &Shell) -> Result<parity::manifest::Manifest> {
         Ok(parity::manifest::Manifest::load(&self.path(sh))?)
     }
+}
+
+/// The cases chosen by `--model` / `--case` (all when neither is given).
+fn select_cases(manifest: &parity::manifest::Manifest, model: Option<&str>, case: Option<&str>) -> Result<Vec<String>> {
+    use anyhow::ensure;
+    if let Some(m) = model {
+        ensure!(
+            manifest.models.contains_key(m),
+            "no model \"{m}\" in the manifest; known models: {}",
+            manifest.models.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    if let Some(c) = case {
+        ensure!(
+            manifest.cases.contains_key(c),
+            "no case \"{c}\" in the manifest; known cases: {}",
+            manifest.cases.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    let cases: Vec<String> = manifest
+        .cases
+        .iter()
+        .filter(|(name, c)| case.is_none_or(|want| want == name.as_str()) && model.is_none_or(|m| m == c.model))
+        .map(|(name, _)| name.clone())
+        .collect();
+    ensure!(!cases.is_empty(), "no case matches --model {model:?} --case {case:?}");
+    Ok(cases)
 }

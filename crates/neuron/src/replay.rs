@@ -14,6 +14,7 @@ use candle_nn::VarBuilder;
 use parity::array::{Array, Data};
 use parity::compare::{compare, CompareOptions, Comparison};
 use parity::manifest::Manifest;
+pub use parity::mode::Mode;
 use parity::taps::Tap;
 
 use crate::config::Config;
@@ -23,28 +24,6 @@ use crate::vision::{VisionModel, VisionPositions};
 
 /// How many top logits are compared for `lm.logits_last`.
 pub const TOP_K: usize = 5;
-
-/// Which inputs a run takes from the reference.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Mode {
-    /// The vision tower fed the reference `input.pixel_values` and `input.image_grid_thw`.
-    VisionTeacherForced,
-}
-
-impl Mode {
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::VisionTeacherForced => "vision-teacher-forced",
-        }
-    }
-
-    /// The taps this mode produces.
-    pub fn covers(self, tap: Tap) -> bool {
-        match self {
-            Mode::VisionTeacherForced => tap.is_vision(),
-        }
-    }
-}
 
 /// The inputs of one case as the manifest names them.
 pub struct CaseInputs {
@@ -152,6 +131,18 @@ pub fn run_vision(manifest: &Manifest, case: &str) -> Result<Run> {
     let vision = load_vision(&inputs)?;
     let cfg = inputs.config.vision_config.clone();
     run_vision_with(manifest, case, &vision, |grids| VisionPositions::new(&cfg, &grids))
+}
+
+/// Runs a case in one mode.
+pub fn run(manifest: &Manifest, case: &str, mode: Mode) -> Result<Run> {
+    match mode {
+        Mode::VisionTeacherForced => run_vision(manifest, case),
+    }
+}
+
+/// The recorded taps of a case that a mode checks, in pipeline order.
+pub fn taps_checked(manifest: &Manifest, case: &str, mode: Mode) -> Vec<String> {
+    manifest.dumps_in_order(case).into_iter().filter(|(t, _)| mode.covers(*t)).map(|(t, _)| t.to_string()).collect()
 }
 
 /// The result of checking one tap of one run.

@@ -5,5 +5,7 @@ pub mod array;
 pub mod compare;
 pub mod digest;
 pub mod manifest;
+pub mod mode;
 pub mod npy;
+pub mod report;
 pub mod taps;

@@ -1,0 +1,183 @@
+//! Rows of a verification report, as a console table or JSON.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::compare::Comparison;
+
+/// Outcome of one (case, mode, tap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    Fail,
+    /// Not run on this machine (e.g. the checkpoint is not here); never counts as a pass.
+    Skip,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub case: String,
+    pub mode: String,
+    pub tap: String,
+    pub status: Status,
+    pub atol: Option<f64>,
+    pub rtol: Option<f64>,
+    pub total: usize,
+    pub mismatched: usize,
+    pub mismatched_pct: f64,
+    #[serde(serialize_with = "finite_or_string")]
+    pub max_abs: Option<f64>,
+    pub max_abs_index: Option<Vec<usize>>,
+    /// The worst element in model terms (image and patch, token position).
+    pub max_abs_location: Option<String>,
+    #[serde(serialize_with = "finite_or_string")]
+    pub max_rel: Option<f64>,
+    pub max_rel_index: Option<Vec<usize>>,
+    #[serde(serialize_with = "finite_or_string")]
+    pub cosine: Option<f64>,
+    pub argmax_expected: Option<usize>,
+    pub argmax_actual: Option<usize>,
+    pub top_k_overlap: Option<f64>,
+    /// The full failure message, or why the row was skipped.
+    pub detail: Option<String>,
+}
+
+impl Row {
+    /// A compared tap.
+    pub fn compared(case: &str, mode: &str, tap: &str, c: &Comparison, location: Option<String>, detail: String) -> Row {
+        let passed = c.passed();
+        Row {
+            case: case.into(),
+            mode: mode.into(),
+            tap: tap.into(),
+            status: if passed { Status::Pass } else { Status::Fail },
+            atol: Some(c.tolerance.atol),
+            rtol: Some(c.tolerance.rtol),
+            total: c.total,
+            mismatched: c.mismatched,
+            mismatched_pct: 100.0 * c.mismatched_fraction(),
+            max_abs: c.max_abs.as_ref().map(|w| w.value),
+            max_abs_index: c.max_abs.as_ref().map(|w| w.index.clone()),
+            max_abs_location: location,
+            max_rel: c.max_rel.as_ref().map(|w| w.value),
+            max_rel_index: c.max_rel.as_ref().map(|w| w.index.clone()),
+            cosine: c.cosine,
+            argmax_expected: c.logits.map(|l| l.expected_argmax),
+            argmax_actual: c.logits.map(|l| l.actual_argmax),
+            top_k_overlap: c.logits.map(|l| l.top_k_overlap()),
+            detail: (!passed).then_some(detail),
+        }
+    }
+
+    /// A tap that could not be compared (the run failed, or the tap was not produced).
+    pub fn failed(case: &str, mode: &str, tap: &str, why: String) -> Row {
+        Row { status: Status::Fail, ..Row::empty(case, mode, tap, why) }
+    }
+
+    /// A tap that was not run here, with the reason.
+    pub fn skipped(case: &str, mode: &str, tap: &str, why: String) -> Row {
+        Row { status: Status::Skip, ..Row::empty(case, mode, tap, why) }
+    }
+
+    fn empty(case: &str, mode: &str, tap: &str, why: String) -> Row {
+        Row {
+            case: case.into(),
+            mode: mode.into(),
+            tap: tap.into(),
+            status: Status::Skip,
+            atol: None,
+            rtol: None,
+            total: 0,
+            mismatched: 0,
+            mismatched_pct: 0.0,
+            max_abs: None,
+            max_abs_index: None,
+            max_abs_location: None,
+            max_rel: None,
+            max_rel_index: None,
+            cosine: None,
+            argmax_expected: None,
+            argmax_actual: None,
+            top_k_overlap: None,
+            detail: Some(why),
+        }
+    }
+}
+
+fn finite_or_string<S: serde::Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+    // JSON has no NaN or infinity; spell them out rather than lose them.
+    match v {
+        Some(x) if !x.is_finite() => s.serialize_str(&x.to_string()),
+        Some(x) => s.serialize_f64(*x),
+        None => s.serialize_none(),
+    }
+}
+
+fn sci(v: Option<f64>) -> String {
+    v.map_or("-".into(), |x| if x == 0.0 { "0".into() } else { format!("{x:.2e}") })
+}
+
+/// The console table: one row per tap, in the order given (pipeline order per case/mode).
+pub fn table(rows: &[Row]) -> String {
+    let mut out = String::new();
+    let header = ["case", "mode", "tap", "status", "mismatch", "max |Δ|", "at", "max rel Δ", "cosine"];
+    let cells: Vec<[String; 9]> = rows
+        .iter()
+        .map(|r| {
+            let at = match (&r.max_abs_location, &r.max_abs_index) {
+                (Some(loc), _) => loc.clone(),
+                (None, Some(i)) => format!("{i:?}"),
+                _ => "-".into(),
+            };
+            let mut cosine = r.cosine.map_or("-".into(), |c| format!("{c:.7}"));
+            if let (Some(e), Some(a), Some(k)) = (r.argmax_expected, r.argmax_actual, r.top_k_overlap) {
+                cosine.push_str(&format!(" argmax {e}/{a} top-k {:.0}%", 100.0 * k));
+            }
+            [
+                r.case.clone(),
+                r.mode.clone(),
+                r.tap.clone(),
+                match r.status {
+                    Status::Pass => "pass".into(),
+                    Status::Fail => "FAIL".into(),
+                    Status::Skip => "skip".into(),
+                },
+                if r.status == Status::Skip { "-".into() } else { format!("{:.2}%", r.mismatched_pct) },
+                sci(r.max_abs),
+                at,
+                sci(r.max_rel),
+                cosine,
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &cells {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |out: &mut String, row: &[String]| {
+        let padded: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        writeln!(out, "{}", padded.join("  ").trim_end()).unwrap();
+    };
+    line(&mut out, &header.map(String::from));
+    for row in &cells {
+        line(&mut out, row);
+    }
+    out
+}
+
+/// The rows as a JSON array.
+pub fn json(rows: &[Row]) -> Value {
+    json!(rows)
+}
+
+/// The first failing row in the order given: rows come in pipeline order, so this is
+/// where the fault entered.
+pub fn first_failure(rows: &[Row]) -> Option<&Row> {
+    rows.iter().find(|r| r.status == Status::Fail)
+}
