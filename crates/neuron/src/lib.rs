@@ -2,7 +2,9 @@
 //! transformers' `Qwen3_5ForConditionalGeneration`, with named taps for parity checks.
 
 pub mod config;
+pub mod model;
 pub mod replay;
 pub mod taps;
+pub mod text;
 pub mod vision;
 pub mod weights;

@@ -18,9 +18,10 @@ pub use parity::mode::Mode;
 use parity::taps::Tap;
 
 use crate::config::Config;
+use crate::model::Model;
 use crate::taps::Taps;
 use crate::vision::positions::Grid;
-use crate::vision::{VisionModel, VisionPositions};
+use crate::vision::VisionPositions;
 
 /// How many top logits are compared for `lm.logits_last`.
 pub const TOP_K: usize = 5;
@@ -50,6 +51,7 @@ pub struct Run {
     pub grids: Vec<Grid>,
     pub rotary: Vec<[u32; 2]>,
     pub merge: usize,
+    pub input_ids: Vec<u32>,
 }
 
 /// Reads a recorded reference dump of a case.
@@ -88,61 +90,77 @@ pub fn grids_of(thw: &Array) -> Result<Vec<Grid>> {
         .collect())
 }
 
-/// Loads the vision tower of a checkpoint.
-pub fn load_vision(inputs: &CaseInputs) -> Result<VisionModel> {
+/// Loads the model of a case's checkpoint.
+pub fn load_model(inputs: &CaseInputs) -> Result<Model> {
     let vb = crate::weights::var_builder(&inputs.model_dir)?;
-    vision_from(inputs, vb)
+    model_from(inputs, vb)
 }
 
-/// Builds the vision tower from any `VarBuilder` rooted at the checkpoint (tests use this to
-/// hand in perturbed weights).
-pub fn vision_from(inputs: &CaseInputs, vb: VarBuilder) -> Result<VisionModel> {
-    VisionModel::new(&inputs.config.vision_config, vb.pp("model.visual"))
-        .with_context(|| format!("building the vision tower of {}", inputs.model_dir.display()))
+/// Builds the model from any `VarBuilder` rooted at the checkpoint (tests use this to hand
+/// in perturbed weights) and the case's config (which tests may have altered).
+pub fn model_from(inputs: &CaseInputs, vb: VarBuilder) -> Result<Model> {
+    Model::new(&inputs.config, vb).with_context(|| format!("building the model of {}", inputs.model_dir.display()))
 }
 
-/// Runs the vision tower on the reference inputs of a case, with `positions` (normally
-/// `VisionPositions::new` of the recorded grids) handed to the tower as is.
-pub fn run_vision_with(
+/// Runs a case in one mode, as the model would: reference inputs, computed positions.
+pub fn run(manifest: &Manifest, case: &str, mode: Mode) -> Result<Run> {
+    let inputs = CaseInputs::new(manifest, case)?;
+    let model = load_model(&inputs)?;
+    let cfg = inputs.config.vision_config.clone();
+    run_with(manifest, case, mode, &model, |grids| VisionPositions::new(&cfg, &grids), |p| p)
+}
+
+/// Runs a case in one mode on a given model. The vision positions come from `positions`
+/// (normally `VisionPositions::new` of the recorded grids) and the multimodal text positions
+/// are `Model::positions` passed through `text_positions` (normally the identity); both are
+/// handed to the model as they are, so tests can perturb them.
+pub fn run_with(
     manifest: &Manifest,
     case: &str,
-    vision: &VisionModel,
+    mode: Mode,
+    model: &Model,
     positions: impl FnOnce(Vec<Grid>) -> VisionPositions,
+    text_positions: impl FnOnce([Vec<i64>; 3]) -> [Vec<i64>; 3],
 ) -> Result<Run> {
-    let thw = reference(manifest, case, "input.image_grid_thw")?;
-    let pixel_values = to_tensor(&reference(manifest, case, "input.pixel_values")?)?;
-    let grids = grids_of(&thw)?;
+    let recorded = |tap: &str| manifest.cases[case].dumps.contains_key(tap);
+    let input_ids: Vec<u32> = {
+        let ids = reference(manifest, case, "input.input_ids")?;
+        let Some(ids) = ids.as_i64() else { bail!("input.input_ids is not an integer array") };
+        ids.iter().map(|&id| u32::try_from(id).with_context(|| format!("token id {id} out of range"))).collect::<Result<_>>()?
+    };
+    let grids = if recorded("input.image_grid_thw") {
+        grids_of(&reference(manifest, case, "input.image_grid_thw")?)?
+    } else {
+        Vec::new()
+    };
     let positions = positions(grids.clone());
     let mut taps = Taps::recording();
-    vision.forward(&pixel_values, &positions, &mut taps)?;
-    let taps = taps.into_map().iter().map(|(k, v)| Ok((k.clone(), to_array(v)?))).collect::<Result<_>>()?;
-    Ok(Run {
-        mode: Mode::VisionTeacherForced,
-        taps,
-        grids,
-        rotary: positions.rotary.clone(),
-        merge: vision.config().spatial_merge_size,
-    })
-}
-
-/// Runs the vision tower of a case as the model would: reference inputs, computed positions.
-pub fn run_vision(manifest: &Manifest, case: &str) -> Result<Run> {
-    let inputs = CaseInputs::new(manifest, case)?;
-    let vision = load_vision(&inputs)?;
-    let cfg = inputs.config.vision_config.clone();
-    run_vision_with(manifest, case, &vision, |grids| VisionPositions::new(&cfg, &grids))
-}
-
-/// Runs a case in one mode.
-pub fn run(manifest: &Manifest, case: &str, mode: Mode) -> Result<Run> {
     match mode {
-        Mode::VisionTeacherForced => run_vision(manifest, case),
+        Mode::VisionTeacherForced => {
+            let pixels = to_tensor(&reference(manifest, case, "input.pixel_values")?)?;
+            model.vision.forward(&pixels, &positions, &mut taps)?;
+        }
+        Mode::LmTeacherForced => {
+            let projector =
+                if recorded("vision.projector") { Some(to_tensor(&reference(manifest, case, "vision.projector")?)?) } else { None };
+            let text_positions = text_positions(model.positions(&input_ids, &grids)?);
+            model.forward_from_image_embeds(&input_ids, projector.as_ref(), &text_positions, &mut taps)?;
+        }
+        Mode::FromPixelValues => {
+            let pixels = to_tensor(&reference(manifest, case, "input.pixel_values")?)?;
+            let image_embeds = model.vision.forward(&pixels, &positions, &mut taps)?;
+            let text_positions = text_positions(model.positions(&input_ids, &grids)?);
+            model.forward_from_image_embeds(&input_ids, Some(&image_embeds), &text_positions, &mut taps)?;
+        }
     }
+    let taps = taps.into_map().iter().map(|(k, v)| Ok((k.clone(), to_array(v)?))).collect::<Result<_>>()?;
+    Ok(Run { mode, taps, grids, rotary: positions.rotary.clone(), merge: model.config.vision_config.spatial_merge_size, input_ids })
 }
 
 /// The recorded taps of a case that a mode checks, in pipeline order.
 pub fn taps_checked(manifest: &Manifest, case: &str, mode: Mode) -> Vec<String> {
-    manifest.dumps_in_order(case).into_iter().filter(|(t, _)| mode.covers(*t)).map(|(t, _)| t.to_string()).collect()
+    let recorded: Vec<Tap> = manifest.dumps_in_order(case).into_iter().map(|(t, _)| t).collect();
+    mode.taps(&recorded).iter().map(Tap::to_string).collect()
 }
 
 /// The result of checking one tap of one run.
@@ -196,6 +214,19 @@ impl Run {
             "input.pixel_values" | "vision.patch_embed" | "vision.pos_embed" | "vision.block" | "vision.tower"
         );
         let merged = tap == "vision.projector";
+        let per_token = matches!(Tap::parse(tap)?.stem(), "lm.layer" | "lm.norm" | "input.input_ids");
+        if per_token {
+            let id = self.input_ids.get(row)?;
+            return Some(format!("token position {row} (id {id}){column}"));
+        }
+        if tap == "lm.image_embeds" {
+            return Some(format!("image token {row}{column}"));
+        }
+        if tap == "input.position_ids" {
+            let pos = index.get(1)?;
+            let axis = ["t", "h", "w"].get(row)?;
+            return Some(format!("{axis} position of token {pos} (id {})", self.input_ids.get(*pos)?));
+        }
         if !per_patch && !merged {
             return None;
         }

@@ -23,6 +23,11 @@ impl Taps {
         Taps::default()
     }
 
+    /// Whether taps are kept (to skip building a tensor only a tap would use).
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// Keeps `tensor` under the name `name()` (tensors are reference-counted: no copy).
     pub fn record(&mut self, name: impl FnOnce() -> String, tensor: &Tensor) {
         if self.enabled {

@@ -10,23 +10,41 @@ use crate::taps::Tap;
 pub enum Mode {
     /// The vision tower fed the reference `input.pixel_values` and `input.image_grid_thw`.
     VisionTeacherForced,
+    /// The text model fed the reference `input.input_ids` and the reference
+    /// `vision.projector` rows.
+    LmTeacherForced,
+    /// Reference `input.input_ids` and `input.pixel_values` through the Rust vision tower
+    /// into the Rust text model: errors of both accumulate.
+    FromPixelValues,
 }
 
 impl Mode {
     /// Every mode, in report order.
-    pub const ALL: &'static [Mode] = &[Mode::VisionTeacherForced];
+    pub const ALL: &'static [Mode] = &[Mode::VisionTeacherForced, Mode::LmTeacherForced, Mode::FromPixelValues];
 
     /// The name used in reports and JSON.
     pub fn name(self) -> &'static str {
         match self {
             Mode::VisionTeacherForced => "vision-teacher-forced",
+            Mode::LmTeacherForced => "lm-teacher-forced",
+            Mode::FromPixelValues => "from-pixel-values",
         }
     }
 
-    /// Whether a run in this mode produces (and so checks) `tap`.
-    pub fn covers(self, tap: Tap) -> bool {
-        match self {
-            Mode::VisionTeacherForced => tap.is_vision(),
-        }
+    /// The taps a run in this mode checks, out of those a case recorded (pipeline order kept).
+    /// The vision tower runs identically in `FromPixelValues`, so its taps are checked once,
+    /// in `VisionTeacherForced`; a case without images has no `FromPixelValues` run.
+    pub fn taps(self, recorded: &[Tap]) -> Vec<Tap> {
+        let has_images = recorded.iter().any(|t| t.to_string() == "input.pixel_values");
+        let text_side = |t: &Tap| t.is_lm() || t.to_string() == "input.position_ids";
+        recorded
+            .iter()
+            .copied()
+            .filter(|t| match self {
+                Mode::VisionTeacherForced => t.is_vision(),
+                Mode::LmTeacherForced => text_side(t),
+                Mode::FromPixelValues => has_images && text_side(t),
+            })
+            .collect()
     }
 }

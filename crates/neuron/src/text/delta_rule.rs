@@ -1,0 +1,608 @@
+//! The gated delta rule of the Gated DeltaNet layers, mirroring `torch_chunk_gated_delta_rule`
+//! and `torch_recurrent_gated_delta_rule` (`transformers/models/qwen3_5/modeling_qwen3_5.py`)
+//! with `use_qk_l2norm_in_kernel=True`, a zero initial state and no final state (prefill only).
+//!
+//! Both forms compute, per value head with state `S` (`[d_k, d_v]`, starting at zero) and for each
+//! token `t` in order:
+//!
+//! ```text
+//! S   ← exp(g_t) · S
+//! S   ← S + k_t ⊗ β_t (v_t − Sᵀ k_t)
+//! o_t = Sᵀ q_t
+//! ```
+//!
+//! with `q`, `k` L2-normalised (`x · rsqrt(Σx² + 1e-6)`) after the key heads are repeated onto the
+//! value heads (`repeat_interleave`: key head `i` serves value heads `i·r .. (i+1)·r`), and `q` then
+//! scaled by `1/√d_k`. The recurrent form is this loop; the chunked form (used for prefill)
+//! processes 64 tokens at a time with the UT transform of the DeltaNet paper. The operations follow
+//! the reference in order and in f32 (with the reference's f64-accumulated `cumsum`); matmul and
+//! reduction summation orders necessarily differ from PyTorch's.
+
+use anyhow::{ensure, Result};
+use candle_core::{DType, Device, Tensor, D};
+
+/// The chunk length of `torch_chunk_gated_delta_rule`'s default (and of the model's call).
+pub const CHUNK_SIZE: usize = 64;
+
+/// `eps` of the reference `l2norm`.
+const L2NORM_EPS: f64 = 1e-6;
+
+/// The inputs after grouping, layout change and L2 normalisation — the common prologue of both
+/// reference functions. `q`, `k`: `[heads, seq, d_k]`; `v`: `[heads, seq, d_v]`; `g`, `beta`:
+/// `[heads, seq]`; all contiguous f32, `heads` being the number of value heads.
+struct Prologue {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    beta: Tensor,
+    out_dtype: DType,
+}
+
+impl Prologue {
+    fn seq(&self) -> usize {
+        self.v.dims()[1]
+    }
+    fn heads(&self) -> usize {
+        self.v.dims()[0]
+    }
+    fn d_k(&self) -> usize {
+        self.k.dims()[2]
+    }
+    fn d_v(&self) -> usize {
+        self.v.dims()[2]
+    }
+}
+
+/// `l2norm(x, dim=-1, eps=1e-6)`: `x * rsqrt((x * x).sum(-1, keepdim=True) + eps)`.
+/// (PyTorch's f32 `rsqrt` on CPU is exactly `1 / sqrt`.)
+fn l2norm(x: &Tensor) -> Result<Tensor> {
+    let inv_norm = x.sqr()?.sum_keepdim(D::Minus1)?.affine(1.0, L2NORM_EPS)?.sqrt()?.recip()?;
+    Ok(x.broadcast_mul(&inv_norm)?)
+}
+
+/// `x.repeat_interleave(repeats, dim=1)` for `x: [seq, heads, d]`.
+fn repeat_interleave_heads(x: &Tensor, repeats: usize) -> Result<Tensor> {
+    if repeats == 1 {
+        return Ok(x.clone());
+    }
+    let (s, h, d) = x.dims3()?;
+    Ok(x.unsqueeze(2)?.expand((s, h, repeats, d))?.reshape((s, h * repeats, d))?)
+}
+
+/// Checks shapes, repeats the key heads onto the value heads, moves heads first, converts to f32
+/// and L2-normalises `q` and `k` — in the reference's order.
+fn prologue(query: &Tensor, key: &Tensor, value: &Tensor, g: &Tensor, beta: &Tensor) -> Result<Prologue> {
+    let (s, hk, dk) = key.dims3()?;
+    let (sv, hv, _dv) = value.dims3()?;
+    ensure!(query.dims() == key.dims(), "query {:?} and key {:?} shapes differ", query.dims(), key.dims());
+    ensure!(sv == s, "value has {sv} positions, key has {s}");
+    ensure!(g.dims() == [s, hv], "g has shape {:?}, expected [{s}, {hv}]", g.dims());
+    ensure!(beta.dims() == [s, hv], "beta has shape {:?}, expected [{s}, {hv}]", beta.dims());
+    ensure!(hk > 0 && dk > 0, "key has shape {:?}", key.dims());
+    ensure!(hv % hk == 0, "{hv} value heads are not a multiple of {hk} key heads");
+    let out_dtype = query.dtype();
+
+    let repeats = hv / hk;
+    let query = repeat_interleave_heads(query, repeats)?;
+    let key = repeat_interleave_heads(key, repeats)?;
+
+    let heads_first = |x: &Tensor| -> Result<Tensor> { Ok(x.transpose(0, 1)?.to_dtype(DType::F32)?.contiguous()?) };
+    let (q, k, v, beta, g) =
+        (heads_first(&query)?, heads_first(&key)?, heads_first(value)?, heads_first(beta)?, heads_first(g)?);
+    let q = l2norm(&q)?;
+    let k = l2norm(&k)?;
+    Ok(Prologue { q, k, v, g, beta, out_dtype })
+}
+
+/// `[heads, seq, d_v]` → `[seq, heads, d_v]` in the input dtype.
+fn epilogue(out: Tensor, dtype: DType) -> Result<Tensor> {
+    Ok(out.transpose(0, 1)?.contiguous()?.to_dtype(dtype)?)
+}
+
+/// Within-chunk cumulative sum of the log decay, `decay.reshape(..., -1, chunk).cumsum(dim=3)`.
+/// PyTorch's CPU `cumsum` of f32 accumulates in f64 and rounds each partial sum to f32; so does
+/// this. `decay`: `[heads, chunks·chunk]` row-major.
+fn chunk_cumsum(decay: &[f32], chunk: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(decay.len());
+    for block in decay.chunks(chunk) {
+        let mut acc = 0f64;
+        for &x in block {
+            acc += x as f64;
+            out.push(acc as f32);
+        }
+    }
+    out
+}
+
+/// `exp(cum_i − cum_j)` for `j ≤ i` and 0 above the diagonal (the reference fills the strictly
+/// upper triangle of the difference with −inf before `exp`). `cum`: `[blocks·chunk]` → `[blocks, chunk, chunk]`.
+fn pairwise_decay(cum: &[f32], chunk: usize) -> Vec<f32> {
+    let mut out = vec![0f32; cum.len() * chunk];
+    for (block, dst) in cum.chunks(chunk).zip(out.chunks_mut(chunk * chunk)) {
+        for i in 0..chunk {
+            for j in 0..=i {
+                dst[i * chunk + j] = (block[i] - block[j]).exp();
+            }
+        }
+    }
+    out
+}
+
+/// `torch.linalg.solve_triangular(l, b, upper=False, unitriangular=True)`: solves `L X = B` with
+/// the diagonal of `L` taken as 1 (its stored diagonal and upper triangle are ignored), by forward
+/// substitution `X_i = B_i − Σ_{j<i} L_ij X_j`. `l`: `[batch, n, n]`, `b`: `[batch, n, m]`.
+fn solve_unit_lower(l: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (batch, n, n2) = l.dims3()?;
+    let (batch_b, nb, m) = b.dims3()?;
+    ensure!(n == n2 && n == nb && batch == batch_b, "solve_unit_lower: l {:?}, b {:?}", l.dims(), b.dims());
+    let l = l.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    let mut x = b.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    for (lb, xb) in l.chunks_exact(n * n).zip(x.chunks_exact_mut(n * m)) {
+        for i in 1..n {
+            let (solved, rest) = xb.split_at_mut(i * m);
+            let row = &mut rest[..m];
+            for (j, xj) in solved.chunks_exact(m).enumerate() {
+                let lij = lb[i * n + j];
+                for (r, &s) in row.iter_mut().zip(xj) {
+                    *r -= lij * s;
+                }
+            }
+        }
+    }
+    Ok(Tensor::from_vec(x, (batch, n, m), &Device::Cpu)?)
+}
+
+/// Mirrors `torch_chunk_gated_delta_rule(..., initial_state=None, output_final_state=False,
+/// use_qk_l2norm_in_kernel=True)`.
+///
+/// `query`, `key`: `[seq, num_k_heads, d_k]`; `value`: `[seq, num_v_heads, d_v]`; `g` (log decay,
+/// ≤ 0) and `beta`: `[seq, num_v_heads]`. `num_v_heads` is a multiple of `num_k_heads`; each key
+/// head serves `num_v_heads / num_k_heads` consecutive value heads. Returns `[seq, num_v_heads, d_v]`.
+pub fn chunk_gated_delta_rule(
+    query: &Tensor,
+    key: &Tensor,
+    value: &Tensor,
+    g: &Tensor,
+    beta: &Tensor,
+    chunk_size: usize,
+) -> Result<Tensor> {
+    ensure!(chunk_size > 0, "chunk_size must be positive");
+    ensure!(query.device().is_cpu(), "chunk_gated_delta_rule runs on the CPU");
+    let p = prologue(query, key, value, g, beta)?;
+    let (h, s, dk, dv) = (p.heads(), p.seq(), p.d_k(), p.d_v());
+    if s == 0 {
+        return epilogue(Tensor::zeros((h, 0, dv), DType::F32, &Device::Cpu)?, p.out_dtype);
+    }
+    let c = chunk_size;
+
+    // query = query * head_dim ** -0.5 (the Python float, applied as f32)
+    let q = p.q.affine((dk as f64).powf(-0.5), 0.0)?;
+
+    // Zero padding at the end to a multiple of the chunk size.
+    let pad = (c - s % c) % c;
+    let total = s + pad;
+    let n = total / c;
+    let q = q.pad_with_zeros(1, 0, pad)?;
+    let k = p.k.pad_with_zeros(1, 0, pad)?;
+    let v = p.v.pad_with_zeros(1, 0, pad)?;
+    let beta = p.beta.pad_with_zeros(1, 0, pad)?;
+    let decay = p.g.pad_with_zeros(1, 0, pad)?;
+
+    let beta = beta.unsqueeze(2)?;
+    let v_beta = v.broadcast_mul(&beta)?;
+    let k_beta = k.broadcast_mul(&beta)?;
+
+    // [heads, chunks, chunk, d]
+    let q = q.reshape((h, n, c, dk))?;
+    let k = k.reshape((h, n, c, dk))?;
+    let k_beta = k_beta.reshape((h, n, c, dk))?;
+    let v_beta = v_beta.reshape((h, n, c, dv))?;
+
+    let cum = chunk_cumsum(&decay.flatten_all()?.to_vec1::<f32>()?, c);
+    let pairwise = Tensor::from_vec(pairwise_decay(&cum, c), (h, n, c, c), &Device::Cpu)?;
+    let cum = Tensor::from_vec(cum, (h, n, c), &Device::Cpu)?;
+    let cum_exp = cum.exp()?.unsqueeze(3)?;
+
+    let k_t = k.transpose(2, 3)?;
+    let ut_system = (k_beta.matmul(&k_t)? * &pairwise)?;
+    let intra_chunk_attn = (q.matmul(&k_t)? * &pairwise)?;
+    let decayed_k_beta = k_beta.broadcast_mul(&cum_exp)?;
+
+    // Both solves share the system: solve once for [v_beta | decayed_k_beta].
+    let rhs = Tensor::cat(&[&v_beta, &decayed_k_beta], 3)?.reshape((h * n, c, dv + dk))?;
+    let solved = solve_unit_lower(&ut_system.reshape((h * n, c, c))?, &rhs)?.reshape((h, n, c, dv + dk))?;
+    let new_values = solved.narrow(3, 0, dv)?;
+    let k_cumdecay = solved.narrow(3, dv, dk)?;
+
+    // Decays applied once rather than in each chunk.
+    let q = q.broadcast_mul(&cum_exp)?;
+    let cum_last = cum.narrow(2, c - 1, 1)?;
+    let k = k.broadcast_mul(&cum_last.broadcast_sub(&cum)?.exp()?.unsqueeze(3)?)?;
+    let chunk_decay = cum_last.exp()?; // [heads, chunks, 1]
+
+    let chunk_of = |x: &Tensor, i: usize| -> Result<Tensor> { Ok(x.narrow(1, i, 1)?.squeeze(1)?.contiguous()?) };
+    let mut state = Tensor::zeros((h, dk, dv), DType::F32, &Device::Cpu)?;
+    let mut outputs = Vec::with_capacity(n);
+    for i in 0..n {
+        let v_new = (chunk_of(&new_values, i)? - chunk_of(&k_cumdecay, i)?.matmul(&state)?)?;
+        let inter_chunk_attn = chunk_of(&q, i)?.matmul(&state)?;
+        outputs.push((inter_chunk_attn + chunk_of(&intra_chunk_attn, i)?.matmul(&v_new)?)?);
+        if i + 1 < n {
+            // The last chunk's update would only produce the (discarded) final state.
+            let decay = chunk_of(&chunk_decay, i)?.unsqueeze(2)?; // [heads, 1, 1]
+            let update = chunk_of(&k, i)?.transpose(1, 2)?.matmul(&v_new)?;
+            state = (state.broadcast_mul(&decay)? + update)?;
+        }
+    }
+    let out = Tensor::cat(&outputs, 1)?.narrow(1, 0, s)?;
+    epilogue(out, p.out_dtype)
+}
+
+/// Mirrors `torch_recurrent_gated_delta_rule(..., initial_state=None, output_final_state=False,
+/// use_qk_l2norm_in_kernel=True)`: the token-by-token recurrence. Same arguments and result as
+/// [`chunk_gated_delta_rule`]; slower, used as its reference.
+pub fn recurrent_gated_delta_rule(query: &Tensor, key: &Tensor, value: &Tensor, g: &Tensor, beta: &Tensor) -> Result<Tensor> {
+    ensure!(query.device().is_cpu(), "recurrent_gated_delta_rule runs on the CPU");
+    let p = prologue(query, key, value, g, beta)?;
+    let (h, s, dk, dv) = (p.heads(), p.seq(), p.d_k(), p.d_v());
+
+    // query = query / head_dim ** 0.5 (a true division by the f32-rounded scalar)
+    let sqrt_dk = (dk as f64).powf(0.5) as f32;
+    let q: Vec<f32> = p.q.flatten_all()?.to_vec1::<f32>()?.into_iter().map(|x| x / sqrt_dk).collect();
+    let k = p.k.flatten_all()?.to_vec1::<f32>()?;
+    let v = p.v.flatten_all()?.to_vec1::<f32>()?;
+    let g = p.g.flatten_all()?.to_vec1::<f32>()?;
+    let beta = p.beta.flatten_all()?.to_vec1::<f32>()?;
+
+    let mut out = vec![0f32; h * s * dv];
+    let mut state = vec![0f32; dk * dv];
+    let mut kv_mem = vec![0f32; dv];
+    let mut delta = vec![0f32; dv];
+    for head in 0..h {
+        state.fill(0.0);
+        for t in 0..s {
+            let row = head * s + t;
+            let (q_t, k_t) = (&q[row * dk..(row + 1) * dk], &k[row * dk..(row + 1) * dk]);
+            let v_t = &v[row * dv..(row + 1) * dv];
+            let o_t = &mut out[row * dv..(row + 1) * dv];
+            // state = state * exp(g_t); kv_mem = (state * k_t[:, None]).sum(-2)
+            let decay_t = g[row].exp();
+            kv_mem.fill(0.0);
+            for (srow, &kk) in state.chunks_exact_mut(dv).zip(k_t) {
+                for (sv, m) in srow.iter_mut().zip(kv_mem.iter_mut()) {
+                    *sv *= decay_t;
+                    *m += *sv * kk;
+                }
+            }
+            // delta = (v_t - kv_mem) * beta_t
+            let beta_t = beta[row];
+            for ((d, &vv), &m) in delta.iter_mut().zip(v_t).zip(&kv_mem) {
+                *d = (vv - m) * beta_t;
+            }
+            // state = state + k_t[:, None] * delta[None, :]; o_t = (state * q_t[:, None]).sum(-2)
+            for ((srow, &kk), &qq) in state.chunks_exact_mut(dv).zip(k_t).zip(q_t) {
+                for ((sv, &d), o) in srow.iter_mut().zip(&delta).zip(o_t.iter_mut()) {
+                    *sv += kk * d;
+                    *o += *sv * qq;
+                }
+            }
+        }
+    }
+    epilogue(Tensor::from_vec(out, (h, s, dv), &Device::Cpu)?, p.out_dtype)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// xorshift64*: a tiny seeded generator of uniform f32 in [0, 1).
+    struct Rng(u64);
+
+    impl Rng {
+        fn uniform(&mut self) -> f32 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            ((self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32) / (1u64 << 24) as f32
+        }
+        fn range(&mut self, lo: f32, hi: f32) -> f32 {
+            lo + (hi - lo) * self.uniform()
+        }
+        fn vec(&mut self, n: usize, f: impl Fn(&mut Self) -> f32) -> Vec<f32> {
+            (0..n).map(|_| f(self)).collect()
+        }
+    }
+
+    struct Inputs {
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        g: Tensor,
+        beta: Tensor,
+    }
+
+    /// Random inputs shaped like the model's: unit-scale q/k/v, `g = −exp(a)·softplus(b)` clamped
+    /// to [−2, 0] (many near 0, i.e. long memory), `beta = sigmoid(·)` in (0, 1).
+    fn random_inputs(seed: u64, seq: usize, hk: usize, hv: usize, dk: usize, dv: usize) -> Inputs {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let dev = Device::Cpu;
+        let q = rng.vec(seq * hk * dk, |r| r.range(-1.0, 1.0));
+        let k = rng.vec(seq * hk * dk, |r| r.range(-1.0, 1.0));
+        let v = rng.vec(seq * hv * dv, |r| r.range(-1.0, 1.0));
+        let g = rng.vec(seq * hv, |r| {
+            let (a, b) = (r.range(-4.0, 0.5), r.range(-4.0, 3.0));
+            (-a.exp() * (1.0 + b.exp()).ln()).max(-2.0)
+        });
+        let beta = rng.vec(seq * hv, |r| 1.0 / (1.0 + (-r.range(-4.0, 4.0)).exp()));
+        Inputs {
+            q: Tensor::from_vec(q, (seq, hk, dk), &dev).unwrap(),
+            k: Tensor::from_vec(k, (seq, hk, dk), &dev).unwrap(),
+            v: Tensor::from_vec(v, (seq, hv, dv), &dev).unwrap(),
+            g: Tensor::from_vec(g, (seq, hv), &dev).unwrap(),
+            beta: Tensor::from_vec(beta, (seq, hv), &dev).unwrap(),
+        }
+    }
+
+    fn chunked(x: &Inputs) -> Tensor {
+        chunk_gated_delta_rule(&x.q, &x.k, &x.v, &x.g, &x.beta, CHUNK_SIZE).unwrap()
+    }
+
+    fn recurrent(x: &Inputs) -> Tensor {
+        recurrent_gated_delta_rule(&x.q, &x.k, &x.v, &x.g, &x.beta).unwrap()
+    }
+
+    fn values3(t: &Tensor) -> Vec<Vec<Vec<f32>>> {
+        t.to_vec3::<f32>().unwrap()
+    }
+
+    /// The largest |a − b| and its [seq, head, d] index.
+    fn max_diff(a: &Tensor, b: &Tensor) -> (f32, [usize; 3]) {
+        assert_eq!(a.dims(), b.dims(), "shapes differ");
+        let (a, b) = (values3(a), values3(b));
+        let mut worst = (0f32, [0; 3]);
+        for (t, (at, bt)) in a.iter().zip(&b).enumerate() {
+            for (h, (ah, bh)) in at.iter().zip(bt).enumerate() {
+                for (d, (x, y)) in ah.iter().zip(bh).enumerate() {
+                    let diff = (x - y).abs();
+                    if diff > worst.0 || diff.is_nan() {
+                        worst = (diff, [t, h, d]);
+                    }
+                }
+            }
+        }
+        worst
+    }
+
+    #[test]
+    fn chunked_and_recurrent_forms_agree_for_lengths_1_63_64_65_and_200() {
+        for (seed, &seq) in [1usize, 63, 64, 65, 200].iter().enumerate() {
+            for &d in &[128usize, 32] {
+                let x = random_inputs(seed as u64 + 1, seq, 2, 6, d, d);
+                let (c, r) = (chunked(&x), recurrent(&x));
+                assert_eq!(c.dims(), [seq, 6, d], "chunked output shape for seq {seq}");
+                let (diff, at) = max_diff(&c, &r);
+                let (cv, rv) = (values3(&c)[at[0]][at[1]][at[2]], values3(&r)[at[0]][at[1]][at[2]]);
+                assert!(
+                    diff <= 1e-5,
+                    "seq {seq}, d {d}: max |chunked − recurrent| = {diff:e} at [t {}, head {}, col {}] \
+                     (chunked {cv}, recurrent {rv})",
+                    at[0],
+                    at[1],
+                    at[2]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn chunk_size_and_padding_do_not_change_the_result() {
+        let x = random_inputs(7, 45, 1, 2, 16, 8);
+        let reference = recurrent(&x);
+        for chunk in [1usize, 5, 16, 45, 64, 100] {
+            let c = chunk_gated_delta_rule(&x.q, &x.k, &x.v, &x.g, &x.beta, chunk).unwrap();
+            let (diff, at) = max_diff(&c, &reference);
+            assert!(diff <= 1e-5, "chunk {chunk}: max |chunked − recurrent| = {diff:e} at {at:?}");
+        }
+    }
+
+    /// A straightforward f64 transcription of the recurrence (no shared code with the functions
+    /// under test), with the key head of value head `h` being `h / (hv / hk)`.
+    fn naive_f64(x: &Inputs) -> Vec<Vec<Vec<f64>>> {
+        let to64 = |t: &Tensor| -> Vec<Vec<Vec<f64>>> {
+            values3(t).into_iter().map(|a| a.into_iter().map(|b| b.into_iter().map(f64::from).collect()).collect()).collect()
+        };
+        let (q, k, v) = (to64(&x.q), to64(&x.k), to64(&x.v));
+        let g = x.g.to_vec2::<f32>().unwrap();
+        let beta = x.beta.to_vec2::<f32>().unwrap();
+        let (seq, hk, dk) = x.q.dims3().unwrap();
+        let (_, hv, dv) = x.v.dims3().unwrap();
+        let normalised = |u: &[f64]| -> Vec<f64> {
+            let inv = 1.0 / (u.iter().map(|a| a * a).sum::<f64>() + 1e-6).sqrt();
+            u.iter().map(|a| a * inv).collect()
+        };
+        let mut out = vec![vec![vec![0f64; dv]; hv]; seq];
+        for h in 0..hv {
+            let kh = h / (hv / hk);
+            let mut state = vec![vec![0f64; dv]; dk];
+            for t in 0..seq {
+                let qt: Vec<f64> = normalised(&q[t][kh]).into_iter().map(|a| a / (dk as f64).sqrt()).collect();
+                let kt = normalised(&k[t][kh]);
+                let decay = (g[t][h] as f64).exp();
+                state.iter_mut().flatten().for_each(|s| *s *= decay);
+                for j in 0..dv {
+                    let mem: f64 = (0..dk).map(|i| state[i][j] * kt[i]).sum();
+                    let delta = (v[t][h][j] - mem) * beta[t][h] as f64;
+                    (0..dk).for_each(|i| state[i][j] += kt[i] * delta);
+                    out[t][h][j] = (0..dk).map(|i| state[i][j] * qt[i]).sum();
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn both_forms_match_an_independent_f64_recurrence() {
+        let x = random_inputs(11, 150, 2, 4, 24, 16);
+        let expected = naive_f64(&x);
+        for (name, got) in [("chunked", chunked(&x)), ("recurrent", recurrent(&x))] {
+            let got = values3(&got);
+            let mut worst = (0f64, [0usize; 3]);
+            for (t, gt) in got.iter().enumerate() {
+                for (h, gh) in gt.iter().enumerate() {
+                    for (j, &a) in gh.iter().enumerate() {
+                        let diff = (a as f64 - expected[t][h][j]).abs();
+                        if diff > worst.0 || diff.is_nan() {
+                            worst = (diff, [t, h, j]);
+                        }
+                    }
+                }
+            }
+            let [t, h, j] = worst.1;
+            assert!(
+                worst.0 <= 1e-5,
+                "{name}: max |f32 − f64 reference| = {:e} at [t {t}, head {h}, col {j}] (got {}, expected {})",
+                worst.0,
+                got[t][h][j],
+                expected[t][h][j]
+            );
+        }
+    }
+
+    /// With one token the state is `k̂ ⊗ β v` (the decay only scales the zero initial state), so
+    /// `o = β · v · (q̂ · k̂) / √d_k` with `x̂ = x / √(|x|² + 1e-6)`.
+    #[test]
+    fn a_single_token_outputs_beta_times_value_times_normalised_query_key_dot() {
+        let dev = Device::Cpu;
+        let (q, k) = ([3f32, 4.0, 0.0, 0.0], [0f32, 2.0, 0.0, 2.0]);
+        let v = [0.5f32, -1.0, 2.0];
+        let (beta, g) = (0.25f32, -0.7f32);
+        let dot = (3.0 * 0.0 + 4.0 * 2.0) / (25f64 + 1e-6).sqrt() / (8f64 + 1e-6).sqrt();
+        let expected: Vec<f64> = v.iter().map(|&x| beta as f64 * x as f64 * dot / 2.0).collect();
+        let args = (
+            Tensor::from_slice(&q, (1, 1, 4), &dev).unwrap(),
+            Tensor::from_slice(&k, (1, 1, 4), &dev).unwrap(),
+            Tensor::from_slice(&v, (1, 1, 3), &dev).unwrap(),
+            Tensor::from_slice(&[g], (1, 1), &dev).unwrap(),
+            Tensor::from_slice(&[beta], (1, 1), &dev).unwrap(),
+        );
+        let x = Inputs { q: args.0, k: args.1, v: args.2, g: args.3, beta: args.4 };
+        for (name, got) in [("chunked", chunked(&x)), ("recurrent", recurrent(&x))] {
+            let got = values3(&got)[0][0].clone();
+            for (j, (&a, &e)) in got.iter().zip(&expected).enumerate() {
+                assert!(
+                    (a as f64 - e).abs() <= 1e-7,
+                    "{name}: output[{j}] = {a}, expected β·v·(q̂·k̂)/√d = {e} (all: {got:?} vs {expected:?})"
+                );
+            }
+        }
+    }
+
+    /// Two tokens, by hand: `S₁ = β₁ k̂₁ v₁ᵀ`; `S₂ = e^{g₂} S₁ + β₂ k̂₂ (v₂ − e^{g₂} (k̂₁·k̂₂) β₁ v₁)ᵀ`;
+    /// `o₂ = S₂ᵀ q̂₂`. Orthonormal-ish keys keep the numbers readable.
+    #[test]
+    fn two_tokens_follow_the_decayed_delta_update_derived_by_hand() {
+        let dev = Device::Cpu;
+        let s = (1f64 + 1e-6).sqrt(); // l2norm of a unit vector divides by √(1 + 1e-6)
+        // d_k = 4: k₁ = e₀, k₂ = (e₀ + e₁)/… (norm √2), q₂ = e₁·3
+        let q = [1f32, 0.0, 0.0, 0.0, 0.0, 3.0, 0.0, 0.0];
+        let k = [1f32, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0];
+        let v = [1f32, 2.0, -3.0, 0.5];
+        let (g, beta) = ([-0.3f32, -0.5], [0.8f32, 0.6]);
+        let x = Inputs {
+            q: Tensor::from_slice(&q, (2, 1, 4), &dev).unwrap(),
+            k: Tensor::from_slice(&k, (2, 1, 4), &dev).unwrap(),
+            v: Tensor::from_slice(&v, (2, 1, 2), &dev).unwrap(),
+            g: Tensor::from_slice(&g, (2, 1), &dev).unwrap(),
+            beta: Tensor::from_slice(&beta, (2, 1), &dev).unwrap(),
+        };
+        let (b1, b2, e2) = (beta[0] as f64, beta[1] as f64, (g[1] as f64).exp());
+        let n2 = (2f64 + 1e-6).sqrt();
+        let k1 = [1.0 / s, 0.0];
+        let k2 = [1.0 / n2, 1.0 / n2];
+        let q1 = [1.0 / s / 2.0, 0.0]; // / √d_k = 2
+        let q2 = [0.0, 3.0 / (9f64 + 1e-6).sqrt() / 2.0];
+        let dot = |a: [f64; 2], b: [f64; 2]| a[0] * b[0] + a[1] * b[1];
+        let (v1, v2) = ([v[0] as f64, v[1] as f64], [v[2] as f64, v[3] as f64]);
+        let o1: Vec<f64> = v1.iter().map(|x| b1 * x * dot(q1, k1)).collect();
+        let o2: Vec<f64> = (0..2)
+            .map(|j| e2 * b1 * v1[j] * dot(k1, q2) + b2 * (v2[j] - e2 * b1 * dot(k1, k2) * v1[j]) * dot(k2, q2))
+            .collect();
+        for (name, got) in [("chunked", chunked(&x)), ("recurrent", recurrent(&x))] {
+            let got = values3(&got);
+            for (t, expected) in [o1.clone(), o2.clone()].iter().enumerate() {
+                for j in 0..2 {
+                    let a = got[t][0][j] as f64;
+                    assert!(
+                        (a - expected[j]).abs() <= 1e-6,
+                        "{name}: token {t} col {j} = {a}, expected {} (token outputs {:?} vs {expected:?})",
+                        expected[j],
+                        got[t][0]
+                    );
+                }
+            }
+        }
+    }
+
+    /// Key head 0 (q = k = e₀, q̂·k̂ ≈ 1) serves value heads 0 and 1, key head 1 (q = e₀, k = e₁,
+    /// q̂·k̂ = 0) serves value heads 2 and 3: repeat_interleave, not tile (which would give heads
+    /// 0, 2 to key head 0).
+    #[test]
+    fn each_key_head_serves_consecutive_value_heads_in_repeat_interleave_order() {
+        let dev = Device::Cpu;
+        let q = [1f32, 0.0, 0.0, 0.0, /* head 1 */ 1.0, 0.0, 0.0, 0.0];
+        let k = [1f32, 0.0, 0.0, 0.0, /* head 1 */ 0.0, 1.0, 0.0, 0.0];
+        let v = [1f32, 2.0, 3.0, 4.0];
+        let beta = [0.5f32; 4];
+        let x = Inputs {
+            q: Tensor::from_slice(&q, (1, 2, 4), &dev).unwrap(),
+            k: Tensor::from_slice(&k, (1, 2, 4), &dev).unwrap(),
+            v: Tensor::from_slice(&v, (1, 4, 1), &dev).unwrap(),
+            g: Tensor::zeros((1, 4), DType::F32, &dev).unwrap(),
+            beta: Tensor::from_slice(&beta, (1, 4), &dev).unwrap(),
+        };
+        let same = 1.0 / (1f64 + 1e-6) / 2.0; // q̂·k̂ / √d_k for q = k = e₀
+        let expected = [0.5 * 1.0 * same, 0.5 * 2.0 * same, 0.0, 0.0];
+        for (name, got) in [("chunked", chunked(&x)), ("recurrent", recurrent(&x))] {
+            let got: Vec<f32> = values3(&got)[0].iter().map(|h| h[0]).collect();
+            for (h, (&a, &e)) in got.iter().zip(&expected).enumerate() {
+                assert!(
+                    (a as f64 - e).abs() <= 1e-7,
+                    "{name}: value head {h} = {a}, expected {e} (heads {got:?} vs {expected:?})"
+                );
+            }
+        }
+    }
+
+    /// Values printed by PyTorch (`torch_chunk_gated_delta_rule` and
+    /// `torch_recurrent_gated_delta_rule` of transformers, f32, use_qk_l2norm_in_kernel=True)
+    /// for these inputs.
+    #[test]
+    fn a_small_case_matches_values_computed_by_pytorch() {
+        let dev = Device::Cpu;
+        let x = Inputs {
+            q: Tensor::from_slice(&TORCH_Q, (3, 1, 4), &dev).unwrap(),
+            k: Tensor::from_slice(&TORCH_K, (3, 1, 4), &dev).unwrap(),
+            v: Tensor::from_slice(&TORCH_V, (3, 2, 3), &dev).unwrap(),
+            g: Tensor::from_slice(&TORCH_G, (3, 2), &dev).unwrap(),
+            beta: Tensor::from_slice(&TORCH_BETA, (3, 2), &dev).unwrap(),
+        };
+        let expected = Tensor::from_slice(&TORCH_OUT, (3, 2, 3), &dev).unwrap();
+        for (name, got) in [("chunked", chunked(&x)), ("recurrent", recurrent(&x))] {
+            let (diff, at) = max_diff(&got, &expected);
+            assert!(
+                diff <= 1e-6,
+                "{name}: max |ours − torch| = {diff:e} at {at:?}: ours {:?}, torch {:?}",
+                values3(&got),
+                values3(&expected)
+            );
+        }
+    }
+
+    const TORCH_Q: [f32; 12] = [0.0; 12];
+    const TORCH_K: [f32; 12] = [0.0; 12];
+    const TORCH_V: [f32; 18] = [0.0; 18];
+    const TORCH_G: [f32; 6] = [0.0; 6];
+    const TORCH_BETA: [f32; 6] = [0.0; 6];
+    const TORCH_OUT: [f32; 18] = [0.0; 18];
+}

@@ -1,0 +1,145 @@
+//! The hybrid text model, mirroring `Qwen3_5TextModel` and the `lm_head` of
+//! `Qwen3_5ForConditionalGeneration`: decoder layers of Gated DeltaNet (linear attention)
+//! or gated full attention, chosen by `layer_types`, each pre-norm with residuals.
+
+pub mod attention;
+pub mod delta_rule;
+pub mod gated_delta_net;
+pub mod norm;
+
+use anyhow::{bail, Result};
+use candle_core::Tensor;
+use candle_nn::{linear_no_bias, Linear, Module, VarBuilder};
+
+use crate::config::TextConfig;
+use crate::taps::Taps;
+use attention::{Attention, TextRotary};
+use gated_delta_net::GatedDeltaNet;
+use norm::RmsNorm;
+
+/// `Qwen3_5MLP`: down(SiLU(gate(x)) · up(x)).
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Mlp {
+            gate_proj: linear_no_bias(h, i, vb.pp("gate_proj"))?,
+            up_proj: linear_no_bias(h, i, vb.pp("up_proj"))?,
+            down_proj: linear_no_bias(i, h, vb.pp("down_proj"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gated = (candle_nn::ops::silu(&self.gate_proj.forward(x)?)? * self.up_proj.forward(x)?)?;
+        Ok(self.down_proj.forward(&gated)?)
+    }
+}
+
+enum Mixer {
+    Linear(GatedDeltaNet),
+    Full(Attention),
+}
+
+/// `Qwen3_5DecoderLayer`.
+struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    mixer: Mixer,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl DecoderLayer {
+    fn new(cfg: &TextConfig, layer_type: &str, vb: VarBuilder) -> Result<Self> {
+        let mixer = match layer_type {
+            "linear_attention" => Mixer::Linear(GatedDeltaNet::new(cfg, vb.pp("linear_attn"))?),
+            "full_attention" => Mixer::Full(Attention::new(cfg, vb.pp("self_attn"))?),
+            other => bail!("unknown layer type \"{other}\" (expected linear_attention or full_attention)"),
+        };
+        Ok(DecoderLayer {
+            input_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
+            mixer,
+            post_attention_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+        })
+    }
+
+    /// x [seq, hidden] → [seq, hidden]
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let normed = self.input_layernorm.forward(x)?;
+        let mixed = match &self.mixer {
+            Mixer::Linear(m) => m.forward(&normed)?,
+            Mixer::Full(m) => m.forward(&normed, cos, sin)?,
+        };
+        let x = (x + mixed)?;
+        Ok((&x + self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?)?)
+    }
+}
+
+/// `Qwen3_5TextModel` plus `lm_head`.
+pub struct TextModel {
+    embed_tokens: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    /// The M-RoPE table; public so tests can perturb it like the vision positions.
+    pub rotary: TextRotary,
+}
+
+impl TextModel {
+    /// `vb` is rooted at the checkpoint: reads `model.language_model.*` and `lm_head.weight`
+    /// (or the embeddings when `tie_word_embeddings`).
+    pub fn new(cfg: &TextConfig, tie_word_embeddings: bool, vb: VarBuilder) -> Result<Self> {
+        let lm = vb.pp("model.language_model");
+        let embed_tokens = lm.get((cfg.vocab_size, cfg.hidden_size), "embed_tokens.weight")?;
+        let layers = cfg
+            .layer_types()
+            .iter()
+            .enumerate()
+            .map(|(i, t)| DecoderLayer::new(cfg, t, lm.pp(format!("layers.{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let lm_head = if tie_word_embeddings {
+            Linear::new(embed_tokens.clone(), None)
+        } else {
+            linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?
+        };
+        Ok(TextModel {
+            embed_tokens,
+            layers,
+            norm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, lm.pp("norm"))?,
+            lm_head,
+            rotary: TextRotary::new(cfg)?,
+        })
+    }
+
+    /// `embed_tokens`: ids [seq] → [seq, hidden].
+    pub fn embed(&self, input_ids: &[u32]) -> Result<Tensor> {
+        let vocab = self.embed_tokens.dim(0)?;
+        if let Some(bad) = input_ids.iter().find(|&&id| id as usize >= vocab) {
+            bail!("token id {bad} is outside the vocabulary of {vocab}");
+        }
+        let ids = Tensor::new(input_ids, self.embed_tokens.device())?;
+        Ok(self.embed_tokens.index_select(&ids, 0)?)
+    }
+
+    /// embeds [seq, hidden], positions [3][seq] (t, h, w) → logits at the last position
+    /// [vocab]. Records `lm.layer.{i}`, `lm.norm` and `lm.logits_last`.
+    pub fn forward(&self, embeds: &Tensor, positions: &[Vec<i64>; 3], taps: &mut Taps) -> Result<Tensor> {
+        let (cos, sin) = self.rotary.cos_sin(positions, embeds.device())?;
+        let mut x = embeds.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&x, &cos, &sin)?;
+            taps.record(|| format!("lm.layer.{i}"), &x);
+        }
+        let x = self.norm.forward(&x)?;
+        taps.record(|| "lm.norm".into(), &x);
+        let last = x.narrow(0, x.dim(0)? - 1, 1)?;
+        let logits = self.lm_head.forward(&last)?.squeeze(0)?;
+        taps.record(|| "lm.logits_last".into(), &logits);
+        Ok(logits)
+    }
+}

@@ -1,0 +1,196 @@
+//! Mutation proof: each deliberately injected fault makes verification fail at the tap where
+//! the fault enters — and not before — with a message that names the case, the tap and the
+//! metrics. The faults are injected here, in the tests, by perturbing weights, position
+//! inputs or the config at load time; production code has no switches.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use neuron::model::Model;
+use neuron::replay::{self, CaseInputs, Mode, Run};
+use neuron::vision::VisionPositions;
+use parity::manifest::Manifest;
+
+fn manifest() -> Manifest {
+    replay::workspace_manifest().unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// Every tensor of the checkpoint, in f32, so a test can alter one before building.
+fn all_tensors(inputs: &CaseInputs) -> HashMap<String, Tensor> {
+    let files = neuron::weights::safetensors_files(&inputs.model_dir).unwrap();
+    let mut map = HashMap::new();
+    for f in files {
+        for (name, t) in candle_core::safetensors::load(&f, &Device::Cpu).unwrap() {
+            map.insert(name, t.to_dtype(DType::F32).unwrap());
+        }
+    }
+    map
+}
+
+fn model_with(inputs: &CaseInputs, tensors: HashMap<String, Tensor>) -> Model {
+    replay::model_from(inputs, VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu)).unwrap()
+}
+
+/// Runs `case` in `mode` with the positions the model would compute.
+fn run(manifest: &Manifest, case: &str, mode: Mode, inputs: &CaseInputs, model: &Model) -> Run {
+    let cfg = inputs.config.vision_config.clone();
+    replay::run_with(manifest, case, mode, model, |g| VisionPositions::new(&cfg, &g), |p| p).unwrap()
+}
+
+/// Checks the run's taps in pipeline order and asserts that the first failure is
+/// `expected_tap`, that every tap before it passes, and that the message names case, tap
+/// and metrics.
+fn assert_first_failure_at(manifest: &Manifest, case: &str, run: &Run, expected_tap: &str) {
+    let mut upstream = Vec::new();
+    for tap in replay::taps_checked(manifest, case, run.mode) {
+        let result = run.check(manifest, case, &tap).unwrap();
+        if result.passed() {
+            upstream.push(tap);
+            continue;
+        }
+        let message = result.message();
+        assert_eq!(
+            tap, expected_tap,
+            "the fault should first show at {expected_tap}, but it showed at {tap} (taps passing before it: {upstream:?}):\n{message}"
+        );
+        for needle in [case, expected_tap, "Mismatched elements", "Greatest absolute difference", "Cosine"] {
+            assert!(message.contains(needle), "the failure message does not mention {needle:?}:\n{message}");
+        }
+        println!("caught at {tap} as expected:\n{message}");
+        return;
+    }
+    panic!("the fault went unnoticed: every {} tap of {case} passed ({upstream:?})", run.mode.name());
+}
+
+const IMAGE_CASE: &str = "chelsea";
+
+#[test]
+fn a_zeroed_merger_bias_fails_at_the_projector() {
+    let manifest = manifest();
+    let inputs = CaseInputs::new(&manifest, IMAGE_CASE).unwrap();
+    let mut tensors = all_tensors(&inputs);
+    let bias = tensors.get_mut("model.visual.merger.linear_fc2.bias").expect("the checkpoint has the merger bias");
+    *bias = bias.zeros_like().unwrap();
+    let model = model_with(&inputs, tensors);
+    let run = run(&manifest, IMAGE_CASE, Mode::VisionTeacherForced, &inputs, &model);
+    assert_first_failure_at(&manifest, IMAGE_CASE, &run, "vision.projector");
+}
+
+#[test]
+fn position_embedding_indices_shifted_by_one_row_fail_at_the_position_embedding() {
+    let manifest = manifest();
+    let inputs = CaseInputs::new(&manifest, IMAGE_CASE).unwrap();
+    let model = replay::load_model(&inputs).unwrap();
+    let cfg = inputs.config.vision_config.clone();
+    let side = cfg.num_grid_per_side() as u32;
+    let last = side * side - 1;
+    let run = replay::run_with(&manifest, IMAGE_CASE, Mode::VisionTeacherForced, &model, |grids| {
+        let mut positions = VisionPositions::new(&cfg, &grids);
+        for taps in &mut positions.interpolation.indices {
+            for index in taps.iter_mut() {
+                *index = (*index + side).min(last);
+            }
+        }
+        positions
+    }, |p| p)
+    .unwrap();
+    assert_first_failure_at(&manifest, IMAGE_CASE, &run, "vision.pos_embed");
+}
+
+#[test]
+fn a_doubled_vision_rotary_base_fails_at_the_first_block() {
+    let manifest = manifest();
+    let mut inputs = CaseInputs::new(&manifest, IMAGE_CASE).unwrap();
+    let theta = inputs.config.vision_config.rope_theta();
+    inputs.config.vision_config.rope_parameters = Some(neuron::config::VisionRopeParameters { rope_theta: 2.0 * theta });
+    let model = replay::load_model(&inputs).unwrap();
+    let run = run(&manifest, IMAGE_CASE, Mode::VisionTeacherForced, &inputs, &model);
+    assert_first_failure_at(&manifest, IMAGE_CASE, &run, "vision.block.0");
+}
+
+#[test]
+fn swapped_h_and_w_mrope_sections_fail_at_the_first_full_attention_layer() {
+    let manifest = manifest();
+    let inputs = CaseInputs::new(&manifest, IMAGE_CASE).unwrap();
+    let mut model = replay::load_model(&inputs).unwrap();
+    for axis in model.text.rotary.axis.iter_mut() {
+        *axis = [0, 2, 1][*axis];
+    }
+    let run = run(&manifest, IMAGE_CASE, Mode::LmTeacherForced, &inputs, &model);
+    let first_full = inputs.config.text_config.layer_types().iter().position(|t| t == "full_attention").unwrap();
+    // The linear-attention layers before it use no positions: they must still pass.
+    assert_first_failure_at(&manifest, IMAGE_CASE, &run, &format!("lm.layer.{first_full}"));
+}
+
+#[test]
+fn rms_norms_without_the_one_plus_w_offset_fail_at_the_first_layer() {
+    let manifest = manifest();
+    let inputs = CaseInputs::new(&manifest, IMAGE_CASE).unwrap();
+    let mut tensors = all_tensors(&inputs);
+    // A port that scales by w instead of (1 + w) is the reference with every zero-centred
+    // norm weight shifted by −1.
+    let zero_centred = |name: &str| {
+        name.starts_with("model.language_model.")
+            && name.ends_with("norm.weight")
+            && !name.contains("linear_attn.norm")
+    };
+    let mut touched = 0;
+    for (name, t) in tensors.iter_mut() {
+        if zero_centred(name) {
+            *t = (&*t - 1.0).unwrap();
+            touched += 1;
+        }
+    }
+    assert!(touched > 0, "no zero-centred norm weights found to perturb");
+    let model = model_with(&inputs, tensors);
+    let run = run(&manifest, IMAGE_CASE, Mode::LmTeacherForced, &inputs, &model);
+    assert_first_failure_at(&manifest, IMAGE_CASE, &run, "lm.layer.0");
+}
+
+#[test]
+fn text_after_an_image_not_resumed_at_max_plus_one_fails_at_the_position_ids() {
+    let manifest = manifest();
+    let inputs = CaseInputs::new(&manifest, IMAGE_CASE).unwrap();
+    let model = replay::load_model(&inputs).unwrap();
+    let image_token = inputs.config.image_token_id;
+    let ids: Vec<u32> = replay::reference(&manifest, IMAGE_CASE, "input.input_ids")
+        .unwrap()
+        .as_i64()
+        .unwrap()
+        .iter()
+        .map(|&i| i as u32)
+        .collect();
+    let last_image_token = ids.iter().rposition(|&i| i == image_token).expect("the case has an image");
+    let cfg = inputs.config.vision_config.clone();
+    let run = replay::run_with(&manifest, IMAGE_CASE, Mode::LmTeacherForced, &model, |g| VisionPositions::new(&cfg, &g), |mut p| {
+        // Resume at the image's largest position instead of one past it.
+        for row in p.iter_mut() {
+            for v in &mut row[last_image_token + 1..] {
+                *v -= 1;
+            }
+        }
+        p
+    })
+    .unwrap();
+    assert_first_failure_at(&manifest, IMAGE_CASE, &run, "input.position_ids");
+}
+
+#[test]
+fn a_flipped_sign_of_a_log_fails_at_the_first_layer() {
+    let manifest = manifest();
+    let case = "text-only";
+    let inputs = CaseInputs::new(&manifest, case).unwrap();
+    let mut tensors = all_tensors(&inputs);
+    let mut touched = 0;
+    for (name, t) in tensors.iter_mut() {
+        if name.ends_with("linear_attn.A_log") {
+            *t = t.neg().unwrap();
+            touched += 1;
+        }
+    }
+    assert!(touched > 0, "no A_log tensors found to perturb");
+    let model = model_with(&inputs, tensors);
+    let run = run(&manifest, case, Mode::LmTeacherForced, &inputs, &model);
+    assert_first_failure_at(&manifest, case, &run, "lm.layer.0");
+}
