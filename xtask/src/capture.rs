@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use parity::array::DType;
-use parity::manifest::{Dump, Manifest, Reference, DUMPS_DIR};
+use parity::manifest::{tap_matches, Dump, Manifest, Reference, DUMPS_DIR};
 use parity::taps::Tap;
 use serde::Deserialize;
 use xshell::Shell;
@@ -86,9 +86,14 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
         };
         // capture.json served its purpose; the manifest is the record.
         std::fs::remove_file(tmp_dir.join("capture.json"))?;
+        let kept = |tap: &str| c.taps.as_ref().is_none_or(|patterns| patterns.iter().any(|p| tap_matches(p, tap)));
         let mut dumps = Vec::new();
         for t in &listing.taps {
             let path = tmp_dir.join(format!("{}.npy", t.tap));
+            if !kept(&t.tap) {
+                std::fs::remove_file(&path)?;
+                continue;
+            }
             dumps.push((
                 t.tap.clone(),
                 Dump { sha256: parity::digest::sha256_file(&path)?, shape: t.shape.clone(), dtype: t.dtype },

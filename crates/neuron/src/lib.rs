@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod model;
+pub mod preprocess;
 pub mod replay;
 pub mod taps;
 pub mod text;

@@ -19,6 +19,7 @@ use parity::taps::Tap;
 
 use crate::config::Config;
 use crate::model::Model;
+use crate::preprocess::{Hooks, Processed, Processor};
 use crate::taps::Taps;
 use crate::vision::positions::Grid;
 use crate::vision::VisionPositions;
@@ -102,59 +103,113 @@ pub fn model_from(inputs: &CaseInputs, vb: VarBuilder) -> Result<Model> {
     Model::new(&inputs.config, vb).with_context(|| format!("building the model of {}", inputs.model_dir.display()))
 }
 
-/// Runs a case in one mode, as the model would: reference inputs, computed positions.
+/// Injection points for tests: each maps what the pipeline computed before it is used.
+/// Production runs use `Perturbations::default()`, which changes nothing.
+#[derive(Default)]
+pub struct Perturbations<'a> {
+    pub vision_positions: Option<&'a dyn Fn(VisionPositions) -> VisionPositions>,
+    pub text_positions: Option<&'a dyn Fn([Vec<i64>; 3]) -> [Vec<i64>; 3]>,
+    pub preprocess: Hooks<'a>,
+}
+
+/// Runs a case in one mode, as the model would.
 pub fn run(manifest: &Manifest, case: &str, mode: Mode) -> Result<Run> {
     let inputs = CaseInputs::new(manifest, case)?;
     let model = load_model(&inputs)?;
-    let cfg = inputs.config.vision_config.clone();
-    run_with(manifest, case, mode, &model, |grids| VisionPositions::new(&cfg, &grids), |p| p)
+    run_with(manifest, case, mode, &model, &Perturbations::default())
 }
 
-/// Runs a case in one mode on a given model. The vision positions come from `positions`
-/// (normally `VisionPositions::new` of the recorded grids) and the multimodal text positions
-/// are `Model::positions` passed through `text_positions` (normally the identity); both are
-/// handed to the model as they are, so tests can perturb them.
-pub fn run_with(
-    manifest: &Manifest,
-    case: &str,
-    mode: Mode,
-    model: &Model,
-    positions: impl FnOnce(Vec<Grid>) -> VisionPositions,
-    text_positions: impl FnOnce([Vec<i64>; 3]) -> [Vec<i64>; 3],
-) -> Result<Run> {
-    let recorded = |tap: &str| manifest.cases[case].dumps.contains_key(tap);
-    let input_ids: Vec<u32> = {
+/// Runs a case in one mode on a given model.
+pub fn run_with(manifest: &Manifest, case: &str, mode: Mode, model: &Model, perturb: &Perturbations) -> Result<Run> {
+    let vision_cfg = &model.config.vision_config;
+    let vision_positions = |grids: &[Grid]| {
+        let p = VisionPositions::new(vision_cfg, grids);
+        match perturb.vision_positions {
+            Some(f) => f(p),
+            None => p,
+        }
+    };
+    let text_positions = |ids: &[u32], grids: &[Grid]| -> Result<[Vec<i64>; 3]> {
+        let p = model.positions(ids, grids)?;
+        Ok(match perturb.text_positions {
+            Some(f) => f(p),
+            None => p,
+        })
+    };
+    let mut taps = Taps::recording();
+
+    // The inputs: from the reference dumps, or from the files through Rust preprocessing.
+    let (input_ids, grids, pixels) = if mode == Mode::FromImageFiles {
+        let c = &manifest.cases[case];
+        let images: Vec<PathBuf> = c.images.iter().map(|i| manifest.root.join(&manifest.images[i].path)).collect();
+        let image_refs: Vec<&Path> = images.iter().map(PathBuf::as_path).collect();
+        let processor = Processor::from_dir(&model_dir(manifest, case))?;
+        let processed = processor.process_with(&image_refs, &c.prompt, &perturb.preprocess)?;
+        record_inputs(&mut taps, &processed)?;
+        (processed.input_ids, processed.grids, processed.pixel_values)
+    } else {
+        let recorded = |tap: &str| manifest.cases[case].dumps.contains_key(tap);
         let ids = reference(manifest, case, "input.input_ids")?;
         let Some(ids) = ids.as_i64() else { bail!("input.input_ids is not an integer array") };
-        ids.iter().map(|&id| u32::try_from(id).with_context(|| format!("token id {id} out of range"))).collect::<Result<_>>()?
+        let ids = ids
+            .iter()
+            .map(|&id| u32::try_from(id).with_context(|| format!("token id {id} out of range")))
+            .collect::<Result<Vec<_>>>()?;
+        let grids = if recorded("input.image_grid_thw") {
+            grids_of(&reference(manifest, case, "input.image_grid_thw")?)?
+        } else {
+            Vec::new()
+        };
+        let pixels = if recorded("input.pixel_values") {
+            Some(to_tensor(&reference(manifest, case, "input.pixel_values")?)?)
+        } else {
+            None
+        };
+        (ids, grids, pixels)
     };
-    let grids = if recorded("input.image_grid_thw") {
-        grids_of(&reference(manifest, case, "input.image_grid_thw")?)?
-    } else {
-        Vec::new()
-    };
-    let positions = positions(grids.clone());
-    let mut taps = Taps::recording();
+    let positions = vision_positions(&grids);
+
     match mode {
         Mode::VisionTeacherForced => {
-            let pixels = to_tensor(&reference(manifest, case, "input.pixel_values")?)?;
-            model.vision.forward(&pixels, &positions, &mut taps)?;
+            let Some(pixels) = &pixels else { bail!("case {case} has no recorded input.pixel_values") };
+            model.vision.forward(pixels, &positions, &mut taps)?;
         }
         Mode::LmTeacherForced => {
-            let projector =
-                if recorded("vision.projector") { Some(to_tensor(&reference(manifest, case, "vision.projector")?)?) } else { None };
-            let text_positions = text_positions(model.positions(&input_ids, &grids)?);
-            model.forward_from_image_embeds(&input_ids, projector.as_ref(), &text_positions, &mut taps)?;
+            let projector = if manifest.cases[case].dumps.contains_key("vision.projector") {
+                Some(to_tensor(&reference(manifest, case, "vision.projector")?)?)
+            } else {
+                None
+            };
+            let text = text_positions(&input_ids, &grids)?;
+            model.forward_from_image_embeds(&input_ids, projector.as_ref(), &text, &mut taps)?;
         }
-        Mode::FromPixelValues => {
-            let pixels = to_tensor(&reference(manifest, case, "input.pixel_values")?)?;
-            let image_embeds = model.vision.forward(&pixels, &positions, &mut taps)?;
-            let text_positions = text_positions(model.positions(&input_ids, &grids)?);
-            model.forward_from_image_embeds(&input_ids, Some(&image_embeds), &text_positions, &mut taps)?;
+        Mode::FromPixelValues | Mode::FromImageFiles => {
+            let image_embeds = match &pixels {
+                Some(pixels) => Some(model.vision.forward(pixels, &positions, &mut taps)?),
+                None => None,
+            };
+            let text = text_positions(&input_ids, &grids)?;
+            model.forward_from_image_embeds(&input_ids, image_embeds.as_ref(), &text, &mut taps)?;
         }
     }
     let taps = taps.into_map().iter().map(|(k, v)| Ok((k.clone(), to_array(v)?))).collect::<Result<_>>()?;
-    Ok(Run { mode, taps, grids, rotary: positions.rotary.clone(), merge: model.config.vision_config.spatial_merge_size, input_ids })
+    Ok(Run { mode, taps, grids, rotary: positions.rotary, merge: vision_cfg.spatial_merge_size, input_ids })
+}
+
+fn model_dir(manifest: &Manifest, case: &str) -> PathBuf {
+    manifest.root.join(&manifest.models[&manifest.cases[case].model].path)
+}
+
+/// Records what preprocessing produced under the `input.*` tap names.
+fn record_inputs(taps: &mut Taps, p: &Processed) -> Result<()> {
+    let ids: Vec<i64> = p.input_ids.iter().map(|&i| i64::from(i)).collect();
+    taps.record(|| "input.input_ids".into(), &Tensor::new(ids, &Device::Cpu)?);
+    if let Some(pixels) = &p.pixel_values {
+        let thw: Vec<i64> = p.grids.iter().flat_map(|g| [g.t as i64, g.h as i64, g.w as i64]).collect();
+        taps.record(|| "input.image_grid_thw".into(), &Tensor::from_vec(thw, (p.grids.len(), 3), &Device::Cpu)?);
+        taps.record(|| "input.pixel_values".into(), pixels);
+    }
+    Ok(())
 }
 
 /// The recorded taps of a case that a mode checks, in pipeline order.

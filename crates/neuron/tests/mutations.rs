@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use neuron::model::Model;
-use neuron::replay::{self, CaseInputs, Mode, Run};
+use neuron::replay::{self, CaseInputs, Mode, Perturbations, Run};
 use neuron::vision::VisionPositions;
 use parity::manifest::Manifest;
 
@@ -33,9 +33,8 @@ fn model_with(inputs: &CaseInputs, tensors: HashMap<String, Tensor>) -> Model {
 }
 
 /// Runs `case` in `mode` with the positions the model would compute.
-fn run(manifest: &Manifest, case: &str, mode: Mode, inputs: &CaseInputs, model: &Model) -> Run {
-    let cfg = inputs.config.vision_config.clone();
-    replay::run_with(manifest, case, mode, model, |g| VisionPositions::new(&cfg, &g), |p| p).unwrap()
+fn run(manifest: &Manifest, case: &str, mode: Mode, model: &Model) -> Run {
+    replay::run_with(manifest, case, mode, model, &Perturbations::default()).unwrap()
 }
 
 /// Checks the run's taps in pipeline order and asserts that the first failure is
@@ -73,7 +72,7 @@ fn a_zeroed_merger_bias_fails_at_the_projector() {
     let bias = tensors.get_mut("model.visual.merger.linear_fc2.bias").expect("the checkpoint has the merger bias");
     *bias = bias.zeros_like().unwrap();
     let model = model_with(&inputs, tensors);
-    let run = run(&manifest, IMAGE_CASE, Mode::VisionTeacherForced, &inputs, &model);
+    let run = run(&manifest, IMAGE_CASE, Mode::VisionTeacherForced, &model);
     assert_first_failure_at(&manifest, IMAGE_CASE, &run, "vision.projector");
 }
 
@@ -85,16 +84,16 @@ fn position_embedding_indices_shifted_by_one_row_fail_at_the_position_embedding(
     let cfg = inputs.config.vision_config.clone();
     let side = cfg.num_grid_per_side() as u32;
     let last = side * side - 1;
-    let run = replay::run_with(&manifest, IMAGE_CASE, Mode::VisionTeacherForced, &model, |grids| {
-        let mut positions = VisionPositions::new(&cfg, &grids);
+    let shift = |mut positions: VisionPositions| {
         for taps in &mut positions.interpolation.indices {
             for index in taps.iter_mut() {
                 *index = (*index + side).min(last);
             }
         }
         positions
-    }, |p| p)
-    .unwrap();
+    };
+    let perturb = Perturbations { vision_positions: Some(&shift), ..Default::default() };
+    let run = replay::run_with(&manifest, IMAGE_CASE, Mode::VisionTeacherForced, &model, &perturb).unwrap();
     assert_first_failure_at(&manifest, IMAGE_CASE, &run, "vision.pos_embed");
 }
 
@@ -105,7 +104,7 @@ fn a_doubled_vision_rotary_base_fails_at_the_first_block() {
     let theta = inputs.config.vision_config.rope_theta();
     inputs.config.vision_config.rope_parameters = Some(neuron::config::VisionRopeParameters { rope_theta: 2.0 * theta });
     let model = replay::load_model(&inputs).unwrap();
-    let run = run(&manifest, IMAGE_CASE, Mode::VisionTeacherForced, &inputs, &model);
+    let run = run(&manifest, IMAGE_CASE, Mode::VisionTeacherForced, &model);
     assert_first_failure_at(&manifest, IMAGE_CASE, &run, "vision.block.0");
 }
 
@@ -117,7 +116,7 @@ fn swapped_h_and_w_mrope_sections_fail_at_the_first_full_attention_layer() {
     for axis in model.text.rotary.axis.iter_mut() {
         *axis = [0, 2, 1][*axis];
     }
-    let run = run(&manifest, IMAGE_CASE, Mode::LmTeacherForced, &inputs, &model);
+    let run = run(&manifest, IMAGE_CASE, Mode::LmTeacherForced, &model);
     let first_full = inputs.config.text_config.layer_types().iter().position(|t| t == "full_attention").unwrap();
     // The linear-attention layers before it use no positions: they must still pass.
     assert_first_failure_at(&manifest, IMAGE_CASE, &run, &format!("lm.layer.{first_full}"));
@@ -144,7 +143,7 @@ fn rms_norms_without_the_one_plus_w_offset_fail_at_the_first_layer() {
     }
     assert!(touched > 0, "no zero-centred norm weights found to perturb");
     let model = model_with(&inputs, tensors);
-    let run = run(&manifest, IMAGE_CASE, Mode::LmTeacherForced, &inputs, &model);
+    let run = run(&manifest, IMAGE_CASE, Mode::LmTeacherForced, &model);
     assert_first_failure_at(&manifest, IMAGE_CASE, &run, "lm.layer.0");
 }
 
@@ -162,8 +161,7 @@ fn text_after_an_image_not_resumed_at_max_plus_one_fails_at_the_position_ids() {
         .map(|&i| i as u32)
         .collect();
     let last_image_token = ids.iter().rposition(|&i| i == image_token).expect("the case has an image");
-    let cfg = inputs.config.vision_config.clone();
-    let run = replay::run_with(&manifest, IMAGE_CASE, Mode::LmTeacherForced, &model, |g| VisionPositions::new(&cfg, &g), |mut p| {
+    let resume_at_max = |mut p: [Vec<i64>; 3]| {
         // Resume at the image's largest position instead of one past it.
         for row in p.iter_mut() {
             for v in &mut row[last_image_token + 1..] {
@@ -171,8 +169,9 @@ fn text_after_an_image_not_resumed_at_max_plus_one_fails_at_the_position_ids() {
             }
         }
         p
-    })
-    .unwrap();
+    };
+    let perturb = Perturbations { text_positions: Some(&resume_at_max), ..Default::default() };
+    let run = replay::run_with(&manifest, IMAGE_CASE, Mode::LmTeacherForced, &model, &perturb).unwrap();
     assert_first_failure_at(&manifest, IMAGE_CASE, &run, "input.position_ids");
 }
 
@@ -191,6 +190,6 @@ fn a_flipped_sign_of_a_log_fails_at_the_first_layer() {
     }
     assert!(touched > 0, "no A_log tensors found to perturb");
     let model = model_with(&inputs, tensors);
-    let run = run(&manifest, case, Mode::LmTeacherForced, &inputs, &model);
+    let run = run(&manifest, case, Mode::LmTeacherForced, &model);
     assert_first_failure_at(&manifest, case, &run, "lm.layer.0");
 }

@@ -118,6 +118,10 @@ pub struct Case {
     /// Per-tap overrides: a tap name, or a stem ending in `*` (`"vision.block.*"`).
     #[serde(default)]
     pub tap_tolerance: BTreeMap<String, ToleranceSpec>,
+    /// Which taps capture keeps (tap names or stems ending in `*`); all by default. Cases
+    /// that exist to test one stage keep the fixtures small this way.
+    #[serde(default)]
+    pub taps: Option<Vec<String>>,
     /// Digest of everything the dumps depend on (model files, images, prompt, harness), as of
     /// the capture; written by capture, compared by `status` to find stale dumps.
     #[serde(default)]
@@ -220,16 +224,10 @@ impl Manifest {
             }
             for (pattern, t) in &case.tap_tolerance {
                 check_tolerance(&format!("{at}.tap_tolerance.\"{pattern}\""), t)?;
-                let stem_ok = pattern
-                    .strip_suffix('*')
-                    .map(|stem| pattern_matches_some_tap(stem))
-                    .unwrap_or_else(|| Tap::parse(pattern).is_some());
-                if !stem_ok {
-                    return Err(format!(
-                        "{at}.tap_tolerance: unknown tap \"{pattern}\"; known taps: {}",
-                        known_taps()
-                    ));
-                }
+                check_tap_pattern(&format!("{at}.tap_tolerance"), pattern)?;
+            }
+            for pattern in case.taps.iter().flatten() {
+                check_tap_pattern(&format!("{at}.taps"), pattern)?;
             }
             for (tap, dump) in &case.dumps {
                 let Some(parsed) = Tap::parse(tap) else {
@@ -254,10 +252,7 @@ impl Manifest {
         let by_tap = c
             .tap_tolerance
             .iter()
-            .filter(|(pattern, _)| match pattern.strip_suffix('*') {
-                Some(stem) => tap.starts_with(stem),
-                None => pattern.as_str() == tap,
-            })
+            .filter(|(pattern, _)| tap_matches(pattern, tap))
             .max_by_key(|(pattern, _)| pattern.len())
             .map(|(_, t)| *t);
         by_tap
@@ -322,6 +317,26 @@ fn join_keys<V>(map: &BTreeMap<String, V>) -> String {
         return "(none)".into();
     }
     map.keys().map(|k| format!("\"{k}\"")).collect::<Vec<_>>().join(", ")
+}
+
+/// Whether `tap` is selected by a pattern: a tap name, or a stem ending in `*`.
+pub fn tap_matches(pattern: &str, tap: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(stem) => tap.starts_with(stem),
+        None => pattern == tap,
+    }
+}
+
+fn check_tap_pattern(at: &str, pattern: &str) -> Result<(), String> {
+    let ok = match pattern.strip_suffix('*') {
+        Some(stem) => pattern_matches_some_tap(stem),
+        None => Tap::parse(pattern).is_some(),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{at}: unknown tap \"{pattern}\"; known taps: {}", known_taps()))
+    }
 }
 
 fn pattern_matches_some_tap(stem: &str) -> bool {

@@ -16,11 +16,15 @@ pub enum Mode {
     /// Reference `input.input_ids` and `input.pixel_values` through the Rust vision tower
     /// into the Rust text model: errors of both accumulate.
     FromPixelValues,
+    /// End to end as production requests arrive: the image files and the prompt text through
+    /// Rust preprocessing, the Rust vision tower and the Rust text model.
+    FromImageFiles,
 }
 
 impl Mode {
     /// Every mode, in report order.
-    pub const ALL: &'static [Mode] = &[Mode::VisionTeacherForced, Mode::LmTeacherForced, Mode::FromPixelValues];
+    pub const ALL: &'static [Mode] =
+        &[Mode::VisionTeacherForced, Mode::LmTeacherForced, Mode::FromPixelValues, Mode::FromImageFiles];
 
     /// The name used in reports and JSON.
     pub fn name(self) -> &'static str {
@@ -28,22 +32,27 @@ impl Mode {
             Mode::VisionTeacherForced => "vision-teacher-forced",
             Mode::LmTeacherForced => "lm-teacher-forced",
             Mode::FromPixelValues => "from-pixel-values",
+            Mode::FromImageFiles => "from-image-files",
         }
     }
 
     /// The taps a run in this mode checks, out of those a case recorded (pipeline order kept).
     /// The vision tower runs identically in `FromPixelValues`, so its taps are checked once,
-    /// in `VisionTeacherForced`; a case without images has no `FromPixelValues` run.
+    /// in `VisionTeacherForced`; a case without images has no `FromPixelValues` run, and
+    /// teacher forcing needs the reference input it forces with. `FromImageFiles` checks
+    /// every tap, from the token ids on.
     pub fn taps(self, recorded: &[Tap]) -> Vec<Tap> {
-        let has_images = recorded.iter().any(|t| t.to_string() == "input.pixel_values");
+        let has = |name: &str| recorded.iter().any(|t| t.to_string() == name);
         let text_side = |t: &Tap| t.is_lm() || t.to_string() == "input.position_ids";
+        let has_images = has("input.pixel_values");
         recorded
             .iter()
             .copied()
             .filter(|t| match self {
-                Mode::VisionTeacherForced => t.is_vision(),
-                Mode::LmTeacherForced => text_side(t),
+                Mode::VisionTeacherForced => has_images && t.is_vision(),
+                Mode::LmTeacherForced => (!has_images || has("vision.projector")) && text_side(t),
                 Mode::FromPixelValues => has_images && text_side(t),
+                Mode::FromImageFiles => true,
             })
             .collect()
     }

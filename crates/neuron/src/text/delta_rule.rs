@@ -15,8 +15,11 @@
 //! value heads (`repeat_interleave`: key head `i` serves value heads `i·r .. (i+1)·r`), and `q` then
 //! scaled by `1/√d_k`. The recurrent form is this loop; the chunked form (used for prefill)
 //! processes 64 tokens at a time with the UT transform of the DeltaNet paper. The operations follow
-//! the reference in order and in f32 (with the reference's f64-accumulated `cumsum`); matmul and
-//! reduction summation orders necessarily differ from PyTorch's.
+//! the reference in order and in f32, with PyTorch's CPU rounding where it can be reproduced: the
+//! f64-accumulated `cumsum`, and the summation order of `sum` (the L2 norms, and all reductions of
+//! the recurrent form) — see `torch_inner_sum` and `torch_outer_sum`. Matmuls (gemm vs MKL),
+//! the triangular solve and `exp` (libm vs SLEEF) round differently, so the chunked form agrees
+//! with PyTorch's to about 1e-8 on outputs of magnitude 0.03, not bit for bit.
 
 use anyhow::{ensure, Result};
 use candle_core::{DType, Device, Tensor, D};
@@ -54,11 +57,136 @@ impl Prologue {
     }
 }
 
-/// `l2norm(x, dim=-1, eps=1e-6)`: `x * rsqrt((x * x).sum(-1, keepdim=True) + eps)`.
-/// (PyTorch's f32 `rsqrt` on CPU is exactly `1 / sqrt`.)
+/// `l2norm(x, dim=-1, eps=1e-6)`: `x * rsqrt((x * x).sum(-1, keepdim=True) + eps)`, with the sum
+/// in PyTorch's order ([`torch_inner_sum`]) and `rsqrt` as `1 / sqrt` (which PyTorch's f32 CPU
+/// `rsqrt` is, bit for bit).
 fn l2norm(x: &Tensor) -> Result<Tensor> {
-    let inv_norm = x.sqr()?.sum_keepdim(D::Minus1)?.affine(1.0, L2NORM_EPS)?.sqrt()?.recip()?;
-    Ok(x.broadcast_mul(&inv_norm)?)
+    let d = x.dim(D::Minus1)?;
+    let mut data = x.flatten_all()?.to_vec1::<f32>()?;
+    let eps = L2NORM_EPS as f32;
+    let mut squares = vec![0f32; d];
+    for row in data.chunks_exact_mut(d) {
+        for (sq, &v) in squares.iter_mut().zip(row.iter()) {
+            *sq = v * v;
+        }
+        let inv_norm = 1.0 / (torch_inner_sum(&squares) + eps).sqrt();
+        row.iter_mut().for_each(|v| *v *= inv_norm);
+    }
+    Ok(Tensor::from_vec(data, x.shape(), x.device())?)
+}
+
+// PyTorch's CPU f32 summation orders (`aten/src/ATen/native/cpu/SumKernel.cpp`, `cascade_sum`),
+// so that the reductions of the reference round as they do there. The sum kernel is dispatched
+// with AVX2 even on AVX-512 machines, so a vector holds 8 floats.
+
+/// `Vectorized<float>::size()` of the sum kernel.
+const TORCH_SUM_LANES: usize = 8;
+/// `ilp_factor` of `row_sum`.
+const TORCH_SUM_ILP: usize = 4;
+/// `num_levels` of `multi_row_sum`.
+const TORCH_SUM_LEVELS: usize = 4;
+
+/// `c10::llvm::CeilLog2`: `ceil(log2(value))`, 0 for 0 and 1.
+fn ceil_log2(value: usize) -> usize {
+    if value <= 1 {
+        0
+    } else {
+        (usize::BITS - (value - 1).leading_zeros()) as usize
+    }
+}
+
+/// `multi_row_sum`: sums `size` rows of `width` independent lanes (`load(row, lane)`), each lane a
+/// 4-level cascade of running sums in blocks of `2^max(4, ceil_log2(size)/4)` rows.
+fn multi_row_sum(size: usize, width: usize, load: impl Fn(usize, usize) -> f32) -> Vec<f32> {
+    let level_power = (ceil_log2(size) / TORCH_SUM_LEVELS).max(4);
+    let level_step = 1usize << level_power;
+    let level_mask = level_step - 1;
+    let mut acc = vec![vec![0f32; width]; TORCH_SUM_LEVELS];
+    let mut i = 0;
+    while i + level_step <= size {
+        for _ in 0..level_step {
+            for (lane, a) in acc[0].iter_mut().enumerate() {
+                *a += load(i, lane);
+            }
+            i += 1;
+        }
+        for level in 1..TORCH_SUM_LEVELS {
+            let (lower, upper) = acc.split_at_mut(level);
+            for (hi, lo) in upper[0].iter_mut().zip(lower[level - 1].iter_mut()) {
+                *hi += *lo;
+                *lo = 0.0;
+            }
+            if i & (level_mask << (level * level_power)) != 0 {
+                break;
+            }
+        }
+    }
+    while i < size {
+        for (lane, a) in acc[0].iter_mut().enumerate() {
+            *a += load(i, lane);
+        }
+        i += 1;
+    }
+    let (first, rest) = acc.split_at_mut(1);
+    for level in rest.iter() {
+        for (a, &b) in first[0].iter_mut().zip(level) {
+            *a += b;
+        }
+    }
+    acc.swap_remove(0)
+}
+
+/// `row_sum`: sums `size` rows of `width` lanes as `ilp_factor` interleaved chains of rows
+/// ([`multi_row_sum`] over row groups), the leftover rows into chain 0, then the chains in order.
+fn row_sum(size: usize, width: usize, load: impl Fn(usize, usize) -> f32) -> Vec<f32> {
+    let groups = size / TORCH_SUM_ILP;
+    let chains = multi_row_sum(groups, TORCH_SUM_ILP * width, |g, c| load(g * TORCH_SUM_ILP + c / width, c % width));
+    let mut sum = chains[..width].to_vec();
+    for row in groups * TORCH_SUM_ILP..size {
+        for (lane, s) in sum.iter_mut().enumerate() {
+            *s += load(row, lane);
+        }
+    }
+    for chain in chains[width..].chunks_exact(width) {
+        for (s, &c) in sum.iter_mut().zip(chain) {
+            *s += c;
+        }
+    }
+    sum
+}
+
+/// The sum of a contiguous row as PyTorch's `x.sum(-1)` computes it (`vectorized_inner_sum`, or
+/// `scalar_inner_sum` for rows shorter than a vector).
+fn torch_inner_sum(x: &[f32]) -> f32 {
+    let n = x.len();
+    if n < TORCH_SUM_LANES {
+        return row_sum(n, 1, |i, _| x[i])[0];
+    }
+    let vectors = n / TORCH_SUM_LANES;
+    let lanes = row_sum(vectors, TORCH_SUM_LANES, |i, lane| x[i * TORCH_SUM_LANES + lane]);
+    let mut sum = 0f32;
+    for &v in &x[vectors * TORCH_SUM_LANES..] {
+        sum += v;
+    }
+    for v in lanes {
+        sum += v;
+    }
+    sum
+}
+
+/// Column sums of a row-major `[rows, cols]` product as PyTorch's `.sum(dim=-2)` computes them
+/// (`vectorized_outer_sum` / `scalar_outer_sum`): whole blocks of 4 vectors of columns (4 columns
+/// when there are fewer than a vector) by [`multi_row_sum`] over all rows, the other columns by
+/// [`row_sum`]. `out` receives the `cols` sums.
+fn torch_outer_sum(rows: usize, cols: usize, load: impl Fn(usize, usize) -> f32, out: &mut [f32]) {
+    let block = if cols >= TORCH_SUM_LANES { TORCH_SUM_ILP * TORCH_SUM_LANES } else { TORCH_SUM_ILP };
+    let cascaded = cols / block * block;
+    if cascaded > 0 {
+        out[..cascaded].copy_from_slice(&multi_row_sum(rows, cascaded, &load));
+    }
+    for (col, o) in out.iter_mut().enumerate().take(cols).skip(cascaded) {
+        *o = row_sum(rows, 1, |r, _| load(r, col))[0];
+    }
 }
 
 /// `x.repeat_interleave(repeats, dim=1)` for `x: [seq, heads, d]`.
@@ -242,7 +370,13 @@ pub fn chunk_gated_delta_rule(
 /// Mirrors `torch_recurrent_gated_delta_rule(..., initial_state=None, output_final_state=False,
 /// use_qk_l2norm_in_kernel=True)`: the token-by-token recurrence. Same arguments and result as
 /// [`chunk_gated_delta_rule`]; slower, used as its reference.
-pub fn recurrent_gated_delta_rule(query: &Tensor, key: &Tensor, value: &Tensor, g: &Tensor, beta: &Tensor) -> Result<Tensor> {
+pub fn recurrent_gated_delta_rule(
+    query: &Tensor,
+    key: &Tensor,
+    value: &Tensor,
+    g: &Tensor,
+    beta: &Tensor,
+) -> Result<Tensor> {
     ensure!(query.device().is_cpu(), "recurrent_gated_delta_rule runs on the CPU");
     let p = prologue(query, key, value, g, beta)?;
     let (h, s, dk, dv) = (p.heads(), p.seq(), p.d_k(), p.d_v());
@@ -266,27 +400,24 @@ pub fn recurrent_gated_delta_rule(query: &Tensor, key: &Tensor, value: &Tensor, 
             let (q_t, k_t) = (&q[row * dk..(row + 1) * dk], &k[row * dk..(row + 1) * dk]);
             let v_t = &v[row * dv..(row + 1) * dv];
             let o_t = &mut out[row * dv..(row + 1) * dv];
-            // state = state * exp(g_t); kv_mem = (state * k_t[:, None]).sum(-2)
+            // state = state * exp(g_t)
             let decay_t = g[row].exp();
-            kv_mem.fill(0.0);
-            for (srow, &kk) in state.chunks_exact_mut(dv).zip(k_t) {
-                for (sv, m) in srow.iter_mut().zip(kv_mem.iter_mut()) {
-                    *sv *= decay_t;
-                    *m += *sv * kk;
-                }
-            }
+            state.iter_mut().for_each(|sv| *sv *= decay_t);
+            // kv_mem = (state * k_t[:, None]).sum(-2)
+            torch_outer_sum(dk, dv, |r, c| state[r * dv + c] * k_t[r], &mut kv_mem);
             // delta = (v_t - kv_mem) * beta_t
             let beta_t = beta[row];
             for ((d, &vv), &m) in delta.iter_mut().zip(v_t).zip(&kv_mem) {
                 *d = (vv - m) * beta_t;
             }
-            // state = state + k_t[:, None] * delta[None, :]; o_t = (state * q_t[:, None]).sum(-2)
-            for ((srow, &kk), &qq) in state.chunks_exact_mut(dv).zip(k_t).zip(q_t) {
-                for ((sv, &d), o) in srow.iter_mut().zip(&delta).zip(o_t.iter_mut()) {
+            // state = state + k_t[:, None] * delta[None, :]
+            for (srow, &kk) in state.chunks_exact_mut(dv).zip(k_t) {
+                for (sv, &d) in srow.iter_mut().zip(&delta) {
                     *sv += kk * d;
-                    *o += *sv * qq;
                 }
             }
+            // o_t = (state * q_t[:, None]).sum(-2)
+            torch_outer_sum(dk, dv, |r, c| state[r * dv + c] * q_t[r], o_t);
         }
     }
     epilogue(Tensor::from_vec(out, (h, s, dv), &Device::Cpu)?, p.out_dtype)
@@ -410,7 +541,10 @@ mod tests {
     /// under test), with the key head of value head `h` being `h / (hv / hk)`.
     fn naive_f64(x: &Inputs) -> Vec<Vec<Vec<f64>>> {
         let to64 = |t: &Tensor| -> Vec<Vec<Vec<f64>>> {
-            values3(t).into_iter().map(|a| a.into_iter().map(|b| b.into_iter().map(f64::from).collect()).collect()).collect()
+            values3(t)
+                .into_iter()
+                .map(|a| a.into_iter().map(|b| b.into_iter().map(f64::from).collect()).collect())
+                .collect()
         };
         let (q, k, v) = (to64(&x.q), to64(&x.k), to64(&x.v));
         let g = x.g.to_vec2::<f32>().unwrap();
@@ -503,8 +637,8 @@ mod tests {
     #[test]
     fn two_tokens_follow_the_decayed_delta_update_derived_by_hand() {
         let dev = Device::Cpu;
-        let s = (1f64 + 1e-6).sqrt(); // l2norm of a unit vector divides by √(1 + 1e-6)
-        // d_k = 4: k₁ = e₀, k₂ = (e₀ + e₁)/… (norm √2), q₂ = e₁·3
+        // l2norm divides a unit vector by √(1 + 1e-6). d_k = 4: k₁ = e₀, k₂ = e₀ + e₁, q₁ = e₀, q₂ = 3e₁.
+        let s = (1f64 + 1e-6).sqrt();
         let q = [1f32, 0.0, 0.0, 0.0, 0.0, 3.0, 0.0, 0.0];
         let k = [1f32, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0];
         let v = [1f32, 2.0, -3.0, 0.5];
@@ -574,6 +708,65 @@ mod tests {
         }
     }
 
+    /// Deterministic test values of varied magnitude: `(h / 10007 − 0.5) · 2^(h mod 13 − 6)` with
+    /// `h = (7919 i + 104729 seed) mod 10007`, exact in f32 (numpy computes the same).
+    fn spread_values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let h = (i * 7919 + seed * 104729) % 10007;
+                (h as f32 / 10007.0 - 0.5) * 2f32.powi((h % 13) as i32 - 6)
+            })
+            .collect()
+    }
+
+    /// PyTorch's `x.sum(-1)` and `m.sum(-2)` of [`spread_values`] (f32 bit patterns, torch 2.x on
+    /// x86-64), which a plain running sum does not reproduce.
+    #[test]
+    fn torch_summation_orders_reproduce_pytorch_bit_for_bit() {
+        for (n, bits) in [(5usize, 0x41a0c05bu32), (128, 0xc0fef038), (203, 0x411f1f13)] {
+            let x = spread_values(n, n);
+            let got = torch_inner_sum(&x);
+            assert!(
+                got.to_bits() == bits,
+                "inner sum of {n} values: {got} ({:#x}), PyTorch {} ({bits:#x}); running sum {}",
+                got.to_bits(),
+                f32::from_bits(bits),
+                x.iter().sum::<f32>()
+            );
+        }
+        let outer: [(usize, usize, &[u32]); 3] =
+            [(128, 37, &TORCH_OUTER_128_37), (70, 6, &TORCH_OUTER_70_6), (300, 40, &TORCH_OUTER_300_40)];
+        for (rows, cols, bits) in outer {
+            let m = spread_values(rows * cols, rows);
+            let mut got = vec![0f32; cols];
+            torch_outer_sum(rows, cols, |r, c| m[r * cols + c], &mut got);
+            for (c, (&g, &b)) in got.iter().zip(bits).enumerate() {
+                assert!(
+                    g.to_bits() == b,
+                    "column {c} of the [{rows}, {cols}] outer sum: {g} ({:#x}), PyTorch {} ({b:#x})",
+                    g.to_bits(),
+                    f32::from_bits(b)
+                );
+            }
+        }
+    }
+
+    const TORCH_OUTER_128_37: [u32; 37] = [
+        0x400cbc30, 0xc1c88dd4, 0x417b7e2c, 0x419505ee, 0x41a6583c, 0x412e85e7, 0xc1519998, 0x41401d29, 0x40f2f124,
+        0x41be4ebd, 0xc1125e6b, 0xbf5730c0, 0x4102b62c, 0xc21c8f26, 0x40a529ab, 0xc2106385, 0x41f430cc, 0xc1c8b450,
+        0x421d2061, 0x40842927, 0xc17350b4, 0x4184cd02, 0xc103ae4a, 0x40ee183e, 0xc212478d, 0x4202d722, 0xc15604d2,
+        0x414410a8, 0xc145a642, 0xc10deb2a, 0x4206db82, 0x400e863c, 0x42156499, 0xc0d6a0f2, 0xc1819089, 0xbf1aef70,
+        0xc14148c4,
+    ];
+    const TORCH_OUTER_70_6: [u32; 6] = [0xc23b5e06, 0xc26d2407, 0x40e56ebf, 0x41517ee8, 0x421a6bff, 0x422304f0];
+    const TORCH_OUTER_300_40: [u32; 40] = [
+        0xc1222cb2, 0xc27b88b0, 0x416432cc, 0xc08a3ef0, 0x424bb39e, 0xc05e6688, 0x42141b7c, 0xc0b40d38, 0xc25ce643,
+        0xc1b7775f, 0xc2598335, 0x42088674, 0xc0f0a498, 0x429f6a60, 0x41fda4d0, 0xc1ce1c50, 0x421e6742, 0xc216d7fa,
+        0x3fde91c0, 0xc212daa5, 0x419e91ee, 0x400847e0, 0xc2138ea2, 0x429a2298, 0x414e67b6, 0x42800dd6, 0xc15e02a1,
+        0x410e2ac0, 0xc18c5fcd, 0xc28b5bc5, 0x40f1983c, 0xc228f0ea, 0x42982bd5, 0x4138f982, 0xbff803e0, 0x42481065,
+        0xc231a741, 0x4127344c, 0xc2267d7d, 0x3f9daad0,
+    ];
+
     /// Values printed by PyTorch (`torch_chunk_gated_delta_rule` and
     /// `torch_recurrent_gated_delta_rule` of transformers, f32, use_qk_l2norm_in_kernel=True)
     /// for these inputs.
@@ -599,10 +792,32 @@ mod tests {
         }
     }
 
-    const TORCH_Q: [f32; 12] = [0.0; 12];
-    const TORCH_K: [f32; 12] = [0.0; 12];
-    const TORCH_V: [f32; 18] = [0.0; 18];
-    const TORCH_G: [f32; 6] = [0.0; 6];
-    const TORCH_BETA: [f32; 6] = [0.0; 6];
-    const TORCH_OUT: [f32; 18] = [0.0; 18];
+    // torch.manual_seed(1234); q, k = randn(1, 3, 1, 4) each; v = randn(1, 3, 2, 3) * 2;
+    // g = -rand(1, 3, 2) * 1.5; beta = rand(1, 3, 2); out = torch_chunk_gated_delta_rule(q, k, v, g,
+    // beta, chunk_size=64, use_qk_l2norm_in_kernel=True)[0] (the recurrent form is within 1.2e-7).
+    #[rustfmt::skip]
+    const TORCH_Q: [f32; 12] = [
+        0.046130463, 0.40240282, -1.0115291, 0.21673824, -0.6122731, 0.50361073, 0.2309668, 0.6930773, -0.26686057,
+        2.1784658, 0.1021373, -0.2590097
+    ];
+    #[rustfmt::skip]
+    const TORCH_K: [f32; 12] = [
+        -0.1549004, -1.3705889, -0.13192043, 0.8848398, -0.2610768, 0.61041707, -0.009842321, -1.4473404,
+        -0.20389928, 0.87375337, -0.68161094, 0.63386935
+    ];
+    #[rustfmt::skip]
+    const TORCH_V: [f32; 18] = [
+        3.1969953, -0.09372112, 0.3650713, -0.14739552, 0.6293569, -2.0738015, 0.42008394, 1.2288549, -0.11038844,
+        -1.2250897, -3.5939367, 1.7456355, 1.5339292, -0.22756244, -1.8856385, 1.5080442, 0.27297997, -4.6663322
+    ];
+    #[rustfmt::skip]
+    const TORCH_G: [f32; 6] = [-0.26623902, -0.66648746, -0.18442655, -1.4456388, -1.1542802, -0.056756258];
+    #[rustfmt::skip]
+    const TORCH_BETA: [f32; 6] = [0.22394311, 0.6772411, 0.5274025, 0.63250464, 0.09096044, 0.23227984];
+    #[rustfmt::skip]
+    const TORCH_OUT: [f32; 18] = [
+        -0.045755554, 0.0013413413, -0.0052249185, 0.0063795745, -0.027239833, 0.0897583, -0.075861946, -0.100375004,
+        0.0044275895, 0.123383075, 0.34804022, -0.14587215, -0.0009663105, 0.047857206, -0.06334745, -0.08032929,
+        -0.5725814, 0.03786339
+    ];
 }

@@ -1,0 +1,200 @@
+//! Image file → pixel_values, mirroring transformers' `Qwen2VLImageProcessor` (torchvision
+//! backend, `transformers/models/qwen2_vl/image_processing_qwen2_vl.py`): decode, convert to
+//! RGB as `image_transforms.convert_to_rgb` does (alpha composited on white), `smart_resize`,
+//! the uint8 bicubic antialiased resize, fused rescale + normalise, and the patch layout in
+//! spatial-merge-block order.
+
+use std::path::Path;
+
+use anyhow::{bail, ensure, Context, Result};
+use image::{DynamicImage, ImageReader};
+
+use super::resize::resize_bicubic_antialias_u8;
+use super::ImageProcessorConfig;
+use crate::vision::positions::Grid;
+
+/// An 8-bit RGB image, rows top to bottom, pixels interleaved (HWC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RgbImage {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<u8>,
+}
+
+/// Decodes a PNG or JPEG file and converts it to RGB as the reference does: images with an
+/// alpha channel (or PNG transparency) are composited onto opaque white with PIL's integer
+/// `alpha_composite`; grayscale is replicated into three channels.
+pub fn load_rgb(path: &Path) -> Result<RgbImage> {
+    let decoded = ImageReader::open(path)
+        .with_context(|| format!("{}: cannot open the image", path.display()))?
+        .with_guessed_format()
+        .with_context(|| format!("{}: cannot read the image", path.display()))?
+        .decode()
+        .with_context(|| format!("{}: cannot decode the image (is it a complete PNG or JPEG file?)", path.display()))?;
+    to_rgb(decoded).with_context(|| format!("{}", path.display()))
+}
+
+/// The conversion half of [`load_rgb`].
+pub fn to_rgb(decoded: DynamicImage) -> Result<RgbImage> {
+    let (width, height) = (decoded.width() as usize, decoded.height() as usize);
+    ensure!(width > 0 && height > 0, "the image is {width}×{height}: it has no pixels");
+    let data = match decoded {
+        DynamicImage::ImageRgb8(img) => img.into_raw(),
+        DynamicImage::ImageLuma8(img) => img.into_raw().iter().flat_map(|&l| [l, l, l]).collect(),
+        DynamicImage::ImageRgba8(img) => composite_on_white(img.as_raw().chunks_exact(4).map(|p| [p[0], p[1], p[2], p[3]])),
+        DynamicImage::ImageLumaA8(img) => composite_on_white(img.as_raw().chunks_exact(2).map(|p| [p[0], p[0], p[0], p[1]])),
+        other => bail!(
+            "the image has {:?} pixels; only 8-bit grayscale, RGB and their alpha variants are reproduced exactly",
+            other.color()
+        ),
+    };
+    Ok(RgbImage { width, height, data })
+}
+
+/// PIL's `Image.alpha_composite(white, image).convert("RGB")` (libImaging/AlphaComposite.c),
+/// in its integer arithmetic, so the result matches to the last bit.
+fn composite_on_white(pixels: impl Iterator<Item = [u8; 4]>) -> Vec<u8> {
+    const PRECISION_BITS: u32 = 7;
+    let shift_div_255 = |a: u32| ((a >> 8) + a) >> 8;
+    let mut out = Vec::new();
+    for [r, g, b, a] in pixels {
+        if a == 0 {
+            out.extend([255, 255, 255]);
+            continue;
+        }
+        let (a, dst_a, dst) = (a as u32, 255u32, 255u32);
+        let blend = dst_a * (255 - a);
+        let outa255 = a * 255 + blend;
+        let coef1 = a * 255 * 255 * (1 << PRECISION_BITS) / outa255;
+        let coef2 = 255 * (1 << PRECISION_BITS) - coef1;
+        for c in [r, g, b] {
+            let tmp = c as u32 * coef1 + dst * coef2;
+            out.push((shift_div_255(tmp + (0x80 << PRECISION_BITS)) >> PRECISION_BITS) as u8);
+        }
+    }
+    out
+}
+
+/// `smart_resize`: the size nearest the original whose sides are multiples of `factor`
+/// (patch × merge) and whose area lies in [min_pixels, max_pixels], keeping the aspect ratio.
+/// Python's `round` (half to even), `floor` and `ceil` on f64, as the reference computes.
+/// Returns (height, width).
+pub fn smart_resize(height: usize, width: usize, factor: usize, min_pixels: usize, max_pixels: usize) -> Result<(usize, usize)> {
+    let (h, w, f) = (height as f64, width as f64, factor as f64);
+    let ratio = h.max(w) / h.min(w);
+    ensure!(ratio <= 200.0, "absolute aspect ratio must be smaller than 200, got {ratio}");
+    let mut h_bar = (h / f).round_ties_even() * f;
+    let mut w_bar = (w / f).round_ties_even() * f;
+    if h_bar * w_bar > max_pixels as f64 {
+        let beta = ((h * w) / max_pixels as f64).sqrt();
+        h_bar = f.max((h / beta / f).floor() * f);
+        w_bar = f.max((w / beta / f).floor() * f);
+    } else if h_bar * w_bar < min_pixels as f64 {
+        let beta = (min_pixels as f64 / (h * w)).sqrt();
+        h_bar = (h * beta / f).ceil() * f;
+        w_bar = (w * beta / f).ceil() * f;
+    }
+    Ok((h_bar as usize, w_bar as usize))
+}
+
+/// An image ready for the tower: its patches and grid.
+pub struct ImagePatches {
+    /// [patches, C·T·P·P] row-major.
+    pub values: Vec<f32>,
+    pub grid: Grid,
+}
+
+/// The (height, width) an image is resized to: `smart_resize` with factor patch × merge.
+pub fn target_size(img: &RgbImage, cfg: &ImageProcessorConfig) -> Result<(usize, usize)> {
+    smart_resize(img.height, img.width, cfg.patch_size * cfg.merge_size, cfg.min_pixels(), cfg.max_pixels())
+}
+
+/// Resize to (height, width), normalise and patchify one RGB image. The size must tile into
+/// whole merge blocks of patches (the reference's reshape fails otherwise; we say why).
+pub fn pixel_values_at(img: &RgbImage, (height, width): (usize, usize), cfg: &ImageProcessorConfig) -> Result<ImagePatches> {
+    let block = cfg.patch_size * cfg.merge_size;
+    ensure!(
+        height > 0 && width > 0 && height % block == 0 && width % block == 0,
+        "the image would be resized to {width}×{height}, which does not tile into {block}-pixel blocks \
+         (patch {} × merge {})",
+        cfg.patch_size,
+        cfg.merge_size
+    );
+    let resized = resize_bicubic_antialias_u8(&img.data, img.width, img.height, width, height);
+    Ok(patchify(&normalise(&resized, cfg), height, width, cfg))
+}
+
+/// `rescale_and_normalize` with rescale fused into normalise as the torchvision backend does:
+/// (x − mean/rescale) / (std/rescale), in f32. Returns CHW.
+fn normalise(hwc: &[u8], cfg: &ImageProcessorConfig) -> Vec<f32> {
+    let pixels = hwc.len() / 3;
+    let inv = (1.0 / cfg.rescale_factor) as f32;
+    let mut chw = vec![0f32; hwc.len()];
+    for c in 0..3 {
+        let mean = cfg.image_mean[c] as f32 * inv;
+        let std = cfg.image_std[c] as f32 * inv;
+        for p in 0..pixels {
+            chw[c * pixels + p] = (hwc[p * 3 + c] as f32 - mean) / std;
+        }
+    }
+    chw
+}
+
+/// `patchify`: [C, H, W] → [grid_h·grid_w, C·T·P·P], patches in spatial-merge-block order,
+/// each flattened as (channel, frame, row, col) with the single frame repeated T times.
+fn patchify(chw: &[f32], height: usize, width: usize, cfg: &ImageProcessorConfig) -> ImagePatches {
+    let (p, m, t) = (cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size);
+    let (grid_h, grid_w) = (height / p, width / p);
+    let mut values = Vec::with_capacity(grid_h * grid_w * 3 * t * p * p);
+    for block_row in 0..grid_h / m {
+        for block_col in 0..grid_w / m {
+            for in_row in 0..m {
+                for in_col in 0..m {
+                    let (row, col) = (block_row * m + in_row, block_col * m + in_col);
+                    for c in 0..3 {
+                        for _frame in 0..t {
+                            for y in 0..p {
+                                let start = c * height * width + (row * p + y) * width + col * p;
+                                values.extend_from_slice(&chw[start..start + p]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    ImagePatches { values, grid: Grid { t: 1, h: grid_h, w: grid_w } }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smart_resize_keeps_sides_multiples_of_the_factor_within_the_pixel_bounds() {
+        // chelsea (451×300) under a 32768-pixel budget becomes 192 wide, 128 high.
+        assert_eq!(smart_resize(300, 451, 32, 16384, 32768).unwrap(), (128, 192));
+        // A 102×102 image is below the 16384-pixel minimum and is scaled up.
+        let (h, w) = smart_resize(102, 102, 32, 16384, 32768).unwrap();
+        assert!(h * w >= 16384 && h % 32 == 0 && w % 32 == 0, "{h}×{w}");
+    }
+
+    #[test]
+    fn smart_resize_rounds_half_to_even_like_python() {
+        // 48 / 32 = 1.5 rounds to 2, 80 / 32 = 2.5 rounds to 2 (not 3).
+        assert_eq!(smart_resize(48, 80, 32, 1, 1 << 30).unwrap(), (64, 64));
+    }
+
+    #[test]
+    fn an_extreme_aspect_ratio_is_an_error() {
+        let err = smart_resize(1, 201, 32, 1, 1 << 30).unwrap_err().to_string();
+        assert!(err.contains("aspect ratio"), "{err}");
+    }
+
+    #[test]
+    fn transparent_pixels_become_white_and_opaque_ones_keep_their_colour() {
+        let out = composite_on_white([[10, 20, 30, 0], [10, 20, 30, 255], [0, 0, 0, 128]].into_iter());
+        assert_eq!(&out[..6], &[255, 255, 255, 10, 20, 30]);
+        assert!((126..=128).contains(&out[6]), "half-transparent black over white is mid grey, got {}", out[6]);
+    }
+}
