@@ -135,7 +135,7 @@ def text_config() -> dict:
         "head_dim": 256,
         "hidden_act": "silu",
         "hidden_size": 128,
-        "intermediate_size": 256,
+        "intermediate_size": 128,
         "linear_conv_kernel_dim": 4,
         "linear_key_head_dim": 128,
         "linear_num_key_heads": 2,
@@ -166,7 +166,7 @@ def vision_config() -> dict:
         "hidden_act": "gelu_pytorch_tanh",
         "hidden_size": 144,
         "in_channels": 3,
-        "intermediate_size": 288,
+        "intermediate_size": 144,
         "num_heads": 2,
         "num_position_embeddings": 2304,
         "out_hidden_size": 128,
@@ -177,8 +177,8 @@ def vision_config() -> dict:
 
 
 def preprocessor_config() -> dict:
-    # min/max pixels keep every case small: chelsea (451x300) becomes 192x128 (96 patches),
-    # and an image under 128x128 is scaled up to the minimum.
+    # min/max pixels keep every case (and fixtures/) small: chelsea (451x300) becomes 192x96
+    # (72 patches), and an image under 128x128 is scaled up to the minimum.
     return {
         "do_convert_rgb": True,
         "do_normalize": True,
@@ -192,7 +192,7 @@ def preprocessor_config() -> dict:
         "processor_class": "Qwen3VLProcessor",
         "resample": 3,
         "rescale_factor": 0.00392156862745098,
-        "size": {"longest_edge": 32768, "shortest_edge": 16384},
+        "size": {"longest_edge": 24576, "shortest_edge": 16384},
         "temporal_patch_size": 2,
     }
 

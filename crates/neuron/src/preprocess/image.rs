@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
-use image::{DynamicImage, ImageReader};
+use image::{DynamicImage, ImageFormat};
 
 use super::resize::resize_bicubic_antialias_u8;
 use super::ImageProcessorConfig;
@@ -25,13 +25,41 @@ pub struct RgbImage {
 /// alpha channel (or PNG transparency) are composited onto opaque white with PIL's integer
 /// `alpha_composite`; grayscale is replicated into three channels.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    let decoded = ImageReader::open(path)
-        .with_context(|| format!("{}: cannot open the image", path.display()))?
-        .with_guessed_format()
-        .with_context(|| format!("{}: cannot read the image", path.display()))?
-        .decode()
-        .with_context(|| format!("{}: cannot decode the image (is it a complete PNG or JPEG file?)", path.display()))?;
-    to_rgb(decoded).with_context(|| format!("{}", path.display()))
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read the image", path.display()))?;
+    let rgb = match image::guess_format(&bytes) {
+        Ok(ImageFormat::Jpeg) => decode_jpeg(&bytes),
+        Ok(ImageFormat::Png) => image::load_from_memory_with_format(&bytes, ImageFormat::Png)
+            .context("cannot decode the PNG (is the file complete?)")
+            .and_then(to_rgb),
+        Ok(other) => Err(anyhow::anyhow!("{other:?} images are not supported (PNG and JPEG are)")),
+        Err(_) => Err(anyhow::anyhow!("not a PNG or JPEG file")),
+    };
+    rgb.with_context(|| format!("{}", path.display()))
+}
+
+/// libjpeg-turbo's decoder (through mozjpeg) with PIL's settings: islow IDCT, fancy
+/// upsampling, RGB output (grayscale replicated). libjpeg reports fatal errors by unwinding,
+/// which becomes an error here; a missing end-of-image marker (a truncated file, which PIL
+/// refuses) is an error too.
+fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage> {
+    ensure!(bytes.windows(2).any(|w| w == [0xFF, 0xD9]), "the JPEG is truncated (no end-of-image marker)");
+    let decoded = std::panic::catch_unwind(|| -> std::io::Result<RgbImage> {
+        let mut started = mozjpeg::Decompress::new_mem(bytes)?.rgb()?;
+        let (width, height) = (started.width(), started.height());
+        let data: Vec<u8> = started.read_scanlines()?;
+        started.finish()?;
+        Ok(RgbImage { width, height, data })
+    });
+    let image = match decoded {
+        Ok(result) => result.context("cannot decode the JPEG")?,
+        Err(panic) => {
+            let msg = panic.downcast_ref::<String>().cloned().unwrap_or_else(|| "libjpeg failed".into());
+            bail!("cannot decode the JPEG: {msg}");
+        }
+    };
+    ensure!(image.width > 0 && image.height > 0, "the image is {}×{}: it has no pixels", image.width, image.height);
+    ensure!(image.data.len() == image.width * image.height * 3, "the JPEG decoded to fewer rows than its header promises");
+    Ok(image)
 }
 
 /// The conversion half of [`load_rgb`].
