@@ -53,6 +53,8 @@ pub struct Run {
     pub rotary: Vec<[u32; 2]>,
     pub merge: usize,
     pub input_ids: Vec<u32>,
+    /// Why the run stopped before producing every tap, if it did.
+    pub failure: Option<String>,
 }
 
 /// Reads a recorded reference dump of a case.
@@ -169,31 +171,37 @@ pub fn run_with(manifest: &Manifest, case: &str, mode: Mode, model: &Model, pert
     };
     let positions = vision_positions(&grids);
 
-    match mode {
-        Mode::VisionTeacherForced => {
-            let Some(pixels) = &pixels else { bail!("case {case} has no recorded input.pixel_values") };
-            model.vision.forward(pixels, &positions, &mut taps)?;
+    // A stage that fails keeps the taps recorded before it: the report can still name the
+    // first tap that is wrong, and says why the later ones are missing.
+    let stages = (|| -> Result<()> {
+        match mode {
+            Mode::VisionTeacherForced => {
+                let Some(pixels) = &pixels else { bail!("case {case} has no recorded input.pixel_values") };
+                model.vision.forward(pixels, &positions, &mut taps)?;
+            }
+            Mode::LmTeacherForced => {
+                let projector = if manifest.cases[case].dumps.contains_key("vision.projector") {
+                    Some(to_tensor(&reference(manifest, case, "vision.projector")?)?)
+                } else {
+                    None
+                };
+                let text = text_positions(&input_ids, &grids)?;
+                model.forward_from_image_embeds(&input_ids, projector.as_ref(), &text, &mut taps)?;
+            }
+            Mode::FromPixelValues | Mode::FromImageFiles => {
+                let image_embeds = match &pixels {
+                    Some(pixels) => Some(model.vision.forward(pixels, &positions, &mut taps)?),
+                    None => None,
+                };
+                let text = text_positions(&input_ids, &grids)?;
+                model.forward_from_image_embeds(&input_ids, image_embeds.as_ref(), &text, &mut taps)?;
+            }
         }
-        Mode::LmTeacherForced => {
-            let projector = if manifest.cases[case].dumps.contains_key("vision.projector") {
-                Some(to_tensor(&reference(manifest, case, "vision.projector")?)?)
-            } else {
-                None
-            };
-            let text = text_positions(&input_ids, &grids)?;
-            model.forward_from_image_embeds(&input_ids, projector.as_ref(), &text, &mut taps)?;
-        }
-        Mode::FromPixelValues | Mode::FromImageFiles => {
-            let image_embeds = match &pixels {
-                Some(pixels) => Some(model.vision.forward(pixels, &positions, &mut taps)?),
-                None => None,
-            };
-            let text = text_positions(&input_ids, &grids)?;
-            model.forward_from_image_embeds(&input_ids, image_embeds.as_ref(), &text, &mut taps)?;
-        }
-    }
+        Ok(())
+    })();
+    let failure = stages.err().map(|e| format!("{e:#}"));
     let taps = taps.into_map().iter().map(|(k, v)| Ok((k.clone(), to_array(v)?))).collect::<Result<_>>()?;
-    Ok(Run { mode, taps, grids, rotary: positions.rotary, merge: vision_cfg.spatial_merge_size, input_ids })
+    Ok(Run { mode, taps, grids, rotary: positions.rotary, merge: vision_cfg.spatial_merge_size, input_ids, failure })
 }
 
 fn model_dir(manifest: &Manifest, case: &str) -> PathBuf {
@@ -248,7 +256,10 @@ impl Run {
     pub fn check(&self, manifest: &Manifest, case: &str, tap: &str) -> Result<TapResult> {
         let expected = reference(manifest, case, tap)?;
         let Some(actual) = self.taps.get(tap) else {
-            bail!("the {} run of case {case} produced no {tap}", self.mode.name());
+            match &self.failure {
+                Some(why) => bail!("the {} run of case {case} stopped before {tap}: {why}", self.mode.name()),
+                None => bail!("the {} run of case {case} produced no {tap}", self.mode.name()),
+            }
         };
         let opts = CompareOptions {
             tolerance: manifest.tolerance(case, tap),
