@@ -105,7 +105,7 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
         for (name, sha) in &image_shas {
             doc.set_image_sha(name, sha);
         }
-        let inputs = inputs_digest(&manifest, case, &image_shas, &harness_sha);
+        let inputs = crate::status::inputs_digest(&manifest, case, &image_shas, &harness_sha);
         doc.set_case_capture(case, &inputs, &dumps);
         doc.set_reference(&Reference {
             transformers: listing.versions.transformers.clone(),
@@ -152,21 +152,6 @@ fn image_digests(manifest: &Manifest, case: &str) -> Result<Vec<(String, String)
             Ok((name.clone(), sha))
         })
         .collect()
-}
-
-/// Everything a case's dumps depend on, as one digest: the model files, the images, the
-/// prompt and the harness. A later `status` recomputes it to find stale dumps.
-fn inputs_digest(manifest: &Manifest, case: &str, image_shas: &[(String, String)], harness_sha: &str) -> String {
-    let c = &manifest.cases[case];
-    let mut text = String::new();
-    for (file, sha) in &manifest.models[&c.model].files {
-        text.push_str(&format!("model {file} {sha}\n"));
-    }
-    for (name, sha) in image_shas {
-        text.push_str(&format!("image {name} {sha}\n"));
-    }
-    text.push_str(&format!("prompt {:?}\nharness {harness_sha}\n", c.prompt));
-    parity::digest::sha256_bytes(text.as_bytes())
 }
 
 fn capture_case(sh: &Shell, manifest: &Manifest, case: &str, out: &Path, threads: u32) -> Result<CaptureListing> {

@@ -8,6 +8,7 @@ mod check;
 mod harness;
 mod make_model;
 mod manifest_edit;
+mod status;
 mod verify;
 
 use std::path::{Path, PathBuf};
@@ -33,6 +34,8 @@ enum Command {
     Check(check::Args),
     /// Replay every case through the Rust implementation and compare tap by tap.
     Verify(verify::Args),
+    /// Which cases are captured, stale, missing or failing (like `dvc status`).
+    Status(status::Args),
 }
 
 fn main() {
@@ -45,6 +48,7 @@ fn main() {
             Command::Capture(args) => capture::run(&sh, args),
             Command::Check(args) => check::run(&sh, args),
             Command::Verify(args) => verify::run(&sh, args),
+            Command::Status(args) => status::run(&sh, args),
         }
     })();
     if let Err(e) = result {

@@ -181,7 +181,10 @@ impl Manifest {
         let err = |message: String| ManifestError { file: file.to_owned(), message };
         let mut manifest: Manifest = toml::from_str(text).map_err(|e| err(e.to_string()))?;
         manifest.root = root.to_owned();
-        manifest.validate().map_err(err)?;
+        manifest.validate().map_err(|message| match line_of(text, &message) {
+            Some(line) => err(format!("line {line}: {message}")),
+            None => err(message),
+        })?;
         Ok(manifest)
     }
 
@@ -310,6 +313,36 @@ impl Manifest {
         }
         files
     }
+}
+
+/// The line of the entry a validation message starts with (`cases.chelsea.model: …`,
+/// `models."tiny".path = …`), found through the document's spans.
+fn line_of(text: &str, message: &str) -> Option<usize> {
+    let at = message.split([':', ' ']).next()?;
+    let mut keys = Vec::new();
+    let mut current = String::new();
+    let mut quoted = false;
+    for c in at.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            '.' if !quoted => keys.push(std::mem::take(&mut current)),
+            _ => current.push(c),
+        }
+    }
+    keys.push(current);
+    let doc = toml_edit::Document::parse(text).ok()?;
+    let mut table: &dyn toml_edit::TableLike = doc.as_table();
+    let mut span = None;
+    for key in &keys {
+        let item = table.get(key)?;
+        span = table.key(key).and_then(|k| k.span()).or_else(|| item.span()).or(span);
+        match item.as_table_like() {
+            Some(t) => table = t,
+            None => break,
+        }
+    }
+    let offset = span?.start;
+    Some(text[..offset].matches('\n').count() + 1)
 }
 
 fn join_keys<V>(map: &BTreeMap<String, V>) -> String {
@@ -460,6 +493,20 @@ mod tests {
     fn unknown_keys_are_rejected_with_their_line() {
         let err = parse_err(&GOOD.replace("prompt = \"Hello.\"", "prompt = \"Hello.\"\n        promt = \"typo\""));
         assert!(err.contains("promt") && err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_line_of_the_entry() {
+        let text = GOOD.replace("model = \"tiny\"\n        images", "model = \"big\"\n        images");
+        let line = text.lines().position(|l| l.contains("model = \"big\"")).unwrap() + 1;
+        let err = parse_err(&text);
+        assert!(err.contains(&format!("line {line}:")), "expected line {line}: {err}");
+    }
+
+    #[test]
+    fn duplicate_case_names_are_rejected_with_their_line() {
+        let err = parse_err(&format!("{GOOD}\n[cases.two]\nmodel = \"tiny\"\nprompt = \"again\"\n"));
+        assert!(err.contains("duplicate") && err.contains("line"), "{err}");
     }
 
     #[test]

@@ -181,3 +181,27 @@ pub fn json(rows: &[Row]) -> Value {
 pub fn first_failure(rows: &[Row]) -> Option<&Row> {
     rows.iter().find(|r| r.status == Status::Fail)
 }
+
+/// Per-patch error of one image tap laid out on the image's patch grid: where positional
+/// bugs show (a shifted row, a transposed grid, an edge off by one).
+#[derive(Debug, Clone, Serialize)]
+pub struct Heatmap {
+    pub mode: String,
+    pub tap: String,
+    /// Which image of the case (0-based).
+    pub image: usize,
+    /// Rows and columns of the grid (patches, or merged tokens for `vision.projector`).
+    pub grid_h: usize,
+    pub grid_w: usize,
+    /// max |Δ| over the channels of each grid cell, row-major (`grid_h × grid_w` values).
+    pub max_abs: Vec<f64>,
+}
+
+/// Everything the report shows about one case.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseReport {
+    pub case: String,
+    /// Every tap of every mode, in pipeline order within each mode.
+    pub rows: Vec<Row>,
+    pub heatmaps: Vec<Heatmap>,
+}

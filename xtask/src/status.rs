@@ -1,0 +1,196 @@
+//! `cargo xtask status`: like `dvc status`, which cases are captured and up to date, stale
+//! (model, image, prompt, tap selection or harness changed since the capture), missing (never
+//! captured, or a dump is gone) or failing (a recorded file no longer has its digest).
+
+use anyhow::{bail, Result};
+use parity::manifest::Manifest;
+use xshell::Shell;
+
+use crate::{harness, ManifestArg};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    manifest: ManifestArg,
+}
+
+/// The state of one case's dumps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    Captured,
+    Stale(Vec<String>),
+    Missing(Vec<String>),
+    Failing(Vec<String>),
+}
+
+impl State {
+    fn label(&self) -> &'static str {
+        match self {
+            State::Captured => "captured",
+            State::Stale(_) => "stale",
+            State::Missing(_) => "missing",
+            State::Failing(_) => "failing",
+        }
+    }
+
+    fn reasons(&self) -> &[String] {
+        match self {
+            State::Captured => &[],
+            State::Stale(r) | State::Missing(r) | State::Failing(r) => r,
+        }
+    }
+}
+
+pub fn run(sh: &Shell, args: Args) -> Result<()> {
+    let manifest = args.manifest.load(sh)?;
+    let harness_sha = harness::harness_digest(&manifest.root)?;
+    let states = case_states(&manifest, &harness_sha);
+    for (case, state) in &states {
+        println!("{:<16} {}", case, state.label());
+        for r in state.reasons() {
+            println!("{:<16}   {r}", "");
+        }
+    }
+    let not_ok = states.iter().filter(|(_, s)| *s != State::Captured).count();
+    if not_ok > 0 {
+        bail!("{not_ok} case(s) need attention: `cargo xtask capture --case NAME` re-captures a case");
+    }
+    println!("all {} cases captured and up to date", states.len());
+    Ok(())
+}
+
+/// Everything a case's dumps depend on, as one digest: the model files and images (by their
+/// recorded digests), the prompt, the tap selection and the harness.
+pub fn inputs_digest(manifest: &Manifest, case: &str, image_shas: &[(String, String)], harness_sha: &str) -> String {
+    let c = &manifest.cases[case];
+    let mut text = String::new();
+    for (file, sha) in &manifest.models[&c.model].files {
+        text.push_str(&format!("model {file} {sha}\n"));
+    }
+    for (name, sha) in image_shas {
+        text.push_str(&format!("image {name} {sha}\n"));
+    }
+    text.push_str(&format!("prompt {:?}\ntaps {:?}\nharness {harness_sha}\n", c.prompt, c.taps));
+    parity::digest::sha256_bytes(text.as_bytes())
+}
+
+/// The state of every case, in manifest order.
+pub fn case_states(manifest: &Manifest, harness_sha: &str) -> Vec<(String, State)> {
+    manifest.cases.keys().map(|case| (case.clone(), case_state(manifest, case, harness_sha))).collect()
+}
+
+fn case_state(manifest: &Manifest, case: &str, harness_sha: &str) -> State {
+    let c = &manifest.cases[case];
+    if c.dumps.is_empty() || c.inputs_sha256.is_none() {
+        return State::Missing(vec!["never captured".into()]);
+    }
+    let gone: Vec<String> = c
+        .dumps
+        .keys()
+        .map(|tap| Manifest::dump_path(case, tap))
+        .filter(|p| !manifest.root.join(p).is_file())
+        .map(|p| format!("{} is gone", p.display()))
+        .collect();
+    if !gone.is_empty() {
+        return State::Missing(gone);
+    }
+    let failing: Vec<String> = c
+        .dumps
+        .iter()
+        .filter_map(|(tap, d)| parity::digest::verify_file(&manifest.root.join(Manifest::dump_path(case, tap)), &d.sha256).err())
+        .map(|e| e.to_string().lines().next().unwrap_or_default().to_owned())
+        .collect();
+    if !failing.is_empty() {
+        return State::Failing(failing);
+    }
+
+    let mut stale = Vec::new();
+    let model = &manifest.models[&c.model];
+    for (file, recorded) in &model.files {
+        let path = manifest.root.join(&model.path).join(file);
+        if parity::digest::sha256_file(&path).ok().as_deref() != Some(recorded.as_str()) {
+            stale.push(format!("model file {} changed", path.display()));
+        }
+    }
+    let mut image_shas = Vec::new();
+    for name in &c.images {
+        let image = &manifest.images[name];
+        let now = parity::digest::sha256_file(&manifest.root.join(&image.path)).unwrap_or_default();
+        if image.sha256.as_deref() != Some(now.as_str()) {
+            stale.push(format!("image {name} ({}) changed", image.path));
+        }
+        image_shas.push((name.clone(), image.sha256.clone().unwrap_or_default()));
+    }
+    let recorded_harness = manifest.reference.as_ref().map(|r| r.harness_sha256.as_str());
+    if recorded_harness != Some(harness_sha) {
+        stale.push("the harness (script/capture.py, pyproject.toml or uv.lock) changed".into());
+    }
+    let recorded_harness = recorded_harness.unwrap_or_default();
+    if stale.is_empty() && c.inputs_sha256.as_deref() != Some(&inputs_digest(manifest, case, &image_shas, recorded_harness)) {
+        stale.push("the prompt, the images listed or the tap selection changed".into());
+    }
+    if stale.is_empty() {
+        State::Captured
+    } else {
+        State::Stale(stale)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn shipped() -> (String, std::path::PathBuf) {
+        let root = crate::project_root();
+        (std::fs::read_to_string(root.join("fixtures.toml")).unwrap(), root)
+    }
+
+    fn states_of(text: &str, root: &Path) -> Vec<(String, State)> {
+        let manifest = Manifest::parse(text, Path::new("fixtures.toml"), root).unwrap();
+        case_states(&manifest, &harness::harness_digest(root).unwrap())
+    }
+
+    #[test]
+    fn the_shipped_fixtures_are_captured_and_up_to_date() {
+        let (text, root) = shipped();
+        for (case, state) in states_of(&text, &root) {
+            assert_eq!(state, State::Captured, "case {case}");
+        }
+    }
+
+    #[test]
+    fn a_modified_prompt_makes_its_case_stale() {
+        let (text, root) = shipped();
+        let edited = text.replacen("prompt = \"Describe this image in one sentence.\"", "prompt = \"Describe it.\"", 1);
+        assert_ne!(edited, text, "the shipped manifest has no such prompt to edit");
+        let states = states_of(&edited, &root);
+        let stale: Vec<&String> = states.iter().filter(|(_, s)| matches!(s, State::Stale(_))).map(|(c, _)| c).collect();
+        assert_eq!(stale.len(), 1, "exactly the edited case should be stale: {states:?}");
+    }
+
+    #[test]
+    fn a_modified_image_makes_every_case_that_uses_it_stale() {
+        let (text, root) = shipped();
+        // A copy of chelsea.png with one byte changed, inside the repository.
+        let dir = root.join("target").join(format!("status-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut bytes = std::fs::read(root.join("fixtures/images/chelsea.png")).unwrap();
+        let last = bytes.len() - 20;
+        bytes[last] ^= 1;
+        std::fs::write(dir.join("chelsea.png"), &bytes).unwrap();
+        let rel = dir.strip_prefix(&root).unwrap().join("chelsea.png");
+        let edited = text.replace("path = \"fixtures/images/chelsea.png\"", &format!("path = \"{}\"", rel.display()));
+        let states = states_of(&edited, &root);
+        std::fs::remove_dir_all(&dir).unwrap();
+        for (case, state) in &states {
+            let uses_chelsea = ["chelsea", "two-images"].contains(&case.as_str());
+            let reasons = state.reasons().join("; ");
+            assert_eq!(
+                matches!(state, State::Stale(_)) && reasons.contains("image chelsea"),
+                uses_chelsea,
+                "case {case}: {state:?}"
+            );
+        }
+    }
+}
