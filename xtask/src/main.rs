@@ -8,6 +8,7 @@ mod check;
 mod harness;
 mod make_model;
 mod manifest_edit;
+mod mutants;
 mod status;
 mod verify;
 
@@ -36,6 +37,8 @@ enum Command {
     Verify(verify::Args),
     /// Which cases are captured, stale, missing or failing (like `dvc status`).
     Status(status::Args),
+    /// Run cargo-mutants over the model code with the numerical tests; summarise the score.
+    Mutants(mutants::Args),
 }
 
 fn main() {
@@ -49,6 +52,7 @@ fn main() {
             Command::Check(args) => check::run(&sh, args),
             Command::Verify(args) => verify::run(&sh, args),
             Command::Status(args) => status::run(&sh, args),
+            Command::Mutants(args) => mutants::run(&sh, args),
         }
     })();
     if let Err(e) = result {
