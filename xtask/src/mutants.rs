@@ -43,7 +43,8 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
     let jobs = args.jobs.to_string();
     let files: Vec<String> = args.files.iter().flat_map(|f| ["--file".to_owned(), f.clone()]).collect();
     // A missed mutant makes cargo-mutants exit non-zero; the summary below is the result.
-    let status = cmd!(sh, "cargo mutants --output {output} --jobs {jobs} {files...}").ignore_status().run();
+    let status =
+        cmd!(sh, "cargo mutants --package neuron --output {output} --jobs {jobs} {files...}").ignore_status().run();
     let path = sh.current_dir().join(output).join("mutants.out/outcomes.json");
     let outcomes: Outcomes = serde_json::from_str(
         &std::fs::read_to_string(&path).with_context(|| format!("reading {} (did cargo-mutants run?)", path.display()))?,
