@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, ensure, Context, Result};
 use parity::array::DType;
 use parity::manifest::{tap_matches, Dump, Manifest, Reference, DUMPS_DIR};
+use parity::compare::{compare, CompareOptions};
+use parity::report::{self, Row, Status};
 use parity::taps::Tap;
 use serde::Deserialize;
 use xshell::Shell;
@@ -27,6 +29,10 @@ pub struct Args {
     /// torch threads; the dumps are bit-reproducible for a fixed count.
     #[arg(long, default_value_t = 1)]
     threads: u32,
+    /// Re-capture into a temporary folder and compare with the checked-in dumps by the
+    /// manifest's tolerances ("did the reference move?"), without touching anything.
+    #[arg(long)]
+    check: bool,
     #[command(flatten)]
     manifest: ManifestArg,
 }
@@ -62,9 +68,15 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
     let manifest = args.manifest.load(sh)?;
     let cases = crate::select_cases(&manifest, args.model.as_deref(), args.case.as_deref())?;
     harness::require_uv(sh)?;
+    if args.check {
+        return check_against_recorded(sh, &manifest, &cases, args.threads);
+    }
     let harness_sha = harness::harness_digest(&manifest.root)?;
 
+    let bar = crate::progress(cases.len(), "capturing");
     for case in &cases {
+        bar.set_message(case.clone());
+        bar.inc(1);
         let started = std::time::Instant::now();
         let c = &manifest.cases[case];
         check_model_files(&manifest, &c.model)?;
@@ -118,12 +130,58 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
         });
         doc.save()?;
 
-        println!("captured {case}: {} taps in {:.1}s", dumps.len(), started.elapsed().as_secs_f64());
+        bar.suspend(|| println!("captured {case}: {} taps in {:.1}s", dumps.len(), started.elapsed().as_secs_f64()));
         for t in &listing.taps {
             let stat = t.mean_abs.map(|m| format!("mean |x| {m:.4}")).unwrap_or_default();
             println!("  {:<22} {:<14} {stat}", t.tap, format!("{:?}", t.shape));
         }
     }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// `--check`: capture into a temporary folder outside the repository and compare each
+/// recorded dump with the new one; bytes identical, within tolerance, or moved.
+fn check_against_recorded(sh: &Shell, manifest: &Manifest, cases: &[String], threads: u32) -> Result<()> {
+    let scratch = std::env::temp_dir().join(format!("neuron-capture-check-{}", std::process::id()));
+    let mut rows = Vec::new();
+    let mut identical = 0;
+    for case in cases {
+        check_model_files(manifest, &manifest.cases[case].model)?;
+        let out = scratch.join(case);
+        let result = capture_case(sh, manifest, case, &out, threads).with_context(|| format!("capturing case {case}"));
+        if let Err(e) = result {
+            let _ = std::fs::remove_dir_all(&scratch);
+            return Err(e);
+        }
+        for (tap, dump) in manifest.dumps_in_order(case) {
+            let tap = tap.to_string();
+            let new_path = out.join(format!("{tap}.npy"));
+            let new_sha = parity::digest::sha256_file(&new_path).unwrap_or_default();
+            if new_sha == dump.sha256 {
+                identical += 1;
+            }
+            let recorded = parity::npy::read_npy(&manifest.root.join(Manifest::dump_path(case, &tap)));
+            let row = match (recorded, parity::npy::read_npy(&new_path)) {
+                (Ok(recorded), Ok(new)) => {
+                    let opts = CompareOptions { tolerance: manifest.tolerance(case, &tap), top_k: None };
+                    let c = compare(&recorded, &new, &opts);
+                    let detail = format!("case {case} · tap {tap} · new capture vs checked-in dump\n{c}");
+                    Row::compared(case, "recapture", &tap, &c, None, detail)
+                }
+                (Err(e), _) | (_, Err(e)) => Row::failed(case, "recapture", &tap, e.to_string()),
+            };
+            rows.push(row);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    print!("{}", report::table(&rows));
+    let moved: Vec<&Row> = rows.iter().filter(|r| r.status == Status::Fail).collect();
+    println!("\n{} dumps: {identical} byte-identical, {} within tolerance, {} moved", rows.len(), rows.len() - identical - moved.len(), moved.len());
+    for r in &moved {
+        eprintln!("\n{}", r.detail.as_deref().unwrap_or_default());
+    }
+    ensure!(moved.is_empty(), "the reference moved for {} dump(s); nothing was changed on disk", moved.len());
     Ok(())
 }
 

@@ -110,3 +110,17 @@ fn select_cases(manifest: &parity::manifest::Manifest, model: Option<&str>, case
     ensure!(!cases.is_empty(), "no case matches --model {model:?} --case {case:?}");
     Ok(cases)
 }
+
+/// A progress bar on stderr for long loops; hidden in CI and when stderr is not a terminal,
+/// so logs stay clean.
+fn progress(len: usize, what: &str) -> indicatif::ProgressBar {
+    if std::env::var_os("CI").is_some() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!("{what} {{bar:30}} {{pos}}/{{len}} {{msg}}"))
+            .expect("a valid template"),
+    );
+    bar
+}

@@ -33,11 +33,15 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
     let manifest = args.manifest.load(sh)?;
     let cases = crate::select_cases(&manifest, args.model.as_deref(), args.case.as_deref())?;
     let mut rows = Vec::new();
+    let bar = crate::progress(cases.len() * Mode::ALL.len(), "verifying");
     for case in &cases {
         for &mode in Mode::ALL {
+            bar.set_message(format!("{case} · {}", mode.name()));
             rows.extend(verify_case(&manifest, case, mode));
+            bar.inc(1);
         }
     }
+    bar.finish_and_clear();
     match args.format {
         Format::Table => print!("{}", report::table(&rows)),
         Format::Json => println!("{}", serde_json::to_string_pretty(&report::json(&rows))?),
@@ -94,4 +98,62 @@ fn verify_case(manifest: &Manifest, case: &str, mode: Mode) -> Vec<Row> {
             Err(e) => Row::failed(case, mode.name(), tap, format!("{e:#}")),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `cargo xtask verify --manifest <broken>` in-process and returns its error.
+    fn verify_error(name: &str, text: &str) -> String {
+        let dir = std::env::temp_dir().join(format!("neuron-verify-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("fixtures.toml");
+        std::fs::write(&path, text).unwrap();
+        let sh = Shell::new().unwrap();
+        let args = Args { case: None, model: None, format: Format::Json, manifest: ManifestArg { manifest: path.clone() } };
+        let result = run(&sh, args);
+        std::fs::remove_dir_all(&dir).unwrap();
+        match result {
+            Ok(()) => panic!("{name}: a broken manifest verified"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    fn shipped() -> String {
+        std::fs::read_to_string(crate::project_root().join("fixtures.toml")).unwrap()
+    }
+
+    #[test]
+    fn broken_manifests_are_errors_naming_the_line_never_panics() {
+        let good = shipped();
+        let cases = [
+            ("unknown-key", good.replacen("prompt = ", "promt = \"x\"\nprompt = ", 1), "promt"),
+            ("unknown-tap", good.replacen("\"lm.norm\" = {", "\"lm.nrom\" = {", 1), "unknown tap \"lm.nrom\""),
+            (
+                "duplicate-case",
+                format!("{good}\n[cases.chelsea]\nmodel = \"tiny-qwen3.6-27b\"\nprompt = \"again\"\n"),
+                "duplicate",
+            ),
+            ("path-leaves-repo", good.replacen("fixtures/images/chelsea.png", "../../etc/passwd", 1), "stay inside"),
+            ("negative-tolerance", good.replacen("atol = 1e-4", "atol = -1e-4", 1), "finite number >= 0"),
+            ("nan-tolerance", good.replacen("rtol = 1e-4", "rtol = nan", 1), "finite number >= 0"),
+            ("not-toml", "[cases\nthis is not toml".to_string(), "line"),
+        ];
+        for (name, text, expected) in cases {
+            assert_ne!(text, good, "{name}: the edit did not apply");
+            let err = verify_error(name, &text);
+            assert!(err.contains(expected), "{name}: the error does not say {expected:?}:\n{err}");
+            assert!(err.contains("line"), "{name}: the error does not name the line:\n{err}");
+        }
+    }
+
+    #[test]
+    fn a_missing_manifest_names_the_flag_that_points_elsewhere() {
+        let sh = Shell::new().unwrap();
+        let path = std::env::temp_dir().join("neuron-no-such-manifest.toml");
+        let args = Args { case: None, model: None, format: Format::Table, manifest: ManifestArg { manifest: path } };
+        let err = format!("{:#}", run(&sh, args).unwrap_err());
+        assert!(err.contains("--manifest"), "{err}");
+    }
 }

@@ -53,6 +53,8 @@ pub struct Run {
     pub rotary: Vec<[u32; 2]>,
     pub merge: usize,
     pub input_ids: Vec<u32>,
+    /// The text of each token, when the checkpoint has a tokenizer (for failure messages).
+    pub token_texts: Option<Vec<String>>,
     /// Why the run stopped before producing every tap, if it did.
     pub failure: Option<String>,
 }
@@ -201,7 +203,23 @@ pub fn run_with(manifest: &Manifest, case: &str, mode: Mode, model: &Model, pert
     })();
     let failure = stages.err().map(|e| format!("{e:#}"));
     let taps = taps.into_map().iter().map(|(k, v)| Ok((k.clone(), to_array(v)?))).collect::<Result<_>>()?;
-    Ok(Run { mode, taps, grids, rotary: positions.rotary, merge: vision_cfg.spatial_merge_size, input_ids, failure })
+    let token_texts = token_texts(&model_dir(manifest, case), &input_ids);
+    Ok(Run {
+        mode,
+        taps,
+        grids,
+        rotary: positions.rotary,
+        merge: vision_cfg.spatial_merge_size,
+        input_ids,
+        token_texts,
+        failure,
+    })
+}
+
+/// Each token decoded on its own, for naming positions in reports; `None` without a tokenizer.
+fn token_texts(model_dir: &Path, ids: &[u32]) -> Option<Vec<String>> {
+    let tokenizer = tokenizers::Tokenizer::from_file(model_dir.join("tokenizer.json")).ok()?;
+    ids.iter().map(|&id| tokenizer.decode(&[id], false).ok()).collect()
 }
 
 fn model_dir(manifest: &Manifest, case: &str) -> PathBuf {
@@ -270,6 +288,15 @@ impl Run {
         Ok(TapResult { case: case.to_owned(), tap: tap.to_owned(), mode: self.mode, comparison, location })
     }
 
+    /// "id 613 '<|image_pad|>'" for a token position.
+    fn token(&self, position: usize) -> Option<String> {
+        let id = self.input_ids.get(position)?;
+        Some(match self.token_texts.as_ref().and_then(|t| t.get(position)) {
+            Some(text) => format!("id {id} {text:?}"),
+            None => format!("id {id}"),
+        })
+    }
+
     /// Names a tensor index in model terms: which image and which patch (row, col) for
     /// per-patch taps, which merged token for the projector.
     pub fn locate(&self, tap: &str, index: &[usize]) -> Option<String> {
@@ -282,8 +309,7 @@ impl Run {
         let merged = tap == "vision.projector";
         let per_token = matches!(Tap::parse(tap)?.stem(), "lm.layer" | "lm.norm" | "input.input_ids");
         if per_token {
-            let id = self.input_ids.get(row)?;
-            return Some(format!("token position {row} (id {id}){column}"));
+            return Some(format!("token position {row} ({}){column}", self.token(row)?));
         }
         if tap == "lm.image_embeds" {
             return Some(format!("image token {row}{column}"));
@@ -291,7 +317,7 @@ impl Run {
         if tap == "input.position_ids" {
             let pos = index.get(1)?;
             let axis = ["t", "h", "w"].get(row)?;
-            return Some(format!("{axis} position of token {pos} (id {})", self.input_ids.get(*pos)?));
+            return Some(format!("{axis} position of token {pos} ({})", self.token(*pos)?));
         }
         if !per_patch && !merged {
             return None;
