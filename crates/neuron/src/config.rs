@@ -102,10 +102,10 @@ impl VisionConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.num_heads == 0 || self.hidden_size % self.num_heads != 0 {
+        if self.num_heads == 0 || !self.hidden_size.is_multiple_of(self.num_heads) {
             bail!("hidden_size {} is not a multiple of num_heads {}", self.hidden_size, self.num_heads);
         }
-        if self.head_dim() % 4 != 0 {
+        if !self.head_dim().is_multiple_of(4) {
             bail!("head_dim {} must be a multiple of 4 for the 2-D axial rotary embedding", self.head_dim());
         }
         let side = self.num_grid_per_side();

@@ -107,12 +107,15 @@ pub fn model_from(inputs: &CaseInputs, vb: VarBuilder) -> Result<Model> {
     Model::new(&inputs.config, vb).with_context(|| format!("building the model of {}", inputs.model_dir.display()))
 }
 
+/// Multimodal positions: (t, h, w) rows of one position per token.
+pub type Positions = [Vec<i64>; 3];
+
 /// Injection points for tests: each maps what the pipeline computed before it is used.
 /// Production runs use `Perturbations::default()`, which changes nothing.
 #[derive(Default)]
 pub struct Perturbations<'a> {
     pub vision_positions: Option<&'a dyn Fn(VisionPositions) -> VisionPositions>,
-    pub text_positions: Option<&'a dyn Fn([Vec<i64>; 3]) -> [Vec<i64>; 3]>,
+    pub text_positions: Option<&'a dyn Fn(Positions) -> Positions>,
     pub preprocess: Hooks<'a>,
 }
 

@@ -118,11 +118,14 @@ pub struct Processed {
     pub grids: Vec<Grid>,
 }
 
+/// Maps the computed (height, width) resize target of an image.
+pub type TargetSizeHook<'a> = &'a dyn Fn(&image::RgbImage, (usize, usize)) -> (usize, usize);
+
 /// Injection points into preprocessing, each applied to what the processor computed.
 #[derive(Default)]
 pub struct Hooks<'a> {
     /// The (height, width) an image is resized to.
-    pub target_size: Option<&'a dyn Fn(&image::RgbImage, (usize, usize)) -> (usize, usize)>,
+    pub target_size: Option<TargetSizeHook<'a>>,
     /// The number of `<|image_pad|>` tokens per image.
     pub image_token_counts: Option<&'a dyn Fn(Vec<usize>) -> Vec<usize>>,
 }

@@ -45,9 +45,11 @@ impl TextRotary {
         let half = self.inv_freq.len();
         let mut cos = Vec::with_capacity(seq * 2 * half);
         let mut sin = Vec::with_capacity(seq * 2 * half);
-        for s in 0..seq {
+        // Each frequency reads a different row of `positions`, so the token index is the clear key.
+        #[allow(clippy::needless_range_loop)]
+        for token in 0..seq {
             let angles: Vec<f32> =
-                (0..half).map(|i| positions[self.axis[i]][s] as f32 * self.inv_freq[i]).collect();
+                (0..half).map(|i| positions[self.axis[i]][token] as f32 * self.inv_freq[i]).collect();
             for _ in 0..2 {
                 cos.extend(angles.iter().map(|a| a.cos()));
                 sin.extend(angles.iter().map(|a| a.sin()));
