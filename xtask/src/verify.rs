@@ -1,10 +1,10 @@
 //! `cargo xtask verify`: replay every case through the Rust implementation and compare each
 //! tap with its reference dump; one row per tap, the first failing tap named per case.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use neuron::replay::{self, Mode};
 use parity::manifest::Manifest;
-use parity::report::{self, Row, Status};
+use parity::report::{self, CaseReport, Heatmap, Row, Status};
 use xshell::Shell;
 
 use crate::ManifestArg;
@@ -19,6 +19,10 @@ pub struct Args {
     model: Option<String>,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+    /// Also write a self-contained HTML report (tables, error-growth plots, per-patch heat
+    /// maps) and the JSON rows into this folder.
+    #[arg(long)]
+    report: Option<std::path::PathBuf>,
     #[command(flatten)]
     manifest: ManifestArg,
 }
@@ -33,15 +37,24 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
     let manifest = args.manifest.load(sh)?;
     let cases = crate::select_cases(&manifest, args.model.as_deref(), args.case.as_deref())?;
     let mut rows = Vec::new();
+    let mut reports = Vec::new();
     let bar = crate::progress(cases.len() * Mode::ALL.len(), "verifying");
     for case in &cases {
+        let mut report = CaseReport { case: case.clone(), rows: Vec::new(), heatmaps: Vec::new() };
         for &mode in Mode::ALL {
             bar.set_message(format!("{case} · {}", mode.name()));
-            rows.extend(verify_case(&manifest, case, mode));
+            let (case_rows, heatmaps) = verify_case(&manifest, case, mode, args.report.is_some());
+            report.rows.extend(case_rows);
+            report.heatmaps.extend(heatmaps);
             bar.inc(1);
         }
+        rows.extend(report.rows.iter().cloned());
+        reports.push(report);
     }
     bar.finish_and_clear();
+    if let Some(dir) = &args.report {
+        write_report(dir, &reports)?;
+    }
     match args.format {
         Format::Table => print!("{}", report::table(&rows)),
         Format::Json => println!("{}", serde_json::to_string_pretty(&report::json(&rows))?),
@@ -74,30 +87,47 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
     Ok(())
 }
 
-fn verify_case(manifest: &Manifest, case: &str, mode: Mode) -> Vec<Row> {
+/// Writes `index.html` and `report.json` into `dir`.
+fn write_report(dir: &std::path::Path, reports: &[CaseReport]) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let html = parity::html::render("neuron parity report", reports).map_err(|e| anyhow::anyhow!("rendering the report: {e}"))?;
+    std::fs::write(dir.join("index.html"), html)?;
+    std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(reports)?)?;
+    eprintln!("report written to {}", dir.join("index.html").display());
+    Ok(())
+}
+
+fn verify_case(manifest: &Manifest, case: &str, mode: Mode, with_heatmaps: bool) -> (Vec<Row>, Vec<Heatmap>) {
     let taps = replay::taps_checked(manifest, case, mode);
     if taps.is_empty() {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     }
     let model = &manifest.models[&manifest.cases[case].model];
     let model_dir = manifest.root.join(&model.path);
     if !model_dir.join("config.json").is_file() {
         let why = format!("checkpoint not on this machine: {} has no config.json", model_dir.display());
-        return taps.iter().map(|t| Row::skipped(case, mode.name(), t, why.clone())).collect();
+        return (taps.iter().map(|t| Row::skipped(case, mode.name(), t, why.clone())).collect(), Vec::new());
     }
     let run = match replay::run(manifest, case, mode) {
         Ok(run) => run,
         Err(e) => {
             let why = format!("the {} run failed: {e:#}", mode.name());
-            return taps.iter().map(|t| Row::failed(case, mode.name(), t, why.clone())).collect();
+            return (taps.iter().map(|t| Row::failed(case, mode.name(), t, why.clone())).collect(), Vec::new());
         }
     };
-    taps.iter()
+    let rows = taps
+        .iter()
         .map(|tap| match run.check(manifest, case, tap) {
             Ok(r) => Row::compared(case, mode.name(), tap, &r.comparison, r.location.clone(), r.message()),
             Err(e) => Row::failed(case, mode.name(), tap, format!("{e:#}")),
         })
-        .collect()
+        .collect();
+    let heatmaps = if with_heatmaps {
+        taps.iter().flat_map(|tap| run.heatmaps(manifest, case, tap).unwrap_or_default()).collect()
+    } else {
+        Vec::new()
+    };
+    (rows, heatmaps)
 }
 
 #[cfg(test)]
@@ -111,7 +141,7 @@ mod tests {
         let path = dir.join("fixtures.toml");
         std::fs::write(&path, text).unwrap();
         let sh = Shell::new().unwrap();
-        let args = Args { case: None, model: None, format: Format::Json, manifest: ManifestArg { manifest: path.clone() } };
+        let args = Args { case: None, model: None, format: Format::Json, report: None, manifest: ManifestArg { manifest: path.clone() } };
         let result = run(&sh, args);
         std::fs::remove_dir_all(&dir).unwrap();
         match result {
@@ -152,7 +182,7 @@ mod tests {
     fn a_missing_manifest_names_the_flag_that_points_elsewhere() {
         let sh = Shell::new().unwrap();
         let path = std::env::temp_dir().join("neuron-no-such-manifest.toml");
-        let args = Args { case: None, model: None, format: Format::Table, manifest: ManifestArg { manifest: path } };
+        let args = Args { case: None, model: None, format: Format::Table, report: None, manifest: ManifestArg { manifest: path } };
         let err = format!("{:#}", run(&sh, args).unwrap_err());
         assert!(err.contains("--manifest"), "{err}");
     }

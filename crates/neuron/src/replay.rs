@@ -14,6 +14,7 @@ use candle_nn::VarBuilder;
 use parity::array::{Array, Data};
 use parity::compare::{compare, CompareOptions, Comparison};
 use parity::manifest::Manifest;
+use parity::report::Heatmap;
 pub use parity::mode::Mode;
 use parity::taps::Tap;
 
@@ -289,6 +290,51 @@ impl Run {
         let comparison = compare(&expected, actual, &opts);
         let location = comparison.max_abs.as_ref().and_then(|w| self.locate(tap, &w.index));
         Ok(TapResult { case: case.to_owned(), tap: tap.to_owned(), mode: self.mode, comparison, location })
+    }
+
+    /// Per-patch error maps of an image tap, one per image, laid out on the image's patch grid
+    /// (merged-token grid for `vision.projector`); empty for other taps or mismatched shapes.
+    pub fn heatmaps(&self, manifest: &Manifest, case: &str, tap: &str) -> Result<Vec<Heatmap>> {
+        let per_patch = matches!(
+            Tap::parse(tap).map(Tap::stem),
+            Some("input.pixel_values" | "vision.patch_embed" | "vision.pos_embed" | "vision.block" | "vision.tower")
+        );
+        let merged = tap == "vision.projector";
+        let (Some(actual), true) = (self.taps.get(tap), per_patch || merged) else { return Ok(Vec::new()) };
+        let expected = reference(manifest, case, tap)?;
+        let (Some(e), Some(a)) = (expected.as_f32(), actual.as_f32()) else { return Ok(Vec::new()) };
+        if expected.shape != actual.shape || expected.shape.len() != 2 {
+            return Ok(Vec::new());
+        }
+        let width = expected.shape[1];
+        let row_max: Vec<f64> = e
+            .chunks(width)
+            .zip(a.chunks(width))
+            .map(|(e, a)| e.iter().zip(a).map(|(x, y)| (f64::from(*x) - f64::from(*y)).abs()).fold(0.0, f64::max))
+            .collect();
+        let unit = if merged { self.merge * self.merge } else { 1 };
+        let mut maps = Vec::new();
+        let mut start = 0;
+        for (image, g) in self.grids.iter().enumerate() {
+            let (grid_h, grid_w) = if merged { (g.h / self.merge, g.w / self.merge) } else { (g.h, g.w) };
+            let count = g.patches() / unit;
+            let mut cells = vec![0.0; grid_h * grid_w];
+            for row in start..(start + count).min(row_max.len()) {
+                let cell = if merged {
+                    // Merged tokens come block by block, row-major over the block grid.
+                    row - start
+                } else {
+                    let [r, c] = self.rotary[row];
+                    r as usize * grid_w + c as usize
+                };
+                if let Some(slot) = cells.get_mut(cell) {
+                    *slot = f64::max(*slot, row_max[row]);
+                }
+            }
+            maps.push(Heatmap { mode: self.mode.name().into(), tap: tap.into(), image, grid_h, grid_w, max_abs: cells });
+            start += count;
+        }
+        Ok(maps)
     }
 
     /// "id 613 '<|image_pad|>'" for a token position.
