@@ -9,6 +9,7 @@ mod harness;
 mod make_model;
 mod manifest_edit;
 mod mutants;
+mod smoke;
 mod status;
 mod verify;
 

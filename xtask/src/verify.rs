@@ -23,6 +23,10 @@ pub struct Args {
     /// maps) and the JSON rows into this folder.
     #[arg(long)]
     report: Option<std::path::PathBuf>,
+    /// With --report: render the page in headless Chromium, save `screenshot.png` beside it
+    /// and fail if the page comes out blank.
+    #[arg(long, requires = "report")]
+    screenshot: bool,
     #[command(flatten)]
     manifest: ManifestArg,
 }
@@ -54,6 +58,10 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
     bar.finish_and_clear();
     if let Some(dir) = &args.report {
         write_report(dir, &reports)?;
+        if args.screenshot {
+            let check = crate::smoke::screenshot(&dir.join("index.html"), &dir.join("screenshot.png"))?;
+            eprintln!("report screenshot {}: {check}", dir.join("screenshot.png").display());
+        }
     }
     match args.format {
         Format::Table => print!("{}", report::table(&rows)),
@@ -141,7 +149,7 @@ mod tests {
         let path = dir.join("fixtures.toml");
         std::fs::write(&path, text).unwrap();
         let sh = Shell::new().unwrap();
-        let args = Args { case: None, model: None, format: Format::Json, report: None, manifest: ManifestArg { manifest: path.clone() } };
+        let args = Args { case: None, model: None, format: Format::Json, report: None, screenshot: false, manifest: ManifestArg { manifest: path.clone() } };
         let result = run(&sh, args);
         std::fs::remove_dir_all(&dir).unwrap();
         match result {
@@ -182,7 +190,7 @@ mod tests {
     fn a_missing_manifest_names_the_flag_that_points_elsewhere() {
         let sh = Shell::new().unwrap();
         let path = std::env::temp_dir().join("neuron-no-such-manifest.toml");
-        let args = Args { case: None, model: None, format: Format::Table, report: None, manifest: ManifestArg { manifest: path } };
+        let args = Args { case: None, model: None, format: Format::Table, report: None, screenshot: false, manifest: ManifestArg { manifest: path } };
         let err = format!("{:#}", run(&sh, args).unwrap_err());
         assert!(err.contains("--manifest"), "{err}");
     }
