@@ -115,6 +115,16 @@ mod tests {
     }
 
     #[test]
+    fn the_block_order_holds_for_a_merge_size_other_than_two() {
+        // merge 2 makes merge + merge equal merge · merge; a 3×3 merge tells them apart.
+        let grid = [Grid { t: 1, h: 3, w: 6 }];
+        let pos = rotary_positions(&grid, 3);
+        let first_block: Vec<[u32; 2]> = (0..3).flat_map(|r| (0..3).map(move |c| [r, c])).collect();
+        let second_block: Vec<[u32; 2]> = (0..3).flat_map(|r| (3..6).map(move |c| [r, c])).collect();
+        assert_eq!(pos, [first_block, second_block].concat());
+    }
+
+    #[test]
     fn corner_patches_take_the_corner_table_entries_exactly() {
         let grid = [Grid { t: 1, h: 4, w: 6 }];
         let side = 48;
