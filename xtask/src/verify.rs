@@ -2,7 +2,8 @@
 //! tap with its reference dump; one row per tap, the first failing tap named per case.
 
 use anyhow::{bail, Context, Result};
-use neuron::replay::{self, Mode};
+use neuron::model::Model;
+use neuron::replay::{self, CaseInputs, Mode, Perturbations};
 use parity::manifest::Manifest;
 use parity::report::{self, CaseReport, Heatmap, Row, Status};
 use xshell::Shell;
@@ -45,9 +46,11 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
     let bar = crate::progress(cases.len() * Mode::ALL.len(), "verifying");
     for case in &cases {
         let mut report = CaseReport { case: case.clone(), rows: Vec::new(), heatmaps: Vec::new() };
+        // One model per case, shared by its modes.
+        let model = load(&manifest, case);
         for &mode in Mode::ALL {
             bar.set_message(format!("{case} · {}", mode.name()));
-            let (case_rows, heatmaps) = verify_case(&manifest, case, mode, args.report.is_some());
+            let (case_rows, heatmaps) = verify_case(&manifest, case, mode, &model, args.report.is_some());
             report.rows.extend(case_rows);
             report.heatmaps.extend(heatmaps);
             bar.inc(1);
@@ -105,18 +108,40 @@ fn write_report(dir: &std::path::Path, reports: &[CaseReport]) -> Result<()> {
     Ok(())
 }
 
-fn verify_case(manifest: &Manifest, case: &str, mode: Mode, with_heatmaps: bool) -> (Vec<Row>, Vec<Heatmap>) {
+/// The model of a case's checkpoint, or why it cannot run here.
+enum Loaded {
+    Model(Box<Model>),
+    Skip(String),
+    Fail(String),
+}
+
+fn load(manifest: &Manifest, case: &str) -> Loaded {
+    let model = &manifest.models[&manifest.cases[case].model];
+    let model_dir = manifest.root.join(&model.path);
+    if !model_dir.join("config.json").is_file() {
+        return Loaded::Skip(format!("checkpoint not on this machine: {} has no config.json", model_dir.display()));
+    }
+    match CaseInputs::new(manifest, case).and_then(|inputs| replay::load_model(&inputs)) {
+        Ok(m) => Loaded::Model(Box::new(m)),
+        Err(e) => Loaded::Fail(format!("loading the model failed: {e:#}")),
+    }
+}
+
+fn verify_case(manifest: &Manifest, case: &str, mode: Mode, model: &Loaded, with_heatmaps: bool) -> (Vec<Row>, Vec<Heatmap>) {
     let taps = replay::taps_checked(manifest, case, mode);
     if taps.is_empty() {
         return (Vec::new(), Vec::new());
     }
-    let model = &manifest.models[&manifest.cases[case].model];
-    let model_dir = manifest.root.join(&model.path);
-    if !model_dir.join("config.json").is_file() {
-        let why = format!("checkpoint not on this machine: {} has no config.json", model_dir.display());
-        return (taps.iter().map(|t| Row::skipped(case, mode.name(), t, why.clone())).collect(), Vec::new());
-    }
-    let run = match replay::run(manifest, case, mode) {
+    let model = match model {
+        Loaded::Model(m) => m,
+        Loaded::Skip(why) => {
+            return (taps.iter().map(|t| Row::skipped(case, mode.name(), t, why.clone())).collect(), Vec::new());
+        }
+        Loaded::Fail(why) => {
+            return (taps.iter().map(|t| Row::failed(case, mode.name(), t, why.clone())).collect(), Vec::new());
+        }
+    };
+    let run = match replay::run_with(manifest, case, mode, model, &Perturbations::default()) {
         Ok(run) => run,
         Err(e) => {
             let why = format!("the {} run failed: {e:#}", mode.name());

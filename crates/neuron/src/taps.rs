@@ -45,3 +45,25 @@ impl Taps {
         self.tensors
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_disabled_recorder_keeps_nothing_and_never_builds_a_name() {
+        let mut taps = Taps::disabled();
+        let t = Tensor::zeros(3, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+        taps.record(|| panic!("the name of a tap was built although taps are disabled"), &t);
+        assert!(!taps.enabled());
+        assert!(taps.into_map().is_empty());
+    }
+
+    #[test]
+    fn a_recording_recorder_keeps_every_tap_by_name() {
+        let mut taps = Taps::recording();
+        let t = Tensor::ones(2, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+        taps.record(|| "vision.tower".into(), &t);
+        assert_eq!(taps.get("vision.tower").map(|t| t.dims().to_vec()), Some(vec![2]));
+    }
+}

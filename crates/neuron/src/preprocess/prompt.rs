@@ -81,11 +81,6 @@ impl PromptProcessor {
             self.tokenizer.encode(expanded, true).map_err(|e| anyhow::anyhow!("tokenizing the prompt: {e}"))?;
         Ok(encoding.get_ids().to_vec())
     }
-
-    /// The text of one token (for reports).
-    pub fn token_text(&self, id: u32) -> Option<String> {
-        self.tokenizer.id_to_token(id)
-    }
 }
 
 fn chat_template(dir: &Path) -> Result<String> {
