@@ -283,3 +283,52 @@ mod defaults {
         4
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Omitted fields mean what they mean in transformers' `Qwen3_5Config`,
+    /// `Qwen3_5TextConfig` and `Qwen3_5VisionConfig` (configuration_qwen3_5.py).
+    #[test]
+    fn omitted_fields_take_transformers_defaults() {
+        let cfg: Config = serde_json::from_str(r#"{"text_config": {}, "vision_config": {}}"#).unwrap();
+        let (t, v) = (&cfg.text_config, &cfg.vision_config);
+        assert_eq!((cfg.image_token_id, cfg.video_token_id), (248056, 248057));
+        assert_eq!((cfg.vision_start_token_id, cfg.vision_end_token_id), (248053, 248054));
+        assert!(!cfg.tie_word_embeddings);
+        assert_eq!((t.vocab_size, t.hidden_size, t.intermediate_size), (248320, 4096, 12288));
+        assert_eq!((t.num_hidden_layers, t.num_attention_heads, t.num_key_value_heads, t.head_dim), (32, 16, 4, 256));
+        assert_eq!(t.rms_norm_eps, 1e-6);
+        assert_eq!(
+            (t.linear_conv_kernel_dim, t.linear_key_head_dim, t.linear_value_head_dim),
+            (4, 128, 128)
+        );
+        assert_eq!((t.linear_num_key_heads, t.linear_num_value_heads), (16, 32));
+        assert_eq!((v.depth, v.hidden_size, v.intermediate_size, v.num_heads), (27, 1152, 4304, 16));
+        assert_eq!((v.in_channels, v.patch_size, v.spatial_merge_size, v.temporal_patch_size), (3, 16, 2, 2));
+        assert_eq!((v.out_hidden_size, v.num_position_embeddings), (3584, 2304));
+        assert_eq!((v.rope_theta(), v.head_dim(), v.num_grid_per_side()), (10000.0, 72, 48));
+        assert_eq!(v.hidden_act, "gelu_pytorch_tanh");
+    }
+
+    #[test]
+    fn every_fourth_layer_is_full_attention_when_layer_types_is_omitted() {
+        let cfg: TextConfig = serde_json::from_str(r#"{"num_hidden_layers": 8}"#).unwrap();
+        let full: Vec<usize> =
+            cfg.layer_types().iter().enumerate().filter(|(_, t)| *t == "full_attention").map(|(i, _)| i).collect();
+        assert_eq!(full, [3, 7]);
+    }
+
+    #[test]
+    fn the_published_qwen36_27b_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference/qwen3.6-27b.config.json");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            println!("SKIP: {} is not beside the repository", path.display());
+            return;
+        };
+        let cfg: Config = serde_json::from_str(&text).unwrap();
+        cfg.vision_config.validate().unwrap();
+        assert_eq!((cfg.vision_config.head_dim(), cfg.text_config.layer_types().len()), (72, 64));
+    }
+}

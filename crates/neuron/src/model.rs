@@ -177,6 +177,16 @@ mod tests {
     }
 
     #[test]
+    fn frames_of_a_multi_frame_grid_advance_the_t_axis() {
+        // A 2×2×2 grid (2 frames, one merged token each) between two text tokens.
+        let ids = [1, IMG, IMG, 2];
+        let p = rope_index(&ids, IMG, &[Grid { t: 2, h: 2, w: 2 }], 2).unwrap();
+        assert_eq!(p[0], [0, 1, 2, 2], "t positions");
+        assert_eq!(p[1], [0, 1, 1, 2], "h positions");
+        assert_eq!(p[2], [0, 1, 1, 2], "w positions");
+    }
+
+    #[test]
     fn a_run_of_image_tokens_that_does_not_fit_its_grid_is_an_error() {
         let ids = [1, IMG, IMG, IMG, 2];
         let err = rope_index(&ids, IMG, &[Grid { t: 1, h: 4, w: 4 }], 2).unwrap_err().to_string();

@@ -180,3 +180,31 @@ impl Processor {
         Ok(Processed { input_ids, pixel_values, grids })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `Qwen2VLImageProcessor` uses when preprocessor_config.json omits a field
+    /// (`image_processing_qwen2_vl.py` class attributes; OPENAI_CLIP_MEAN / _STD).
+    #[test]
+    fn omitted_fields_take_transformers_defaults() {
+        let cfg: ImageProcessorConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!((cfg.patch_size, cfg.temporal_patch_size, cfg.merge_size), (14, 2, 2));
+        assert_eq!((cfg.min_pixels(), cfg.max_pixels()), (3136, 1003520));
+        assert_eq!(cfg.image_mean, [0.48145466, 0.4578275, 0.40821073]);
+        assert_eq!(cfg.image_std, [0.26862954, 0.26130258, 0.27577711]);
+        assert_eq!(cfg.rescale_factor, 1.0 / 255.0);
+    }
+
+    #[test]
+    fn size_takes_precedence_over_the_older_min_and_max_pixels() {
+        let cfg: ImageProcessorConfig = serde_json::from_str(
+            r#"{"size": {"shortest_edge": 100, "longest_edge": 200}, "min_pixels": 1, "max_pixels": 2}"#,
+        )
+        .unwrap();
+        assert_eq!((cfg.min_pixels(), cfg.max_pixels()), (100, 200));
+        let older: ImageProcessorConfig = serde_json::from_str(r#"{"min_pixels": 7, "max_pixels": 9}"#).unwrap();
+        assert_eq!((older.min_pixels(), older.max_pixels()), (7, 9));
+    }
+}
