@@ -123,6 +123,18 @@ fn images_below_and_above_the_pixel_bounds_are_resized_into_them() {
 }
 
 #[test]
+fn each_image_takes_one_pad_token_per_merge_block() {
+    let manifest = manifest();
+    let dir = model_dir(&manifest);
+    let grid = neuron::vision::positions::Grid { t: 1, h: 6, w: 6 };
+    // merge 2 would make merge + merge equal merge²; merge 3 tells them apart.
+    for (merge, tokens) in [(2, 9), (3, 4)] {
+        let prompt = neuron::preprocess::prompt::PromptProcessor::from_dir(&dir, merge).unwrap();
+        assert_eq!(prompt.image_token_counts(&[grid]), [tokens], "merge {merge}");
+    }
+}
+
+#[test]
 fn a_prompt_whose_image_count_differs_from_the_images_given_is_an_error() {
     let manifest = manifest();
     let processor = Processor::from_dir(&model_dir(&manifest)).unwrap();

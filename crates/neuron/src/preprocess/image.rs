@@ -214,6 +214,21 @@ mod tests {
     }
 
     #[test]
+    fn the_pixel_bounds_are_inclusive() {
+        // 130×190 rounds to 128×192 = 24576 pixels: exactly the maximum, so it stays (a
+        // strict `>` in the reference); `>=` would rescale it from the original size.
+        assert_eq!(smart_resize(130, 190, 32, 1, 24576).unwrap(), (128, 192));
+        // 130×126 rounds to 128×128 = 16384: exactly the minimum, so it stays too.
+        assert_eq!(smart_resize(130, 126, 32, 16384, 1 << 30).unwrap(), (128, 128));
+    }
+
+    #[test]
+    fn an_image_within_the_bounds_keeps_its_rounded_size() {
+        // 100×250 rounds to 96×256 = 24576, inside [16384, 24576]: no rescaling branch runs.
+        assert_eq!(smart_resize(100, 250, 32, 16384, 24576).unwrap(), (96, 256));
+    }
+
+    #[test]
     fn an_extreme_aspect_ratio_is_an_error() {
         let err = smart_resize(1, 201, 32, 1, 1 << 30).unwrap_err().to_string();
         assert!(err.contains("aspect ratio"), "{err}");
