@@ -313,6 +313,33 @@ mod tests {
     }
 
     #[test]
+    fn rope_parameters_without_fields_take_transformers_defaults() {
+        let r: TextRopeParameters = serde_json::from_str("{}").unwrap();
+        assert_eq!((r.rope_theta, r.partial_rotary_factor, r.mrope_section.clone()), (10000.0, 0.25, vec![11, 11, 10]));
+    }
+
+    #[test]
+    fn vision_configs_the_tower_cannot_run_are_rejected() {
+        let base = serde_json::json!({"hidden_size": 144, "num_heads": 2});
+        let broken = [
+            (serde_json::json!({"num_heads": 0}), "num_heads"),
+            (serde_json::json!({"hidden_size": 145}), "multiple of num_heads"),
+            (serde_json::json!({"hidden_size": 140}), "multiple of 4"),
+            (serde_json::json!({"num_position_embeddings": 2300}), "not a square"),
+            (serde_json::json!({"hidden_act": "gelu"}), "not supported"),
+        ];
+        let ok: VisionConfig = serde_json::from_value(base.clone()).unwrap();
+        ok.validate().unwrap();
+        for (patch, expected) in broken {
+            let mut v = base.clone();
+            v.as_object_mut().unwrap().extend(patch.as_object().unwrap().clone());
+            let cfg: VisionConfig = serde_json::from_value(v).unwrap();
+            let err = cfg.validate().expect_err(expected).to_string();
+            assert!(err.contains(expected), "expected {expected:?} in {err}");
+        }
+    }
+
+    #[test]
     fn every_fourth_layer_is_full_attention_when_layer_types_is_omitted() {
         let cfg: TextConfig = serde_json::from_str(r#"{"num_hidden_layers": 8}"#).unwrap();
         let full: Vec<usize> =
