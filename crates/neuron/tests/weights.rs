@@ -56,3 +56,48 @@ fn a_misshaped_tensor_is_an_error_naming_it_and_both_shapes() {
         assert!(err.contains(&needle), "the error does not mention {needle:?}: {err}");
     }
 }
+
+/// The tiny checkpoint rewritten as two shards plus `model.safetensors.index.json`, like the
+/// published releases.
+fn sharded_copy(inputs: &CaseInputs, tensors: &HashMap<String, Tensor>, name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("neuron-shards-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(inputs.model_dir.join("config.json"), dir.join("config.json")).unwrap();
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let (first, second) = names.split_at(names.len() / 2);
+    let mut weight_map = serde_json::Map::new();
+    for (file, part) in [("model-00001-of-00002.safetensors", first), ("model-00002-of-00002.safetensors", second)] {
+        let shard: HashMap<String, Tensor> = part.iter().map(|n| ((*n).clone(), tensors[*n].clone())).collect();
+        candle_core::safetensors::save(&shard, dir.join(file)).unwrap();
+        for n in part {
+            weight_map.insert((*n).clone(), file.into());
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn a_sharded_checkpoint_loads_every_tensor_from_its_shard() {
+    let (inputs, tensors) = checkpoint();
+    let dir = sharded_copy(&inputs, &tensors, "ok");
+    let shards = neuron::weights::safetensors_files(&dir).unwrap();
+    assert_eq!(shards.len(), 2, "{shards:?}");
+    let vb = neuron::weights::var_builder(&dir).unwrap();
+    let built = Model::new(&inputs.config, vb);
+    std::fs::remove_dir_all(&dir).unwrap();
+    built.unwrap();
+}
+
+#[test]
+fn a_shard_named_by_the_index_but_missing_is_an_error_naming_it() {
+    let (inputs, tensors) = checkpoint();
+    let dir = sharded_copy(&inputs, &tensors, "missing");
+    std::fs::remove_file(dir.join("model-00002-of-00002.safetensors")).unwrap();
+    let err = neuron::weights::safetensors_files(&dir).unwrap_err().to_string();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(err.contains("model-00002-of-00002.safetensors") && err.contains("missing"), "{err}");
+}

@@ -34,11 +34,6 @@ impl TextRotary {
         Ok(TextRotary { inv_freq, axis })
     }
 
-    /// Rotary dims (64 for Qwen3.6-27B).
-    pub fn dim(&self) -> usize {
-        2 * self.inv_freq.len()
-    }
-
     /// positions [3][seq] → cos, sin each [seq, rotary dim].
     pub fn cos_sin(&self, positions: &[Vec<i64>; 3], device: &Device) -> Result<(Tensor, Tensor)> {
         let seq = positions[0].len();
