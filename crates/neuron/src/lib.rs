@@ -5,6 +5,7 @@ pub mod config;
 pub mod model;
 pub mod preprocess;
 pub mod replay;
+pub mod rope;
 pub mod taps;
 pub mod text;
 pub mod vision;

@@ -29,7 +29,7 @@ impl TextRotary {
         ensure!(section.len() == 3, "mrope_section {section:?} must have three entries (t, h, w)");
         ensure!(section.iter().sum::<usize>() == dim / 2, "mrope_section {section:?} must sum to rotary dim / 2 = {}", dim / 2);
         let base = theta as f32;
-        let inv_freq: Vec<f32> = (0..dim).step_by(2).map(|i| 1.0 / base.powf(i as f32 / dim as f32)).collect();
+        let inv_freq = crate::rope::inv_freq(base, dim);
         let axis = frequency_axes(&section, inv_freq.len());
         Ok(TextRotary { inv_freq, axis })
     }
@@ -68,18 +68,13 @@ pub fn frequency_axes(section: &[usize], n_freq: usize) -> Vec<usize> {
     axis
 }
 
-fn rotate_half(x: &Tensor) -> Result<Tensor> {
-    let half = x.dim(D::Minus1)? / 2;
-    Ok(Tensor::cat(&[&x.narrow(D::Minus1, half, half)?.neg()?, &x.narrow(D::Minus1, 0, half)?], D::Minus1)?)
-}
-
 /// `apply_rotary_pos_emb` with partial rotation: x [heads, seq, head_dim], cos/sin [seq, rot].
 fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let rot = cos.dim(D::Minus1)?;
     let head_dim = x.dim(D::Minus1)?;
     let x_rot = x.narrow(D::Minus1, 0, rot)?;
     let x_pass = x.narrow(D::Minus1, rot, head_dim - rot)?;
-    let embedded = (x_rot.broadcast_mul(cos)? + rotate_half(&x_rot)?.broadcast_mul(sin)?)?;
+    let embedded = (x_rot.broadcast_mul(cos)? + crate::rope::rotate_half(&x_rot)?.broadcast_mul(sin)?)?;
     Ok(Tensor::cat(&[&embedded, &x_pass], D::Minus1)?)
 }
 

@@ -4,7 +4,7 @@
 pub mod positions;
 
 use anyhow::{ensure, Result};
-use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
+use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{layer_norm, linear, LayerNorm, LayerNormConfig, Linear, VarBuilder};
 
 use crate::config::VisionConfig;
@@ -69,7 +69,7 @@ impl VisionRotary {
     fn new(cfg: &VisionConfig) -> Self {
         let dim = cfg.head_dim() / 2;
         let base = cfg.rope_theta() as f32;
-        let inv_freq = (0..dim).step_by(2).map(|i| 1.0 / base.powf(i as f32 / dim as f32)).collect();
+        let inv_freq = crate::rope::inv_freq(base, dim);
         VisionRotary { inv_freq }
     }
 
@@ -94,18 +94,11 @@ impl VisionRotary {
     }
 }
 
-fn rotate_half(x: &Tensor) -> Result<Tensor> {
-    let half = x.dim(D::Minus1)? / 2;
-    let x1 = x.narrow(D::Minus1, 0, half)?;
-    let x2 = x.narrow(D::Minus1, half, half)?;
-    Ok(Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?)
-}
-
 /// `apply_rotary_pos_emb_vision`: x [patches, heads, head_dim], cos/sin [patches, head_dim].
 fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let cos = cos.unsqueeze(1)?;
     let sin = sin.unsqueeze(1)?;
-    Ok((x.broadcast_mul(&cos)? + rotate_half(x)?.broadcast_mul(&sin)?)?)
+    Ok((x.broadcast_mul(&cos)? + crate::rope::rotate_half(x)?.broadcast_mul(&sin)?)?)
 }
 
 /// `Qwen3_5VisionAttention` with the eager path: each attention segment (one frame of one
