@@ -6,6 +6,7 @@ pub mod model;
 pub mod preprocess;
 pub mod replay;
 pub mod rope;
+pub mod stack;
 pub mod taps;
 pub mod text;
 pub mod vision;

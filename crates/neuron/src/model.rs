@@ -2,6 +2,8 @@
 //! the vision tower's projector rows replace the `<|image_pad|>` embeddings, multimodal
 //! positions are computed from the token ids and image grids, and the text model runs.
 
+use std::sync::Arc;
+
 use anyhow::{ensure, Result};
 use candle_core::{Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
@@ -11,6 +13,7 @@ use crate::taps::Taps;
 use crate::text::TextModel;
 use crate::vision::positions::Grid;
 use crate::vision::{VisionModel, VisionPositions};
+use crate::weights::Checkpoint;
 
 /// Multimodal RoPE positions, mirroring `Qwen3_5Model.get_rope_index` for one sequence.
 ///
@@ -97,10 +100,22 @@ pub struct Model {
 
 impl Model {
     /// `vb` is rooted at the checkpoint (tensor names as stored).
-    pub fn new(config: &Config, vb: VarBuilder) -> Result<Self> {
+    pub fn new(config: &Config, vb: VarBuilder<'static>) -> Result<Self> {
         Ok(Model {
             vision: VisionModel::new(&config.vision_config, vb.pp("model.visual"))?,
             text: TextModel::new(&config.text_config, config.tie_word_embeddings, vb)?,
+            config: config.clone(),
+        })
+    }
+
+    /// The model streamed from a mapped checkpoint: at most one vision block or one decoder
+    /// layer is in f32 at a time (see [`crate::stack`]), so a 27B checkpoint runs in the
+    /// memory of one layer plus activations.
+    pub fn streamed(config: &Config, checkpoint: Arc<Checkpoint>) -> Result<Self> {
+        let vb = crate::weights::builder(checkpoint.clone());
+        Ok(Model {
+            vision: VisionModel::load(&config.vision_config, vb.pp("model.visual"), true)?,
+            text: TextModel::streamed(&config.text_config, config.tie_word_embeddings, checkpoint)?,
             config: config.clone(),
         })
     }

@@ -3,12 +3,23 @@
 //! Tensors are read by their checkpoint names (`model.visual.*`, `model.language_model.*`,
 //! `lm_head.*`) and converted to f32 on load whatever their stored dtype (bf16, f16, f32);
 //! tensors the forward pass never asks for (`mtp.*`) are never read.
+//!
+//! A 27B checkpoint is 55 GB of bf16: the pages of a tensor are released from the process
+//! (`MADV_DONTNEED`) as soon as it has been converted, so that reading a layer costs its f32
+//! copy and nothing more. Without that, every page ever read would stay resident and the
+//! resident set would grow to the size of the checkpoint however carefully layers are
+//! dropped. The kernel keeps the pages in its page cache, so a second read is still cheap.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
+use memmap2::{Mmap, UncheckedAdvice};
+use safetensors::Dtype;
 
 /// The safetensors files of a checkpoint: the shards named by
 /// `model.safetensors.index.json`, or the single `model.safetensors`.
@@ -38,14 +49,156 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     bail!("{}: neither model.safetensors nor model.safetensors.index.json is there", dir.display())
 }
 
+/// Where one tensor's bytes are: shard, byte range inside the mapping, stored dtype and shape.
+#[derive(Debug, Clone)]
+struct Entry {
+    shard: usize,
+    start: usize,
+    end: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+}
+
+/// The memory-mapped shards of a checkpoint and the table of its tensors; hands out f32
+/// tensors, whole or by rows, releasing the pages it read.
+pub struct Checkpoint {
+    dir: PathBuf,
+    shards: Vec<(PathBuf, Mmap)>,
+    entries: HashMap<String, Entry>,
+}
+
+impl Checkpoint {
+    /// Maps every shard and reads their headers (mirrors `safe_open` over the files of
+    /// `model.safetensors.index.json` in transformers' loading).
+    pub fn open(dir: &Path) -> Result<Checkpoint> {
+        let files = safetensors_files(dir)?;
+        let mut shards = Vec::with_capacity(files.len());
+        let mut entries = HashMap::new();
+        for (i, path) in files.into_iter().enumerate() {
+            let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            // SAFETY: the file is mapped read-only; like every mmap user we rely on nobody
+            // truncating a checkpoint while it is in use.
+            let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
+            let (header_len, metadata) = safetensors::SafeTensors::read_metadata(&mmap)
+                .map_err(|e| anyhow::anyhow!("{}: not a safetensors file: {e}", path.display()))?;
+            let data_start = 8 + header_len;
+            for (name, info) in metadata.tensors() {
+                let (start, end) = info.data_offsets;
+                entries.insert(
+                    name,
+                    Entry { shard: i, start: data_start + start, end: data_start + end, dtype: info.dtype, shape: info.shape.clone() },
+                );
+            }
+            shards.push((path, mmap));
+        }
+        Ok(Checkpoint { dir: dir.to_path_buf(), shards, entries })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The stored shape of a tensor, or an error naming it and the checkpoint.
+    pub fn shape(&self, name: &str) -> Result<&[usize]> {
+        Ok(&self.entry(name)?.shape)
+    }
+
+    fn entry(&self, name: &str) -> Result<&Entry> {
+        self.entries
+            .get(name)
+            .with_context(|| format!("the checkpoint at {} has no tensor {name}", self.dir.display()))
+    }
+
+    /// The whole tensor, in f32, with the given shape (an error naming the tensor and both
+    /// shapes when the stored one differs).
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let entry = self.entry(name)?;
+        ensure!(
+            entry.shape == shape,
+            "shape mismatch for {name}: the model expects {shape:?}, the checkpoint at {} stores {:?}",
+            self.dir.display(),
+            entry.shape
+        );
+        let values = self.read_f32(name, entry, entry.start, entry.end)?;
+        Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
+    }
+
+    /// Rows `start..start + len` of a 2-D tensor, in f32: [len, cols].
+    pub fn rows(&self, name: &str, start: usize, len: usize) -> Result<Tensor> {
+        let entry = self.entry(name)?;
+        let [rows, cols] = entry.shape[..] else { bail!("{name} is {:?}, not a matrix", entry.shape) };
+        ensure!(start + len <= rows, "rows {start}..{} of {name}, which has {rows}", start + len);
+        let row_bytes = cols * dtype_size(name, entry.dtype)?;
+        let from = entry.start + start * row_bytes;
+        let values = self.read_f32(name, entry, from, from + len * row_bytes)?;
+        Ok(Tensor::from_vec(values, (len, cols), &Device::Cpu)?)
+    }
+
+    /// The rows at `ids` of a 2-D tensor, in f32: [ids, cols] (an embedding lookup that reads
+    /// only the rows asked for).
+    pub fn gather_rows(&self, name: &str, ids: &[u32]) -> Result<Tensor> {
+        let rows = self.shape(name)?[0];
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= rows) {
+            bail!("token id {bad} is outside the vocabulary of {rows}");
+        }
+        let picked = ids.iter().map(|&id| self.rows(name, id as usize, 1)).collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&picked, 0)?)
+    }
+
+    /// Converts bytes `from..to` of a tensor to f32 and releases their pages.
+    fn read_f32(&self, name: &str, entry: &Entry, from: usize, to: usize) -> Result<Vec<f32>> {
+        let (path, mmap) = &self.shards[entry.shard];
+        ensure!(to <= mmap.len(), "{}: tensor {name} runs past the end of the file", path.display());
+        let bytes = &mmap[from..to];
+        let values = match entry.dtype {
+            Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            other => bail!("{}: tensor {name} is stored as {other:?}; only bf16, f16 and f32 are read", path.display()),
+        };
+        // SAFETY: the mapping is read-only and file-backed, so dropping its pages loses
+        // nothing: a later read faults them back in from the file (or the page cache). No
+        // reference into the range outlives this call.
+        unsafe { mmap.unchecked_advise_range(UncheckedAdvice::DontNeed, from, to - from) }
+            .with_context(|| format!("releasing the pages of {name} in {}", path.display()))?;
+        Ok(values)
+    }
+}
+
+fn dtype_size(name: &str, dtype: Dtype) -> Result<usize> {
+    Ok(match dtype {
+        Dtype::BF16 | Dtype::F16 => 2,
+        Dtype::F32 => 4,
+        other => bail!("tensor {name} is stored as {other:?}; only bf16, f16 and f32 are read"),
+    })
+}
+
+/// The `VarBuilder` backend over a [`Checkpoint`].
+struct Backend(Arc<Checkpoint>);
+
+impl SimpleBackend for Backend {
+    fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.0.get(name, s.dims()).map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?.to_dtype(dtype)?.to_device(dev)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let shape = self.0.shape(name).map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?.to_vec();
+        self.get(Shape::from(shape), name, candle_nn::Init::Const(0.), dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.entries.contains_key(name)
+    }
+}
+
 /// A `VarBuilder` over the memory-mapped checkpoint that hands out f32 tensors on the CPU.
 /// A missing tensor or a tensor of the wrong shape is an error naming the tensor (and both
 /// shapes), raised when the module that needs it is built.
 pub fn var_builder(dir: &Path) -> Result<VarBuilder<'static>> {
-    let files = safetensors_files(dir)?;
-    // SAFETY: the files are mapped read-only; like every mmap user we rely on nobody
-    // truncating a checkpoint while it is in use.
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, &Device::Cpu) }
-        .with_context(|| format!("mapping the safetensors files of {}", dir.display()))?;
-    Ok(vb)
+    Ok(builder(Arc::new(Checkpoint::open(dir)?)))
+}
+
+/// A `VarBuilder` reading from an already opened checkpoint.
+pub fn builder(checkpoint: Arc<Checkpoint>) -> VarBuilder<'static> {
+    VarBuilder::from_backend(Box::new(Backend(checkpoint)), DType::F32, Device::Cpu)
 }

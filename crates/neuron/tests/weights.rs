@@ -101,3 +101,67 @@ fn a_shard_named_by_the_index_but_missing_is_an_error_naming_it() {
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(err.contains("model-00002-of-00002.safetensors") && err.contains("missing"), "{err}");
 }
+
+/// The streamed model (one layer in f32 at a time, embeddings gathered row by row, logits in
+/// vocabulary chunks) computes what the resident model computes, on a sharded checkpoint
+/// that also carries `mtp.*` tensors the forward pass must ignore, like the releases.
+#[test]
+fn a_streamed_model_computes_what_the_resident_model_computes() {
+    use neuron::taps::Taps;
+    use neuron::vision::VisionPositions;
+    use parity::compare::{compare, CompareOptions, Tolerance};
+
+    let (inputs, mut tensors) = checkpoint();
+    tensors.insert("mtp.fc.weight".into(), Tensor::ones((4, 8), DType::BF16, &Device::Cpu).unwrap());
+    let dir = sharded_copy(&inputs, &tensors, "streamed");
+    let checkpoint = std::sync::Arc::new(neuron::weights::Checkpoint::open(&dir).unwrap());
+    let streamed = Model::streamed(&inputs.config, checkpoint).unwrap();
+    let resident = replay::load_model(&inputs).unwrap();
+
+    let manifest = replay::workspace_manifest().unwrap();
+    let ids: Vec<u32> = replay::reference(&manifest, "chelsea", "input.input_ids").unwrap().as_i64().unwrap().iter().map(|&i| i as u32).collect();
+    let grids = replay::grids_of(&replay::reference(&manifest, "chelsea", "input.image_grid_thw").unwrap()).unwrap();
+    let pixels = replay::reference(&manifest, "chelsea", "input.pixel_values").unwrap();
+    let pixels = Tensor::from_slice(pixels.as_f32().unwrap(), pixels.shape.as_slice(), &Device::Cpu).unwrap();
+    let positions = VisionPositions::new(&inputs.config.vision_config, &grids);
+
+    let run = |model: &Model| {
+        let mut taps = Taps::recording();
+        model.forward(&ids, Some((&pixels, &positions)), &mut taps).unwrap();
+        taps.into_map()
+    };
+    let (expected, actual) = (run(&resident), run(&streamed));
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(expected.keys().collect::<Vec<_>>(), actual.keys().collect::<Vec<_>>(), "the two runs recorded different taps");
+    // Same operations on the same f32 weights; only the matmul's run-to-run rounding differs.
+    let opts = CompareOptions { tolerance: Tolerance { atol: 1e-6, rtol: 0.0 }, top_k: None };
+    for (tap, e) in &expected {
+        let c = compare(&replay::to_array(e).unwrap(), &replay::to_array(&actual[tap]).unwrap(), &opts);
+        assert!(c.passed(), "tap {tap}: streamed vs resident\n{c}");
+    }
+}
+
+/// Chunks that do not divide the vocabulary (the last one is short) give the logits of the
+/// whole matrix, column for column; so does a gathered embedding row.
+#[test]
+fn logits_in_uneven_vocabulary_chunks_equal_the_whole_matmul() {
+    let (inputs, tensors) = checkpoint();
+    let checkpoint = neuron::weights::Checkpoint::open(&inputs.model_dir).unwrap();
+    let head = tensors["lm_head.weight"].to_dtype(DType::F32).unwrap();
+    let x = Tensor::randn(0f32, 1.0, (2, head.dim(1).unwrap()), &Device::Cpu).unwrap();
+    let whole = x.matmul(&head.t().unwrap()).unwrap();
+    let chunked = neuron::text::logits_in_chunks(&x, &checkpoint, "lm_head.weight", 100).unwrap();
+    assert_eq!(chunked.dims(), whole.dims());
+    let diff = (chunked - &whole).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff <= 1e-5, "chunked logits differ from the whole matmul by up to {diff}");
+
+    let name = "model.language_model.embed_tokens.weight";
+    let table = tensors[name].to_dtype(DType::F32).unwrap();
+    let ids = [0u32, 1023, 7, 7];
+    let gathered = checkpoint.gather_rows(name, &ids).unwrap();
+    let expected = table.index_select(&Tensor::new(&ids, &Device::Cpu).unwrap(), 0).unwrap();
+    let diff = (gathered - expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(diff, 0.0, "gathered embedding rows differ from index_select");
+    let err = checkpoint.gather_rows(name, &[1024]).unwrap_err().to_string();
+    assert!(err.contains("1024") && err.contains("vocabulary of 1024"), "{err}");
+}

@@ -7,12 +7,16 @@ pub mod delta_rule;
 pub mod gated_delta_net;
 pub mod norm;
 
+use std::sync::Arc;
+
 use anyhow::{bail, Result};
 use candle_core::Tensor;
 use candle_nn::{linear_no_bias, Linear, Module, VarBuilder};
 
 use crate::config::TextConfig;
+use crate::stack::Stack;
 use crate::taps::Taps;
+use crate::weights::Checkpoint;
 use attention::{Attention, TextRotary};
 use gated_delta_net::GatedDeltaNet;
 use norm::RmsNorm;
@@ -80,12 +84,42 @@ impl DecoderLayer {
     }
 }
 
+/// `embed_tokens`: the whole table, or rows gathered from the mapped checkpoint on use
+/// (248320 × 5120 floats are 5 GB; a prompt needs a few hundred rows).
+enum Embedding {
+    Resident(Tensor),
+    Mapped(Arc<Checkpoint>),
+}
+
+/// `lm_head`: the whole matrix, or read from the mapped checkpoint in vocabulary chunks
+/// for the one position whose logits are wanted.
+enum Head {
+    Resident(Linear),
+    Mapped { checkpoint: Arc<Checkpoint>, name: String },
+}
+
+/// `lm_head` read from a mapped checkpoint `chunk` vocabulary rows at a time:
+/// x [n, hidden] → [n, vocab].
+pub fn logits_in_chunks(x: &Tensor, checkpoint: &Checkpoint, name: &str, chunk: usize) -> Result<Tensor> {
+    let vocab = checkpoint.shape(name)?[0];
+    let chunks = (0..vocab)
+        .step_by(chunk)
+        .map(|start| Ok(x.matmul(&checkpoint.rows(name, start, chunk.min(vocab - start))?.t()?)?))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&chunks, 1)?)
+}
+
+/// Vocabulary rows per chunk of a mapped `lm_head`: 16384 × 5120 floats are 320 MB at 27B.
+const HEAD_CHUNK: usize = 16384;
+
+const EMBED_TOKENS: &str = "model.language_model.embed_tokens.weight";
+
 /// `Qwen3_5TextModel` plus `lm_head`.
 pub struct TextModel {
-    embed_tokens: Tensor,
-    layers: Vec<DecoderLayer>,
+    embed_tokens: Embedding,
+    layers: Stack<DecoderLayer>,
     norm: RmsNorm,
-    lm_head: Linear,
+    lm_head: Head,
     /// The M-RoPE table; public so tests can perturb it like the vision positions.
     pub rotary: TextRotary,
 }
@@ -93,19 +127,41 @@ pub struct TextModel {
 impl TextModel {
     /// `vb` is rooted at the checkpoint: reads `model.language_model.*` and `lm_head.weight`
     /// (or the embeddings when `tie_word_embeddings`).
-    pub fn new(cfg: &TextConfig, tie_word_embeddings: bool, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &TextConfig, tie_word_embeddings: bool, vb: VarBuilder<'static>) -> Result<Self> {
         let lm = vb.pp("model.language_model");
         let embed_tokens = lm.get((cfg.vocab_size, cfg.hidden_size), "embed_tokens.weight")?;
-        let layers = cfg
-            .layer_types()
-            .iter()
-            .enumerate()
-            .map(|(i, t)| DecoderLayer::new(cfg, t, lm.pp(format!("layers.{i}"))))
-            .collect::<Result<Vec<_>>>()?;
         let lm_head = if tie_word_embeddings {
             Linear::new(embed_tokens.clone(), None)
         } else {
             linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?
+        };
+        Self::assemble(cfg, vb, Embedding::Resident(embed_tokens), Head::Resident(lm_head), false)
+    }
+
+    /// As [`TextModel::new`] but streamed from a mapped checkpoint: each decoder layer is
+    /// read when it runs and dropped after, embeddings are gathered row by row, and the
+    /// logits are computed in vocabulary chunks.
+    pub fn streamed(cfg: &TextConfig, tie_word_embeddings: bool, checkpoint: Arc<Checkpoint>) -> Result<Self> {
+        let vb = crate::weights::builder(checkpoint.clone());
+        let check = |name: &str, shape: [usize; 2]| -> Result<()> {
+            let stored = checkpoint.shape(name)?;
+            if stored != shape {
+                bail!("shape mismatch for {name}: the model expects {shape:?}, the checkpoint stores {stored:?}");
+            }
+            Ok(())
+        };
+        check(EMBED_TOKENS, [cfg.vocab_size, cfg.hidden_size])?;
+        let head = if tie_word_embeddings { EMBED_TOKENS } else { "lm_head.weight" };
+        check(head, [cfg.vocab_size, cfg.hidden_size])?;
+        let lm_head = Head::Mapped { checkpoint: checkpoint.clone(), name: head.to_string() };
+        Self::assemble(cfg, vb, Embedding::Mapped(checkpoint), lm_head, true)
+    }
+
+    fn assemble(cfg: &TextConfig, vb: VarBuilder<'static>, embed_tokens: Embedding, lm_head: Head, streamed: bool) -> Result<Self> {
+        let lm = vb.pp("model.language_model");
+        let layers = {
+            let (cfg, lm, types) = (cfg.clone(), lm.clone(), cfg.layer_types());
+            Stack::new(types.len(), streamed, move |i| DecoderLayer::new(&cfg, &types[i], lm.pp(format!("layers.{i}"))))?
         };
         Ok(TextModel {
             embed_tokens,
@@ -118,12 +174,25 @@ impl TextModel {
 
     /// `embed_tokens`: ids [seq] → [seq, hidden].
     pub fn embed(&self, input_ids: &[u32]) -> Result<Tensor> {
-        let vocab = self.embed_tokens.dim(0)?;
-        if let Some(bad) = input_ids.iter().find(|&&id| id as usize >= vocab) {
-            bail!("token id {bad} is outside the vocabulary of {vocab}");
+        match &self.embed_tokens {
+            Embedding::Resident(table) => {
+                let vocab = table.dim(0)?;
+                if let Some(bad) = input_ids.iter().find(|&&id| id as usize >= vocab) {
+                    bail!("token id {bad} is outside the vocabulary of {vocab}");
+                }
+                let ids = Tensor::new(input_ids, table.device())?;
+                Ok(table.index_select(&ids, 0)?)
+            }
+            Embedding::Mapped(checkpoint) => checkpoint.gather_rows(EMBED_TOKENS, input_ids),
         }
-        let ids = Tensor::new(input_ids, self.embed_tokens.device())?;
-        Ok(self.embed_tokens.index_select(&ids, 0)?)
+    }
+
+    /// `lm_head` on one position: x [1, hidden] → [1, vocab].
+    fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.lm_head {
+            Head::Resident(linear) => Ok(linear.forward(x)?),
+            Head::Mapped { checkpoint, name } => logits_in_chunks(x, checkpoint, name, HEAD_CHUNK),
+        }
     }
 
     /// embeds [seq, hidden], positions [3][seq] (t, h, w) → logits at the last position
@@ -131,14 +200,15 @@ impl TextModel {
     pub fn forward(&self, embeds: &Tensor, positions: &[Vec<i64>; 3], taps: &mut Taps) -> Result<Tensor> {
         let (cos, sin) = self.rotary.cos_sin(positions, embeds.device())?;
         let mut x = embeds.clone();
-        for (i, layer) in self.layers.iter().enumerate() {
+        self.layers.try_for_each(|i, layer| {
             x = layer.forward(&x, &cos, &sin)?;
             taps.record(|| format!("lm.layer.{i}"), &x);
-        }
+            Ok(())
+        })?;
         let x = self.norm.forward(&x)?;
         taps.record(|| "lm.norm".into(), &x);
         let last = x.narrow(0, x.dim(0)? - 1, 1)?;
-        let logits = self.lm_head.forward(&last)?.squeeze(0)?;
+        let logits = self.logits(&last)?.squeeze(0)?;
         taps.record(|| "lm.logits_last".into(), &logits);
         Ok(logits)
     }

@@ -8,6 +8,7 @@ use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{layer_norm, linear, LayerNorm, LayerNormConfig, Linear, VarBuilder};
 
 use crate::config::VisionConfig;
+use crate::stack::Stack;
 use crate::taps::Taps;
 use positions::{attention_segments, pos_embed_interpolation, rotary_positions, Grid, Interpolation};
 
@@ -225,17 +226,24 @@ pub struct VisionModel {
     patch_embed: PatchEmbed,
     pos_embed: Tensor,
     rotary: VisionRotary,
-    blocks: Vec<VisionBlock>,
+    blocks: Stack<VisionBlock>,
     merger: PatchMerger,
     cfg: VisionConfig,
 }
 
 impl VisionModel {
     /// Builds the tower from `model.visual.*` (pass `vb.pp("model.visual")`).
-    pub fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
-        let blocks = (0..cfg.depth)
-            .map(|i| VisionBlock::new(cfg, vb.pp(format!("blocks.{i}"))))
-            .collect::<Result<Vec<_>>>()?;
+    pub fn new(cfg: &VisionConfig, vb: VarBuilder<'static>) -> Result<Self> {
+        Self::load(cfg, vb, false)
+    }
+
+    /// As [`VisionModel::new`]; with `streamed`, each block is read from `vb` when it runs
+    /// and dropped after (the patch embedding, position table and merger stay loaded).
+    pub fn load(cfg: &VisionConfig, vb: VarBuilder<'static>, streamed: bool) -> Result<Self> {
+        let blocks = {
+            let (cfg, vb) = (cfg.clone(), vb.clone());
+            Stack::new(cfg.depth, streamed, move |i| VisionBlock::new(&cfg, vb.pp(format!("blocks.{i}"))))?
+        };
         Ok(VisionModel {
             patch_embed: PatchEmbed::new(cfg, vb.pp("patch_embed"))?,
             pos_embed: vb.get((cfg.num_position_embeddings, cfg.hidden_size), "pos_embed.weight")?,
@@ -282,10 +290,11 @@ impl VisionModel {
         let mut x = (patches + pos)?;
 
         let (cos, sin) = self.rotary.cos_sin(&positions.rotary, x.device())?;
-        for (i, block) in self.blocks.iter().enumerate() {
+        self.blocks.try_for_each(|i, block| {
             x = block.forward(&x, &cos, &sin, &positions.segments)?;
             taps.record(|| format!("vision.block.{i}"), &x);
-        }
+            Ok(())
+        })?;
         taps.record(|| "vision.tower".into(), &x);
         let merged = self.merger.forward(&x)?;
         taps.record(|| "vision.projector".into(), &merged);

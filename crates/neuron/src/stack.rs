@@ -1,0 +1,47 @@
+//! The repeated layers of a model (vision blocks, decoder layers), either built once and
+//! kept, or built from the checkpoint just before they run and dropped right after.
+//!
+//! Keeping them is what the small iteration model wants. Streaming is what a 27B checkpoint
+//! needs on an ordinary machine: its float32 weights are about 108 GB, one decoder layer
+//! about 1.6 GB, so only one layer may be in float32 at a time.
+
+use anyhow::Result;
+
+/// Builds layer `i` (from a `VarBuilder` the closure owns).
+type Build<T> = Box<dyn Fn(usize) -> Result<T> + Send + Sync>;
+
+pub enum Stack<T> {
+    Resident(Vec<T>),
+    Streamed { len: usize, build: Build<T> },
+}
+
+impl<T> Stack<T> {
+    /// All `len` layers built now (`streamed == false`) or on use.
+    pub fn new(len: usize, streamed: bool, build: impl Fn(usize) -> Result<T> + Send + Sync + 'static) -> Result<Self> {
+        Ok(if streamed {
+            Stack::Streamed { len, build: Box::new(build) }
+        } else {
+            Stack::Resident((0..len).map(build).collect::<Result<_>>()?)
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Stack::Resident(layers) => layers.len(),
+            Stack::Streamed { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Calls `f` on each layer in order; a streamed layer is dropped before the next one is
+    /// built.
+    pub fn try_for_each(&self, mut f: impl FnMut(usize, &T) -> Result<()>) -> Result<()> {
+        match self {
+            Stack::Resident(layers) => layers.iter().enumerate().try_for_each(|(i, layer)| f(i, layer)),
+            Stack::Streamed { len, build } => (0..*len).try_for_each(|i| f(i, &build(i)?)),
+        }
+    }
+}
