@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use parity::array::DType;
-use parity::manifest::{tap_matches, Dump, Manifest, Reference, DUMPS_DIR};
+use parity::manifest::{tap_matches, Dump, Manifest, Reference, Weights, DUMPS_DIR};
 use parity::compare::{compare, CompareOptions};
 use parity::report::{self, Row, Status};
 use parity::taps::Tap;
@@ -33,6 +33,14 @@ pub struct Args {
     /// manifest's tolerances ("did the reference move?"), without touching anything.
     #[arg(long)]
     check: bool,
+    /// The checkpoint folder of the selected model when it lives outside the repository
+    /// (overrides the variable the manifest names in `weights_env`).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// The published revision (commit) of that checkpoint, recorded in the manifest; read
+    /// from the path when it is a HuggingFace cache snapshot (`…/snapshots/<commit>/`).
+    #[arg(long)]
+    revision: Option<String>,
     #[command(flatten)]
     manifest: ManifestArg,
 }
@@ -43,6 +51,9 @@ struct CaptureListing {
     taps: Vec<CapturedTap>,
     versions: Versions,
     threads: u32,
+    /// Peak resident memory of the Python process.
+    #[serde(default)]
+    peak_rss_bytes: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -67,9 +78,11 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
     let manifest_path = args.manifest.path(sh);
     let manifest = args.manifest.load(sh)?;
     let cases = crate::select_cases(&manifest, args.model.as_deref(), args.case.as_deref())?;
+    crate::check_weights_flag(&manifest, &cases, args.weights.as_deref())?;
     harness::require_uv(sh)?;
+    let weights = args.weights.as_deref();
     if args.check {
-        return check_against_recorded(sh, &manifest, &cases, args.threads);
+        return check_against_recorded(sh, &manifest, &cases, args.threads, weights);
     }
     let harness_sha = harness::harness_digest(&manifest.root)?;
 
@@ -79,7 +92,7 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
         bar.inc(1);
         let started = std::time::Instant::now();
         let c = &manifest.cases[case];
-        check_model_files(&manifest, &c.model)?;
+        let model_dir = checkpoint(&manifest, &c.model, weights)?;
         let image_shas = image_digests(&manifest, case)?;
 
         let final_dir = manifest.root.join(DUMPS_DIR).join(case);
@@ -87,7 +100,7 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
         if tmp_dir.exists() {
             std::fs::remove_dir_all(&tmp_dir)?;
         }
-        let listing = capture_case(sh, &manifest, case, &tmp_dir, args.threads)
+        let listing = capture_case(sh, &manifest, case, &model_dir, &tmp_dir, args.threads)
             .with_context(|| format!("capturing case {case}"));
         let listing = match listing {
             Ok(l) => l,
@@ -106,14 +119,26 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
                 std::fs::remove_file(&path)?;
                 continue;
             }
-            dumps.push((
-                t.tap.clone(),
-                Dump { sha256: parity::digest::sha256_file(&path)?, shape: t.shape.clone(), dtype: t.dtype },
-            ));
+            let shape = keep_rows(&manifest, case, &t.tap, &path)?.unwrap_or_else(|| t.shape.clone());
+            dumps.push((t.tap.clone(), Dump { sha256: parity::digest::sha256_file(&path)?, shape, dtype: t.dtype }));
         }
         swap_in(&tmp_dir, &final_dir)?;
 
         let mut doc = ManifestDoc::open(&manifest_path)?;
+        let model = &manifest.models[&c.model];
+        if model.is_external() {
+            let config_sha = parity::digest::sha256_file(&model_dir.join("config.json"))?;
+            let revision = args.revision.clone().or_else(|| snapshot_revision(&model_dir));
+            if revision.is_none() && model.revision.is_none() {
+                eprintln!(
+                    "note: {} is not a HuggingFace cache snapshot; pass --revision COMMIT to record which \
+                     revision of {} it is",
+                    model_dir.display(),
+                    model.hf_repo.as_deref().unwrap_or("the checkpoint")
+                );
+            }
+            doc.set_model_source(&c.model, &config_sha, revision.as_deref());
+        }
         for (name, sha) in &image_shas {
             doc.set_image_sha(name, sha);
         }
@@ -130,7 +155,8 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
         });
         doc.save()?;
 
-        bar.suspend(|| println!("captured {case}: {} taps in {:.1}s", dumps.len(), started.elapsed().as_secs_f64()));
+        let peak = listing.peak_rss_bytes.map(|b| format!(", reference peak memory {:.2} GB", b as f64 / 1e9)).unwrap_or_default();
+        bar.suspend(|| println!("captured {case}: {} taps in {:.1}s{peak}", dumps.len(), started.elapsed().as_secs_f64()));
         for t in &listing.taps {
             let stat = t.mean_abs.map(|m| format!("mean |x| {m:.4}")).unwrap_or_default();
             println!("  {:<22} {:<14} {stat}", t.tap, format!("{:?}", t.shape));
@@ -142,14 +168,22 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
 
 /// `--check`: capture into a temporary folder outside the repository and compare each
 /// recorded dump with the new one; bytes identical, within tolerance, or moved.
-fn check_against_recorded(sh: &Shell, manifest: &Manifest, cases: &[String], threads: u32) -> Result<()> {
+fn check_against_recorded(sh: &Shell, manifest: &Manifest, cases: &[String], threads: u32, weights: Option<&Path>) -> Result<()> {
     let scratch = std::env::temp_dir().join(format!("neuron-capture-check-{}", std::process::id()));
     let mut rows = Vec::new();
     let mut identical = 0;
     for case in cases {
-        check_model_files(manifest, &manifest.cases[case].model)?;
+        let model_dir = checkpoint(manifest, &manifest.cases[case].model, weights)?;
         let out = scratch.join(case);
-        let result = capture_case(sh, manifest, case, &out, threads).with_context(|| format!("capturing case {case}"));
+        let result = capture_case(sh, manifest, case, &model_dir, &out, threads)
+            .and_then(|_| {
+                for (tap, _) in manifest.dumps_in_order(case) {
+                    let tap = tap.to_string();
+                    keep_rows(manifest, case, &tap, &out.join(format!("{tap}.npy")))?;
+                }
+                Ok(())
+            })
+            .with_context(|| format!("capturing case {case}"));
         if let Err(e) = result {
             let _ = std::fs::remove_dir_all(&scratch);
             return Err(e);
@@ -185,19 +219,49 @@ fn check_against_recorded(sh: &Shell, manifest: &Manifest, cases: &[String], thr
     Ok(())
 }
 
-/// Capture never regenerates a model: the checkpoint on disk must be the recorded one.
-fn check_model_files(manifest: &Manifest, model: &str) -> Result<()> {
+/// The folder of a model's checkpoint. Capture never regenerates a model: a checkpoint in
+/// the repository must be the recorded one; one outside it must be named (`--weights` or
+/// the manifest's variable) and, once captured, keep its `config.json`.
+fn checkpoint(manifest: &Manifest, model: &str, weights: Option<&Path>) -> Result<PathBuf> {
+    let dir = match manifest.weights(model, weights).map_err(anyhow::Error::msg)? {
+        Weights::Found(dir) => dir,
+        Weights::Absent(why) => bail!("cannot capture: {why}"),
+    };
     let m = &manifest.models[model];
+    if m.is_external() {
+        neuron::weights::safetensors_files(&dir)?;
+        return Ok(dir);
+    }
     if m.files.is_empty() {
         bail!("model \"{model}\" has no recorded files; run `cargo xtask make-model --model {model}` first");
     }
     for (file, sha) in &m.files {
-        let path = manifest.root.join(&m.path).join(file);
+        let path = dir.join(file);
         parity::digest::verify_file(&path, sha).map_err(|e| {
             anyhow::anyhow!("{e}\n(capture uses the checkpoint as recorded and never regenerates it)")
         })?;
     }
-    Ok(())
+    Ok(dir)
+}
+
+/// Cuts a captured dump to the one row the case keeps (`rows` in the manifest), in place;
+/// returns the new shape, or `None` when the tap is kept whole.
+fn keep_rows(manifest: &Manifest, case: &str, tap: &str, path: &Path) -> Result<Option<Vec<usize>>> {
+    let Some(pick) = Tap::parse(tap).and_then(|t| manifest.row_pick(case, t)) else { return Ok(None) };
+    let whole = parity::npy::read_npy(path)?;
+    let Some(&rows) = whole.shape.first() else { bail!("{}: a scalar has no rows to keep", path.display()) };
+    let kept = whole.select_rows(&[pick.index(rows)])?;
+    parity::npy::write_npy(path, &kept)?;
+    Ok(Some(kept.shape))
+}
+
+/// The commit of a HuggingFace cache snapshot (`…/models--org--name/snapshots/<commit>`).
+fn snapshot_revision(dir: &Path) -> Option<String> {
+    let dir = dir.canonicalize().ok()?;
+    let parent = dir.parent()?;
+    let commit = dir.file_name()?.to_str()?;
+    let is_commit = commit.len() == 40 && commit.chars().all(|c| c.is_ascii_hexdigit());
+    (parent.file_name()? == "snapshots" && is_commit).then(|| commit.to_owned())
 }
 
 fn image_digests(manifest: &Manifest, case: &str) -> Result<Vec<(String, String)>> {
@@ -212,26 +276,26 @@ fn image_digests(manifest: &Manifest, case: &str) -> Result<Vec<(String, String)
         .collect()
 }
 
-fn capture_case(sh: &Shell, manifest: &Manifest, case: &str, out: &Path, threads: u32) -> Result<CaptureListing> {
+fn capture_case(sh: &Shell, manifest: &Manifest, case: &str, model_dir: &Path, out: &Path, threads: u32) -> Result<CaptureListing> {
     let c = &manifest.cases[case];
     let images: Vec<PathBuf> = c.images.iter().map(|i| manifest.root.join(&manifest.images[i].path)).collect();
     let spec = serde_json::json!({
-        "model_dir": manifest.root.join(&manifest.models[&c.model].path),
+        "model_dir": model_dir,
         "images": images,
         "prompt": c.prompt,
     });
-    harness::run_python(
-        sh,
-        "capture.py",
-        &[
-            "--case-json".into(),
-            spec.to_string(),
-            "--out".into(),
-            out.display().to_string(),
-            "--threads".into(),
-            threads.to_string(),
-        ],
-    )?;
+    let mut script_args = vec![
+        "--case-json".to_string(),
+        spec.to_string(),
+        "--out".into(),
+        out.display().to_string(),
+        "--threads".into(),
+        threads.to_string(),
+    ];
+    if manifest.models[&c.model].stream {
+        script_args.push("--stream".into());
+    }
+    harness::run_python(sh, "capture.py", &script_args)?;
     let listing_path = out.join("capture.json");
     let listing: CaptureListing = serde_json::from_str(
         &std::fs::read_to_string(&listing_path).with_context(|| format!("reading {}", listing_path.display()))?,

@@ -19,6 +19,12 @@ pub struct Args {
 
 pub fn run(sh: &Shell, args: Args) -> Result<()> {
     let manifest = args.manifest.load(sh)?;
+    for (name, case) in &manifest.cases {
+        let model = &manifest.models[&case.model];
+        if model.is_external() && case.dumps.is_empty() {
+            println!("note: cases.{name} is not captured yet; its checkpoint lives outside the repository ({})", model.absent_reason(&case.model));
+        }
+    }
     let problems = problems(&manifest);
     let files = manifest.recorded_files().len();
     for p in &problems {
@@ -34,14 +40,14 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
 fn problems(manifest: &Manifest) -> Vec<String> {
     let mut problems = Vec::new();
     for (name, model) in &manifest.models {
-        if model.files.is_empty() {
+        if model.files.is_empty() && !model.is_external() {
             problems.push(format!(
                 "models.\"{name}\": no files recorded; run `cargo xtask make-model --model {name}`"
             ));
         }
     }
     for (name, case) in &manifest.cases {
-        if case.dumps.is_empty() {
+        if case.dumps.is_empty() && !manifest.models[&case.model].is_external() {
             problems.push(format!("cases.{name}: never captured; run `cargo xtask capture --case {name}`"));
         }
     }

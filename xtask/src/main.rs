@@ -1,8 +1,10 @@
-//! `cargo xtask`: the workspace's commands (capture, check, make-model, verify).
+//! `cargo xtask`: the workspace's commands (capture, check, make-model, verify, status,
+//! mutants, standin, bench).
 //!
 //! A plain binary in the rust-analyzer style: one small clap enum, one module per command,
 //! one `xshell::Shell` rooted at the project root.
 
+mod bench;
 mod capture;
 mod check;
 mod harness;
@@ -10,6 +12,7 @@ mod make_model;
 mod manifest_edit;
 mod mutants;
 mod smoke;
+mod standin;
 mod status;
 mod verify;
 
@@ -40,6 +43,12 @@ enum Command {
     Status(status::Args),
     /// Run cargo-mutants over the model code with the numerical tests; summarise the score.
     Mutants(mutants::Args),
+    /// Write the full-width Qwen3.6-27B stand-in outside the repository, capture and verify
+    /// its case streamed, and check each side's peak memory.
+    Standin(standin::Args),
+    /// Time the Rust model against transformers on the stand-in (vision tower, text
+    /// prefill, whole forward pass; medians, ratios, peak memory).
+    Bench(bench::Args),
 }
 
 fn main() {
@@ -54,6 +63,8 @@ fn main() {
             Command::Verify(args) => verify::run(&sh, args),
             Command::Status(args) => status::run(&sh, args),
             Command::Mutants(args) => mutants::run(&sh, args),
+            Command::Standin(args) => standin::run(&sh, args),
+            Command::Bench(args) => bench::run(&sh, args),
         }
     })();
     if let Err(e) = result {
@@ -124,4 +135,37 @@ fn progress(len: usize, what: &str) -> indicatif::ProgressBar {
             .expect("a valid template"),
     );
     bar
+}
+
+/// `--weights DIR` names one checkpoint: refuse it when the selected cases use several
+/// external models, or none (it would be silently ignored).
+fn check_weights_flag(manifest: &parity::manifest::Manifest, cases: &[String], weights: Option<&Path>) -> Result<()> {
+    let Some(dir) = weights else { return Ok(()) };
+    let mut external: Vec<&str> = cases
+        .iter()
+        .map(|c| manifest.cases[c].model.as_str())
+        .filter(|m| manifest.models[*m].is_external())
+        .collect();
+    external.sort();
+    external.dedup();
+    match external.len() {
+        1 => Ok(()),
+        0 => anyhow::bail!(
+            "--weights {} given, but none of the selected cases uses a checkpoint outside the repository",
+            dir.display()
+        ),
+        _ => anyhow::bail!(
+            "--weights {} is ambiguous: the selected cases use the external models {}; choose one with --model",
+            dir.display(),
+            external.join(", ")
+        ),
+    }
+}
+
+/// Peak resident memory of this process (`VmHWM`), on Linux.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }

@@ -34,8 +34,15 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
             args.manifest.manifest.display()
         );
     };
+    let Some(path) = &model.path else {
+        bail!(
+            "model \"{}\" lives outside the repository (weights_env); its generator writes to a temporary \
+             folder through `cargo xtask standin`, never into the repository",
+            args.model
+        );
+    };
     let script = generator.strip_prefix("script/").unwrap_or(generator);
-    let out = manifest.root.join(&model.path);
+    let out = manifest.root.join(path);
     harness::run_python(sh, script, &["--out".into(), out.display().to_string()])?;
 
     let mut files = BTreeMap::new();

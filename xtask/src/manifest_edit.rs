@@ -31,6 +31,14 @@ impl ManifestDoc {
         }
     }
 
+    /// Records which published checkpoint an external model's dumps came from.
+    pub fn set_model_source(&mut self, model: &str, config_sha256: &str, revision: Option<&str>) {
+        self.doc["models"][model]["config_sha256"] = value(config_sha256);
+        if let Some(revision) = revision {
+            self.doc["models"][model]["revision"] = value(revision);
+        }
+    }
+
     pub fn set_image_sha(&mut self, image: &str, sha: &str) {
         self.doc["images"][image]["sha256"] = value(sha);
     }

@@ -4,7 +4,7 @@
 use anyhow::{bail, Context, Result};
 use neuron::model::Model;
 use neuron::replay::{self, CaseInputs, Mode, Perturbations};
-use parity::manifest::Manifest;
+use parity::manifest::{Manifest, Weights};
 use parity::report::{self, CaseReport, Heatmap, Row, Status};
 use xshell::Shell;
 
@@ -28,6 +28,10 @@ pub struct Args {
     /// and fail if the page comes out blank.
     #[arg(long, requires = "report")]
     screenshot: bool,
+    /// The checkpoint folder of the selected model when it lives outside the repository
+    /// (overrides the variable the manifest names in `weights_env`).
+    #[arg(long)]
+    weights: Option<std::path::PathBuf>,
     #[command(flatten)]
     manifest: ManifestArg,
 }
@@ -41,16 +45,20 @@ enum Format {
 pub fn run(sh: &Shell, args: Args) -> Result<()> {
     let manifest = args.manifest.load(sh)?;
     let cases = crate::select_cases(&manifest, args.model.as_deref(), args.case.as_deref())?;
+    crate::check_weights_flag(&manifest, &cases, args.weights.as_deref())?;
     let mut rows = Vec::new();
     let mut reports = Vec::new();
     let bar = crate::progress(cases.len() * Mode::ALL.len(), "verifying");
     for case in &cases {
         let mut report = CaseReport { case: case.clone(), rows: Vec::new(), heatmaps: Vec::new() };
         // One model per case, shared by its modes.
-        let model = load(&manifest, case);
+        let model = load(&manifest, case, args.weights.as_deref());
+        if manifest.cases[case].dumps.is_empty() {
+            report.rows.push(uncaptured(case, &model));
+        }
         for &mode in Mode::ALL {
             bar.set_message(format!("{case} · {}", mode.name()));
-            let (case_rows, heatmaps) = verify_case(&manifest, case, mode, &model, args.report.is_some());
+            let (case_rows, heatmaps) = verify_case(&manifest, case, mode, &model, args.weights.as_deref(), args.report.is_some());
             report.rows.extend(case_rows);
             report.heatmaps.extend(heatmaps);
             bar.inc(1);
@@ -92,8 +100,11 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
         }
     }
     eprintln!("\n{passed} passed, {failed} failed, {skipped} skipped");
+    if let Some(peak) = crate::peak_rss_bytes() {
+        eprintln!("peak resident memory of this process: {:.2} GB", peak as f64 / 1e9);
+    }
     if failed > 0 {
-        bail!("{failed} tap(s) outside tolerance");
+        bail!("{failed} check(s) failed");
     }
     Ok(())
 }
@@ -115,19 +126,44 @@ enum Loaded {
     Fail(String),
 }
 
-fn load(manifest: &Manifest, case: &str) -> Loaded {
-    let model = &manifest.models[&manifest.cases[case].model];
-    let model_dir = manifest.root.join(&model.path);
-    if !model_dir.join("config.json").is_file() {
-        return Loaded::Skip(format!("checkpoint not on this machine: {} has no config.json", model_dir.display()));
+fn load(manifest: &Manifest, case: &str, weights: Option<&std::path::Path>) -> Loaded {
+    match manifest.weights(&manifest.cases[case].model, weights) {
+        Ok(Weights::Found(dir)) if !dir.join("config.json").is_file() => {
+            return Loaded::Skip(format!("checkpoint not on this machine: {} has no config.json", dir.display()));
+        }
+        Ok(Weights::Found(_)) => {}
+        Ok(Weights::Absent(why)) => return Loaded::Skip(why),
+        Err(e) => return Loaded::Fail(e),
     }
-    match CaseInputs::new(manifest, case).and_then(|inputs| replay::load_model(&inputs)) {
+    match CaseInputs::with_weights(manifest, case, weights).and_then(|inputs| replay::load_model(&inputs)) {
         Ok(m) => Loaded::Model(Box::new(m)),
         Err(e) => Loaded::Fail(format!("loading the model failed: {e:#}")),
     }
 }
 
-fn verify_case(manifest: &Manifest, case: &str, mode: Mode, model: &Loaded, with_heatmaps: bool) -> (Vec<Row>, Vec<Heatmap>) {
+/// The row of a case that has no dumps yet: skipped without the checkpoint, failed with it
+/// (there is nothing to compare until it is captured).
+fn uncaptured(case: &str, model: &Loaded) -> Row {
+    match model {
+        Loaded::Skip(why) => Row::skipped(case, "-", "(not captured)", why.clone()),
+        Loaded::Fail(why) => Row::failed(case, "-", "(not captured)", why.clone()),
+        Loaded::Model(_) => Row::failed(
+            case,
+            "-",
+            "(not captured)",
+            format!("case {case} has no recorded dumps: run `cargo xtask capture --case {case}` (with --weights DIR)"),
+        ),
+    }
+}
+
+fn verify_case(
+    manifest: &Manifest,
+    case: &str,
+    mode: Mode,
+    model: &Loaded,
+    weights: Option<&std::path::Path>,
+    with_heatmaps: bool,
+) -> (Vec<Row>, Vec<Heatmap>) {
     let taps = replay::taps_checked(manifest, case, mode);
     if taps.is_empty() {
         return (Vec::new(), Vec::new());
@@ -141,7 +177,11 @@ fn verify_case(manifest: &Manifest, case: &str, mode: Mode, model: &Loaded, with
             return (taps.iter().map(|t| Row::failed(case, mode.name(), t, why.clone())).collect(), Vec::new());
         }
     };
-    let run = match replay::run_with(manifest, case, mode, model, &Perturbations::default()) {
+    let inputs = match CaseInputs::with_weights(manifest, case, weights) {
+        Ok(inputs) => inputs,
+        Err(e) => return (taps.iter().map(|t| Row::failed(case, mode.name(), t, format!("{e:#}"))).collect(), Vec::new()),
+    };
+    let run = match replay::run_with(manifest, &inputs, mode, model, &Perturbations::default()) {
         Ok(run) => run,
         Err(e) => {
             let why = format!("the {} run failed: {e:#}", mode.name());
@@ -174,7 +214,7 @@ mod tests {
         let path = dir.join("fixtures.toml");
         std::fs::write(&path, text).unwrap();
         let sh = Shell::new().unwrap();
-        let args = Args { case: None, model: None, format: Format::Json, report: None, screenshot: false, manifest: ManifestArg { manifest: path.clone() } };
+        let args = Args { case: None, model: None, format: Format::Json, report: None, screenshot: false, weights: None, manifest: ManifestArg { manifest: path.clone() } };
         let result = run(&sh, args);
         std::fs::remove_dir_all(&dir).unwrap();
         match result {
@@ -215,7 +255,7 @@ mod tests {
     fn a_missing_manifest_names_the_flag_that_points_elsewhere() {
         let sh = Shell::new().unwrap();
         let path = std::env::temp_dir().join("neuron-no-such-manifest.toml");
-        let args = Args { case: None, model: None, format: Format::Table, report: None, screenshot: false, manifest: ManifestArg { manifest: path } };
+        let args = Args { case: None, model: None, format: Format::Table, report: None, screenshot: false, weights: None, manifest: ManifestArg { manifest: path } };
         let err = format!("{:#}", run(&sh, args).unwrap_err());
         assert!(err.contains("--manifest"), "{err}");
     }

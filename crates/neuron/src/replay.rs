@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use parity::array::{Array, Data};
 use parity::compare::{compare, CompareOptions, Comparison};
-use parity::manifest::Manifest;
+use parity::manifest::{Manifest, Weights};
 use parity::report::Heatmap;
 pub use parity::mode::Mode;
 use parity::taps::Tap;
@@ -33,16 +33,29 @@ pub struct CaseInputs {
     pub case: String,
     pub model_dir: PathBuf,
     pub config: Config,
+    /// Whether the model runs streamed from the mapped checkpoint (the manifest's `stream`).
+    pub stream: bool,
 }
 
 impl CaseInputs {
+    /// The case's checkpoint from the repository, or from the folder its model's
+    /// `weights_env` variable names.
     pub fn new(manifest: &Manifest, case: &str) -> Result<CaseInputs> {
+        Self::with_weights(manifest, case, None)
+    }
+
+    /// As [`CaseInputs::new`], with `--weights DIR` for a checkpoint outside the repository.
+    /// A checkpoint nobody named is an error saying how to name it.
+    pub fn with_weights(manifest: &Manifest, case: &str, weights: Option<&Path>) -> Result<CaseInputs> {
         let Some(c) = manifest.cases.get(case) else {
             bail!("no case \"{case}\"; known cases: {}", manifest.cases.keys().cloned().collect::<Vec<_>>().join(", "));
         };
-        let model_dir = manifest.root.join(&manifest.models[&c.model].path);
+        let model_dir = match manifest.weights(&c.model, weights).map_err(anyhow::Error::msg)? {
+            Weights::Found(dir) => dir,
+            Weights::Absent(reason) => bail!("case {case}: {reason}"),
+        };
         let config = Config::from_dir(&model_dir)?;
-        Ok(CaseInputs { case: case.to_owned(), model_dir, config })
+        Ok(CaseInputs { case: case.to_owned(), model_dir, config, stream: manifest.models[&c.model].stream })
     }
 }
 
@@ -96,15 +109,21 @@ pub fn grids_of(thw: &Array) -> Result<Vec<Grid>> {
         .collect())
 }
 
-/// Loads the model of a case's checkpoint.
+/// Loads the model of a case's checkpoint: resident, or streamed layer by layer when the
+/// manifest says `stream = true`.
 pub fn load_model(inputs: &CaseInputs) -> Result<Model> {
+    if inputs.stream {
+        let checkpoint = std::sync::Arc::new(crate::weights::Checkpoint::open(&inputs.model_dir)?);
+        return Model::streamed(&inputs.config, checkpoint)
+            .with_context(|| format!("building the streamed model of {}", inputs.model_dir.display()));
+    }
     let vb = crate::weights::var_builder(&inputs.model_dir)?;
     model_from(inputs, vb)
 }
 
 /// Builds the model from any `VarBuilder` rooted at the checkpoint (tests use this to hand
 /// in perturbed weights) and the case's config (which tests may have altered).
-pub fn model_from(inputs: &CaseInputs, vb: VarBuilder) -> Result<Model> {
+pub fn model_from(inputs: &CaseInputs, vb: VarBuilder<'static>) -> Result<Model> {
     Model::new(&inputs.config, vb).with_context(|| format!("building the model of {}", inputs.model_dir.display()))
 }
 
@@ -124,11 +143,12 @@ pub struct Perturbations<'a> {
 pub fn run(manifest: &Manifest, case: &str, mode: Mode) -> Result<Run> {
     let inputs = CaseInputs::new(manifest, case)?;
     let model = load_model(&inputs)?;
-    run_with(manifest, case, mode, &model, &Perturbations::default())
+    run_with(manifest, &inputs, mode, &model, &Perturbations::default())
 }
 
 /// Runs a case in one mode on a given model.
-pub fn run_with(manifest: &Manifest, case: &str, mode: Mode, model: &Model, perturb: &Perturbations) -> Result<Run> {
+pub fn run_with(manifest: &Manifest, inputs: &CaseInputs, mode: Mode, model: &Model, perturb: &Perturbations) -> Result<Run> {
+    let case = inputs.case.as_str();
     let vision_cfg = &model.config.vision_config;
     let vision_positions = |grids: &[Grid]| {
         let p = VisionPositions::new(vision_cfg, grids);
@@ -151,7 +171,7 @@ pub fn run_with(manifest: &Manifest, case: &str, mode: Mode, model: &Model, pert
         let c = &manifest.cases[case];
         let images: Vec<PathBuf> = c.images.iter().map(|i| manifest.root.join(&manifest.images[i].path)).collect();
         let image_refs: Vec<&Path> = images.iter().map(PathBuf::as_path).collect();
-        let processor = Processor::from_dir(&model_dir(manifest, case))?;
+        let processor = Processor::from_dir(&inputs.model_dir)?;
         let processed = processor.process_with(&image_refs, &c.prompt, &perturb.preprocess)?;
         record_inputs(&mut taps, &processed)?;
         (processed.input_ids, processed.grids, processed.pixel_values)
@@ -207,7 +227,7 @@ pub fn run_with(manifest: &Manifest, case: &str, mode: Mode, model: &Model, pert
     })();
     let failure = stages.err().map(|e| format!("{e:#}"));
     let taps = taps.into_map().iter().map(|(k, v)| Ok((k.clone(), to_array(v)?))).collect::<Result<_>>()?;
-    let token_texts = token_texts(&model_dir(manifest, case), &input_ids);
+    let token_texts = token_texts(&inputs.model_dir, &input_ids);
     Ok(Run {
         mode,
         taps,
@@ -226,10 +246,6 @@ fn token_texts(model_dir: &Path, ids: &[u32]) -> Option<Vec<String>> {
     ids.iter().map(|&id| tokenizer.decode(&[id], false).ok()).collect()
 }
 
-fn model_dir(manifest: &Manifest, case: &str) -> PathBuf {
-    manifest.root.join(&manifest.models[&manifest.cases[case].model].path)
-}
-
 /// Records what preprocessing produced under the `input.*` tap names.
 fn record_inputs(taps: &mut Taps, p: &Processed) -> Result<()> {
     let ids: Vec<i64> = p.input_ids.iter().map(|&i| i64::from(i)).collect();
@@ -244,8 +260,7 @@ fn record_inputs(taps: &mut Taps, p: &Processed) -> Result<()> {
 
 /// The recorded taps of a case that a mode checks, in pipeline order.
 pub fn taps_checked(manifest: &Manifest, case: &str, mode: Mode) -> Vec<String> {
-    let recorded: Vec<Tap> = manifest.dumps_in_order(case).into_iter().map(|(t, _)| t).collect();
-    mode.taps(&recorded).iter().map(Tap::to_string).collect()
+    manifest.taps_checked(case, mode).iter().map(Tap::to_string).collect()
 }
 
 /// The result of checking one tap of one run.
@@ -283,12 +298,28 @@ impl Run {
                 None => bail!("the {} run of case {case} produced no {tap}", self.mode.name()),
             }
         };
+        // A case that keeps one row of a tap (the first patch, the last position) is compared
+        // on that row; the worst element is then named by its row in the whole tap.
+        let pick = Tap::parse(tap).and_then(|t| manifest.row_pick(case, t));
+        let (actual, row_offset) = match pick {
+            Some(pick) if !actual.shape.is_empty() => {
+                let row = pick.index(actual.shape[0]);
+                (actual.select_rows(&[row])?, row)
+            }
+            _ => (actual.clone(), 0),
+        };
         let opts = CompareOptions {
             tolerance: manifest.tolerance(case, tap),
             top_k: (tap == "lm.logits_last").then_some(TOP_K),
         };
-        let comparison = compare(&expected, actual, &opts);
-        let location = comparison.max_abs.as_ref().and_then(|w| self.locate(tap, &w.index));
+        let comparison = compare(&expected, &actual, &opts);
+        let location = comparison.max_abs.as_ref().and_then(|w| {
+            let mut index = w.index.clone();
+            if let Some(first) = index.first_mut() {
+                *first += row_offset;
+            }
+            self.locate(tap, &index)
+        });
         Ok(TapResult { case: case.to_owned(), tap: tap.to_owned(), mode: self.mode, comparison, location })
     }
 
@@ -300,7 +331,8 @@ impl Run {
             Some("input.pixel_values" | "vision.patch_embed" | "vision.pos_embed" | "vision.block" | "vision.tower")
         );
         let merged = tap == "vision.projector";
-        let (Some(actual), true) = (self.taps.get(tap), per_patch || merged) else { return Ok(Vec::new()) };
+        let whole = Tap::parse(tap).is_some_and(|t| manifest.row_pick(case, t).is_none());
+        let (Some(actual), true) = (self.taps.get(tap), (per_patch || merged) && whole) else { return Ok(Vec::new()) };
         let expected = reference(manifest, case, tap)?;
         let (Some(e), Some(a)) = (expected.as_f32(), actual.as_f32()) else { return Ok(Vec::new()) };
         if expected.shape != actual.shape || expected.shape.len() != 2 {

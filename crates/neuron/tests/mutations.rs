@@ -34,7 +34,8 @@ fn model_with(inputs: &CaseInputs, tensors: HashMap<String, Tensor>) -> Model {
 
 /// Runs `case` in `mode` with the positions the model would compute.
 fn run(manifest: &Manifest, case: &str, mode: Mode, model: &Model) -> Run {
-    replay::run_with(manifest, case, mode, model, &Perturbations::default()).unwrap()
+    let inputs = CaseInputs::new(manifest, case).unwrap();
+    replay::run_with(manifest, &inputs, mode, model, &Perturbations::default()).unwrap()
 }
 
 /// Checks the run's taps in pipeline order and asserts that the first failure is
@@ -93,7 +94,7 @@ fn position_embedding_indices_shifted_by_one_row_fail_at_the_position_embedding(
         positions
     };
     let perturb = Perturbations { vision_positions: Some(&shift), ..Default::default() };
-    let run = replay::run_with(&manifest, IMAGE_CASE, Mode::VisionTeacherForced, &model, &perturb).unwrap();
+    let run = replay::run_with(&manifest, &inputs, Mode::VisionTeacherForced, &model, &perturb).unwrap();
     assert_first_failure_at(&manifest, IMAGE_CASE, &run, "vision.pos_embed");
 }
 
@@ -171,7 +172,7 @@ fn text_after_an_image_not_resumed_at_max_plus_one_fails_at_the_position_ids() {
         p
     };
     let perturb = Perturbations { text_positions: Some(&resume_at_max), ..Default::default() };
-    let run = replay::run_with(&manifest, IMAGE_CASE, Mode::LmTeacherForced, &model, &perturb).unwrap();
+    let run = replay::run_with(&manifest, &inputs, Mode::LmTeacherForced, &model, &perturb).unwrap();
     assert_first_failure_at(&manifest, IMAGE_CASE, &run, "input.position_ids");
 }
 

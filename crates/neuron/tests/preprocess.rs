@@ -17,7 +17,7 @@ fn manifest() -> Manifest {
 }
 
 fn model_dir(manifest: &Manifest) -> PathBuf {
-    manifest.root.join(&manifest.models[&manifest.cases[CASE].model].path)
+    neuron::replay::CaseInputs::new(&manifest, CASE).unwrap().model_dir
 }
 
 /// A fresh scratch folder for one test.
@@ -170,7 +170,7 @@ fn first_failing_tap(hooks: Hooks) -> Result<String, String> {
     let inputs = CaseInputs::new(&manifest, CASE).unwrap();
     let model = replay::load_model(&inputs).unwrap();
     let perturb = Perturbations { preprocess: hooks, ..Default::default() };
-    let run = replay::run_with(&manifest, CASE, Mode::FromImageFiles, &model, &perturb).map_err(|e| format!("{e:#}"))?;
+    let run = replay::run_with(&manifest, &inputs, Mode::FromImageFiles, &model, &perturb).map_err(|e| format!("{e:#}"))?;
     for tap in replay::taps_checked(&manifest, CASE, Mode::FromImageFiles) {
         let result = run.check(&manifest, CASE, &tap).unwrap();
         if !result.passed() {

@@ -73,12 +73,32 @@ impl From<ToleranceSpec> for Tolerance {
     }
 }
 
-/// A checkpoint in HuggingFace layout.
+/// A checkpoint in HuggingFace layout: inside the repository (`path`), or outside it in a
+/// folder the user names (`weights_env`, or `--weights DIR`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Model {
     /// Folder of the checkpoint, relative to the manifest.
-    pub path: String,
+    #[serde(default)]
+    pub path: Option<String>,
+    /// For a checkpoint outside the repository: the environment variable that names its
+    /// folder (`--weights DIR` overrides it).
+    #[serde(default)]
+    pub weights_env: Option<String>,
+    /// Where the checkpoint is published (`Qwen/Qwen3.6-27B`); informative.
+    #[serde(default)]
+    pub hf_repo: Option<String>,
+    /// The published revision (commit) the dumps were captured from; written by capture.
+    #[serde(default)]
+    pub revision: Option<String>,
+    /// SHA-256 of the checkpoint's `config.json` as of the capture; a checkpoint whose
+    /// config differs is refused. Written by capture.
+    #[serde(default)]
+    pub config_sha256: Option<String>,
+    /// Run layer by layer from the mapped checkpoint (one layer in f32 at a time), on both
+    /// the Python and the Rust side.
+    #[serde(default)]
+    pub stream: bool,
     #[serde(default)]
     pub description: Option<String>,
     /// The script (relative to the manifest) that writes this checkpoint from a fixed seed;
@@ -91,6 +111,20 @@ pub struct Model {
     /// File name (inside `path`) → SHA-256; written by `cargo xtask make-model`.
     #[serde(default)]
     pub files: BTreeMap<String, String>,
+}
+
+impl Model {
+    /// Why an external checkpoint cannot be used: the flag and the variable that name it.
+    pub fn absent_reason(&self, name: &str) -> String {
+        let var = self.weights_env.as_deref().unwrap_or("(none)");
+        let what = self.hf_repo.as_deref().map_or(String::new(), |r| format!(" (a local snapshot of {r})"));
+        format!("the checkpoint of {name} is not in the repository: pass --weights DIR or set {var} to its folder{what}")
+    }
+
+    /// Whether the checkpoint lives outside the repository.
+    pub fn is_external(&self) -> bool {
+        self.path.is_none()
+    }
 }
 
 /// One of the known images.
@@ -122,6 +156,11 @@ pub struct Case {
     /// that exist to test one stage keep the fixtures small this way.
     #[serde(default)]
     pub taps: Option<Vec<String>>,
+    /// Which rows of a tap capture keeps (tap pattern → `"first"` or `"last"` row of the
+    /// leading axis: the first patch, the last position); whole taps by default. Keeps the
+    /// dumps of a large model small. 1-D taps (`lm.logits_last`) are always whole.
+    #[serde(default)]
+    pub rows: BTreeMap<String, RowPick>,
     /// Digest of everything the dumps depend on (model files, images, prompt, harness), as of
     /// the capture; written by capture, compared by `status` to find stale dumps.
     #[serde(default)]
@@ -129,6 +168,33 @@ pub struct Case {
     /// Tap name → recorded dump; written by capture.
     #[serde(default)]
     pub dumps: BTreeMap<String, Dump>,
+}
+
+/// One row of a tap's leading axis.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RowPick {
+    First,
+    Last,
+}
+
+impl RowPick {
+    /// The row index in a leading axis of `len` rows.
+    pub fn index(self, len: usize) -> usize {
+        match self {
+            RowPick::First => 0,
+            RowPick::Last => len.saturating_sub(1),
+        }
+    }
+}
+
+/// Where a model's checkpoint is, or why it is not here.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Weights {
+    Found(PathBuf),
+    /// The checkpoint lives outside the repository and nobody named it; the reason names the
+    /// flag and the variable that would.
+    Absent(String),
 }
 
 /// What capture recorded for one `.npy` dump.
@@ -191,7 +257,28 @@ impl Manifest {
     fn validate(&self) -> Result<(), String> {
         check_tolerance("tolerance", &self.tolerance)?;
         for (name, model) in &self.models {
-            check_relative_path(&format!("models.\"{name}\".path"), &model.path)?;
+            match (&model.path, &model.weights_env) {
+                (Some(path), None) => check_relative_path(&format!("models.\"{name}\".path"), path)?,
+                (None, Some(var)) => {
+                    if var.is_empty() || !var.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') {
+                        return Err(format!(
+                            "models.\"{name}\".weights_env = \"{var}\": an environment variable name (A-Z, 0-9, _)"
+                        ));
+                    }
+                    if !model.files.is_empty() {
+                        return Err(format!(
+                            "models.\"{name}\".files: a checkpoint outside the repository has no recorded files; \
+                             its config.json digest goes in config_sha256"
+                        ));
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "models.\"{name}\": give exactly one of `path` (a checkpoint in the repository) or \
+                         `weights_env` (the variable naming a folder outside it)"
+                    ))
+                }
+            }
             if let Some(t) = &model.tolerance {
                 check_tolerance(&format!("models.\"{name}\".tolerance"), t)?;
             }
@@ -232,6 +319,9 @@ impl Manifest {
             for pattern in case.taps.iter().flatten() {
                 check_tap_pattern(&format!("{at}.taps"), pattern)?;
             }
+            for pattern in case.rows.keys() {
+                check_tap_pattern(&format!("{at}.rows"), pattern)?;
+            }
             for (tap, dump) in &case.dumps {
                 let Some(parsed) = Tap::parse(tap) else {
                     return Err(format!("{at}.dumps: unknown tap \"{tap}\"; known taps: {}", known_taps()));
@@ -265,6 +355,60 @@ impl Manifest {
             .into()
     }
 
+    /// Which row of `tap` a case keeps, if only one (the longest matching pattern wins).
+    /// Taps without rows of patches or positions ([`Tap::has_rows`]) are always whole.
+    pub fn row_pick(&self, case: &str, tap: Tap) -> Option<RowPick> {
+        if !tap.has_rows() {
+            return None;
+        }
+        let name = tap.to_string();
+        self.cases[case]
+            .rows
+            .iter()
+            .filter(|(pattern, _)| tap_matches(pattern, &name))
+            .max_by_key(|(pattern, _)| pattern.len())
+            .map(|(_, pick)| *pick)
+    }
+
+    /// Where the checkpoint of `model` is: its folder in the repository, the folder given
+    /// by `--weights` (`flag`), or the one its `weights_env` variable names. An external
+    /// checkpoint nobody named is [`Weights::Absent`]; a named folder that is not a
+    /// checkpoint, or whose `config.json` is not the recorded one, is an error.
+    pub fn weights(&self, model: &str, flag: Option<&Path>) -> Result<Weights, String> {
+        let Some(m) = self.models.get(model) else {
+            return Err(format!("unknown model \"{model}\"; known models: {}", join_keys(&self.models)));
+        };
+        let (dir, source) = match (&m.path, &m.weights_env, flag) {
+            (Some(path), _, _) => return Ok(Weights::Found(self.root.join(path))),
+            (None, _, Some(dir)) => (dir.to_owned(), "--weights".to_string()),
+            (None, Some(var), None) => match std::env::var_os(var) {
+                Some(dir) if !dir.is_empty() => (PathBuf::from(dir), format!("${var}")),
+                _ => return Ok(Weights::Absent(m.absent_reason(model))),
+            },
+            (None, None, None) => unreachable!("validated at load: a model has a path or a weights_env"),
+        };
+        let config = dir.join("config.json");
+        if !config.is_file() {
+            return Err(format!(
+                "{source} names {} for model \"{model}\", but it has no config.json; \
+                 point it at the folder that holds config.json and the *.safetensors files",
+                dir.display()
+            ));
+        }
+        if let Some(expected) = &m.config_sha256 {
+            let actual = crate::digest::sha256_file(&config).map_err(|e| format!("reading {}: {e}", config.display()))?;
+            if &actual != expected {
+                return Err(format!(
+                    "{}: config.json digest mismatch for model \"{model}\": fixtures.toml records \
+                     config_sha256 = {expected}, the file has {actual}; point {source} at the checkpoint \
+                     the dumps were captured from, or re-capture with `cargo xtask capture --model {model} --weights DIR`",
+                    config.display()
+                ));
+            }
+        }
+        Ok(Weights::Found(dir))
+    }
+
     /// Where a case's dump of `tap` lives, relative to the manifest.
     pub fn dump_path(case: &str, tap: &str) -> PathBuf {
         Path::new(DUMPS_DIR).join(case).join(format!("{tap}.npy"))
@@ -281,13 +425,22 @@ impl Manifest {
         dumps
     }
 
+    /// The recorded taps of a case that a run in `mode` checks, in pipeline order (see
+    /// [`Mode::taps`]).
+    pub fn taps_checked(&self, case: &str, mode: crate::mode::Mode) -> Vec<Tap> {
+        let recorded: Vec<Tap> = self.dumps_in_order(case).into_iter().map(|(t, _)| t).collect();
+        let whole: Vec<Tap> = recorded.iter().copied().filter(|&t| self.row_pick(case, t).is_none()).collect();
+        mode.taps(&recorded, &whole)
+    }
+
     /// Every file the manifest records with a digest: model files, images, dumps.
     pub fn recorded_files(&self) -> Vec<RecordedFile> {
         let mut files = Vec::new();
         for (name, model) in &self.models {
+            let Some(dir) = &model.path else { continue };
             for (file, sha) in &model.files {
                 files.push(RecordedFile {
-                    path: Path::new(&model.path).join(file),
+                    path: Path::new(dir).join(file),
                     sha256: sha.clone(),
                     entry: format!("models.\"{name}\".files.\"{file}\""),
                 });
@@ -529,5 +682,97 @@ mod tests {
     fn a_dump_whose_dtype_contradicts_the_contract_is_rejected() {
         let err = parse_err(&GOOD.replace("shape = [4], dtype = \"i64\"", "shape = [4], dtype = \"f32\""));
         assert!(err.contains("input.input_ids") && err.contains("i64"), "{err}");
+    }
+
+    const EXTERNAL: &str = r#"
+        [models."big"]
+        weights_env = "NEURON_TEST_BIG_DIR"
+        hf_repo = "Org/Big"
+        stream = true
+
+        [images.cat]
+        path = "fixtures/images/cat.png"
+
+        [cases.big-cat]
+        model = "big"
+        images = ["cat"]
+        prompt = "Describe."
+        rows = { "vision.*" = "first", "lm.*" = "last", "lm.norm" = "first" }
+    "#;
+
+    #[test]
+    fn rows_pick_the_longest_matching_pattern_and_leave_row_less_taps_whole() {
+        let m = parse(EXTERNAL).unwrap();
+        let pick = |tap: &str| m.row_pick("big-cat", Tap::parse(tap).unwrap());
+        assert_eq!(pick("vision.block.3"), Some(RowPick::First));
+        assert_eq!(pick("lm.layer.0"), Some(RowPick::Last));
+        assert_eq!(pick("lm.norm"), Some(RowPick::First), "the exact name beats the stem");
+        assert_eq!(pick("lm.logits_last"), None, "one position already");
+        assert_eq!(pick("input.pixel_values"), None, "not selected");
+        assert_eq!((RowPick::First.index(7), RowPick::Last.index(7)), (0, 6));
+    }
+
+    #[test]
+    fn teacher_forcing_needs_its_input_recorded_whole() {
+        let text = format!(
+            "{EXTERNAL}\n[cases.big-cat.dumps]\n{}",
+            ["input.input_ids", "input.pixel_values", "vision.block.0", "vision.projector", "lm.layer.0"]
+                .iter()
+                .map(|t| format!("\"{t}\" = {{ sha256 = \"aa\", shape = [1], dtype = \"{}\" }}\n", Tap::parse(t).unwrap().dtype()))
+                .collect::<String>()
+        );
+        let m = parse(&text).unwrap();
+        let checked = |mode| m.taps_checked("big-cat", mode).iter().map(Tap::to_string).collect::<Vec<_>>();
+        // The projector is cut to one row: the text model cannot be fed the reference rows.
+        assert!(checked(crate::mode::Mode::LmTeacherForced).is_empty());
+        // pixel_values is whole: the vision tower can be teacher-forced.
+        assert_eq!(checked(crate::mode::Mode::VisionTeacherForced), ["vision.block.0", "vision.projector"]);
+        assert_eq!(checked(crate::mode::Mode::FromImageFiles).len(), 5);
+    }
+
+    #[test]
+    fn an_external_checkpoint_nobody_named_is_absent_with_the_flag_and_variable() {
+        let m = parse(&EXTERNAL.replace("NEURON_TEST_BIG_DIR", "NEURON_TEST_UNSET_VARIABLE")).unwrap();
+        match m.weights("big", None).unwrap() {
+            Weights::Absent(why) => {
+                assert!(why.contains("--weights DIR") && why.contains("NEURON_TEST_UNSET_VARIABLE") && why.contains("Org/Big"), "{why}")
+            }
+            found => panic!("expected absent, got {found:?}"),
+        }
+        assert!(m.recorded_files().is_empty(), "an external model records no files");
+    }
+
+    #[test]
+    fn a_named_checkpoint_must_hold_config_json_with_the_recorded_digest() {
+        let dir = std::env::temp_dir().join(format!("parity-weights-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let m = parse(EXTERNAL).unwrap();
+        let err = m.weights("big", Some(&dir)).unwrap_err();
+        assert!(err.contains("--weights") && err.contains("no config.json"), "{err}");
+
+        std::fs::write(dir.join("config.json"), "{}").unwrap();
+        assert_eq!(m.weights("big", Some(&dir)).unwrap(), Weights::Found(dir.clone()));
+        let recorded = EXTERNAL.replace("stream = true", "stream = true\n        config_sha256 = \"0123\"");
+        let err = parse(&recorded).unwrap().weights("big", Some(&dir)).unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(err.contains("0123") && err.contains(&crate::digest::sha256_bytes(b"{}")), "{err}");
+    }
+
+    #[test]
+    fn a_model_needs_exactly_one_of_path_and_weights_env() {
+        let both = EXTERNAL.replace("hf_repo", "path = \"fixtures/models/big\"\n        hf_repo");
+        assert!(parse_err(&both).contains("exactly one of `path`"), "{}", parse_err(&both));
+        let neither = EXTERNAL.replace("weights_env = \"NEURON_TEST_BIG_DIR\"", "");
+        assert!(parse_err(&neither).contains("exactly one of `path`"));
+        let bad_var = EXTERNAL.replace("NEURON_TEST_BIG_DIR", "my dir");
+        assert!(parse_err(&bad_var).contains("environment variable name"));
+    }
+
+    #[test]
+    fn unknown_taps_and_row_picks_in_rows_are_rejected() {
+        let err = parse_err(&EXTERNAL.replace("\"lm.norm\" = \"first\"", "\"lm.nrom\" = \"first\""));
+        assert!(err.contains("rows") && err.contains("unknown tap \"lm.nrom\""), "{err}");
+        let err = parse_err(&EXTERNAL.replace("\"lm.norm\" = \"first\"", "\"lm.norm\" = \"middle\""));
+        assert!(err.contains("middle"), "{err}");
     }
 }

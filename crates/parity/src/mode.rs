@@ -39,19 +39,21 @@ impl Mode {
     /// The taps a run in this mode checks, out of those a case recorded (pipeline order kept).
     /// The vision tower runs identically in `FromPixelValues`, so its taps are checked once,
     /// in `VisionTeacherForced`; a case without images has no `FromPixelValues` run, and
-    /// teacher forcing needs the reference input it forces with. `FromImageFiles` checks
-    /// every tap, from the token ids on.
-    pub fn taps(self, recorded: &[Tap]) -> Vec<Tap> {
-        let has = |name: &str| recorded.iter().any(|t| t.to_string() == name);
+    /// teacher forcing needs the reference input it forces with, recorded whole (`whole`:
+    /// the recorded taps not cut to one row). `FromImageFiles` checks every tap, from the
+    /// token ids on.
+    pub fn taps(self, recorded: &[Tap], whole: &[Tap]) -> Vec<Tap> {
+        let has = |name: &str| whole.iter().any(|t| t.to_string() == name);
         let text_side = |t: &Tap| t.is_lm() || t.to_string() == "input.position_ids";
-        let has_images = has("input.pixel_values");
+        let has_images = recorded.iter().any(|t| t.to_string() == "input.pixel_values");
+        let pixels = has("input.pixel_values");
         recorded
             .iter()
             .copied()
             .filter(|t| match self {
-                Mode::VisionTeacherForced => has_images && t.is_vision(),
+                Mode::VisionTeacherForced => pixels && t.is_vision(),
                 Mode::LmTeacherForced => (!has_images || has("vision.projector")) && text_side(t),
-                Mode::FromPixelValues => has_images && text_side(t),
+                Mode::FromPixelValues => pixels && text_side(t),
                 Mode::FromImageFiles => true,
             })
             .collect()

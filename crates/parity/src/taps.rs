@@ -74,6 +74,13 @@ impl Tap {
         (STAGES[self.stage].1 == Indexed::Yes).then_some(self.index)
     }
 
+    /// Whether the leading axis lists patches or positions ([patches, …] or [seq, hidden]),
+    /// so that a case may keep one row of it. Not the token ids, grids, position rows or the
+    /// one-position logits.
+    pub fn has_rows(self) -> bool {
+        !matches!(self.stem(), "input.input_ids" | "input.image_grid_thw" | "input.position_ids" | "lm.logits_last")
+    }
+
     /// Whether the tap belongs to the vision tower or projector (`vision.*`).
     pub fn is_vision(self) -> bool {
         self.stem().starts_with("vision.")

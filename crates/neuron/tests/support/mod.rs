@@ -38,6 +38,16 @@ fn run(case: &str, mode: Mode) -> Arc<Result<Run, String>> {
     .clone()
 }
 
+/// A case declared without dumps (a checkpoint outside the repository that was never
+/// captured here) fails with the command that captures it.
+pub fn assert_captured(case: &str) {
+    let m = manifest();
+    if m.cases[case].dumps.is_empty() {
+        let model = &m.cases[case].model;
+        panic!("case {case} has no recorded dumps: run `cargo xtask capture --case {case} --weights DIR` with the checkpoint of {model}");
+    }
+}
+
 /// Fails with the case, the tap, the mode, the metrics and the worst element's place.
 pub fn assert_tap(case: &str, tap: &str, mode: Mode) {
     let run = run(case, mode);
