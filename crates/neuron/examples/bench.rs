@@ -1,0 +1,145 @@
+//! The Rust side of `cargo xtask bench`: times the vision tower, the text prefill and the
+//! whole forward pass of a checkpoint held resident in f32, the way `script/bench.py` times
+//! transformers, and writes the medians, the matmul work of each stage and the peak resident
+//! memory as JSON. Run in release by the xtask; thread count from `RAYON_NUM_THREADS`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use clap::Parser;
+use neuron::config::Config;
+use neuron::model::{splice_image_embeds, Model};
+use neuron::preprocess::Processor;
+use neuron::taps::Taps;
+use neuron::vision::VisionPositions;
+use serde_json::json;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long)]
+    model_dir: PathBuf,
+    #[arg(long)]
+    image: PathBuf,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let config = Config::from_dir(&args.model_dir)?;
+    let started = Instant::now();
+    let model = Model::new(&config, neuron::weights::var_builder(&args.model_dir)?)?;
+    let load_seconds = started.elapsed().as_secs_f64();
+
+    let processed = Processor::from_dir(&args.model_dir)?.process(&[args.image.as_path()], &args.prompt)?;
+    let pixels = processed.pixel_values.context("the prompt has an image")?;
+    let ids = processed.input_ids;
+    let vision_positions = VisionPositions::new(&config.vision_config, &processed.grids);
+    let positions = model.positions(&ids, &processed.grids)?;
+    // The prefill's input, computed once outside the timing as bench.py does.
+    let image_embeds = model.vision.forward(&pixels, &vision_positions, &mut Taps::disabled())?;
+    let embeds = splice_image_embeds(&model.text.embed(&ids)?, &ids, config.image_token_id, &image_embeds)?;
+
+    let vision = time(args.runs, || Ok(model.vision.forward(&pixels, &vision_positions, &mut Taps::disabled())?))?;
+    let prefill = time(args.runs, || model.text.forward(&embeds, &positions, &mut Taps::disabled()))?;
+    let forward = time(args.runs, || model.forward(&ids, Some((&pixels, &vision_positions)), &mut Taps::disabled()))?;
+
+    let patches = vision_positions.patches();
+    let flops = matmul_flops(&args.model_dir, &config, patches, ids.len())?;
+    let report = json!({
+        "side": "rust",
+        "threads": candle_core::utils::get_num_threads(),
+        "load_seconds": load_seconds,
+        "prompt_tokens": ids.len(),
+        "image_tokens": image_embeds.dim(0)?,
+        "patches": patches,
+        "stages": { "vision": vision, "prefill": prefill, "forward": forward },
+        "flops": { "vision": flops.0, "prefill": flops.1, "forward": flops.0 + flops.1 },
+        "gemm_gflops": gemm_peak(ids.len(), config.text_config.hidden_size, config.text_config.intermediate_size)?,
+        "peak_rss_bytes": peak_rss_bytes(),
+    });
+    std::fs::write(&args.out, serde_json::to_string_pretty(&report)?)?;
+    Ok(())
+}
+
+/// One warm-up, then `runs` timed calls: every sample and the median, in seconds.
+fn time<T>(runs: usize, mut f: impl FnMut() -> Result<T>) -> Result<serde_json::Value> {
+    f()?;
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        std::hint::black_box(f()?);
+        samples.push(t.elapsed().as_secs_f64());
+    }
+    let mut sorted = samples.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = if sorted.len() % 2 == 1 {
+        sorted[sorted.len() / 2]
+    } else {
+        (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0
+    };
+    Ok(json!({ "samples_seconds": samples, "median_seconds": median }))
+}
+
+/// Multiply-adds ×2 of the weight matrices each stage applies (every patch or token through
+/// every projection; the logits at one position), plus the attention products. The
+/// DeltaNet's recurrence is left out: a small share at these sizes.
+fn matmul_flops(dir: &Path, cfg: &Config, patches: usize, tokens: usize) -> Result<(f64, f64)> {
+    let checkpoint = neuron::weights::Checkpoint::open(dir)?;
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("model.safetensors.index.json")).unwrap_or_else(|_| "{}".into()))?;
+    let names: Vec<String> = match index.get("weight_map").and_then(|m| m.as_object()) {
+        Some(map) => map.keys().cloned().collect(),
+        None => Vec::new(),
+    };
+    let merged = patches / (cfg.vision_config.spatial_merge_size * cfg.vision_config.spatial_merge_size);
+    let (mut vision, mut text) = (0.0, 0.0);
+    for name in &names {
+        let shape = checkpoint.shape(name)?;
+        if shape.len() < 2 || name.contains("embed_tokens") || name.contains("pos_embed") || name.contains("conv1d") {
+            continue;
+        }
+        let params = shape.iter().product::<usize>() as f64;
+        if name.starts_with("model.visual.merger.") {
+            vision += 2.0 * params * merged as f64;
+        } else if name.starts_with("model.visual.") {
+            vision += 2.0 * params * patches as f64;
+        } else if name.starts_with("model.language_model.") {
+            text += 2.0 * params * tokens as f64;
+        } else if name == "lm_head.weight" {
+            text += 2.0 * params;
+        }
+    }
+    let v = &cfg.vision_config;
+    vision += (v.depth * 2 * 2 * patches * patches * v.hidden_size) as f64;
+    let t = &cfg.text_config;
+    let full_layers = t.layer_types().iter().filter(|l| *l == "full_attention").count();
+    text += (full_layers * 2 * 2 * tokens * tokens * t.num_attention_heads * t.head_dim) as f64;
+    Ok((vision, text))
+}
+
+/// GFLOP/s of the matmul that dominates the prefill (tokens × hidden by hidden × intermediate),
+/// best of five: the ceiling the stages are measured against.
+fn gemm_peak(m: usize, k: usize, n: usize) -> Result<f64> {
+    let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
+    let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        std::hint::black_box(x.matmul(&w.t()?)?);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (m * k * n) as f64 / best / 1e9)
+}
+
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
