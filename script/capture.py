@@ -6,7 +6,18 @@ in float32 with eager attention, the chat messages are built as a user would bui
 (the images first, then the prompt, in one user message), the processor prepares the inputs,
 and one forward pass runs with hooks that record every tap of the contract in
 ARCHITECTURE.md. Each tap is written as `<tap>.npy` into `--out`, and `capture.json` lists
-the taps (in pipeline order) with shapes, dtypes, mean |x| and the library versions.
+the taps (in pipeline order) with shapes, dtypes, mean |x|, the library versions and the
+peak resident memory.
+
+`--stream` runs the same forward pass in bounded memory, for checkpoints whose float32
+weights do not fit in RAM (Qwen3.6-27B is over 100 GB in float32). The model is built on
+the meta device; each vision block, each decoder layer, the patch embedding, the position
+table, the merger and the final norm is read from the checkpoint (float32) just before it
+runs and dropped just after; the token embedding reads only the rows looked up; the
+language-model head reads its weight in blocks of rows and computes only the last
+position's logits. The modules are transformers' own, so the taps are the same
+numbers as without `--stream`, except the logits: computed for the last position alone
+(a matrix-vector product rather than a matrix product), they may differ in the last bits.
 
 The script never writes a checkpoint: a missing model is an error pointing at
 `cargo xtask make-model`.
@@ -17,7 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +38,13 @@ import PIL
 import torch
 import transformers
 from PIL import Image
-from transformers import AutoProcessor, Qwen3_5ForConditionalGeneration
+from safetensors import safe_open
+from torch import nn
+from transformers import AutoConfig, AutoProcessor, Qwen3_5ForConditionalGeneration
+from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5TextRotaryEmbedding, Qwen3_5VisionRotaryEmbedding
 from transformers.vision_utils import get_vision_interpolation_indices_and_weights
+
+LM_HEAD_ROWS = 16384  # vocabulary rows of the language-model head read at a time in --stream
 
 
 def build_messages(n_images: int, prompt: str) -> list[dict]:
@@ -139,7 +157,155 @@ def attach_hooks(model: Qwen3_5ForConditionalGeneration, rec: Recorder, image_to
     return handles
 
 
-def capture(case: dict, out: Path, threads: int) -> None:
+class Checkpoint:
+    """The tensors of a safetensors checkpoint (one file, or shards with an index), read on demand.
+
+    Every read opens the file that holds the tensor and closes it afterwards, so the pages
+    mapped for the read are released and the resident memory is that of the tensors kept.
+    Values are converted to float32, as `from_pretrained(dtype=torch.float32)` converts them.
+    """
+
+    def __init__(self, model_dir: Path) -> None:
+        index = model_dir / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            self.files = {name: model_dir / file for name, file in weight_map.items()}
+        else:
+            single = model_dir / "model.safetensors"
+            with safe_open(single, framework="pt") as f:
+                self.files = {name: single for name in f.keys()}
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of every tensor found where the index says it is."""
+        shapes = {}
+        for path in sorted(set(self.files.values())):
+            with safe_open(path, framework="pt") as f:
+                for name in f.keys():
+                    if self.files.get(name) == path:
+                        shapes[name] = tuple(f.get_slice(name).get_shape())
+        return shapes
+
+    def read(self, name: str) -> torch.Tensor:
+        with safe_open(self.files[name], framework="pt") as f:
+            return f.get_tensor(name).to(torch.float32)
+
+    def read_rows(self, name: str, runs: list[tuple[int, int]]) -> torch.Tensor:
+        """Rows [start, stop) of each run, concatenated."""
+        with safe_open(self.files[name], framework="pt") as f:
+            tensor = f.get_slice(name)
+            return torch.cat([tensor[start:stop].to(torch.float32) for start, stop in runs])
+
+
+class StreamedEmbedding(nn.Module):
+    """nn.Embedding whose table stays in the checkpoint: only the rows looked up are read."""
+
+    def __init__(self, checkpoint: Checkpoint, name: str) -> None:
+        super().__init__()
+        self.checkpoint = checkpoint
+        self.name = name
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        ids = torch.unique(input_ids).tolist()  # sorted
+        runs = []
+        for i in ids:
+            if runs and runs[-1][1] == i:
+                runs[-1] = (runs[-1][0], i + 1)
+            else:
+                runs.append((i, i + 1))
+        rows = self.checkpoint.read_rows(self.name, runs)
+        return rows[torch.searchsorted(torch.tensor(ids), input_ids)]
+
+
+class StreamedLinear(nn.Module):
+    """nn.Linear (no bias) whose weight stays in the checkpoint, applied LM_HEAD_ROWS outputs at a time."""
+
+    def __init__(self, checkpoint: Checkpoint, name: str, out_features: int) -> None:
+        super().__init__()
+        self.checkpoint = checkpoint
+        self.name = name
+        self.out_features = out_features
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        blocks = []
+        for start in range(0, self.out_features, LM_HEAD_ROWS):
+            stop = min(self.out_features, start + LM_HEAD_ROWS)
+            weight = self.checkpoint.read_rows(self.name, [(start, stop)])
+            blocks.append(nn.functional.linear(hidden_states, weight))
+        return torch.cat(blocks, dim=-1)
+
+
+def check_checkpoint(model: nn.Module, checkpoint: Checkpoint, model_dir: Path) -> None:
+    """What `from_pretrained` reports as missing or mismatched keys, for the streamed model.
+
+    Tensors the model does not have (the release's `mtp.*` head) are ignored, as transformers
+    ignores them, and only noted.
+    """
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    found = checkpoint.shapes()
+    missing = sorted(name for name in expected if name not in found)
+    mismatched = [
+        f"{name} {list(found[name])} (model: {list(shape)})"
+        for name, shape in sorted(expected.items())
+        if name in found and found[name] != shape
+    ]
+    problems = ([f"missing {missing}"] if missing else []) + ([f"mismatched {mismatched}"] if mismatched else [])
+    if problems:
+        sys.exit(f"error: checkpoint {model_dir} does not match the architecture: {'; '.join(problems)}")
+    extra = Counter(name.split(".", 1)[0] + ".*" for name in found if name not in expected)
+    if extra:
+        ignored = ", ".join(f"{prefix} ({n} tensors)" for prefix, n in sorted(extra.items()))
+        print(f"note: checkpoint tensors the forward pass does not use are ignored: {ignored}", file=sys.stderr)
+
+
+def streamed_model(model_dir: Path) -> Qwen3_5ForConditionalGeneration:
+    """`Qwen3_5ForConditionalGeneration.from_pretrained(dtype=float32, eager)` with weights read per block.
+
+    The skeleton is built on the meta device. The rotary embeddings' inverse frequencies are
+    non-persistent buffers (not in the checkpoint), so those two small modules are built
+    again on the CPU, computed as transformers computes them. Every other weight is read by
+    a forward pre-hook of the module that uses it and dropped (back to meta) by its forward
+    hook; the hooks are attached here, before the taps' hooks, so they run first.
+    """
+    config = AutoConfig.from_pretrained(model_dir)
+    with torch.device("meta"):
+        model = Qwen3_5ForConditionalGeneration._from_config(
+            config, dtype=torch.float32, attn_implementation="eager"
+        )
+    model.eval()
+    visual = model.model.visual
+    lm = model.model.language_model
+    visual.rotary_pos_emb = Qwen3_5VisionRotaryEmbedding(visual.config)
+    lm.rotary_emb = Qwen3_5TextRotaryEmbedding(config=lm.config)
+
+    checkpoint = Checkpoint(model_dir)
+    check_checkpoint(model, checkpoint, model_dir)
+    lm.embed_tokens = StreamedEmbedding(checkpoint, "model.language_model.embed_tokens.weight")
+    model.lm_head = StreamedLinear(checkpoint, "lm_head.weight", model.lm_head.out_features)
+
+    units = ["model.visual.patch_embed", "model.visual.pos_embed", "model.visual.merger", "model.language_model.norm"]
+    units += [f"model.visual.blocks.{i}" for i in range(len(visual.blocks))]
+    units += [f"model.language_model.layers.{i}" for i in range(len(lm.layers))]
+    def release(module, _args, _output):
+        module.to("meta")
+
+    for unit in units:
+
+        def materialise(module, _args, prefix=unit + "."):
+            state = {name: checkpoint.read(prefix + name) for name in module.state_dict()}
+            module.load_state_dict(state, assign=True)
+
+        block = model.get_submodule(unit)
+        block.register_forward_pre_hook(materialise)
+        block.register_forward_hook(release)
+
+    streamed = tuple(unit + "." for unit in units)
+    uncovered = [name for name, _ in model.named_parameters() if not name.startswith(streamed)]
+    assert not uncovered, f"parameters no streamed module reads: {uncovered}"
+    assert not any(b.is_meta for b in model.buffers()), "a buffer was left on the meta device"
+    return model
+
+
+def capture(case: dict, out: Path, threads: int, stream: bool) -> None:
     # The notes about optional fused kernels and the loading bar are noise here: the eager
     # reference path is the one we want.
     transformers.logging.set_verbosity_error()
@@ -151,13 +317,16 @@ def capture(case: dict, out: Path, threads: int) -> None:
         sys.exit(f"error: no checkpoint at {model_dir} (config.json missing); run `cargo xtask make-model`")
 
     processor = AutoProcessor.from_pretrained(model_dir)
-    model, info = Qwen3_5ForConditionalGeneration.from_pretrained(
-        model_dir, dtype=torch.float32, attn_implementation="eager", output_loading_info=True
-    )
-    problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "mismatched_keys")}
-    if problems:
-        sys.exit(f"error: checkpoint {model_dir} does not match the architecture: {problems}")
-    model.eval()
+    if stream:
+        model = streamed_model(model_dir)
+    else:
+        model, info = Qwen3_5ForConditionalGeneration.from_pretrained(
+            model_dir, dtype=torch.float32, attn_implementation="eager", output_loading_info=True
+        )
+        problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "mismatched_keys")}
+        if problems:
+            sys.exit(f"error: checkpoint {model_dir} does not match the architecture: {problems}")
+        model.eval()
 
     images = [Image.open(p) for p in case["images"]]
     messages = build_messages(len(images), case["prompt"])
@@ -173,7 +342,9 @@ def capture(case: dict, out: Path, threads: int) -> None:
 
     handles = attach_hooks(model, rec, model.config.image_token_id, inputs["input_ids"])
     with torch.no_grad():
-        output = model(**inputs, use_cache=False)
+        # The streamed head computes only the last position: the whole [seq, vocab] is never needed.
+        keep = {"logits_to_keep": 1} if stream else {}
+        output = model(**inputs, use_cache=False, **keep)
     for h in handles:
         h.remove()
     rec.put("lm.logits_last", output.logits[0, -1])
@@ -197,6 +368,8 @@ def capture(case: dict, out: Path, threads: int) -> None:
             "python": platform.python_version(),
         },
         "threads": threads,
+        "stream": stream,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
     (out / "capture.json").write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -206,8 +379,11 @@ def main() -> None:
     parser.add_argument("--case-json", required=True, help="the case: model_dir, images, prompt")
     parser.add_argument("--out", required=True, type=Path, help="folder for the .npy taps")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (fixed so reruns match bytes)")
+    parser.add_argument(
+        "--stream", action="store_true", help="read the weights block by block (bounded memory, for 27B checkpoints)"
+    )
     args = parser.parse_args()
-    capture(json.loads(args.case_json), args.out, args.threads)
+    capture(json.loads(args.case_json), args.out, args.threads, args.stream)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,8 @@ fn main() -> Result<()> {
 
     let patches = vision_positions.patches();
     let flops = matmul_flops(&args.model_dir, &config, patches, ids.len())?;
+    let peak_rss = peak_rss_bytes();
+    let gemm = gemm_peak(ids.len(), config.text_config.hidden_size, config.text_config.intermediate_size)?;
     let report = json!({
         "side": "rust",
         "threads": candle_core::utils::get_num_threads(),
@@ -61,8 +63,8 @@ fn main() -> Result<()> {
         "patches": patches,
         "stages": { "vision": vision, "prefill": prefill, "forward": forward },
         "flops": { "vision": flops.0, "prefill": flops.1, "forward": flops.0 + flops.1 },
-        "gemm_gflops": gemm_peak(ids.len(), config.text_config.hidden_size, config.text_config.intermediate_size)?,
-        "peak_rss_bytes": peak_rss_bytes(),
+        "gemm_gflops": gemm,
+        "peak_rss_bytes": peak_rss,
     });
     std::fs::write(&args.out, serde_json::to_string_pretty(&report)?)?;
     Ok(())

@@ -1,0 +1,188 @@
+"""Times the transformers side of the Rust-versus-transformers benchmark.
+
+The Rust port is only worth its keep if it is not much slower than the reference on the
+same CPU, so the reference is timed here stage by stage, on the same inputs the Rust side
+runs: the model resident in float32 with eager attention (the reference configuration of
+capture.py), the inputs prepared once exactly as capture.py prepares them (chat template,
+the image first, then the prompt, in one user message). Each stage runs once to warm up,
+then `--runs` times under `torch.no_grad()`:
+
+* `vision`: the vision tower and projector, `model.model.visual(pixel_values, grid_thw=...)`;
+* `prefill`: the text model over the prompt's input embeddings with the image rows spliced
+  in, at the multimodal positions, then `lm_head` on the last position only (the embeddings
+  and positions are computed once, outside the timing, with the model's own functions);
+* `forward`: the whole model, `model(**inputs, use_cache=False, logits_to_keep=1)`.
+
+`--prompt-tokens N` builds the user text deterministically instead of `--prompt`: the longest
+run of make_model.CORPUS's words that the checkpoint's tokenizer encodes to exactly N tokens.
+The samples, medians, input sizes, load time and peak resident memory go to `--out` (JSON)
+and a short table to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import transformers
+from PIL import Image
+from transformers import AutoProcessor, Qwen3_5ForConditionalGeneration
+
+import make_model
+from capture import build_messages
+
+
+def prompt_of_tokens(tokenizer, n_tokens: int) -> str:
+    """The longest prefix of make_model.CORPUS, in whole words, that encodes to exactly n_tokens."""
+    words = make_model.CORPUS.split()
+    for count in range(len(words), 0, -1):
+        text = " ".join(words[:count])
+        if len(tokenizer(text, add_special_tokens=False)["input_ids"]) == n_tokens:
+            return text
+    sys.exit(f"error: no prefix of the corpus encodes to exactly {n_tokens} tokens")
+
+
+def prefill_inputs(model: Qwen3_5ForConditionalGeneration, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """The text model's inputs as `Qwen3_5Model.forward` computes them: spliced embeddings and M-RoPE positions."""
+    inner = model.model
+    input_ids = inputs["input_ids"]
+    embeds = inner.get_input_embeddings()(input_ids)
+    image_embeds = inner.visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
+    image_mask, _ = inner.get_placeholder_mask(input_ids, inputs_embeds=embeds, image_features=image_embeds)
+    embeds = embeds.masked_scatter(image_mask, image_embeds.to(embeds.dtype))
+    position_ids, _ = inner.get_rope_index(
+        input_ids,
+        mm_token_type_ids=inputs["mm_token_type_ids"],
+        image_grid_thw=inputs["image_grid_thw"],
+        attention_mask=inputs["attention_mask"],
+    )
+    return embeds, position_ids
+
+
+def gemm_gflops(m: int, k: int, n: int) -> float:
+    """GFLOP/s of torch's f32 matmul at the prefill's dominant shape, best of five (the ceiling
+    the stages are measured against; the Rust side measures candle's the same way)."""
+    x, w = torch.randn(m, k), torch.randn(n, k)
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        x @ w.t()
+        best = min(best, time.perf_counter() - started)
+    return 2 * m * k * n / best / 1e9
+
+
+def time_stage(run: Callable[[], torch.Tensor], runs: int) -> tuple[list[float], torch.Tensor]:
+    """One warm-up call, then `runs` timed calls; returns the samples (seconds) and the warm-up's result."""
+    result = run()
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        run()
+        samples.append(time.perf_counter() - started)
+    return samples, result
+
+
+def bench(args: argparse.Namespace) -> dict:
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    torch.set_num_threads(args.threads)
+    processor = AutoProcessor.from_pretrained(args.model_dir)
+    prompt = args.prompt if args.prompt is not None else prompt_of_tokens(processor.tokenizer, args.prompt_tokens)
+    print(f"prompt: {prompt!r}", file=sys.stderr)
+
+    started = time.perf_counter()
+    model = Qwen3_5ForConditionalGeneration.from_pretrained(
+        args.model_dir, dtype=torch.float32, attn_implementation="eager"
+    )
+    model.eval()
+    load_seconds = time.perf_counter() - started
+
+    image = Image.open(args.image)
+    text = processor.apply_chat_template(build_messages(1, prompt), tokenize=False, add_generation_prompt=True)
+    inputs = processor(text=[text], images=[image], return_tensors="pt")
+    lm = model.model.language_model
+
+    with torch.no_grad():
+        embeds, position_ids = prefill_inputs(model, inputs)
+        stages = {
+            "vision": lambda: model.model.visual(
+                inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]
+            ).pooler_output,
+            "prefill": lambda: model.lm_head(
+                lm(inputs_embeds=embeds, position_ids=position_ids, use_cache=False).last_hidden_state[:, -1:]
+            ),
+            "forward": lambda: model(**inputs, use_cache=False, logits_to_keep=1).logits,
+        }
+        timings, results = {}, {}
+        for name, run in stages.items():
+            samples, results[name] = time_stage(run, args.runs)
+            timings[name] = {"samples_seconds": samples, "median_seconds": statistics.median(samples)}
+
+    # The prefill stage must be the forward pass minus the vision tower, not something cheaper.
+    prefill_vs_forward = float((results["prefill"] - results["forward"]).abs().max())
+    if prefill_vs_forward > 1e-3:
+        sys.exit(f"error: prefill logits differ from the forward pass's by {prefill_vs_forward}")
+
+    input_ids = inputs["input_ids"][0]
+    return {
+        "model_dir": str(args.model_dir),
+        "image": str(args.image),
+        "prompt": prompt,
+        "user_text_tokens": len(processor.tokenizer(prompt, add_special_tokens=False)["input_ids"]),
+        "prompt_tokens": int(input_ids.numel()),
+        "image_tokens": int((input_ids == model.config.image_token_id).sum()),
+        "patches": int(inputs["pixel_values"].shape[0]),
+        "image_grid_thw": inputs["image_grid_thw"][0].tolist(),
+        "threads": args.threads,
+        "runs": args.runs,
+        "load_seconds": load_seconds,
+        "stages": timings,
+        "prefill_vs_forward_max_abs_diff": prefill_vs_forward,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "gemm_gflops": gemm_gflops(
+            int(input_ids.numel()), model.config.text_config.hidden_size, model.config.text_config.intermediate_size
+        ),
+        "versions": {
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", required=True, type=Path, help="checkpoint folder (e.g. the stand-in)")
+    parser.add_argument("--image", required=True, type=Path, help="the image (PNG)")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--prompt", help="the user text")
+    which.add_argument("--prompt-tokens", type=int, help="build a user text of exactly this many tokens")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per stage (after one warm-up)")
+    parser.add_argument("--out", required=True, type=Path, help="JSON file for the results")
+    args = parser.parse_args()
+
+    report = bench(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(
+        f"{report['prompt_tokens']} prompt tokens ({report['image_tokens']} image, {report['user_text_tokens']} user "
+        f"text), {report['patches']} patches, {report['threads']} threads, load {report['load_seconds']:.2f} s, "
+        f"peak RSS {report['peak_rss_bytes'] / 1e9:.2f} GB"
+    )
+    print(f"{'stage':<8} {'median s':>10}  samples s")
+    for name, t in report["stages"].items():
+        samples = " ".join(f"{s:.3f}" for s in t["samples_seconds"])
+        print(f"{name:<8} {t['median_seconds']:>10.3f}  {samples}")
+
+
+if __name__ == "__main__":
+    main()
