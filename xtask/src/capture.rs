@@ -81,6 +81,7 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
     crate::check_weights_flag(&manifest, &cases, args.weights.as_deref())?;
     harness::require_uv(sh)?;
     let weights = args.weights.as_deref();
+    let explicit = args.model.is_some() || args.case.is_some();
     if args.check {
         return check_against_recorded(sh, &manifest, &cases, args.threads, weights);
     }
@@ -92,6 +93,13 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
         bar.inc(1);
         let started = std::time::Instant::now();
         let c = &manifest.cases[case];
+        // Capturing everything skips, with a note, the cases whose checkpoint is outside the
+        // repository and not named; asking for such a case by name is an error.
+        if !explicit && matches!(manifest.weights(&c.model, weights), Ok(Weights::Absent(_))) {
+            let why = manifest.models[&c.model].absent_reason(&c.model);
+            bar.suspend(|| eprintln!("skipping case {case}: {why}"));
+            continue;
+        }
         let model_dir = checkpoint(&manifest, &c.model, weights)?;
         let image_shas = image_digests(&manifest, case)?;
 
@@ -173,7 +181,16 @@ fn check_against_recorded(sh: &Shell, manifest: &Manifest, cases: &[String], thr
     let mut rows = Vec::new();
     let mut identical = 0;
     for case in cases {
-        let model_dir = checkpoint(manifest, &manifest.cases[case].model, weights)?;
+        let model = &manifest.cases[case].model;
+        if let Ok(Weights::Absent(why)) = manifest.weights(model, weights) {
+            rows.extend(manifest.dumps_in_order(case).iter().map(|(tap, _)| Row::skipped(case, "recapture", &tap.to_string(), why.clone())));
+            continue;
+        }
+        if manifest.cases[case].dumps.is_empty() {
+            eprintln!("case {case} was never captured: nothing to compare");
+            continue;
+        }
+        let model_dir = checkpoint(manifest, model, weights)?;
         let out = scratch.join(case);
         let result = capture_case(sh, manifest, case, &model_dir, &out, threads)
             .and_then(|_| {
@@ -211,7 +228,13 @@ fn check_against_recorded(sh: &Shell, manifest: &Manifest, cases: &[String], thr
     let _ = std::fs::remove_dir_all(&scratch);
     print!("{}", report::table(&rows));
     let moved: Vec<&Row> = rows.iter().filter(|r| r.status == Status::Fail).collect();
-    println!("\n{} dumps: {identical} byte-identical, {} within tolerance, {} moved", rows.len(), rows.len() - identical - moved.len(), moved.len());
+    let skipped = rows.iter().filter(|r| r.status == Status::Skip).count();
+    println!(
+        "\n{} dumps: {identical} byte-identical, {} within tolerance, {} moved, {skipped} skipped",
+        rows.len(),
+        rows.len() - identical - moved.len() - skipped,
+        moved.len()
+    );
     for r in &moved {
         eprintln!("\n{}", r.detail.as_deref().unwrap_or_default());
     }
