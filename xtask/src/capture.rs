@@ -137,7 +137,8 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
         if model.is_external() {
             let config_sha = parity::digest::sha256_file(&model_dir.join("config.json"))?;
             let revision = args.revision.clone().or_else(|| snapshot_revision(&model_dir));
-            if revision.is_none() && model.revision.is_none() {
+            // A generated checkpoint (the stand-in) has no published revision to record.
+            if revision.is_none() && model.revision.is_none() && model.generated_by.is_none() {
                 eprintln!(
                     "note: {} is not a HuggingFace cache snapshot; pass --revision COMMIT to record which \
                      revision of {} it is",
