@@ -134,8 +134,9 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
 
         let mut doc = ManifestDoc::open(&manifest_path)?;
         let model = &manifest.models[&c.model];
+        let mut config_sha = model.config_sha256.clone();
         if model.is_external() {
-            let config_sha = parity::digest::sha256_file(&model_dir.join("config.json"))?;
+            let sha = parity::digest::sha256_file(&model_dir.join("config.json"))?;
             let revision = args.revision.clone().or_else(|| snapshot_revision(&model_dir));
             // A generated checkpoint (the stand-in) has no published revision to record.
             if revision.is_none() && model.revision.is_none() && model.generated_by.is_none() {
@@ -146,12 +147,13 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
                     model.hf_repo.as_deref().unwrap_or("the checkpoint")
                 );
             }
-            doc.set_model_source(&c.model, &config_sha, revision.as_deref());
+            doc.set_model_source(&c.model, &sha, revision.as_deref());
+            config_sha = Some(sha);
         }
         for (name, sha) in &image_shas {
             doc.set_image_sha(name, sha);
         }
-        let inputs = crate::status::inputs_digest(&manifest, case, &image_shas, &harness_sha);
+        let inputs = crate::status::inputs_digest(&manifest, case, config_sha.as_deref(), &image_shas, &harness_sha);
         doc.set_case_capture(case, &inputs, &dumps);
         doc.set_reference(&Reference {
             transformers: listing.versions.transformers.clone(),

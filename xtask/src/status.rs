@@ -70,9 +70,16 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Everything a case's dumps depend on, as one digest: the model files and images (by their
-/// recorded digests), the prompt, the tap selection and the harness.
-pub fn inputs_digest(manifest: &Manifest, case: &str, image_shas: &[(String, String)], harness_sha: &str) -> String {
+/// Everything a case's dumps depend on, as one digest: the model files (or, for a checkpoint
+/// outside the repository, its `config.json` digest `config_sha`) and images (by their
+/// recorded digests), the prompt, the tap and row selection and the harness.
+pub fn inputs_digest(
+    manifest: &Manifest,
+    case: &str,
+    config_sha: Option<&str>,
+    image_shas: &[(String, String)],
+    harness_sha: &str,
+) -> String {
     let c = &manifest.cases[case];
     let mut text = String::new();
     let model = &manifest.models[&c.model];
@@ -80,7 +87,7 @@ pub fn inputs_digest(manifest: &Manifest, case: &str, image_shas: &[(String, Str
         text.push_str(&format!("model {file} {sha}\n"));
     }
     // Only written when present, so the digests of cases without them stay as they were.
-    if let Some(sha) = &model.config_sha256 {
+    if let Some(sha) = config_sha {
         text.push_str(&format!("model config.json {sha}\n"));
     }
     for (name, sha) in image_shas {
@@ -152,7 +159,7 @@ fn case_state(manifest: &Manifest, case: &str, harness_sha: &str) -> State {
         stale.push("the harness (script/capture.py, pyproject.toml or uv.lock) changed".into());
     }
     let recorded_harness = recorded_harness.unwrap_or_default();
-    if stale.is_empty() && c.inputs_sha256.as_deref() != Some(&inputs_digest(manifest, case, &image_shas, recorded_harness)) {
+    if stale.is_empty() && c.inputs_sha256.as_deref() != Some(&inputs_digest(manifest, case, model.config_sha256.as_deref(), &image_shas, recorded_harness)) {
         stale.push("the prompt, the images listed or the tap selection changed".into());
     }
     if stale.is_empty() {

@@ -259,4 +259,32 @@ mod tests {
         let err = format!("{:#}", run(&sh, args).unwrap_err());
         assert!(err.contains("--manifest"), "{err}");
     }
+
+    #[test]
+    fn an_external_checkpoint_nobody_named_is_skipped_with_the_flag_and_variable() {
+        let m = Manifest::load(&crate::project_root().join("fixtures.toml")).unwrap();
+        let model = &m.cases["standin-astronaut"].model;
+        let var = m.models[model].weights_env.clone().unwrap();
+        if std::env::var_os(&var).is_some() {
+            eprintln!("skipped: {var} is set, so the stand-in is named and will be verified instead");
+            return;
+        }
+        let loaded = load(&m, "standin-astronaut", None);
+        let Loaded::Skip(why) = &loaded else { panic!("the stand-in case should be skipped without its checkpoint") };
+        assert!(why.contains("--weights DIR") && why.contains(&var), "{why}");
+        let (rows, _) = verify_case(&m, "standin-astronaut", Mode::FromImageFiles, &loaded, None, false);
+        assert!(!rows.is_empty() && rows.iter().all(|r| r.status == Status::Skip), "every row of the case is a skip");
+    }
+
+    #[test]
+    fn weights_given_for_a_selection_without_one_external_model_is_refused() {
+        let m = Manifest::load(&crate::project_root().join("fixtures.toml")).unwrap();
+        let dir = std::path::Path::new("/somewhere");
+        let all: Vec<String> = m.cases.keys().cloned().collect();
+        let err = crate::check_weights_flag(&m, &all, Some(dir)).unwrap_err().to_string();
+        assert!(err.contains("ambiguous") && err.contains("qwen3.6-27b-standin"), "{err}");
+        let err = crate::check_weights_flag(&m, &["chelsea".to_string()], Some(dir)).unwrap_err().to_string();
+        assert!(err.contains("none of the selected cases"), "{err}");
+        crate::check_weights_flag(&m, &["standin-astronaut".to_string()], Some(dir)).unwrap();
+    }
 }
