@@ -751,6 +751,40 @@ mod tests {
         }
     }
 
+    /// Where the orders part: 5 values (under a vector: the scalar kernel's four chains, not a
+    /// running sum), 8 values (one vector: a running sum, not the scalar chains), and more
+    /// than 2^19 rows (the cascade's blocks grow from 16 to 32 rows). Bits from PyTorch 2.15,
+    /// one thread, for the same `spread_values`.
+    #[test]
+    fn torch_summation_orders_hold_at_the_kernels_boundaries() {
+        for (n, seed, bits) in [(5usize, 2usize, 0xc0b420a0u32), (8, 2, 0x3efb1624)] {
+            let got = torch_inner_sum(&spread_values(n, seed));
+            assert!(got.to_bits() == bits, "inner sum of {n} values (seed {seed}): {:#x}, PyTorch {bits:#x}", got.to_bits());
+        }
+        let (rows, cols) = ((1 << 19) + 12345, 32);
+        let m = spread_values(rows * cols, 3);
+        let mut got = vec![0f32; cols];
+        torch_outer_sum(rows, cols, |r, c| m[r * cols + c], &mut got);
+        for (c, (&g, &b)) in got.iter().zip(&TORCH_OUTER_LONG).enumerate() {
+            assert!(g.to_bits() == b, "column {c} of the [{rows}, {cols}] outer sum: {:#x}, PyTorch {b:#x}", g.to_bits());
+        }
+    }
+
+    #[test]
+    fn ceil_log2_rounds_up_like_llvm_ceil_log2() {
+        let cases = [(0, 0), (1, 0), (2, 1), (3, 2), (4, 2), (5, 3), (1 << 20, 20), ((1 << 20) + 1, 21)];
+        for (value, expected) in cases {
+            assert_eq!(ceil_log2(value), expected, "ceil_log2({value})");
+        }
+    }
+
+    const TORCH_OUTER_LONG: [u32; 32] = [
+        0x434ff254, 0x42e27b70, 0x432b66a6, 0x433b59ef, 0x431815e9, 0x4373ebce, 0x42c1cdcc, 0x4366ffae, 0x42e047c4,
+        0x433ee12c, 0x430d63c7, 0x430ae4e3, 0x4364f646, 0x4313bd49, 0x435fba77, 0x42c9adb5, 0x43438536, 0x42f02b87,
+        0x43322fdb, 0x431ea5db, 0x42d420cd, 0x43809d40, 0x4303f3f0, 0x435c44ac, 0x42b176d0, 0x431e8fde, 0x43212fb8,
+        0x432a298c, 0x434849eb, 0x42fa46ba, 0x4363f5d4, 0x42f86f2f,
+    ];
+
     const TORCH_OUTER_128_37: [u32; 37] = [
         0x400cbc30, 0xc1c88dd4, 0x417b7e2c, 0x419505ee, 0x41a6583c, 0x412e85e7, 0xc1519998, 0x41401d29, 0x40f2f124,
         0x41be4ebd, 0xc1125e6b, 0xbf5730c0, 0x4102b62c, 0xc21c8f26, 0x40a529ab, 0xc2106385, 0x41f430cc, 0xc1c8b450,
