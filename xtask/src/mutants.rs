@@ -21,6 +21,10 @@ pub struct Args {
     /// Where cargo-mutants writes `mutants.out`.
     #[arg(long, default_value = "target/mutants")]
     output: String,
+    /// Skip the mutants the previous run into `--output` caught: re-test the missed ones and
+    /// the new ones after adding tests or changing code.
+    #[arg(long)]
+    iterate: bool,
 }
 
 #[derive(Deserialize)]
@@ -41,7 +45,10 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
     }
     let output = &args.output;
     let jobs = args.jobs.to_string();
-    let files: Vec<String> = args.files.iter().flat_map(|f| ["--file".to_owned(), f.clone()]).collect();
+    let mut files: Vec<String> = args.files.iter().flat_map(|f| ["--file".to_owned(), f.clone()]).collect();
+    if args.iterate {
+        files.push("--iterate".into());
+    }
     // A missed mutant makes cargo-mutants exit non-zero; the summary below is the result.
     let status =
         cmd!(sh, "cargo mutants --package neuron --output {output} --jobs {jobs} {files...}").ignore_status().run();

@@ -25,17 +25,6 @@ impl<T> Stack<T> {
         })
     }
 
-    pub fn len(&self) -> usize {
-        match self {
-            Stack::Resident(layers) => layers.len(),
-            Stack::Streamed { len, .. } => *len,
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Calls `f` on each layer in order; a streamed layer is dropped before the next one is
     /// built.
     pub fn try_for_each(&self, mut f: impl FnMut(usize, &T) -> Result<()>) -> Result<()> {

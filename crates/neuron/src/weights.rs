@@ -94,10 +94,6 @@ impl Checkpoint {
         Ok(Checkpoint { dir: dir.to_path_buf(), shards, entries })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// The stored shape of a tensor, or an error naming it and the checkpoint.
     pub fn shape(&self, name: &str) -> Result<&[usize]> {
         Ok(&self.entry(name)?.shape)
@@ -201,4 +197,45 @@ pub fn var_builder(dir: &Path) -> Result<VarBuilder<'static>> {
 /// A `VarBuilder` reading from an already opened checkpoint.
 pub fn builder(checkpoint: Arc<Checkpoint>) -> VarBuilder<'static> {
     VarBuilder::from_backend(Box::new(Backend(checkpoint)), DType::F32, Device::Cpu)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A checkpoint with one matrix stored in each supported dtype (values exact in all three).
+    fn stored(dir: &Path) -> Vec<f32> {
+        let values: Vec<f32> = (0..12).map(|i| (i as f32 - 5.5) * 0.25).collect();
+        let base = Tensor::from_vec(values.clone(), (4, 3), &Device::Cpu).unwrap();
+        let tensors: HashMap<String, Tensor> = [("a.bf16", DType::BF16), ("a.f16", DType::F16), ("a.f32", DType::F32)]
+            .into_iter()
+            .map(|(name, dtype)| (name.to_string(), base.to_dtype(dtype).unwrap()))
+            .collect();
+        std::fs::create_dir_all(dir).unwrap();
+        candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+        values
+    }
+
+    #[test]
+    fn bf16_f16_and_f32_tensors_read_whole_by_rows_and_by_ids_as_f32() {
+        let dir = std::env::temp_dir().join(format!("neuron-weights-dtypes-{}", std::process::id()));
+        let values = stored(&dir);
+        let checkpoint = Checkpoint::open(&dir).unwrap();
+        for name in ["a.bf16", "a.f16", "a.f32"] {
+            let whole = checkpoint.get(name, &[4, 3]).unwrap();
+            assert_eq!(whole.flatten_all().unwrap().to_vec1::<f32>().unwrap(), values, "{name} whole");
+            let rows = checkpoint.rows(name, 1, 2).unwrap();
+            assert_eq!(rows.flatten_all().unwrap().to_vec1::<f32>().unwrap(), &values[3..9], "{name} rows 1..3");
+            let picked = checkpoint.gather_rows(name, &[3, 0]).unwrap();
+            let expected: Vec<f32> = values[9..12].iter().chain(&values[0..3]).copied().collect();
+            assert_eq!(picked.flatten_all().unwrap().to_vec1::<f32>().unwrap(), expected, "{name} rows 3, 0");
+        }
+        let err = checkpoint.get("a.f32", &[3, 4]).unwrap_err().to_string();
+        assert!(err.contains("a.f32") && err.contains("[3, 4]") && err.contains("[4, 3]"), "{err}");
+        let err = checkpoint.rows("a.f32", 3, 2).unwrap_err().to_string();
+        assert!(err.contains("rows 3..5") && err.contains("4"), "{err}");
+        let err = checkpoint.get("b", &[1]).unwrap_err().to_string();
+        assert!(err.contains("no tensor b"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
