@@ -28,11 +28,17 @@ struct Args {
     runs: usize,
     #[arg(long)]
     out: PathBuf,
+    /// Time only the vision tower, loading nothing else (for profiling it, e.g. under perf).
+    #[arg(long)]
+    vision_only: bool,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
     let config = Config::from_dir(&args.model_dir)?;
+    if args.vision_only {
+        return vision_only(&args, &config);
+    }
     let started = Instant::now();
     let model = Model::new(&config, neuron::weights::var_builder(&args.model_dir)?)?;
     let load_seconds = started.elapsed().as_secs_f64();
@@ -67,6 +73,17 @@ fn main() -> Result<()> {
         "peak_rss_bytes": peak_rss,
     });
     std::fs::write(&args.out, serde_json::to_string_pretty(&report)?)?;
+    Ok(())
+}
+
+fn vision_only(args: &Args, config: &Config) -> Result<()> {
+    let vb = neuron::weights::var_builder(&args.model_dir)?;
+    let vision = neuron::vision::VisionModel::new(&config.vision_config, vb.pp("model.visual"))?;
+    let processed = Processor::from_dir(&args.model_dir)?.process(&[args.image.as_path()], &args.prompt)?;
+    let pixels = processed.pixel_values.context("the prompt has an image")?;
+    let positions = VisionPositions::new(&config.vision_config, &processed.grids);
+    let timing = time(args.runs, || Ok(vision.forward(&pixels, &positions, &mut Taps::disabled())?))?;
+    std::fs::write(&args.out, serde_json::to_string_pretty(&json!({ "side": "rust", "stages": { "vision": timing } }))?)?;
     Ok(())
 }
 

@@ -308,9 +308,8 @@ pub fn chunk_gated_delta_rule(
     let q = p.q.affine((dk as f64).powf(-0.5), 0.0)?;
 
     // Zero padding at the end to a multiple of the chunk size.
-    let pad = (c - s % c) % c;
-    let total = s + pad;
-    let n = total / c;
+    let n = s.div_ceil(c);
+    let pad = n * c - s;
     let q = q.pad_with_zeros(1, 0, pad)?;
     let k = p.k.pad_with_zeros(1, 0, pad)?;
     let v = p.v.pad_with_zeros(1, 0, pad)?;
@@ -356,12 +355,11 @@ pub fn chunk_gated_delta_rule(
         let v_new = (chunk_of(&new_values, i)? - chunk_of(&k_cumdecay, i)?.matmul(&state)?)?;
         let inter_chunk_attn = chunk_of(&q, i)?.matmul(&state)?;
         outputs.push((inter_chunk_attn + chunk_of(&intra_chunk_attn, i)?.matmul(&v_new)?)?);
-        if i + 1 < n {
-            // The last chunk's update would only produce the (discarded) final state.
-            let decay = chunk_of(&chunk_decay, i)?.unsqueeze(2)?; // [heads, 1, 1]
-            let update = chunk_of(&k, i)?.transpose(1, 2)?.matmul(&v_new)?;
-            state = (state.broadcast_mul(&decay)? + update)?;
-        }
+        // After the last chunk this computes the final state, which prefill discards: one
+        // small matmul per layer, and no branch whose boundary nothing can observe.
+        let decay = chunk_of(&chunk_decay, i)?.unsqueeze(2)?; // [heads, 1, 1]
+        let update = chunk_of(&k, i)?.transpose(1, 2)?.matmul(&v_new)?;
+        state = (state.broadcast_mul(&decay)? + update)?;
     }
     let out = Tensor::cat(&outputs, 1)?.narrow(1, 0, s)?;
     epilogue(out, p.out_dtype)

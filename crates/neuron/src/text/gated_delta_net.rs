@@ -98,6 +98,17 @@ fn softplus(x: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn softplus_keeps_small_values_and_is_the_identity_above_20_where_exp_overflows() {
+        let x = Tensor::new(&[-30f32, 0.0, 20.0, 25.0, 100.0], &Device::Cpu).unwrap();
+        let y: Vec<f32> = softplus(&x).unwrap().to_vec1().unwrap();
+        // log(1 + exp(-30)) = 9.36e-14: log1p keeps it where log(1 + …) would give 0.
+        assert!((y[0] - 9.357623e-14).abs() < 1e-19, "softplus(-30) = {}", y[0]);
+        assert!((y[1] - std::f32::consts::LN_2).abs() < 1e-7, "softplus(0) = {}", y[1]);
+        // exp(100) overflows f32: above the threshold the value itself, as F.softplus does.
+        assert_eq!(&y[2..], &[20.0, 25.0, 100.0], "softplus above the threshold");
+    }
     use candle_core::Device;
 
     #[test]
