@@ -236,6 +236,8 @@ mod tests {
         assert!(err.contains("rows 3..5") && err.contains("4"), "{err}");
         let err = checkpoint.get("b", &[1]).unwrap_err().to_string();
         assert!(err.contains("no tensor b"), "{err}");
+        let vb = builder(std::sync::Arc::new(checkpoint));
+        assert!(vb.contains_tensor("a.f16") && !vb.contains_tensor("b"), "contains_tensor answers from the headers");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
