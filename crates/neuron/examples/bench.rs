@@ -52,7 +52,7 @@ fn main() -> Result<()> {
     let image_embeds = model.vision.forward(&pixels, &vision_positions, &mut Taps::disabled())?;
     let embeds = splice_image_embeds(&model.text.embed(&ids)?, &ids, config.image_token_id, &image_embeds)?;
 
-    let vision = time(args.runs, || Ok(model.vision.forward(&pixels, &vision_positions, &mut Taps::disabled())?))?;
+    let vision = time(args.runs, || model.vision.forward(&pixels, &vision_positions, &mut Taps::disabled()))?;
     let prefill = time(args.runs, || model.text.forward(&embeds, &positions, &mut Taps::disabled()))?;
     let forward = time(args.runs, || model.forward(&ids, Some((&pixels, &vision_positions)), &mut Taps::disabled()))?;
 
@@ -82,7 +82,7 @@ fn vision_only(args: &Args, config: &Config) -> Result<()> {
     let processed = Processor::from_dir(&args.model_dir)?.process(&[args.image.as_path()], &args.prompt)?;
     let pixels = processed.pixel_values.context("the prompt has an image")?;
     let positions = VisionPositions::new(&config.vision_config, &processed.grids);
-    let timing = time(args.runs, || Ok(vision.forward(&pixels, &positions, &mut Taps::disabled())?))?;
+    let timing = time(args.runs, || vision.forward(&pixels, &positions, &mut Taps::disabled()))?;
     std::fs::write(&args.out, serde_json::to_string_pretty(&json!({ "side": "rust", "stages": { "vision": timing } }))?)?;
     Ok(())
 }

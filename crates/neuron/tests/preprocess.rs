@@ -17,7 +17,7 @@ fn manifest() -> Manifest {
 }
 
 fn model_dir(manifest: &Manifest) -> PathBuf {
-    neuron::replay::CaseInputs::new(&manifest, CASE).unwrap().model_dir
+    neuron::replay::CaseInputs::new(manifest, CASE).unwrap().model_dir
 }
 
 /// A fresh scratch folder for one test.
