@@ -43,6 +43,7 @@ import math
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -285,28 +286,33 @@ def write_model(out: Path) -> None:
     print(f"wrote {out}: {n_params} parameters, model.safetensors {size} bytes", file=sys.stderr)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, type=Path, help="folder to (re)write the checkpoint into")
-    args = parser.parse_args()
-    torch.manual_seed(SEED)
-    # Written next to the destination and swapped in whole, so a failed run loses nothing.
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-model-", dir=args.out.parent))
+def write_atomically(out: Path, write: Callable[[Path], None]) -> None:
+    """Runs `write` on a temporary folder next to `out` and swaps it in whole, so a failed
+    run loses nothing (the old folder survives until the new one is complete)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
     try:
-        write_model(tmp)
-        tmp.chmod(0o755)  # mkdtemp makes it private; the checkpoint is ordinary project data
+        write(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the checkpoint is ordinary data
         for f in tmp.iterdir():
             f.chmod(0o644)
-        old = args.out.with_name(args.out.name + ".old")
-        if args.out.exists():
-            args.out.rename(old)
-        tmp.rename(args.out)
+        old = out.with_name(out.name + ".old")
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
         if old.exists():
             shutil.rmtree(old)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, type=Path, help="folder to (re)write the checkpoint into")
+    args = parser.parse_args()
+    torch.manual_seed(SEED)
+    write_atomically(args.out, write_model)
 
 
 if __name__ == "__main__":

@@ -33,9 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -241,23 +239,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path, help="folder to (re)write the stand-in into")
     args = parser.parse_args()
-    # Written next to the destination and swapped in whole, so a failed run loses nothing.
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-standin-", dir=args.out.parent))
-    try:
-        write_standin(tmp)
-        tmp.chmod(0o755)  # mkdtemp makes it private; the checkpoint is ordinary data
-        for f in tmp.iterdir():
-            f.chmod(0o644)
-        old = args.out.with_name(args.out.name + ".old")
-        if args.out.exists():
-            args.out.rename(old)
-        tmp.rename(args.out)
-        if old.exists():
-            shutil.rmtree(old)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    make_model.write_atomically(args.out, write_standin)
 
 
 if __name__ == "__main__":
