@@ -214,3 +214,22 @@ fn one_image_pad_too_few_fails_at_the_input_ids() {
     // ids recorded before that are where the report points.
     assert_eq!(first, Ok("input.input_ids".to_string()));
 }
+
+/// The constructs of the published Qwen chat templates (a macro, `namespace`, reversed
+/// slicing, `is string`, Python string methods, `tojson`, `is defined`) render as
+/// transformers renders them. The expected text is transformers' own output for this
+/// template and message (`render_jinja_template`, transformers 5.23.0).
+#[test]
+fn a_qwen_style_chat_template_renders_as_transformers_renders_it() {
+    let manifest = manifest();
+    let dir = scratch("qwen-template");
+    std::fs::copy(model_dir(&manifest).join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/qwen-style-chat-template.jinja");
+    std::fs::copy(template, dir.join("chat_template.jinja")).unwrap();
+    let prompt = neuron::preprocess::prompt::PromptProcessor::from_dir(&dir, 2).unwrap();
+    let rendered = prompt.render(2, "Compare the two images.");
+    std::fs::remove_dir_all(&dir).unwrap();
+    let expected = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|><|vision_start|><|image_pad|><|vision_end|>\
+                    Compare the two images.<|im_end|>\n<|im_start|>assistant\n<think>\n";
+    assert_eq!(rendered.map_err(|e| format!("{e:#}")).as_deref(), Ok(expected));
+}

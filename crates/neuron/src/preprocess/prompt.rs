@@ -45,6 +45,9 @@ impl PromptProcessor {
         env.add_function("raise_exception", |msg: String| -> Result<String, JinjaError> {
             Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
         });
+        // Qwen's templates call Python string methods (`content.startswith(…)`, `.split`,
+        // `.lstrip`), which transformers' Jinja2 sandbox allows.
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_template("chat", &self.template).context("compiling the chat template")?;
         let mut content: Vec<minijinja::Value> = (0..n_images).map(|_| context! { type => "image" }).collect();
         content.push(context! { type => "text", text => prompt });
