@@ -230,6 +230,21 @@ def init_tensor(name: str, shape: tuple[int, ...], gen: torch.Generator) -> torc
     raise ValueError(f"make_model.py has no initialisation rule for {name} {shape}")
 
 
+def write_tokenizer_config(out: Path, model_max_length: int) -> None:
+    """tokenizer_config.json for the byte-level BPE with Qwen's special tokens."""
+    tokenizer_config = {
+        "tokenizer_class": "TokenizersBackend",
+        "model_max_length": model_max_length,
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": None,
+        "bos_token": None,
+        "add_prefix_space": False,
+        "errors": "replace",
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+
+
 def write_model(out: Path) -> None:
     from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
 
@@ -269,17 +284,7 @@ def write_model(out: Path) -> None:
     (out / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(), indent=2) + "\n")
     (out / "chat_template.jinja").write_text(CHAT_TEMPLATE)
     tok.save(str(out / "tokenizer.json"))
-    tokenizer_config = {
-        "tokenizer_class": "TokenizersBackend",
-        "model_max_length": 4096,
-        "eos_token": "<|im_end|>",
-        "pad_token": "<|endoftext|>",
-        "unk_token": None,
-        "bos_token": None,
-        "add_prefix_space": False,
-        "errors": "replace",
-    }
-    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+    write_tokenizer_config(out, model_max_length=4096)
 
     n_params = sum(t.numel() for t in tensors.values())
     size = (out / "model.safetensors").stat().st_size

@@ -154,17 +154,7 @@ def write_processor_files(out: Path, config: dict) -> None:
     (out / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
     (out / "chat_template.jinja").write_text(make_model.CHAT_TEMPLATE)
     build_tokenizer().save(str(out / "tokenizer.json"))
-    tokenizer_config = {
-        "tokenizer_class": "TokenizersBackend",
-        "model_max_length": config["text_config"]["max_position_embeddings"],
-        "eos_token": "<|im_end|>",
-        "pad_token": "<|endoftext|>",
-        "unk_token": None,
-        "bos_token": None,
-        "add_prefix_space": False,
-        "errors": "replace",
-    }
-    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+    make_model.write_tokenizer_config(out, model_max_length=config["text_config"]["max_position_embeddings"])
 
 
 def check_processor(out: Path) -> None:
