@@ -9,8 +9,6 @@ use std::path::{Path, PathBuf};
 use parity::manifest::Manifest;
 use parity::mode::Mode;
 
-
-
 fn main() {
     let crate_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = crate_dir.join("../..").canonicalize().expect("workspace root");
@@ -34,7 +32,8 @@ fn generate(manifest: &Manifest, root: &Path) -> String {
          mod recorded_files {\n",
     );
     for file in manifest.recorded_files() {
-        let name = unique(&mut names, format!("{}_matches_its_recorded_digest", ident(&file.path.display().to_string())));
+        let name =
+            unique(&mut names, format!("{}_matches_its_recorded_digest", ident(&file.path.display().to_string())));
         let path = root.join(&file.path);
         writeln!(
             code,
@@ -64,12 +63,17 @@ fn generate(manifest: &Manifest, root: &Path) -> String {
         };
         if c.dumps.is_empty() {
             let name = unique(&mut names, format!("{}_is_captured_and_matches_the_reference", ident(case)));
-            writeln!(code, "    #[test]\n{ignore}    fn {name}() {{\n        crate::support::assert_captured({case:?});\n    }}\n").unwrap();
+            writeln!(
+                code,
+                "    #[test]\n{ignore}    fn {name}() {{\n        crate::support::assert_captured({case:?});\n    }}\n"
+            )
+            .unwrap();
             continue;
         }
         for &mode in Mode::ALL {
             for tap in manifest.taps_checked(case, mode) {
-                let name = format!("{}_{}_{}_matches_the_reference", ident(case), ident(&tap.to_string()), ident(mode.name()));
+                let name =
+                    format!("{}_{}_{}_matches_the_reference", ident(case), ident(&tap.to_string()), ident(mode.name()));
                 let name = unique(&mut names, name);
                 writeln!(
                     code,
@@ -86,7 +90,8 @@ fn generate(manifest: &Manifest, root: &Path) -> String {
 
 /// A Rust identifier from a path or tap name: lowercase, `_` for everything else.
 fn ident(s: &str) -> String {
-    let mut out: String = s.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    let mut out: String =
+        s.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
     if out.starts_with(|c: char| c.is_ascii_digit()) {
         out.insert(0, '_');
     }

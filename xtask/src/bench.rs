@@ -132,7 +132,9 @@ fn render(rust: &Side, python: &Side) -> String {
     if (rust.prompt_tokens, rust.image_tokens, rust.patches, rust.threads)
         != (python.prompt_tokens, python.image_tokens, python.patches, python.threads)
     {
-        s.push_str("**The two sides did not run the same inputs or thread count; the ratios below are not comparable.**\n\n");
+        s.push_str(
+            "**The two sides did not run the same inputs or thread count; the ratios below are not comparable.**\n\n",
+        );
     }
     s.push_str("| stage | Rust median | transformers median | Rust / transformers | Rust GFLOP/s (share of GEMM rate) | torch GFLOP/s (share) |\n|---|---|---|---|---|---|\n");
     for stage in STAGES {
@@ -162,7 +164,11 @@ fn render(rust: &Side, python: &Side) -> String {
     ));
     for stage in STAGES {
         if let (Some(r), Some(p)) = (rust.stages.get(stage), python.stages.get(stage)) {
-            s.push_str(&format!("- {stage}: Rust {:?}, transformers {:?}\n", rounded(&r.samples_seconds), rounded(&p.samples_seconds)));
+            s.push_str(&format!(
+                "- {stage}: Rust {:?}, transformers {:?}\n",
+                rounded(&r.samples_seconds),
+                rounded(&p.samples_seconds)
+            ));
         }
     }
     s

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use parity::array::DType;
-use parity::manifest::{tap_matches, Dump, Manifest, Reference, Weights, DUMPS_DIR};
 use parity::compare::{compare, CompareOptions};
+use parity::manifest::{tap_matches, Dump, Manifest, Reference, Weights, DUMPS_DIR};
 use parity::report::{self, Row, Status};
 use parity::taps::Tap;
 use serde::Deserialize;
@@ -166,8 +166,13 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
         });
         doc.save()?;
 
-        let peak = listing.peak_rss_bytes.map(|b| format!(", reference peak memory {:.2} GB", b as f64 / 1e9)).unwrap_or_default();
-        bar.suspend(|| println!("captured {case}: {} taps in {:.1}s{peak}", dumps.len(), started.elapsed().as_secs_f64()));
+        let peak = listing
+            .peak_rss_bytes
+            .map(|b| format!(", reference peak memory {:.2} GB", b as f64 / 1e9))
+            .unwrap_or_default();
+        bar.suspend(|| {
+            println!("captured {case}: {} taps in {:.1}s{peak}", dumps.len(), started.elapsed().as_secs_f64())
+        });
         for t in &listing.taps {
             let stat = t.mean_abs.map(|m| format!("mean |x| {m:.4}")).unwrap_or_default();
             println!("  {:<22} {:<14} {stat}", t.tap, format!("{:?}", t.shape));
@@ -179,14 +184,25 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
 
 /// `--check`: capture into a temporary folder outside the repository and compare each
 /// recorded dump with the new one; bytes identical, within tolerance, or moved.
-fn check_against_recorded(sh: &Shell, manifest: &Manifest, cases: &[String], threads: u32, weights: Option<&Path>) -> Result<()> {
+fn check_against_recorded(
+    sh: &Shell,
+    manifest: &Manifest,
+    cases: &[String],
+    threads: u32,
+    weights: Option<&Path>,
+) -> Result<()> {
     let scratch = std::env::temp_dir().join(format!("neuron-capture-check-{}", std::process::id()));
     let mut rows = Vec::new();
     let mut identical = 0;
     for case in cases {
         let model = &manifest.cases[case].model;
         if let Ok(Weights::Absent(why)) = manifest.weights(model, weights) {
-            rows.extend(manifest.dumps_in_order(case).iter().map(|(tap, _)| Row::skipped(case, "recapture", &tap.to_string(), why.clone())));
+            rows.extend(
+                manifest
+                    .dumps_in_order(case)
+                    .iter()
+                    .map(|(tap, _)| Row::skipped(case, "recapture", &tap.to_string(), why.clone())),
+            );
             continue;
         }
         if manifest.cases[case].dumps.is_empty() {
@@ -263,9 +279,8 @@ fn checkpoint(manifest: &Manifest, model: &str, weights: Option<&Path>) -> Resul
     }
     for (file, sha) in &m.files {
         let path = dir.join(file);
-        parity::digest::verify_file(&path, sha).map_err(|e| {
-            anyhow::anyhow!("{e}\n(capture uses the checkpoint as recorded and never regenerates it)")
-        })?;
+        parity::digest::verify_file(&path, sha)
+            .map_err(|e| anyhow::anyhow!("{e}\n(capture uses the checkpoint as recorded and never regenerates it)"))?;
     }
     Ok(dir)
 }
@@ -296,13 +311,21 @@ fn image_digests(manifest: &Manifest, case: &str) -> Result<Vec<(String, String)
         .iter()
         .map(|name| {
             let path = manifest.root.join(&manifest.images[name].path);
-            let sha = parity::digest::sha256_file(&path).with_context(|| format!("reading image {}", path.display()))?;
+            let sha =
+                parity::digest::sha256_file(&path).with_context(|| format!("reading image {}", path.display()))?;
             Ok((name.clone(), sha))
         })
         .collect()
 }
 
-fn capture_case(sh: &Shell, manifest: &Manifest, case: &str, model_dir: &Path, out: &Path, threads: u32) -> Result<CaptureListing> {
+fn capture_case(
+    sh: &Shell,
+    manifest: &Manifest,
+    case: &str,
+    model_dir: &Path,
+    out: &Path,
+    threads: u32,
+) -> Result<CaptureListing> {
     let c = &manifest.cases[case];
     let images: Vec<PathBuf> = c.images.iter().map(|i| manifest.root.join(&manifest.images[i].path)).collect();
     let spec = serde_json::json!({
@@ -329,7 +352,13 @@ fn capture_case(sh: &Shell, manifest: &Manifest, case: &str, model_dir: &Path, o
     .with_context(|| format!("parsing {}", listing_path.display()))?;
     for t in &listing.taps {
         let Some(tap) = Tap::parse(&t.tap) else { bail!("the harness wrote an unknown tap {}", t.tap) };
-        ensure!(tap.dtype() == t.dtype, "the harness wrote {} as {} but the contract says {}", t.tap, t.dtype, tap.dtype());
+        ensure!(
+            tap.dtype() == t.dtype,
+            "the harness wrote {} as {} but the contract says {}",
+            t.tap,
+            t.dtype,
+            tap.dtype()
+        );
     }
     Ok(listing)
 }

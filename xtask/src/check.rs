@@ -22,7 +22,10 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
     for (name, case) in &manifest.cases {
         let model = &manifest.models[&case.model];
         if model.is_external() && case.dumps.is_empty() {
-            println!("note: cases.{name} is not captured yet; its checkpoint lives outside the repository ({})", model.absent_reason(&case.model));
+            println!(
+                "note: cases.{name} is not captured yet; its checkpoint lives outside the repository ({})",
+                model.absent_reason(&case.model)
+            );
         }
     }
     let problems = problems(&manifest);
@@ -41,9 +44,7 @@ fn problems(manifest: &Manifest) -> Vec<String> {
     let mut problems = Vec::new();
     for (name, model) in &manifest.models {
         if model.files.is_empty() && !model.is_external() {
-            problems.push(format!(
-                "models.\"{name}\": no files recorded; run `cargo xtask make-model --model {name}`"
-            ));
+            problems.push(format!("models.\"{name}\": no files recorded; run `cargo xtask make-model --model {name}`"));
         }
     }
     for (name, case) in &manifest.cases {

@@ -141,11 +141,8 @@ fn progress(len: usize, what: &str) -> indicatif::ProgressBar {
 /// external models, or none (it would be silently ignored).
 fn check_weights_flag(manifest: &parity::manifest::Manifest, cases: &[String], weights: Option<&Path>) -> Result<()> {
     let Some(dir) = weights else { return Ok(()) };
-    let mut external: Vec<&str> = cases
-        .iter()
-        .map(|c| manifest.cases[c].model.as_str())
-        .filter(|m| manifest.models[*m].is_external())
-        .collect();
+    let mut external: Vec<&str> =
+        cases.iter().map(|c| manifest.cases[c].model.as_str()).filter(|m| manifest.models[*m].is_external()).collect();
     external.sort();
     external.dedup();
     match external.len() {

@@ -54,7 +54,8 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
         cmd!(sh, "cargo mutants --package neuron --output {output} --jobs {jobs} {files...}").ignore_status().run();
     let path = sh.current_dir().join(output).join("mutants.out/outcomes.json");
     let outcomes: Outcomes = serde_json::from_str(
-        &std::fs::read_to_string(&path).with_context(|| format!("reading {} (did cargo-mutants run?)", path.display()))?,
+        &std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {} (did cargo-mutants run?)", path.display()))?,
     )
     .with_context(|| format!("parsing {}", path.display()))?;
     let summary = summarise(&outcomes);
@@ -80,7 +81,9 @@ fn summarise(outcomes: &Outcomes) -> String {
         };
         *counts.entry(kind).or_default() += 1;
         if kind == "missed" {
-            missed.push(o.scenario["Mutant"]["name"].as_str().map(str::to_owned).unwrap_or_else(|| o.scenario.to_string()));
+            missed.push(
+                o.scenario["Mutant"]["name"].as_str().map(str::to_owned).unwrap_or_else(|| o.scenario.to_string()),
+            );
         }
     }
     let caught = counts.get("caught").copied().unwrap_or(0);

@@ -283,11 +283,24 @@ mod tests {
         vision_taps.extend(["vision.tower".into(), "vision.projector".into()]);
         for (k, tap) in vision_taps.iter().enumerate() {
             let fault = k >= 5;
-            let err = if k == 0 { 0.0 } else if fault { 2e-2 * 1.05f64.powi(k as i32) } else { 3e-7 * 1.6f64.powi(k as i32) };
+            let err = if k == 0 {
+                0.0
+            } else if fault {
+                2e-2 * 1.05f64.powi(k as i32)
+            } else {
+                3e-7 * 1.6f64.powi(k as i32)
+            };
             let cos = if fault { 1.0 - 2e-4 * k as f64 } else { 1.0 - 1e-13 * k as f64 };
             rows.push(compared(case, mode, tap, err, cos, 1e-4, fault));
             if tap == "vision.patch_embed" || tap.starts_with("vision.block.") && k % 4 == 1 || tap == "vision.tower" {
-                heatmaps.push(Heatmap { mode: mode.into(), tap: tap.clone(), image: 0, grid_h: gh, grid_w: gw, max_abs: grid(fault, err.max(1e-9) / 4e3, k) });
+                heatmaps.push(Heatmap {
+                    mode: mode.into(),
+                    tap: tap.clone(),
+                    image: 0,
+                    grid_h: gh,
+                    grid_w: gw,
+                    max_abs: grid(fault, err.max(1e-9) / 4e3, k),
+                });
             }
         }
         heatmaps.push(Heatmap {
@@ -304,7 +317,15 @@ mod tests {
         lm_taps.extend((0..layers).map(|i| format!("lm.layer.{i}")));
         lm_taps.extend(["lm.norm".into(), "lm.logits_last".into()]);
         for (k, tap) in lm_taps.iter().enumerate() {
-            let mut row = compared(case, "lm-teacher-forced", tap, 1e-6 * 1.25f64.powi(k as i32), 1.0 - 1e-10 * (k + 1) as f64, 1e-4, false);
+            let mut row = compared(
+                case,
+                "lm-teacher-forced",
+                tap,
+                1e-6 * 1.25f64.powi(k as i32),
+                1.0 - 1e-10 * (k + 1) as f64,
+                1e-4,
+                false,
+            );
             if tap == "lm.logits_last" {
                 (row.argmax_expected, row.argmax_actual, row.top_k_overlap) = (Some(31337), Some(31337), Some(1.0));
             }
@@ -312,7 +333,15 @@ mod tests {
         }
         // from-pixel-values: the vision fault reaches the text model.
         for (k, tap) in lm_taps.iter().enumerate() {
-            let mut row = compared(case, "from-pixel-values", tap, 4e-2 * 1.05f64.powi(k as i32), 1.0 - 1e-4 * (k + 1) as f64, 1e-4, true);
+            let mut row = compared(
+                case,
+                "from-pixel-values",
+                tap,
+                4e-2 * 1.05f64.powi(k as i32),
+                1.0 - 1e-4 * (k + 1) as f64,
+                1e-4,
+                true,
+            );
             if tap == "lm.logits_last" {
                 (row.argmax_expected, row.argmax_actual, row.top_k_overlap) = (Some(31337), Some(2024), Some(0.6));
             }
@@ -324,12 +353,25 @@ mod tests {
         }
         // from-image-files: preprocessing differs slightly, then the same fault.
         rows.push(compared(case, "from-image-files", "input.input_ids", 0.0, 1.0, 0.0, false));
-        rows.push(Row::skipped(case, "from-image-files", "input.image_grid_thw", "not recorded by this reference version".into()));
+        rows.push(Row::skipped(
+            case,
+            "from-image-files",
+            "input.image_grid_thw",
+            "not recorded by this reference version".into(),
+        ));
         rows.push(compared(case, "from-image-files", "input.pixel_values", 3e-3, 0.99999, 1e-2, false));
         for (k, tap) in vision_taps.iter().chain(&lm_taps).enumerate() {
             let fault = k >= 5;
             let err = if fault { 5e-2 * 1.03f64.powi(k as i32) } else { 2e-3 * 1.3f64.powi(k as i32) };
-            rows.push(compared(case, "from-image-files", tap, err, 1.0 - if fault { 4e-4 } else { 2e-6 } * (k + 1) as f64, 1e-2, fault));
+            rows.push(compared(
+                case,
+                "from-image-files",
+                tap,
+                err,
+                1.0 - if fault { 4e-4 } else { 2e-6 } * (k + 1) as f64,
+                1e-2,
+                fault,
+            ));
         }
         heatmaps.push(Heatmap {
             mode: "from-image-files".into(),
@@ -342,12 +384,27 @@ mod tests {
         let first = CaseReport { case: case.into(), rows, heatmaps };
 
         let clean_rows = (0..layers)
-            .map(|i| compared("text-only", "lm-teacher-forced", &format!("lm.layer.{i}"), 2e-6 * (i + 1) as f64, 1.0 - 1e-11, 1e-4, false))
+            .map(|i| {
+                compared(
+                    "text-only",
+                    "lm-teacher-forced",
+                    &format!("lm.layer.{i}"),
+                    2e-6 * (i + 1) as f64,
+                    1.0 - 1e-11,
+                    1e-4,
+                    false,
+                )
+            })
             .collect();
         let clean = CaseReport { case: "text-only".into(), rows: clean_rows, heatmaps: vec![] };
         let skipped = CaseReport {
             case: "large-checkpoint".into(),
-            rows: vec![Row::skipped("large-checkpoint", "from-image-files", "vision.patch_embed", "checkpoint not on this machine".into())],
+            rows: vec![Row::skipped(
+                "large-checkpoint",
+                "from-image-files",
+                "vision.patch_embed",
+                "checkpoint not on this machine".into(),
+            )],
             heatmaps: vec![],
         };
         vec![first, clean, skipped]
@@ -385,7 +442,10 @@ mod tests {
     fn an_all_white_image_measures_as_blank() {
         let white = image::RgbImage::from_pixel(100, 50, image::Rgb([255, 255, 255]));
         let check = measure(&white);
-        assert_eq!(check, ScreenshotCheck { width: 100, height: 50, non_background_fraction: 0.0, distinct_colours: 1 });
+        assert_eq!(
+            check,
+            ScreenshotCheck { width: 100, height: 50, non_background_fraction: 0.0, distinct_colours: 1 }
+        );
         assert!(not_blank(&check).is_err());
     }
 

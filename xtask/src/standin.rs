@@ -53,7 +53,13 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
     let verify = ["verify", "--model", MODEL, "--weights", &weights];
     steps.push(("verify (Rust, streamed)", measured(sh, &verify)?));
 
-    println!("\nstand-in at {}: {:.2} GB bf16, {:.2} GB as float32 (without mtp.*); budget 25 % = {:.2} GB", dir.display(), gb(sizes.bf16_bytes), gb(sizes.f32_bytes_without_mtp), gb(budget));
+    println!(
+        "\nstand-in at {}: {:.2} GB bf16, {:.2} GB as float32 (without mtp.*); budget 25 % = {:.2} GB",
+        dir.display(),
+        gb(sizes.bf16_bytes),
+        gb(sizes.f32_bytes_without_mtp),
+        gb(budget)
+    );
     println!("{:<34} {:>10} {:>14} {:>10}", "step", "wall", "peak RSS", "of f32");
     let mut over = Vec::new();
     for (name, m) in &steps {

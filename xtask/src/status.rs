@@ -127,7 +127,9 @@ fn case_state(manifest: &Manifest, case: &str, harness_sha: &str) -> State {
     let failing: Vec<String> = c
         .dumps
         .iter()
-        .filter_map(|(tap, d)| parity::digest::verify_file(&manifest.root.join(Manifest::dump_path(case, tap)), &d.sha256).err())
+        .filter_map(|(tap, d)| {
+            parity::digest::verify_file(&manifest.root.join(Manifest::dump_path(case, tap)), &d.sha256).err()
+        })
         .map(|e| e.to_string().lines().next().unwrap_or_default().to_owned())
         .collect();
     if !failing.is_empty() {
@@ -159,7 +161,10 @@ fn case_state(manifest: &Manifest, case: &str, harness_sha: &str) -> State {
         stale.push("the harness (script/capture.py, pyproject.toml or uv.lock) changed".into());
     }
     let recorded_harness = recorded_harness.unwrap_or_default();
-    if stale.is_empty() && c.inputs_sha256.as_deref() != Some(&inputs_digest(manifest, case, model.config_sha256.as_deref(), &image_shas, recorded_harness)) {
+    if stale.is_empty()
+        && c.inputs_sha256.as_deref()
+            != Some(&inputs_digest(manifest, case, model.config_sha256.as_deref(), &image_shas, recorded_harness))
+    {
         stale.push("the prompt, the images listed or the tap selection changed".into());
     }
     if stale.is_empty() {

@@ -58,7 +58,8 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
         }
         for &mode in Mode::ALL {
             bar.set_message(format!("{case} · {}", mode.name()));
-            let (case_rows, heatmaps) = verify_case(&manifest, case, mode, &model, args.weights.as_deref(), args.report.is_some());
+            let (case_rows, heatmaps) =
+                verify_case(&manifest, case, mode, &model, args.weights.as_deref(), args.report.is_some());
             report.rows.extend(case_rows);
             report.heatmaps.extend(heatmaps);
             bar.inc(1);
@@ -84,8 +85,7 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
     // The summary goes to stderr so `--format json` stays parseable.
     for case in &cases {
         for &mode in Mode::ALL {
-            let group: Vec<Row> =
-                rows.iter().filter(|r| &r.case == case && r.mode == mode.name()).cloned().collect();
+            let group: Vec<Row> = rows.iter().filter(|r| &r.case == case && r.mode == mode.name()).cloned().collect();
             if let Some(first) = report::first_failure(&group) {
                 let upstream: Vec<&str> =
                     group.iter().take_while(|r| r.status == Status::Pass).map(|r| r.tap.as_str()).collect();
@@ -112,7 +112,8 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
 /// Writes `index.html` and `report.json` into `dir`.
 fn write_report(dir: &std::path::Path, reports: &[CaseReport]) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let html = parity::html::render("neuron parity report", reports).map_err(|e| anyhow::anyhow!("rendering the report: {e}"))?;
+    let html = parity::html::render("neuron parity report", reports)
+        .map_err(|e| anyhow::anyhow!("rendering the report: {e}"))?;
     std::fs::write(dir.join("index.html"), html)?;
     std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(reports)?)?;
     eprintln!("report written to {}", dir.join("index.html").display());
@@ -179,7 +180,9 @@ fn verify_case(
     };
     let inputs = match CaseInputs::with_weights(manifest, case, weights) {
         Ok(inputs) => inputs,
-        Err(e) => return (taps.iter().map(|t| Row::failed(case, mode.name(), t, format!("{e:#}"))).collect(), Vec::new()),
+        Err(e) => {
+            return (taps.iter().map(|t| Row::failed(case, mode.name(), t, format!("{e:#}"))).collect(), Vec::new())
+        }
     };
     let run = match replay::run_with(manifest, &inputs, mode, model, &Perturbations::default()) {
         Ok(run) => run,
@@ -214,7 +217,15 @@ mod tests {
         let path = dir.join("fixtures.toml");
         std::fs::write(&path, text).unwrap();
         let sh = Shell::new().unwrap();
-        let args = Args { case: None, model: None, format: Format::Json, report: None, screenshot: false, weights: None, manifest: ManifestArg { manifest: path.clone() } };
+        let args = Args {
+            case: None,
+            model: None,
+            format: Format::Json,
+            report: None,
+            screenshot: false,
+            weights: None,
+            manifest: ManifestArg { manifest: path.clone() },
+        };
         let result = run(&sh, args);
         std::fs::remove_dir_all(&dir).unwrap();
         match result {
@@ -255,7 +266,15 @@ mod tests {
     fn a_missing_manifest_names_the_flag_that_points_elsewhere() {
         let sh = Shell::new().unwrap();
         let path = std::env::temp_dir().join("neuron-no-such-manifest.toml");
-        let args = Args { case: None, model: None, format: Format::Table, report: None, screenshot: false, weights: None, manifest: ManifestArg { manifest: path } };
+        let args = Args {
+            case: None,
+            model: None,
+            format: Format::Table,
+            report: None,
+            screenshot: false,
+            weights: None,
+            manifest: ManifestArg { manifest: path },
+        };
         let err = format!("{:#}", run(&sh, args).unwrap_err());
         assert!(err.contains("--manifest"), "{err}");
     }

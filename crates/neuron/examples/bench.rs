@@ -83,7 +83,10 @@ fn vision_only(args: &Args, config: &Config) -> Result<()> {
     let pixels = processed.pixel_values.context("the prompt has an image")?;
     let positions = VisionPositions::new(&config.vision_config, &processed.grids);
     let timing = time(args.runs, || vision.forward(&pixels, &positions, &mut Taps::disabled()))?;
-    std::fs::write(&args.out, serde_json::to_string_pretty(&json!({ "side": "rust", "stages": { "vision": timing } }))?)?;
+    std::fs::write(
+        &args.out,
+        serde_json::to_string_pretty(&json!({ "side": "rust", "stages": { "vision": timing } }))?,
+    )?;
     Ok(())
 }
 
@@ -111,8 +114,9 @@ fn time<T>(runs: usize, mut f: impl FnMut() -> Result<T>) -> Result<serde_json::
 /// DeltaNet's recurrence is left out: a small share at these sizes.
 fn matmul_flops(dir: &Path, cfg: &Config, patches: usize, tokens: usize) -> Result<(f64, f64)> {
     let checkpoint = neuron::weights::Checkpoint::open(dir)?;
-    let index: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("model.safetensors.index.json")).unwrap_or_else(|_| "{}".into()))?;
+    let index: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("model.safetensors.index.json")).unwrap_or_else(|_| "{}".into()),
+    )?;
     let names: Vec<String> = match index.get("weight_map").and_then(|m| m.as_object()) {
         Some(map) => map.keys().cloned().collect(),
         None => Vec::new(),

@@ -300,10 +300,7 @@ mod tests {
         assert_eq!((t.vocab_size, t.hidden_size, t.intermediate_size), (248320, 4096, 12288));
         assert_eq!((t.num_hidden_layers, t.num_attention_heads, t.num_key_value_heads, t.head_dim), (32, 16, 4, 256));
         assert_eq!(t.rms_norm_eps, 1e-6);
-        assert_eq!(
-            (t.linear_conv_kernel_dim, t.linear_key_head_dim, t.linear_value_head_dim),
-            (4, 128, 128)
-        );
+        assert_eq!((t.linear_conv_kernel_dim, t.linear_key_head_dim, t.linear_value_head_dim), (4, 128, 128));
         assert_eq!((t.linear_num_key_heads, t.linear_num_value_heads), (16, 32));
         assert_eq!((v.depth, v.hidden_size, v.intermediate_size, v.num_heads), (27, 1152, 4304, 16));
         assert_eq!((v.in_channels, v.patch_size, v.spatial_merge_size, v.temporal_patch_size), (3, 16, 2, 2));

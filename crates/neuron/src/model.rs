@@ -59,14 +59,23 @@ pub fn rope_index(input_ids: &[u32], image_token_id: u32, grids: &[Grid], merge:
         }
         i += run;
     }
-    ensure!(grids_left.next().is_none(), "{} image grid(s) given but fewer runs of image tokens in the prompt", grids.len());
+    ensure!(
+        grids_left.next().is_none(),
+        "{} image grid(s) given but fewer runs of image tokens in the prompt",
+        grids.len()
+    );
     Ok(rows)
 }
 
 /// Replaces the rows of `embeds` at `<|image_pad|>` positions, in order, with the rows of
 /// `image_embeds` (`masked_scatter` in the reference). A count mismatch is an error naming
 /// both counts.
-pub fn splice_image_embeds(embeds: &Tensor, input_ids: &[u32], image_token_id: u32, image_embeds: &Tensor) -> Result<Tensor> {
+pub fn splice_image_embeds(
+    embeds: &Tensor,
+    input_ids: &[u32],
+    image_token_id: u32,
+    image_embeds: &Tensor,
+) -> Result<Tensor> {
     let positions: Vec<usize> =
         input_ids.iter().enumerate().filter(|(_, &id)| id == image_token_id).map(|(p, _)| p).collect();
     let rows = image_embeds.dim(0)?;

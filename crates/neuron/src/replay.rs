@@ -14,8 +14,8 @@ use candle_nn::VarBuilder;
 use parity::array::{Array, Data};
 use parity::compare::{compare, CompareOptions, Comparison};
 use parity::manifest::{Manifest, Weights};
-use parity::report::Heatmap;
 pub use parity::mode::Mode;
+use parity::report::Heatmap;
 use parity::taps::Tap;
 
 use crate::config::Config;
@@ -102,11 +102,12 @@ fn to_tensor(a: &Array) -> Result<Tensor> {
 /// The image grids recorded as `input.image_grid_thw` ([images, 3]).
 pub fn grids_of(thw: &Array) -> Result<Vec<Grid>> {
     let Some(values) = thw.as_i64() else { bail!("input.image_grid_thw is not an integer array") };
-    ensure!(thw.shape.len() == 2 && thw.shape[1] == 3, "input.image_grid_thw has shape {:?}, not [images, 3]", thw.shape);
-    Ok(values
-        .chunks(3)
-        .map(|g| Grid { t: g[0] as usize, h: g[1] as usize, w: g[2] as usize })
-        .collect())
+    ensure!(
+        thw.shape.len() == 2 && thw.shape[1] == 3,
+        "input.image_grid_thw has shape {:?}, not [images, 3]",
+        thw.shape
+    );
+    Ok(values.chunks(3).map(|g| Grid { t: g[0] as usize, h: g[1] as usize, w: g[2] as usize }).collect())
 }
 
 /// Loads the model of a case's checkpoint: resident, or streamed layer by layer when the
@@ -147,7 +148,13 @@ pub fn run(manifest: &Manifest, case: &str, mode: Mode) -> Result<Run> {
 }
 
 /// Runs a case in one mode on a given model.
-pub fn run_with(manifest: &Manifest, inputs: &CaseInputs, mode: Mode, model: &Model, perturb: &Perturbations) -> Result<Run> {
+pub fn run_with(
+    manifest: &Manifest,
+    inputs: &CaseInputs,
+    mode: Mode,
+    model: &Model,
+    perturb: &Perturbations,
+) -> Result<Run> {
     let case = inputs.case.as_str();
     let vision_cfg = &model.config.vision_config;
     let vision_positions = |grids: &[Grid]| {
@@ -363,7 +370,14 @@ impl Run {
                     *slot = f64::max(*slot, row_max[row]);
                 }
             }
-            maps.push(Heatmap { mode: self.mode.name().into(), tap: tap.into(), image, grid_h, grid_w, max_abs: cells });
+            maps.push(Heatmap {
+                mode: self.mode.name().into(),
+                tap: tap.into(),
+                image,
+                grid_h,
+                grid_w,
+                max_abs: cells,
+            });
             start += count;
         }
         Ok(maps)

@@ -86,7 +86,13 @@ impl Checkpoint {
                 let (start, end) = info.data_offsets;
                 entries.insert(
                     name,
-                    Entry { shard: i, start: data_start + start, end: data_start + end, dtype: info.dtype, shape: info.shape.clone() },
+                    Entry {
+                        shard: i,
+                        start: data_start + start,
+                        end: data_start + end,
+                        dtype: info.dtype,
+                        shape: info.shape.clone(),
+                    },
                 );
             }
             shards.push((path, mmap));
@@ -100,9 +106,7 @@ impl Checkpoint {
     }
 
     fn entry(&self, name: &str) -> Result<&Entry> {
-        self.entries
-            .get(name)
-            .with_context(|| format!("the checkpoint at {} has no tensor {name}", self.dir.display()))
+        self.entries.get(name).with_context(|| format!("the checkpoint at {} has no tensor {name}", self.dir.display()))
     }
 
     /// The whole tensor, in f32, with the given shape (an error naming the tensor and both
@@ -174,7 +178,11 @@ struct Backend(Arc<Checkpoint>);
 
 impl SimpleBackend for Backend {
     fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.0.get(name, s.dims()).map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?.to_dtype(dtype)?.to_device(dev)
+        self.0
+            .get(name, s.dims())
+            .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?
+            .to_dtype(dtype)?
+            .to_device(dev)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {

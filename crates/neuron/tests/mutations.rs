@@ -103,7 +103,8 @@ fn a_doubled_vision_rotary_base_fails_at_the_first_block() {
     let manifest = manifest();
     let mut inputs = CaseInputs::new(&manifest, IMAGE_CASE).unwrap();
     let theta = inputs.config.vision_config.rope_theta();
-    inputs.config.vision_config.rope_parameters = Some(neuron::config::VisionRopeParameters { rope_theta: 2.0 * theta });
+    inputs.config.vision_config.rope_parameters =
+        Some(neuron::config::VisionRopeParameters { rope_theta: 2.0 * theta });
     let model = replay::load_model(&inputs).unwrap();
     let run = run(&manifest, IMAGE_CASE, Mode::VisionTeacherForced, &model);
     assert_first_failure_at(&manifest, IMAGE_CASE, &run, "vision.block.0");
@@ -131,9 +132,7 @@ fn rms_norms_without_the_one_plus_w_offset_fail_at_the_first_layer() {
     // A port that scales by w instead of (1 + w) is the reference with every zero-centred
     // norm weight shifted by −1.
     let zero_centred = |name: &str| {
-        name.starts_with("model.language_model.")
-            && name.ends_with("norm.weight")
-            && !name.contains("linear_attn.norm")
+        name.starts_with("model.language_model.") && name.ends_with("norm.weight") && !name.contains("linear_attn.norm")
     };
     let mut touched = 0;
     for (name, t) in tensors.iter_mut() {

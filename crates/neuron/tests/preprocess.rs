@@ -147,7 +147,9 @@ fn a_prompt_whose_image_count_differs_from_the_images_given_is_an_error() {
 fn a_checkpoint_without_tokenizer_or_chat_template_is_an_error_naming_what_is_missing() {
     let manifest = manifest();
     let source = model_dir(&manifest);
-    for (missing, expected) in [(&["tokenizer.json"][..], "tokenizer.json"), (&["chat_template.jinja"][..], "chat template")] {
+    for (missing, expected) in
+        [(&["tokenizer.json"][..], "tokenizer.json"), (&["chat_template.jinja"][..], "chat template")]
+    {
         let dir = scratch(&format!("no-{}", missing[0]));
         for entry in std::fs::read_dir(&source).unwrap() {
             let entry = entry.unwrap();
@@ -170,7 +172,8 @@ fn first_failing_tap(hooks: Hooks) -> Result<String, String> {
     let inputs = CaseInputs::new(&manifest, CASE).unwrap();
     let model = replay::load_model(&inputs).unwrap();
     let perturb = Perturbations { preprocess: hooks, ..Default::default() };
-    let run = replay::run_with(&manifest, &inputs, Mode::FromImageFiles, &model, &perturb).map_err(|e| format!("{e:#}"))?;
+    let run =
+        replay::run_with(&manifest, &inputs, Mode::FromImageFiles, &model, &perturb).map_err(|e| format!("{e:#}"))?;
     for tap in replay::taps_checked(&manifest, CASE, Mode::FromImageFiles) {
         let result = run.check(&manifest, CASE, &tap).unwrap();
         if !result.passed() {
@@ -229,7 +232,8 @@ fn a_qwen_style_chat_template_renders_as_transformers_renders_it() {
     let prompt = neuron::preprocess::prompt::PromptProcessor::from_dir(&dir, 2).unwrap();
     let rendered = prompt.render(2, "Compare the two images.");
     std::fs::remove_dir_all(&dir).unwrap();
-    let expected = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|><|vision_start|><|image_pad|><|vision_end|>\
+    let expected =
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|><|vision_start|><|image_pad|><|vision_end|>\
                     Compare the two images.<|im_end|>\n<|im_start|>assistant\n<think>\n";
     assert_eq!(rendered.map_err(|e| format!("{e:#}")).as_deref(), Ok(expected));
 }

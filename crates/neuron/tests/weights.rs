@@ -119,7 +119,13 @@ fn a_streamed_model_computes_what_the_resident_model_computes() {
     let resident = replay::load_model(&inputs).unwrap();
 
     let manifest = replay::workspace_manifest().unwrap();
-    let ids: Vec<u32> = replay::reference(&manifest, "chelsea", "input.input_ids").unwrap().as_i64().unwrap().iter().map(|&i| i as u32).collect();
+    let ids: Vec<u32> = replay::reference(&manifest, "chelsea", "input.input_ids")
+        .unwrap()
+        .as_i64()
+        .unwrap()
+        .iter()
+        .map(|&i| i as u32)
+        .collect();
     let grids = replay::grids_of(&replay::reference(&manifest, "chelsea", "input.image_grid_thw").unwrap()).unwrap();
     let pixels = replay::reference(&manifest, "chelsea", "input.pixel_values").unwrap();
     let pixels = Tensor::from_slice(pixels.as_f32().unwrap(), pixels.shape.as_slice(), &Device::Cpu).unwrap();
@@ -132,7 +138,11 @@ fn a_streamed_model_computes_what_the_resident_model_computes() {
     };
     let (expected, actual) = (run(&resident), run(&streamed));
     std::fs::remove_dir_all(&dir).unwrap();
-    assert_eq!(expected.keys().collect::<Vec<_>>(), actual.keys().collect::<Vec<_>>(), "the two runs recorded different taps");
+    assert_eq!(
+        expected.keys().collect::<Vec<_>>(),
+        actual.keys().collect::<Vec<_>>(),
+        "the two runs recorded different taps"
+    );
     // Same operations on the same f32 weights; only the matmul's run-to-run rounding differs.
     let opts = CompareOptions { tolerance: Tolerance { atol: 1e-6, rtol: 0.0 }, top_k: None };
     for (tap, e) in &expected {

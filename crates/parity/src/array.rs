@@ -67,9 +67,7 @@ impl FromStr for DType {
         match s {
             "f32" => Ok(DType::F32),
             "i64" => Ok(DType::I64),
-            other => Err(ParseDTypeError {
-                found: other.to_owned(),
-            }),
+            other => Err(ParseDTypeError { found: other.to_owned() }),
         }
     }
 }
@@ -108,9 +106,7 @@ pub fn unravel_index(shape: &[usize], flat: usize) -> Vec<usize> {
     for axis in (1..shape.len()).rev() {
         // An axis of extent 0 has no valid coordinate; leave 0 and push the remainder
         // onto the leading axis so the result is visibly out of range.
-        if let (Some(coordinate), Some(quotient)) =
-            (rest.checked_rem(shape[axis]), rest.checked_div(shape[axis]))
-        {
+        if let (Some(coordinate), Some(quotient)) = (rest.checked_rem(shape[axis]), rest.checked_div(shape[axis])) {
             index[axis] = coordinate;
             rest = quotient;
         }
@@ -229,27 +225,16 @@ impl Array {
         };
         let ranges = rows
             .iter()
-            .map(|&row| {
-                range_of(row).ok_or_else(|| SelectRowsError::OutOfRange {
-                    row,
-                    shape: self.shape.clone(),
-                })
-            })
+            .map(|&row| range_of(row).ok_or_else(|| SelectRowsError::OutOfRange { row, shape: self.shape.clone() }))
             .collect::<Result<Vec<_>, _>>()?;
         fn gather<T: Copy>(data: &[T], ranges: &[Range<usize>]) -> Vec<T> {
-            ranges
-                .iter()
-                .flat_map(|range| &data[range.clone()])
-                .copied()
-                .collect()
+            ranges.iter().flat_map(|range| &data[range.clone()]).copied().collect()
         }
         let data = match &self.data {
             Data::F32(v) => Data::F32(gather(v, &ranges)),
             Data::I64(v) => Data::I64(gather(v, &ranges)),
         };
-        let shape = std::iter::once(rows.len())
-            .chain(row_shape.iter().copied())
-            .collect();
+        let shape = std::iter::once(rows.len()).chain(row_shape.iter().copied()).collect();
         Ok(Array { shape, data })
     }
 }
@@ -267,10 +252,7 @@ mod tests {
     #[test]
     fn scalar_shape_holds_one_element() {
         let a = Array::i64(vec![], vec![7]);
-        assert_eq!(
-            (a.len(), a.dtype(), a.as_i64()),
-            (1, DType::I64, Some(&[7i64][..]))
-        );
+        assert_eq!((a.len(), a.dtype(), a.as_i64()), (1, DType::I64, Some(&[7i64][..])));
         assert_eq!(a.as_f32(), None, "an i64 array has no f32 view");
     }
 
@@ -287,11 +269,7 @@ mod tests {
         let scalar = Array::f32(vec![], vec![1.0]);
         assert_eq!(scalar.unravel(0), Vec::<usize>::new());
         let empty = Array::f32(vec![2, 0], vec![]);
-        assert_eq!(
-            empty.unravel(3),
-            vec![3, 0],
-            "out-of-range flat index stays visible"
-        );
+        assert_eq!(empty.unravel(3), vec![3, 0], "out-of-range flat index stays visible");
     }
 
     #[test]
@@ -304,30 +282,15 @@ mod tests {
     #[test]
     fn select_rows_reports_rows_out_of_range() {
         let a = Array::f32(vec![3, 2], vec![0.0; 6]);
-        assert_eq!(
-            a.select_rows(&[1, 3]),
-            Err(SelectRowsError::OutOfRange {
-                row: 3,
-                shape: vec![3, 2]
-            })
-        );
+        assert_eq!(a.select_rows(&[1, 3]), Err(SelectRowsError::OutOfRange { row: 3, shape: vec![3, 2] }));
         let scalar = Array::f32(vec![], vec![0.0]);
         assert_eq!(scalar.select_rows(&[0]), Err(SelectRowsError::Scalar));
     }
 
     #[test]
     fn select_rows_of_malformed_array_errors_instead_of_panicking() {
-        let malformed = Array {
-            shape: vec![3, 2],
-            data: Data::F32(vec![0.0; 4]),
-        };
-        assert_eq!(
-            malformed.select_rows(&[2]),
-            Err(SelectRowsError::OutOfRange {
-                row: 2,
-                shape: vec![3, 2]
-            })
-        );
+        let malformed = Array { shape: vec![3, 2], data: Data::F32(vec![0.0; 4]) };
+        assert_eq!(malformed.select_rows(&[2]), Err(SelectRowsError::OutOfRange { row: 2, shape: vec![3, 2] }));
     }
 
     #[test]
@@ -336,11 +299,6 @@ mod tests {
             assert_eq!(dtype.to_string().parse::<DType>(), Ok(dtype));
         }
         assert_eq!(DType::F32.to_string(), "f32");
-        assert_eq!(
-            "f64".parse::<DType>(),
-            Err(ParseDTypeError {
-                found: "f64".into()
-            })
-        );
+        assert_eq!("f64".parse::<DType>(), Err(ParseDTypeError { found: "f64".into() }));
     }
 }

@@ -26,10 +26,7 @@ pub struct Tolerance {
 
 impl Tolerance {
     /// Zero tolerance, applied to integer arrays.
-    pub const EXACT: Tolerance = Tolerance {
-        atol: 0.0,
-        rtol: 0.0,
-    };
+    pub const EXACT: Tolerance = Tolerance { atol: 0.0, rtol: 0.0 };
 
     /// The assert_close rule for one element (both values finite).
     fn allows(&self, abs_diff: f64, expected: f64) -> bool {
@@ -41,10 +38,7 @@ impl Default for Tolerance {
     /// `atol = rtol = 1e-3`: loose enough for f32 kernels that reorder sums, tight enough
     /// to catch a wrong op.
     fn default() -> Self {
-        Tolerance {
-            atol: 1e-3,
-            rtol: 1e-3,
-        }
+        Tolerance { atol: 1e-3, rtol: 1e-3 }
     }
 }
 
@@ -101,11 +95,7 @@ impl LogitAgreement {
 
 impl fmt::Display for LogitAgreement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let verdict = if self.argmax_agrees() {
-            "agree"
-        } else {
-            "differ"
-        };
+        let verdict = if self.argmax_agrees() { "agree" } else { "differ" };
         write!(
             f,
             "Argmax: expected {}, actual {} ({verdict}); top-{} overlap: {}/{}",
@@ -155,9 +145,7 @@ impl Comparison {
     /// Shapes and dtypes agree and every element satisfies the rule. Logit agreement is
     /// reported but does not affect this.
     pub fn passed(&self) -> bool {
-        self.expected_shape == self.actual_shape
-            && self.dtype_mismatch.is_none()
-            && self.mismatched == 0
+        self.expected_shape == self.actual_shape && self.dtype_mismatch.is_none() && self.mismatched == 0
     }
 
     /// `mismatched / total`, or 0 when nothing was compared.
@@ -176,11 +164,7 @@ impl Comparison {
     /// One line for a comparison that passed.
     fn fmt_summary(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let verb = if self.is_exact() { "equal" } else { "close" };
-        write!(
-            f,
-            "Tensor-likes are {verb}: {} {} elements",
-            self.total, self.dtype
-        )?;
+        write!(f, "Tensor-likes are {verb}: {} {} elements", self.total, self.dtype)?;
         if let (Some(worst), false) = (&self.max_abs, self.is_exact()) {
             write!(
                 f,
@@ -200,24 +184,13 @@ impl Comparison {
     }
 
     /// A torch-style "Greatest ... difference" line.
-    fn fmt_worst(
-        &self,
-        f: &mut fmt::Formatter<'_>,
-        kind: &str,
-        worst: &Worst,
-        allowed: f64,
-    ) -> fmt::Result {
+    fn fmt_worst(&self, f: &mut fmt::Formatter<'_>, kind: &str, worst: &Worst, allowed: f64) -> fmt::Result {
         if self.total == 1 {
             let mut kind = kind.to_owned();
             kind[..1].make_ascii_uppercase();
             write!(f, "\n{kind} difference: {}", worst.value)?;
         } else {
-            write!(
-                f,
-                "\nGreatest {kind} difference: {} at index {}",
-                worst.value,
-                format_index(&worst.index)
-            )?;
+            write!(f, "\nGreatest {kind} difference: {} at index {}", worst.value, format_index(&worst.index))?;
         }
         if allowed > 0.0 {
             write!(f, " (up to {allowed} allowed)")?;
@@ -250,10 +223,7 @@ impl fmt::Display for Comparison {
             );
         }
         if let Some((expected, actual)) = self.dtype_mismatch {
-            return write!(
-                f,
-                "The values for attribute 'dtype' do not match: {actual} != {expected}."
-            );
+            return write!(f, "The values for attribute 'dtype' do not match: {actual} != {expected}.");
         }
         if self.passed() {
             return self.fmt_summary(f);
@@ -307,17 +277,8 @@ struct ElementDiff {
 impl ElementDiff {
     fn finite(abs: f64, expected: f64, passes: bool) -> Self {
         // abs / 0 is +inf for a nonzero difference; equal values have no relative error.
-        let rel = if abs == 0.0 {
-            0.0
-        } else {
-            abs / expected.abs()
-        };
-        ElementDiff {
-            abs,
-            rel,
-            passes,
-            finite: true,
-        }
+        let rel = if abs == 0.0 { 0.0 } else { abs / expected.abs() };
+        ElementDiff { abs, rel, passes, finite: true }
     }
 }
 
@@ -335,12 +296,7 @@ impl Element for f32 {
     fn diff(expected: Self, actual: Self, tolerance: Tolerance) -> ElementDiff {
         let (e, a) = (f64::from(expected), f64::from(actual));
         if !(e.is_finite() && a.is_finite()) {
-            return ElementDiff {
-                abs: f64::INFINITY,
-                rel: f64::INFINITY,
-                passes: false,
-                finite: false,
-            };
+            return ElementDiff { abs: f64::INFINITY, rel: f64::INFINITY, passes: false, finite: false };
         }
         let abs = (a - e).abs();
         ElementDiff::finite(abs, e, tolerance.allows(abs, e))
@@ -367,8 +323,7 @@ pub fn compare(expected: &Array, actual: &Array, opts: &CompareOptions) -> Compa
         expected_shape: expected.shape.clone(),
         actual_shape: actual.shape.clone(),
         dtype: expected.dtype(),
-        dtype_mismatch: (expected.dtype() != actual.dtype())
-            .then_some((expected.dtype(), actual.dtype())),
+        dtype_mismatch: (expected.dtype() != actual.dtype()).then_some((expected.dtype(), actual.dtype())),
         tolerance: match expected.dtype() {
             DType::F32 => opts.tolerance,
             DType::I64 => Tolerance::EXACT,
@@ -393,12 +348,7 @@ pub fn compare(expected: &Array, actual: &Array, opts: &CompareOptions) -> Compa
 }
 
 /// Computes the element statistics of `comparison` (whose shapes and dtypes agree).
-fn fill<T: Element>(
-    comparison: &mut Comparison,
-    expected: &[T],
-    actual: &[T],
-    top_k: Option<usize>,
-) {
+fn fill<T: Element>(comparison: &mut Comparison, expected: &[T], actual: &[T], top_k: Option<usize>) {
     let mut max_abs: Option<(usize, f64)> = None;
     let mut max_rel: Option<(usize, f64)> = None;
     let (mut dot, mut expected_sq, mut actual_sq) = (0.0f64, 0.0f64, 0.0f64);
@@ -432,11 +382,7 @@ fn fill<T: Element>(
     };
     comparison.max_abs = max_abs.map(worst);
     comparison.max_rel = max_rel.map(worst);
-    comparison.cosine = Some(if comparison.non_finite > 0 {
-        f64::NAN
-    } else {
-        cosine(dot, expected_sq, actual_sq)
-    });
+    comparison.cosine = Some(if comparison.non_finite > 0 { f64::NAN } else { cosine(dot, expected_sq, actual_sq) });
     let n = expected.len().min(actual.len());
     comparison.logits = top_k.and_then(|k| logit_agreement(&expected[..n], &actual[..n], k));
 }
@@ -462,10 +408,7 @@ fn logit_agreement<T: Element>(expected: &[T], actual: &[T], k: usize) -> Option
         expected_argmax: expected_top[0],
         actual_argmax: actual_top[0],
         k,
-        overlap: actual_top
-            .iter()
-            .filter(|i| expected_set.contains(i))
-            .count(),
+        overlap: actual_top.iter().filter(|i| expected_set.contains(i)).count(),
     })
 }
 
@@ -474,12 +417,7 @@ fn logit_agreement<T: Element>(expected: &[T], actual: &[T], k: usize) -> Option
 /// Ranking uses IEEE total order, so a positive NaN ranks above +inf (such a comparison
 /// fails anyway).
 fn top_indices<T: Element>(values: &[T], k: usize) -> Vec<usize> {
-    let by_rank = |&i: &usize, &j: &usize| {
-        values[j]
-            .to_f64()
-            .total_cmp(&values[i].to_f64())
-            .then(i.cmp(&j))
-    };
+    let by_rank = |&i: &usize, &j: &usize| values[j].to_f64().total_cmp(&values[i].to_f64()).then(i.cmp(&j));
     let mut order: Vec<usize> = (0..values.len()).collect();
     if k < order.len() {
         order.select_nth_unstable_by(k - 1, by_rank);
@@ -494,19 +432,12 @@ mod tests {
     use super::*;
 
     fn tol(atol: f64, rtol: f64) -> CompareOptions {
-        CompareOptions {
-            tolerance: Tolerance { atol, rtol },
-            top_k: None,
-        }
+        CompareOptions { tolerance: Tolerance { atol, rtol }, top_k: None }
     }
 
     fn compare_f32(expected: &[f32], actual: &[f32], opts: CompareOptions) -> Comparison {
         let shape = vec![expected.len()];
-        compare(
-            &Array::f32(shape.clone(), expected.to_vec()),
-            &Array::f32(shape, actual.to_vec()),
-            &opts,
-        )
+        compare(&Array::f32(shape.clone(), expected.to_vec()), &Array::f32(shape, actual.to_vec()), &opts)
     }
 
     #[test]
@@ -515,15 +446,9 @@ mod tests {
         let at = compare_f32(&[2.0], &[3.0], tol(0.5, 0.25));
         assert!(at.passed(), "|3 - 2| = 1 is allowed: {at}");
         let above = compare_f32(&[2.0], &[3.0f32.next_up()], tol(0.5, 0.25));
-        assert!(
-            !above.passed(),
-            "one ulp above the bound must fail: {above}"
-        );
+        assert!(!above.passed(), "one ulp above the bound must fail: {above}");
         let below = compare_f32(&[2.0], &[1.0], tol(0.5, 0.25));
-        assert!(
-            below.passed(),
-            "the rule is symmetric in the sign of the difference: {below}"
-        );
+        assert!(below.passed(), "the rule is symmetric in the sign of the difference: {below}");
     }
 
     #[test]
@@ -539,42 +464,23 @@ mod tests {
     fn nan_on_either_or_both_sides_never_passes() {
         let nan = f32::NAN;
         let c = compare_f32(&[nan, 1.0, nan], &[1.0, nan, nan], tol(1e9, 1e9));
-        assert_eq!(
-            (c.mismatched, c.non_finite, c.passed()),
-            (3, 3, false),
-            "{c}"
-        );
+        assert_eq!((c.mismatched, c.non_finite, c.passed()), (3, 3, false), "{c}");
     }
 
     #[test]
     fn infinities_never_pass_even_when_equal() {
         let inf = f32::INFINITY;
         let c = compare_f32(&[inf, -inf, 1.0], &[inf, -inf, inf], tol(1e9, 1e9));
-        assert_eq!(
-            (c.mismatched, c.non_finite, c.passed()),
-            (3, 3, false),
-            "{c}"
-        );
+        assert_eq!((c.mismatched, c.non_finite, c.passed()), (3, 3, false), "{c}");
     }
 
     #[test]
     fn non_finite_elements_make_max_abs_infinite_at_the_first_such_index() {
-        let c = compare_f32(
-            &[1.0, 5.0, f32::NAN, 0.0],
-            &[1.5, f32::INFINITY, 2.0, 0.0],
-            tol(0.0, 0.0),
-        );
+        let c = compare_f32(&[1.0, 5.0, f32::NAN, 0.0], &[1.5, f32::INFINITY, 2.0, 0.0], tol(0.0, 0.0));
         let max_abs = c.max_abs.as_ref().expect("elements were compared");
         assert_eq!((max_abs.flat, max_abs.value), (1, f64::INFINITY), "{c}");
-        assert!(
-            c.cosine.is_some_and(f64::is_nan),
-            "cosine is undefined with non-finite values: {c}"
-        );
-        assert!(
-            c.to_string()
-                .contains("Non-finite elements: 2 (first at index 1: expected 5, actual inf)"),
-            "{c}"
-        );
+        assert!(c.cosine.is_some_and(f64::is_nan), "cosine is undefined with non-finite values: {c}");
+        assert!(c.to_string().contains("Non-finite elements: 2 (first at index 1: expected 5, actual inf)"), "{c}");
     }
 
     #[test]
@@ -589,10 +495,7 @@ mod tests {
         let actual = Array::f32(vec![3, 4], vec![0.0; 12]);
         let c = compare(&expected, &actual, &CompareOptions::default());
         assert!(!c.passed(), "{c}");
-        assert_eq!(
-            c.to_string(),
-            "The values for attribute 'shape' do not match: [3, 4] != [4, 3]."
-        );
+        assert_eq!(c.to_string(), "The values for attribute 'shape' do not match: [3, 4] != [4, 3].");
     }
 
     #[test]
@@ -602,10 +505,7 @@ mod tests {
         let c = compare(&expected, &actual, &CompareOptions::default());
         assert_eq!(c.dtype_mismatch, Some((DType::F32, DType::I64)), "{c}");
         assert!(!c.passed(), "{c}");
-        assert_eq!(
-            c.to_string(),
-            "The values for attribute 'dtype' do not match: i64 != f32."
-        );
+        assert_eq!(c.to_string(), "The values for attribute 'dtype' do not match: i64 != f32.");
     }
 
     #[test]
@@ -614,10 +514,7 @@ mod tests {
         let actual = Array::i64(vec![3], vec![11, i64::MAX, 7]);
         let c = compare(&expected, &actual, &tol(1e30, 1e30));
         assert_eq!((c.mismatched, c.tolerance), (2, Tolerance::EXACT), "{c}");
-        assert!(
-            c.to_string().starts_with("Tensor-likes are not equal!"),
-            "{c}"
-        );
+        assert!(c.to_string().starts_with("Tensor-likes are not equal!"), "{c}");
         assert!(compare(&expected, &expected, &tol(0.0, 0.0)).passed());
     }
 
@@ -636,31 +533,16 @@ mod tests {
         actual[5] = 1.25; // (1, 1): abs 0.25, rel 0.25
         expected[6] = 0.5;
         actual[6] = 0.7; // (1, 2): abs 0.2, rel 0.4
-        let c = compare(
-            &Array::f32(vec![2, 4], expected.clone()),
-            &Array::f32(vec![2, 4], actual.clone()),
-            &tol(0.1, 0.0),
-        );
-        assert_eq!(
-            (c.total, c.mismatched, c.mismatched_fraction()),
-            (8, 2, 0.25),
-            "{c}"
-        );
+        let c =
+            compare(&Array::f32(vec![2, 4], expected.clone()), &Array::f32(vec![2, 4], actual.clone()), &tol(0.1, 0.0));
+        assert_eq!((c.total, c.mismatched, c.mismatched_fraction()), (8, 2, 0.25), "{c}");
         let max_abs = c.max_abs.as_ref().expect("elements were compared");
-        assert_eq!(
-            (max_abs.flat, &max_abs.index[..], max_abs.value),
-            (5, &[1, 1][..], 0.25),
-            "{c}"
-        );
+        assert_eq!((max_abs.flat, &max_abs.index[..], max_abs.value), (5, &[1, 1][..], 0.25), "{c}");
         let max_rel = c.max_rel.as_ref().expect("elements were compared");
         assert_eq!(&max_rel.index[..], &[1, 2][..], "{c}");
         assert!((max_rel.value - 0.4).abs() < 1e-6, "{c}");
 
-        let dot: f64 = expected
-            .iter()
-            .zip(&actual)
-            .map(|(&e, &a)| f64::from(e) * f64::from(a))
-            .sum();
+        let dot: f64 = expected.iter().zip(&actual).map(|(&e, &a)| f64::from(e) * f64::from(a)).sum();
         let norm = |v: &[f32]| v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
         let cosine = dot / (norm(&expected) * norm(&actual));
         assert_eq!(c.cosine, Some(cosine), "{c}");
@@ -673,10 +555,7 @@ mod tests {
         let one = compare_f32(&[0.0, 0.0], &[0.0, 1.0], tol(0.0, 0.0));
         assert_eq!(one.cosine, Some(0.0), "{one}");
         let opposite = compare_f32(&[1.0, 2.0], &[-1.0, -2.0], tol(0.0, 0.0));
-        assert!(
-            opposite.cosine.is_some_and(|c| (c + 1.0).abs() < 1e-12),
-            "{opposite}"
-        );
+        assert!(opposite.cosine.is_some_and(|c| (c + 1.0).abs() < 1e-12), "{opposite}");
     }
 
     #[test]
@@ -695,15 +574,9 @@ mod tests {
             c.cosine.unwrap_or_default()
         );
         assert_eq!(c.to_string(), expected);
-        let scalar = compare(
-            &Array::f32(vec![], vec![1.0]),
-            &Array::f32(vec![], vec![2.0]),
-            &tol(0.5, 0.0),
-        );
+        let scalar = compare(&Array::f32(vec![], vec![1.0]), &Array::f32(vec![], vec![2.0]), &tol(0.5, 0.0));
         assert!(
-            scalar
-                .to_string()
-                .contains("\nAbsolute difference: 1 (up to 0.5 allowed)\nRelative difference: 1\n"),
+            scalar.to_string().contains("\nAbsolute difference: 1 (up to 0.5 allowed)\nRelative difference: 1\n"),
             "{scalar}"
         );
     }
@@ -713,70 +586,30 @@ mod tests {
         let c = compare_f32(&[1.0, 2.0], &[1.0, 2.0005], CompareOptions::default());
         let text = c.to_string();
         assert!(c.passed() && !text.contains('\n'), "{text}");
-        assert!(
-            text.starts_with(
-                "Tensor-likes are close: 2 f32 elements; greatest absolute difference"
-            ),
-            "{text}"
-        );
+        assert!(text.starts_with("Tensor-likes are close: 2 f32 elements; greatest absolute difference"), "{text}");
     }
 
     #[test]
     fn logits_report_argmax_and_top_k_overlap() {
         let expected = [0.1, 5.0, 3.0, 4.0, -1.0, 2.0];
         let actual = [0.1, 4.0, 3.0, 5.0, 2.5, -1.0];
-        let opts = CompareOptions {
-            top_k: Some(3),
-            ..CompareOptions::default()
-        };
+        let opts = CompareOptions { top_k: Some(3), ..CompareOptions::default() };
         let c = compare_f32(&expected, &actual, opts);
         let logits = c.logits.expect("top_k was requested");
         // top3(expected) = {1, 3, 2}; top3(actual) = {3, 1, 2}.
-        assert_eq!(
-            logits,
-            LogitAgreement {
-                expected_argmax: 1,
-                actual_argmax: 3,
-                k: 3,
-                overlap: 3
-            },
-            "{c}"
-        );
+        assert_eq!(logits, LogitAgreement { expected_argmax: 1, actual_argmax: 3, k: 3, overlap: 3 }, "{c}");
         assert!(!logits.argmax_agrees());
         assert_eq!(logits.top_k_overlap(), 1.0);
 
-        let top2 = compare_f32(
-            &expected,
-            &actual,
-            CompareOptions {
-                top_k: Some(2),
-                ..opts
-            },
-        );
+        let top2 = compare_f32(&expected, &actual, CompareOptions { top_k: Some(2), ..opts });
         assert_eq!(top2.logits.map(|l| l.top_k_overlap()), Some(1.0), "{top2}");
-        let huge_k = compare_f32(
-            &[1.0, 1.0],
-            &[1.0, 2.0],
-            CompareOptions {
-                top_k: Some(10),
-                ..opts
-            },
-        );
+        let huge_k = compare_f32(&[1.0, 1.0], &[1.0, 2.0], CompareOptions { top_k: Some(10), ..opts });
         assert_eq!(
             huge_k.logits,
-            Some(LogitAgreement {
-                expected_argmax: 0,
-                actual_argmax: 1,
-                k: 2,
-                overlap: 2
-            }),
+            Some(LogitAgreement { expected_argmax: 0, actual_argmax: 1, k: 2, overlap: 2 }),
             "ties pick the first index and k is clamped: {huge_k}"
         );
-        assert_eq!(
-            compare_f32(&expected, &actual, tol(1.0, 0.0)).logits,
-            None,
-            "opt-in only"
-        );
+        assert_eq!(compare_f32(&expected, &actual, tol(1.0, 0.0)).logits, None, "opt-in only");
     }
 
     #[test]
@@ -784,10 +617,7 @@ mod tests {
         let c = compare(
             &Array::f32(vec![0, 3], vec![]),
             &Array::f32(vec![0, 3], vec![]),
-            &CompareOptions {
-                top_k: Some(5),
-                ..Default::default()
-            },
+            &CompareOptions { top_k: Some(5), ..Default::default() },
         );
         assert!(c.passed(), "{c}");
         assert_eq!((c.total, &c.max_abs, c.logits), (0, &None, None), "{c}");
@@ -795,22 +625,9 @@ mod tests {
 
     #[test]
     fn malformed_arrays_fail_instead_of_panicking() {
-        let expected = Array {
-            shape: vec![3],
-            data: Data::F32(vec![1.0, 2.0, 3.0]),
-        };
-        let actual = Array {
-            shape: vec![3],
-            data: Data::F32(vec![1.0]),
-        };
-        let c = compare(
-            &expected,
-            &actual,
-            &CompareOptions {
-                top_k: Some(2),
-                ..Default::default()
-            },
-        );
+        let expected = Array { shape: vec![3], data: Data::F32(vec![1.0, 2.0, 3.0]) };
+        let actual = Array { shape: vec![3], data: Data::F32(vec![1.0]) };
+        let c = compare(&expected, &actual, &CompareOptions { top_k: Some(2), ..Default::default() });
         assert_eq!((c.total, c.mismatched, c.passed()), (3, 2, false), "{c}");
     }
 }

@@ -316,7 +316,13 @@ fn case_section(out: &mut String, n: usize, case: &CaseReport) -> Result<(), Ren
                     what.push(esc(first_line(d, 120).as_str()));
                 }
             }
-            w!(out, "<li>{}: <b class=\"num\">{}</b> <span class=\"muted\">{}</span></li>\n", mode_chip(&r.mode), esc(&r.tap), what.join(", "));
+            w!(
+                out,
+                "<li>{}: <b class=\"num\">{}</b> <span class=\"muted\">{}</span></li>\n",
+                mode_chip(&r.mode),
+                esc(&r.tap),
+                what.join(", ")
+            );
         }
         out.push_str("</ul></div>\n");
     }
@@ -392,12 +398,12 @@ fn table(out: &mut String, rows: &[Row]) {
         };
         let detail = match &r.detail {
             None => String::new(),
-            Some(d) if r.status == Status::Fail => format!(
-                "<details><summary>{}</summary><pre>{}</pre></details>",
-                esc(&first_line(d, 60)),
-                esc(d)
-            ),
-            Some(d) if d.lines().count() <= 1 && d.chars().count() <= 90 => format!("<span class=\"muted\">{}</span>", esc(d)),
+            Some(d) if r.status == Status::Fail => {
+                format!("<details><summary>{}</summary><pre>{}</pre></details>", esc(&first_line(d, 60)), esc(d))
+            }
+            Some(d) if d.lines().count() <= 1 && d.chars().count() <= 90 => {
+                format!("<span class=\"muted\">{}</span>", esc(d))
+            }
             Some(d) => format!(
                 "<details><summary class=\"muted\">{}</summary><pre>{}</pre></details>",
                 esc(&first_line(d, 70)),
@@ -504,7 +510,8 @@ fn atol_reference(rows: &[Row], stages: &[Tap]) -> Option<Reference> {
     for mode in modes_in_order(rows) {
         let mut line = Vec::new();
         for r in rows.iter().filter(|r| r.mode == mode && r.status != Status::Skip) {
-            let (Some(x), Some(atol)) = (float_stage(&r.tap).and_then(|t| stages.iter().position(|s| *s == t)), r.atol) else {
+            let (Some(x), Some(atol)) = (float_stage(&r.tap).and_then(|t| stages.iter().position(|s| *s == t)), r.atol)
+            else {
                 continue;
             };
             if atol.is_finite() && atol > 0.0 {
@@ -532,7 +539,8 @@ const WIDE_FROM_STAGES: usize = 32;
 const PLOT_H: u32 = 400;
 
 fn plots(out: &mut String, n: usize, case: &CaseReport) -> Result<(), RenderError> {
-    let stages: Vec<Tap> = case.rows.iter().filter_map(|r| float_stage(&r.tap)).collect::<BTreeSet<_>>().into_iter().collect();
+    let stages: Vec<Tap> =
+        case.rows.iter().filter_map(|r| float_stage(&r.tap)).collect::<BTreeSet<_>>().into_iter().collect();
     let metrics = [
         Metric { name: "max |Δ|", what: |r| r.max_abs },
         Metric { name: "1 − cosine", what: |r| r.cosine.map(|c| 1.0 - c) },
@@ -551,8 +559,12 @@ fn plots(out: &mut String, n: usize, case: &CaseReport) -> Result<(), RenderErro
             continue;
         }
         let with_reference = if metric.name == "max |Δ|" { reference.as_ref() } else { None };
-        let svg = stage_plot(&format!("{} per stage (log scale)", metric.name), metric.name, &stages, d, with_reference)
-            .map_err(|message| RenderError { what: format!("the {} plot of case {} (#{n})", metric.name, case.case), message })?;
+        let svg =
+            stage_plot(&format!("{} per stage (log scale)", metric.name), metric.name, &stages, d, with_reference)
+                .map_err(|message| RenderError {
+                    what: format!("the {} plot of case {} (#{n})", metric.name, case.case),
+                    message,
+                })?;
         w!(out, "<div class=\"plot\">{svg}</div>\n");
     }
     out.push_str("</div>\n");
@@ -585,7 +597,9 @@ fn plots(out: &mut String, n: usize, case: &CaseReport) -> Result<(), RenderErro
         None => {}
     }
     if reference.is_some() {
-        out.push_str("a tap passes when every |Δ| ≤ atol + rtol·|expected|, so max |Δ| above atol alone is not a failure. ");
+        out.push_str(
+            "a tap passes when every |Δ| ≤ atol + rtol·|expected|, so max |Δ| above atol alone is not a failure. ",
+        );
     }
     let omitted: usize = data.iter().map(|d| d.omitted).sum();
     if omitted > 0 {
@@ -618,7 +632,13 @@ fn shown_labels(stages: &[Tap], px_per_stage: f64) -> Vec<bool> {
     shown
 }
 
-fn stage_plot(title: &str, y_desc: &str, stages: &[Tap], data: &PlotData, reference: Option<&Reference>) -> Result<String, String> {
+fn stage_plot(
+    title: &str,
+    y_desc: &str,
+    stages: &[Tap],
+    data: &PlotData,
+    reference: Option<&Reference>,
+) -> Result<String, String> {
     let err = |e: &dyn std::fmt::Display| e.to_string();
     let mut values: Vec<f64> = data.series.iter().flat_map(|s| s.segments.iter().flatten().map(|p| p.y)).collect();
     match reference {
@@ -680,9 +700,11 @@ fn stage_plot(title: &str, y_desc: &str, stages: &[Tap], data: &PlotData, refere
         for (i, (stage, shown)) in stages.iter().zip(shown_labels(stages, px_per_stage)).enumerate() {
             let (x, _) = chart.backend_coord(&(i as f64, lo));
             let tick = if shown { 5 } else { 2 };
-            root.draw(&PathElement::new(vec![(x, bottom), (x, bottom + tick)], BLACK.stroke_width(1))).map_err(|e| err(&e))?;
+            root.draw(&PathElement::new(vec![(x, bottom), (x, bottom + tick)], BLACK.stroke_width(1)))
+                .map_err(|e| err(&e))?;
             if shown {
-                root.draw(&Text::new(short_stage(*stage), (x, bottom + 8), label_style.clone())).map_err(|e| err(&e))?;
+                root.draw(&Text::new(short_stage(*stage), (x, bottom + 8), label_style.clone()))
+                    .map_err(|e| err(&e))?;
             }
         }
 
@@ -691,7 +713,9 @@ fn stage_plot(title: &str, y_desc: &str, stages: &[Tap], data: &PlotData, refere
         let grey = RGBColor(0x77, 0x77, 0x77);
         let bracket_y = bottom + x_label_area as i32 - 26;
         for (name, part) in [("vision tower", Tap::is_vision as fn(Tap) -> bool), ("language model", Tap::is_lm)] {
-            let (Some(first), Some(last)) = (stages.iter().position(|t| part(*t)), stages.iter().rposition(|t| part(*t))) else {
+            let (Some(first), Some(last)) =
+                (stages.iter().position(|t| part(*t)), stages.iter().rposition(|t| part(*t)))
+            else {
                 continue;
             };
             let (x0, _) = chart.backend_coord(&(first as f64 - 0.4, lo));
@@ -704,7 +728,12 @@ fn stage_plot(title: &str, y_desc: &str, stages: &[Tap], data: &PlotData, refere
         if let Some(first_lm) = stages.iter().position(|t| t.is_lm()).filter(|i| *i > 0) {
             let xb = first_lm as f64 - 0.5;
             chart
-                .draw_series(DashedLineSeries::new(vec![(xb, lo), (xb, hi)], 5, 4, RGBColor(0x99, 0x99, 0x99).stroke_width(1)))
+                .draw_series(DashedLineSeries::new(
+                    vec![(xb, lo), (xb, hi)],
+                    5,
+                    4,
+                    RGBColor(0x99, 0x99, 0x99).stroke_width(1),
+                ))
                 .map_err(|e| err(&e))?;
         }
 
@@ -712,7 +741,12 @@ fn stage_plot(title: &str, y_desc: &str, stages: &[Tap], data: &PlotData, refere
             Some(Reference::Single(a)) => {
                 let grey = RGBColor(0x55, 0x55, 0x55);
                 chart
-                    .draw_series(DashedLineSeries::new(vec![(-0.5, *a), (n as f64 - 0.5, *a)], 7, 4, grey.stroke_width(1)))
+                    .draw_series(DashedLineSeries::new(
+                        vec![(-0.5, *a), (n as f64 - 0.5, *a)],
+                        7,
+                        4,
+                        grey.stroke_width(1),
+                    ))
                     .map_err(|e| err(&e))?;
                 let (x, y) = chart.backend_coord(&(n as f64 - 0.5, *a));
                 let style = ("sans-serif", 13).into_font().color(&grey).pos(Pos::new(HPos::Right, VPos::Bottom));
@@ -736,7 +770,10 @@ fn stage_plot(title: &str, y_desc: &str, stages: &[Tap], data: &PlotData, refere
         for (i, s) in data.series.iter().enumerate() {
             for seg in &s.segments {
                 chart
-                    .draw_series(LineSeries::new(seg.iter().map(|p| (p.x as f64 + dodge(i), p.y)), s.colour.stroke_width(2)))
+                    .draw_series(LineSeries::new(
+                        seg.iter().map(|p| (p.x as f64 + dodge(i), p.y)),
+                        s.colour.stroke_width(2),
+                    ))
                     .map_err(|e| err(&e))?;
             }
         }
@@ -748,7 +785,9 @@ fn stage_plot(title: &str, y_desc: &str, stages: &[Tap], data: &PlotData, refere
                 }
                 if p.clamped {
                     chart.draw_series(std::iter::once(Circle::new(at, 4, WHITE.filled()))).map_err(|e| err(&e))?;
-                    chart.draw_series(std::iter::once(Circle::new(at, 4, s.colour.stroke_width(2)))).map_err(|e| err(&e))?;
+                    chart
+                        .draw_series(std::iter::once(Circle::new(at, 4, s.colour.stroke_width(2))))
+                        .map_err(|e| err(&e))?;
                 } else {
                     chart.draw_series(std::iter::once(Circle::new(at, 4, s.colour.filled()))).map_err(|e| err(&e))?;
                 }
@@ -874,7 +913,8 @@ fn heatmap(out: &mut String, id: &str, h: &Heatmap, row: Option<&Row>) {
             key(**a).total_cmp(&key(**b))
         })
         .map(|(i, _)| i);
-    let worst_text = worst.map(|i| format!("max {} at row {}, col {}", sci_text(h.max_abs[i]), i / h.grid_w, i % h.grid_w));
+    let worst_text =
+        worst.map(|i| format!("max {} at row {}, col {}", sci_text(h.max_abs[i]), i / h.grid_w, i % h.grid_w));
     // Large grids are shown max-pooled, so that the worst cells stay visible.
     let pool = h.grid_h.max(h.grid_w).div_ceil(MAX_CELLS_PER_SIDE);
     let (dh, dw) = (h.grid_h.div_ceil(pool), h.grid_w.div_ceil(pool));
@@ -914,7 +954,13 @@ fn heatmap(out: &mut String, id: &str, h: &Heatmap, row: Option<&Row>) {
                 esc(&sci_text(*v))
             );
         } else {
-            w!(out, "<rect x=\"{}\" y=\"{}\" width=\"{cell}\" height=\"{cell}\" fill=\"{}\"/>", c * cell, r * cell, colour(*v));
+            w!(
+                out,
+                "<rect x=\"{}\" y=\"{}\" width=\"{cell}\" height=\"{cell}\" fill=\"{}\"/>",
+                c * cell,
+                r * cell,
+                colour(*v)
+            );
         }
     }
     if let Some(i) = worst {
@@ -954,7 +1000,12 @@ fn heatmap(out: &mut String, id: &str, h: &Heatmap, row: Option<&Row>) {
             );
         }
         w!(out, "<text x=\"0\" y=\"{}\" fill=\"#333\">min {}</text>", y0 + 24, esc(&sci_text(min)));
-        w!(out, "<text x=\"{legend_w}\" y=\"{}\" text-anchor=\"end\" fill=\"#333\">max {}</text>", y0 + 24, esc(&sci_text(max)));
+        w!(
+            out,
+            "<text x=\"{legend_w}\" y=\"{}\" text-anchor=\"end\" fill=\"#333\">max {}</text>",
+            y0 + 24,
+            esc(&sci_text(max))
+        );
     }
     let mut notes = Vec::new();
     if zeros > 0 && !finite_pos.is_empty() {
@@ -1173,7 +1224,14 @@ mod tests {
         let case = CaseReport {
             case: "big".into(),
             rows: vec![],
-            heatmaps: vec![Heatmap { mode: "from-image-files".into(), tap: "vision.tower".into(), image: 0, grid_h: gh, grid_w: gw, max_abs: values }],
+            heatmaps: vec![Heatmap {
+                mode: "from-image-files".into(),
+                tap: "vision.tower".into(),
+                image: 0,
+                grid_h: gh,
+                grid_w: gw,
+                max_abs: values,
+            }],
         };
         let page = render("parity", &[case]).unwrap();
         assert!(page.contains("shown max-pooled 3 × 3"));
@@ -1185,7 +1243,10 @@ mod tests {
 
     #[test]
     fn many_stages_get_labels_that_do_not_overlap() {
-        let stages: Vec<Tap> = (0..40).map(|i| Tap::parse(&format!("lm.layer.{i}")).unwrap()).chain([Tap::parse("lm.norm").unwrap()]).collect();
+        let stages: Vec<Tap> = (0..40)
+            .map(|i| Tap::parse(&format!("lm.layer.{i}")).unwrap())
+            .chain([Tap::parse("lm.norm").unwrap()])
+            .collect();
         let shown = shown_labels(&stages, 6.0);
         let idx: Vec<usize> = shown.iter().enumerate().filter(|(_, s)| **s).map(|(i, _)| i).collect();
         assert!(idx.windows(2).all(|w| w[1] - w[0] >= 3), "{idx:?}");

@@ -118,7 +118,9 @@ impl Model {
     pub fn absent_reason(&self, name: &str) -> String {
         let var = self.weights_env.as_deref().unwrap_or("(none)");
         let what = self.hf_repo.as_deref().map_or(String::new(), |r| format!(" (a local snapshot of {r})"));
-        format!("the checkpoint of {name} is not in the repository: pass --weights DIR or set {var} to its folder{what}")
+        format!(
+            "the checkpoint of {name} is not in the repository: pass --weights DIR or set {var} to its folder{what}"
+        )
     }
 
     /// Whether the checkpoint lives outside the repository.
@@ -260,7 +262,8 @@ impl Manifest {
             match (&model.path, &model.weights_env) {
                 (Some(path), None) => check_relative_path(&format!("models.\"{name}\".path"), path)?,
                 (None, Some(var)) => {
-                    if var.is_empty() || !var.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') {
+                    if var.is_empty() || !var.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+                    {
                         return Err(format!(
                             "models.\"{name}\".weights_env = \"{var}\": an environment variable name (A-Z, 0-9, _)"
                         ));
@@ -348,11 +351,7 @@ impl Manifest {
             .filter(|(pattern, _)| tap_matches(pattern, tap))
             .max_by_key(|(pattern, _)| pattern.len())
             .map(|(_, t)| *t);
-        by_tap
-            .or(c.tolerance)
-            .or(self.models[&c.model].tolerance)
-            .unwrap_or(self.tolerance)
-            .into()
+        by_tap.or(c.tolerance).or(self.models[&c.model].tolerance).unwrap_or(self.tolerance).into()
     }
 
     /// Which row of `tap` a case keeps, if only one (the longest matching pattern wins).
@@ -396,7 +395,8 @@ impl Manifest {
             ));
         }
         if let Some(expected) = &m.config_sha256 {
-            let actual = crate::digest::sha256_file(&config).map_err(|e| format!("reading {}: {e}", config.display()))?;
+            let actual =
+                crate::digest::sha256_file(&config).map_err(|e| format!("reading {}: {e}", config.display()))?;
             if &actual != expected {
                 return Err(format!(
                     "{}: config.json digest mismatch for model \"{model}\": fixtures.toml records \
@@ -416,11 +416,8 @@ impl Manifest {
 
     /// The recorded dumps of a case in pipeline order.
     pub fn dumps_in_order(&self, case: &str) -> Vec<(Tap, &Dump)> {
-        let mut dumps: Vec<(Tap, &Dump)> = self.cases[case]
-            .dumps
-            .iter()
-            .map(|(name, d)| (Tap::parse(name).expect("validated at load"), d))
-            .collect();
+        let mut dumps: Vec<(Tap, &Dump)> =
+            self.cases[case].dumps.iter().map(|(name, d)| (Tap::parse(name).expect("validated at load"), d)).collect();
         dumps.sort_by_key(|(tap, _)| *tap);
         dumps
     }
@@ -718,7 +715,10 @@ mod tests {
             "{EXTERNAL}\n[cases.big-cat.dumps]\n{}",
             ["input.input_ids", "input.pixel_values", "vision.block.0", "vision.projector", "lm.layer.0"]
                 .iter()
-                .map(|t| format!("\"{t}\" = {{ sha256 = \"aa\", shape = [1], dtype = \"{}\" }}\n", Tap::parse(t).unwrap().dtype()))
+                .map(|t| format!(
+                    "\"{t}\" = {{ sha256 = \"aa\", shape = [1], dtype = \"{}\" }}\n",
+                    Tap::parse(t).unwrap().dtype()
+                ))
                 .collect::<String>()
         );
         let m = parse(&text).unwrap();
@@ -735,7 +735,12 @@ mod tests {
         let m = parse(&EXTERNAL.replace("NEURON_TEST_BIG_DIR", "NEURON_TEST_UNSET_VARIABLE")).unwrap();
         match m.weights("big", None).unwrap() {
             Weights::Absent(why) => {
-                assert!(why.contains("--weights DIR") && why.contains("NEURON_TEST_UNSET_VARIABLE") && why.contains("Org/Big"), "{why}")
+                assert!(
+                    why.contains("--weights DIR")
+                        && why.contains("NEURON_TEST_UNSET_VARIABLE")
+                        && why.contains("Org/Big"),
+                    "{why}"
+                )
             }
             found => panic!("expected absent, got {found:?}"),
         }

@@ -78,10 +78,7 @@ const MAX_LITERAL_DEPTH: usize = 32;
 
 /// Reads a `.npy` file.
 pub fn read_npy(path: &Path) -> Result<Array, NpyError> {
-    let bytes = fs::read(path).map_err(|error| NpyError::Read {
-        path: path.to_owned(),
-        error,
-    })?;
+    let bytes = fs::read(path).map_err(|error| NpyError::Read { path: path.to_owned(), error })?;
     decode(&bytes, path)
 }
 
@@ -93,10 +90,7 @@ pub fn read_npy_bytes(bytes: &[u8], name: &str) -> Result<Array, NpyError> {
 /// Writes `a` as a `.npy` file, byte-identical to what `np.save` writes for the same array.
 pub fn write_npy(path: &Path, a: &Array) -> Result<(), NpyError> {
     let bytes = encode(a, path)?;
-    fs::write(path, bytes).map_err(|error| NpyError::Write {
-        path: path.to_owned(),
-        error,
-    })
+    fs::write(path, bytes).map_err(|error| NpyError::Write { path: path.to_owned(), error })
 }
 
 /// The bytes [`write_npy`] would write, e.g. for digests; `name` identifies the array in
@@ -114,10 +108,7 @@ fn numpy_type(dtype: DType) -> (&'static str, usize) {
 }
 
 fn invalid(path: &Path, reason: impl Into<String>) -> NpyError {
-    NpyError::Invalid {
-        path: path.to_owned(),
-        reason: reason.into(),
-    }
+    NpyError::Invalid { path: path.to_owned(), reason: reason.into() }
 }
 
 fn decode(bytes: &[u8], path: &Path) -> Result<Array, NpyError> {
@@ -126,15 +117,9 @@ fn decode(bytes: &[u8], path: &Path) -> Result<Array, NpyError> {
     let dtype = [DType::F32, DType::I64]
         .into_iter()
         .find(|&dtype| matches!(header.descr, Literal::Str(s) if s == numpy_type(dtype).0))
-        .ok_or_else(|| NpyError::UnsupportedDType {
-            path: path.to_owned(),
-            found: header.descr_text.to_owned(),
-        })?;
+        .ok_or_else(|| NpyError::UnsupportedDType { path: path.to_owned(), found: header.descr_text.to_owned() })?;
     if header.fortran_order {
-        return Err(NpyError::FortranOrder {
-            path: path.to_owned(),
-            dtype: header.descr_text.to_owned(),
-        });
+        return Err(NpyError::FortranOrder { path: path.to_owned(), dtype: header.descr_text.to_owned() });
     }
     let expected_bytes = element_count(&header.shape)
         .and_then(|n| n.checked_mul(numpy_type(dtype).1))
@@ -150,28 +135,19 @@ fn decode(bytes: &[u8], path: &Path) -> Result<Array, NpyError> {
         ));
     }
     let data = match dtype {
-        DType::F32 => Data::F32(
-            data.chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-        ),
+        DType::F32 => Data::F32(data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
         DType::I64 => Data::I64(
             data.chunks_exact(8)
                 .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
                 .collect(),
         ),
     };
-    Ok(Array {
-        shape: header.shape,
-        data,
-    })
+    Ok(Array { shape: header.shape, data })
 }
 
 /// Splits a file into its header text and data bytes, checking magic, version and lengths.
 fn split_header(bytes: &[u8]) -> Result<(&str, &[u8]), String> {
-    let rest = bytes
-        .strip_prefix(MAGIC)
-        .ok_or("missing the \\x93NUMPY magic string")?;
+    let rest = bytes.strip_prefix(MAGIC).ok_or("missing the \\x93NUMPY magic string")?;
     // Version 1.0 stores the header length in 2 bytes; 2.0 and 3.0 in 4.
     let length_size = match rest.get(..2) {
         Some([1, 0]) => 2,
@@ -182,17 +158,15 @@ fn split_header(bytes: &[u8]) -> Result<(&str, &[u8]), String> {
     let rest = &rest[2..];
     let header_len = match rest.get(..length_size) {
         Some(&[a, b]) => usize::from(u16::from_le_bytes([a, b])),
-        Some(&[a, b, c, d]) => usize::try_from(u32::from_le_bytes([a, b, c, d]))
-            .map_err(|_| "header length does not fit in memory")?,
+        Some(&[a, b, c, d]) => {
+            usize::try_from(u32::from_le_bytes([a, b, c, d])).map_err(|_| "header length does not fit in memory")?
+        }
         _ => return Err("file ends inside the header length".into()),
     };
     let rest = &rest[length_size..];
-    let text = rest.get(..header_len).ok_or_else(|| {
-        format!(
-            "header length {header_len} exceeds the {} bytes that follow it",
-            rest.len()
-        )
-    })?;
+    let text = rest
+        .get(..header_len)
+        .ok_or_else(|| format!("header length {header_len} exceeds the {} bytes that follow it", rest.len()))?;
     let text = std::str::from_utf8(text).map_err(|_| "header is not valid UTF-8")?;
     Ok((text, &rest[header_len..]))
 }
@@ -220,17 +194,15 @@ fn parse_header(text: &str) -> Result<Header<'_>, String> {
                 let dims = dims
                     .iter()
                     .map(|dim| match dim {
-                        Literal::Int(digits) => digits
-                            .parse::<usize>()
-                            .map_err(|_| format!("dimension {digits} is too large")),
+                        Literal::Int(digits) => {
+                            digits.parse::<usize>().map_err(|_| format!("dimension {digits} is too large"))
+                        }
                         _ => Err(format!("shape {value_text} is not a tuple of integers")),
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 shape = Some(dims);
             }
-            ("fortran_order" | "shape", _) => {
-                return Err(format!("header has an invalid '{key}': {value_text}"))
-            }
+            ("fortran_order" | "shape", _) => return Err(format!("header has an invalid '{key}': {value_text}")),
             _ => return Err(format!("header has an unexpected key '{key}'")),
         }
     }
@@ -383,14 +355,7 @@ impl<'a> Parser<'a> {
 /// axis, space padding to a 64-byte boundary, version 1.0 unless the header needs 2.0.
 fn encode(a: &Array, path: &Path) -> Result<Vec<u8>, NpyError> {
     if element_count(&a.shape) != Some(a.len()) {
-        return Err(invalid(
-            path,
-            format!(
-                "shape {:?} does not hold the array's {} elements",
-                a.shape,
-                a.len()
-            ),
-        ));
+        return Err(invalid(path, format!("shape {:?} does not hold the array's {} elements", a.shape, a.len())));
     }
     let (descr, item_size) = numpy_type(a.dtype());
     let dims: Vec<String> = a.shape.iter().map(usize::to_string).collect();
@@ -413,8 +378,8 @@ fn encode(a: &Array, path: &Path) -> Result<Vec<u8>, NpyError> {
         Ok(len) => ([1, 0], v1_len, len.to_le_bytes().to_vec()),
         Err(_) => {
             let v2_len = padded_len(MAGIC.len() + 2 + 4);
-            let len = u32::try_from(v2_len)
-                .map_err(|_| invalid(path, format!("header of {v2_len} bytes is too long")))?;
+            let len =
+                u32::try_from(v2_len).map_err(|_| invalid(path, format!("header of {v2_len} bytes is too long")))?;
             ([2, 0], v2_len, len.to_le_bytes().to_vec())
         }
     };
@@ -426,12 +391,8 @@ fn encode(a: &Array, path: &Path) -> Result<Vec<u8>, NpyError> {
     out.resize(out.len() + header_len - dict.len() - 1, b' ');
     out.push(b'\n');
     match &a.data {
-        Data::F32(v) => v
-            .iter()
-            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        Data::I64(v) => v
-            .iter()
-            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Data::F32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Data::I64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
     }
     Ok(out)
 }
@@ -470,10 +431,7 @@ mod tests {
     #[test]
     fn reads_files_written_by_numpy() {
         let cases = [
-            (
-                NUMPY_F32_2X3,
-                Array::f32(vec![2, 3], vec![1.5, -2.0, 0.0, 3.25, 1e-3, -0.0]),
-            ),
+            (NUMPY_F32_2X3, Array::f32(vec![2, 3], vec![1.5, -2.0, 0.0, 3.25, 1e-3, -0.0])),
             (NUMPY_I64_3, Array::i64(vec![3], vec![-1, 0, 1 << 40])),
             (NUMPY_F32_SCALAR, Array::f32(vec![], vec![2.5])),
             (NUMPY_F32_EMPTY, Array::f32(vec![2, 0, 3], vec![])),
@@ -486,19 +444,10 @@ mod tests {
 
     #[test]
     fn writes_the_same_bytes_as_numpy() {
-        for bytes in [
-            NUMPY_F32_2X3,
-            NUMPY_I64_3,
-            NUMPY_F32_SCALAR,
-            NUMPY_F32_EMPTY,
-        ] {
+        for bytes in [NUMPY_F32_2X3, NUMPY_I64_3, NUMPY_F32_SCALAR, NUMPY_F32_EMPTY] {
             let array = read_npy_bytes(bytes, "numpy.npy").expect("numpy file reads");
             let written = write_npy_bytes(&array, "rust.npy").expect("array is well-formed");
-            assert_eq!(
-                String::from_utf8_lossy(&written),
-                String::from_utf8_lossy(bytes),
-                "for {array:?}"
-            );
+            assert_eq!(String::from_utf8_lossy(&written), String::from_utf8_lossy(bytes), "for {array:?}");
             assert_eq!(written, bytes, "for {array:?}");
         }
     }
@@ -506,19 +455,13 @@ mod tests {
     #[test]
     fn f32_roundtrips_through_a_file() {
         let path = temp_path("f32.npy");
-        let a = Array::f32(
-            vec![2, 2],
-            vec![f32::MIN_POSITIVE, -0.0, f32::INFINITY, 1e30],
-        );
+        let a = Array::f32(vec![2, 2], vec![f32::MIN_POSITIVE, -0.0, f32::INFINITY, 1e30]);
         write_npy(&path, &a).expect("write");
         let read = read_npy(&path);
         let _ = fs::remove_file(&path);
         let read = read.expect("read back");
         // Compare bit patterns so -0.0 vs 0.0 would be caught.
-        let bits = |a: &Array| {
-            a.as_f32()
-                .map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>())
-        };
+        let bits = |a: &Array| a.as_f32().map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
         assert_eq!((&read.shape, bits(&read)), (&a.shape, bits(&a)));
     }
 
@@ -534,42 +477,28 @@ mod tests {
 
     #[test]
     fn rejects_f8_naming_the_file_and_dtype() {
-        let bytes = npy_with_header(
-            "{'descr': '<f8', 'fortran_order': False, 'shape': (1,), }",
-            &[0; 8],
-        );
+        let bytes = npy_with_header("{'descr': '<f8', 'fortran_order': False, 'shape': (1,), }", &[0; 8]);
         let err = read_npy_bytes(&bytes, "dumps/logits.npy").expect_err("f8 is unsupported");
         assert!(matches!(err, NpyError::UnsupportedDType { .. }), "{err:?}");
         let message = err.to_string();
-        assert!(
-            message.contains("dumps/logits.npy") && message.contains("'<f8'"),
-            "message was: {message}"
-        );
+        assert!(message.contains("dumps/logits.npy") && message.contains("'<f8'"), "message was: {message}");
     }
 
     #[test]
     fn rejects_big_endian_and_structured_dtypes() {
         for descr in ["'>f4'", "[('a', '<f4'), ('b', '<i8')]"] {
             let dict = format!("{{'descr': {descr}, 'fortran_order': False, 'shape': (1,), }}");
-            let err = read_npy_bytes(&npy_with_header(&dict, &[0; 12]), "x.npy")
-                .expect_err("unsupported");
+            let err = read_npy_bytes(&npy_with_header(&dict, &[0; 12]), "x.npy").expect_err("unsupported");
             assert!(err.to_string().contains(descr), "message was: {err}");
         }
     }
 
     #[test]
     fn rejects_fortran_order_naming_the_file() {
-        let bytes = npy_with_header(
-            "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }",
-            &[0; 24],
-        );
-        let err =
-            read_npy_bytes(&bytes, "dumps/fortran.npy").expect_err("fortran order is unsupported");
+        let bytes = npy_with_header("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }", &[0; 24]);
+        let err = read_npy_bytes(&bytes, "dumps/fortran.npy").expect_err("fortran order is unsupported");
         assert!(matches!(err, NpyError::FortranOrder { .. }), "{err:?}");
-        assert!(
-            err.to_string().contains("dumps/fortran.npy"),
-            "message was: {err}"
-        );
+        assert!(err.to_string().contains("dumps/fortran.npy"), "message was: {err}");
     }
 
     #[test]
@@ -577,41 +506,24 @@ mod tests {
         let mut bytes = NUMPY_F32_2X3.to_vec();
         bytes.pop();
         let err = read_npy_bytes(&bytes, "short.npy").expect_err("truncated");
-        assert!(
-            err.to_string()
-                .contains("needs 24 data bytes but the file holds 23"),
-            "message was: {err}"
-        );
+        assert!(err.to_string().contains("needs 24 data bytes but the file holds 23"), "message was: {err}");
         bytes.extend_from_slice(&[0, 0]);
-        assert!(
-            read_npy_bytes(&bytes, "long.npy").is_err(),
-            "trailing bytes must be rejected"
-        );
+        assert!(read_npy_bytes(&bytes, "long.npy").is_err(), "trailing bytes must be rejected");
     }
 
     #[test]
     fn malformed_headers_are_errors_not_panics() {
-        let huge =
-            "{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776, 1099511627776), }";
+        let huge = "{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776, 1099511627776), }";
         let cases: Vec<Vec<u8>> = vec![
             Vec::new(),
             b"\x93NUMPY".to_vec(),
             b"\x93NUMPY\x01\x00\xff\xff{".to_vec(),
             b"\x93NUMPY\x09\x00\x00\x00".to_vec(),
             npy_with_header(huge, &[]),
-            npy_with_header(
-                "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999999,), }",
-                &[],
-            ),
+            npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999999,), }", &[]),
             npy_with_header("{'descr': '<f4', 'shape': (1,), }", &[0; 4]),
-            npy_with_header(
-                "{'descr': '<f4', 'fortran_order': 0, 'shape': (1,), }",
-                &[0; 4],
-            ),
-            npy_with_header(
-                "{'descr': '<f4', 'fortran_order': False, 'shape': (1,), 'x': 1}",
-                &[0; 4],
-            ),
+            npy_with_header("{'descr': '<f4', 'fortran_order': 0, 'shape': (1,), }", &[0; 4]),
+            npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (1,), 'x': 1}", &[0; 4]),
             npy_with_header(&format!("{{'descr': {}", "(".repeat(1000)), &[]),
             npy_with_header("{'descr': '<f4", &[]),
         ];
@@ -620,10 +532,7 @@ mod tests {
             let Err(err) = result else {
                 panic!("accepted {:?}", String::from_utf8_lossy(&bytes));
             };
-            assert!(
-                err.to_string().starts_with("bad.npy: "),
-                "message was: {err}"
-            );
+            assert!(err.to_string().starts_with("bad.npy: "), "message was: {err}");
         }
     }
 
@@ -631,18 +540,12 @@ mod tests {
     fn missing_file_error_names_the_path() {
         let path = temp_path("does-not-exist.npy");
         let err = read_npy(&path).expect_err("no such file");
-        assert!(
-            err.to_string().contains(&path.display().to_string()),
-            "message was: {err}"
-        );
+        assert!(err.to_string().contains(&path.display().to_string()), "message was: {err}");
     }
 
     #[test]
     fn refuses_to_write_an_array_whose_data_does_not_fill_its_shape() {
-        let malformed = Array {
-            shape: vec![2, 2],
-            data: Data::I64(vec![1, 2, 3]),
-        };
+        let malformed = Array { shape: vec![2, 2], data: Data::I64(vec![1, 2, 3]) };
         let err = write_npy_bytes(&malformed, "bad.npy").expect_err("inconsistent array");
         assert!(err.to_string().contains("bad.npy"), "message was: {err}");
     }

@@ -48,7 +48,14 @@ pub struct Row {
 
 impl Row {
     /// A compared tap.
-    pub fn compared(case: &str, mode: &str, tap: &str, c: &Comparison, location: Option<String>, detail: String) -> Row {
+    pub fn compared(
+        case: &str,
+        mode: &str,
+        tap: &str,
+        c: &Comparison,
+        location: Option<String>,
+        detail: String,
+    ) -> Row {
         let passed = c.passed();
         Row {
             case: case.into(),

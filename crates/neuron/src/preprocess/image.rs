@@ -58,7 +58,10 @@ fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage> {
         }
     };
     ensure!(image.width > 0 && image.height > 0, "the image is {}×{}: it has no pixels", image.width, image.height);
-    ensure!(image.data.len() == image.width * image.height * 3, "the JPEG decoded to fewer rows than its header promises");
+    ensure!(
+        image.data.len() == image.width * image.height * 3,
+        "the JPEG decoded to fewer rows than its header promises"
+    );
     Ok(image)
 }
 
@@ -69,8 +72,12 @@ pub fn to_rgb(decoded: DynamicImage) -> Result<RgbImage> {
     let data = match decoded {
         DynamicImage::ImageRgb8(img) => img.into_raw(),
         DynamicImage::ImageLuma8(img) => img.into_raw().iter().flat_map(|&l| [l, l, l]).collect(),
-        DynamicImage::ImageRgba8(img) => composite_on_white(img.as_raw().chunks_exact(4).map(|p| [p[0], p[1], p[2], p[3]])),
-        DynamicImage::ImageLumaA8(img) => composite_on_white(img.as_raw().chunks_exact(2).map(|p| [p[0], p[0], p[0], p[1]])),
+        DynamicImage::ImageRgba8(img) => {
+            composite_on_white(img.as_raw().chunks_exact(4).map(|p| [p[0], p[1], p[2], p[3]]))
+        }
+        DynamicImage::ImageLumaA8(img) => {
+            composite_on_white(img.as_raw().chunks_exact(2).map(|p| [p[0], p[0], p[0], p[1]]))
+        }
         other => bail!(
             "the image has {:?} pixels; only 8-bit grayscale, RGB and their alpha variants are reproduced exactly",
             other.color()
@@ -107,7 +114,13 @@ fn composite_on_white(pixels: impl Iterator<Item = [u8; 4]>) -> Vec<u8> {
 /// (patch × merge) and whose area lies in [min_pixels, max_pixels], keeping the aspect ratio.
 /// Python's `round` (half to even), `floor` and `ceil` on f64, as the reference computes.
 /// Returns (height, width).
-pub fn smart_resize(height: usize, width: usize, factor: usize, min_pixels: usize, max_pixels: usize) -> Result<(usize, usize)> {
+pub fn smart_resize(
+    height: usize,
+    width: usize,
+    factor: usize,
+    min_pixels: usize,
+    max_pixels: usize,
+) -> Result<(usize, usize)> {
     let (h, w, f) = (height as f64, width as f64, factor as f64);
     let ratio = h.max(w) / h.min(w);
     ensure!(ratio <= 200.0, "absolute aspect ratio must be smaller than 200, got {ratio}");
@@ -139,7 +152,11 @@ pub fn target_size(img: &RgbImage, cfg: &ImageProcessorConfig) -> Result<(usize,
 
 /// Resize to (height, width), normalise and patchify one RGB image. The size must tile into
 /// whole merge blocks of patches (the reference's reshape fails otherwise; we say why).
-pub fn pixel_values_at(img: &RgbImage, (height, width): (usize, usize), cfg: &ImageProcessorConfig) -> Result<ImagePatches> {
+pub fn pixel_values_at(
+    img: &RgbImage,
+    (height, width): (usize, usize),
+    cfg: &ImageProcessorConfig,
+) -> Result<ImagePatches> {
     let block = cfg.patch_size * cfg.merge_size;
     ensure!(
         height > 0 && width > 0 && height % block == 0 && width % block == 0,

@@ -72,11 +72,7 @@ impl AxisWeights {
     fn new(input_size: usize, output_size: usize) -> Self {
         const INTERP_SIZE: f64 = 4.0;
         let scale = input_size as f64 / output_size as f64;
-        let support = if scale >= 1.0 {
-            (INTERP_SIZE * 0.5) * scale
-        } else {
-            INTERP_SIZE * 0.5
-        };
+        let support = if scale >= 1.0 { (INTERP_SIZE * 0.5) * scale } else { INTERP_SIZE * 0.5 };
         let ksize = support.ceil() as usize * 2 + 1;
         let invscale = if scale >= 1.0 { 1.0 / scale } else { 1.0 };
 
@@ -88,10 +84,8 @@ impl AxisWeights {
             let center = scale * (i as f64 + 0.5);
             // `static_cast<int64_t>` truncates toward zero, then the bounds are clamped.
             let xmin = ((center - support + 0.5) as i64).max(0);
-            let xsize = ((center + support + 0.5) as i64)
-                .min(input_size as i64)
-                .saturating_sub(xmin)
-                .clamp(0, ksize as i64);
+            let xsize =
+                ((center + support + 0.5) as i64).min(input_size as i64).saturating_sub(xmin).clamp(0, ksize as i64);
             let w = &mut weights_f64[i * ksize..(i + 1) * ksize];
             let mut total = 0.0f64;
             for (j, wj) in w.iter_mut().enumerate().take(xsize as usize) {
@@ -121,21 +115,11 @@ impl AxisWeights {
             .iter()
             .map(|&w| {
                 let v = w * unit;
-                let rounded = if v < 0.0 {
-                    (-0.5 + v) as i32
-                } else {
-                    (0.5 + v) as i32
-                };
+                let rounded = if v < 0.0 { (-0.5 + v) as i32 } else { (0.5 + v) as i32 };
                 rounded as i16
             })
             .collect();
-        Self {
-            starts,
-            lens,
-            ksize,
-            weights,
-            precision,
-        }
+        Self { starts, lens, ksize, weights, precision }
     }
 
     /// The taps of output index `i`: first input index and int16 weights.
@@ -160,10 +144,7 @@ const CHANNELS: usize = 3;
 fn resample_horizontal(src: &[u8], width: usize, height: usize, new_width: usize) -> Vec<u8> {
     let axis = AxisWeights::new(width, new_width);
     let mut out = vec![0u8; new_width * height * CHANNELS];
-    for (row_in, row_out) in src
-        .chunks_exact(width * CHANNELS)
-        .zip(out.chunks_exact_mut(new_width * CHANNELS))
-    {
+    for (row_in, row_out) in src.chunks_exact(width * CHANNELS).zip(out.chunks_exact_mut(new_width * CHANNELS)) {
         for (x, px_out) in row_out.chunks_exact_mut(CHANNELS).enumerate() {
             let (xmin, w) = axis.taps(x);
             let mut acc = [axis.rounding(); CHANNELS];
@@ -234,11 +215,7 @@ pub fn resize_bicubic_antialias_u8(
     );
     // torchvision returns the input tensor itself when the size is unchanged; torch skips
     // the pass of each axis whose size is unchanged.
-    let horizontal = if new_width != width {
-        Some(resample_horizontal(src, width, height, new_width))
-    } else {
-        None
-    };
+    let horizontal = if new_width != width { Some(resample_horizontal(src, width, height, new_width)) } else { None };
     let after_h = horizontal.as_deref().unwrap_or(src);
     if new_height != height {
         resample_vertical(after_h, new_width, height, new_height)
@@ -281,60 +258,44 @@ mod tests {
 
     /// 7x5 RGB noise, HWC: numpy `default_rng(7).integers(0, 256, (5, 7, 3), dtype=uint8)`.
     const NOISE_7X5: [u8; 105] = [
-        139, 74, 229, 241, 169, 65, 6, 160, 149, 106, 38, 175, 188, 205, 175, 229, 98, 249, 10,
-        148, 95, 86, 147, 198, 66, 39, 106, 213, 171, 45, 167, 57, 69, 81, 55, 14, 153, 178, 215,
-        76, 52, 39, 250, 72, 215, 50, 161, 223, 112, 172, 161, 233, 38, 17, 89, 1, 221, 6, 242,
-        127, 143, 6, 60, 210, 94, 25, 166, 33, 249, 189, 12, 204, 33, 57, 124, 30, 199, 149, 202,
-        119, 72, 220, 3, 209, 122, 136, 147, 77, 133, 82, 115, 87, 162, 230, 70, 71, 240, 62, 47,
-        184, 31, 34, 63, 65, 146,
+        139, 74, 229, 241, 169, 65, 6, 160, 149, 106, 38, 175, 188, 205, 175, 229, 98, 249, 10, 148, 95, 86, 147, 198,
+        66, 39, 106, 213, 171, 45, 167, 57, 69, 81, 55, 14, 153, 178, 215, 76, 52, 39, 250, 72, 215, 50, 161, 223, 112,
+        172, 161, 233, 38, 17, 89, 1, 221, 6, 242, 127, 143, 6, 60, 210, 94, 25, 166, 33, 249, 189, 12, 204, 33, 57,
+        124, 30, 199, 149, 202, 119, 72, 220, 3, 209, 122, 136, 147, 77, 133, 82, 115, 87, 162, 230, 70, 71, 240, 62,
+        47, 184, 31, 34, 63, 65, 146,
     ];
 
     /// torch 2.15.0 / torchvision 0.29.2 on CPU (AVX-512 machine): `NOISE_7X5` resized to 3x4.
     const NOISE_7X5_TO_3X4: [u8; 36] = [
-        142, 124, 135, 123, 117, 142, 138, 132, 165, 113, 122, 163, 157, 84, 72, 87, 103, 111, 177,
-        79, 182, 99, 83, 149, 133, 100, 132, 118, 107, 129, 174, 75, 100, 161, 56, 87,
+        142, 124, 135, 123, 117, 142, 138, 132, 165, 113, 122, 163, 157, 84, 72, 87, 103, 111, 177, 79, 182, 99, 83,
+        149, 133, 100, 132, 118, 107, 129, 174, 75, 100, 161, 56, 87,
     ];
 
     /// torch 2.15.0 / torchvision 0.29.2 on CPU (AVX-512 machine): `NOISE_7X5` resized to 11x9.
     const NOISE_7X5_TO_11X9: [u8; 297] = [
-        136, 60, 244, 204, 116, 155, 244, 184, 61, 45, 175, 130, 2, 109, 173, 101, 36, 184, 167,
-        161, 183, 218, 200, 207, 242, 97, 254, 102, 123, 166, 0, 161, 89, 114, 94, 230, 157, 108,
-        156, 189, 133, 69, 93, 164, 100, 73, 121, 131, 121, 44, 148, 144, 123, 124, 178, 163, 153,
-        217, 121, 242, 107, 119, 153, 17, 123, 67, 83, 152, 206, 76, 96, 160, 87, 48, 91, 176, 147,
-        55, 199, 141, 58, 159, 56, 80, 105, 52, 24, 104, 95, 65, 164, 168, 216, 113, 112, 128, 62,
-        53, 30, 159, 121, 217, 100, 101, 194, 45, 94, 152, 142, 169, 104, 206, 146, 60, 211, 49,
-        33, 125, 8, 67, 68, 60, 123, 72, 213, 179, 92, 117, 99, 107, 17, 26, 255, 66, 214, 164,
-        108, 222, 46, 165, 220, 84, 182, 186, 163, 130, 100, 233, 38, 17, 148, 0, 154, 56, 60, 216,
-        5, 237, 136, 82, 117, 83, 153, 0, 55, 246, 77, 88, 191, 82, 167, 119, 87, 255, 148, 81,
-        221, 145, 62, 147, 109, 47, 79, 57, 95, 161, 50, 145, 182, 103, 185, 98, 168, 77, 121, 208,
-        0, 154, 204, 102, 11, 185, 74, 115, 164, 31, 243, 191, 11, 222, 139, 19, 174, 40, 59, 125,
-        24, 160, 135, 81, 189, 119, 199, 116, 65, 219, 44, 147, 211, 5, 221, 148, 127, 105, 127,
-        117, 114, 106, 97, 132, 128, 69, 172, 150, 58, 151, 169, 67, 89, 177, 97, 77, 186, 97, 61,
-        198, 54, 39, 146, 46, 115, 102, 49, 178, 118, 139, 164, 94, 142, 116, 70, 138, 70, 89, 106,
-        143, 157, 83, 136, 246, 71, 67, 255, 58, 45, 244, 42, 32, 192, 23, 27, 101, 49, 95, 40, 72,
-        149,
+        136, 60, 244, 204, 116, 155, 244, 184, 61, 45, 175, 130, 2, 109, 173, 101, 36, 184, 167, 161, 183, 218, 200,
+        207, 242, 97, 254, 102, 123, 166, 0, 161, 89, 114, 94, 230, 157, 108, 156, 189, 133, 69, 93, 164, 100, 73, 121,
+        131, 121, 44, 148, 144, 123, 124, 178, 163, 153, 217, 121, 242, 107, 119, 153, 17, 123, 67, 83, 152, 206, 76,
+        96, 160, 87, 48, 91, 176, 147, 55, 199, 141, 58, 159, 56, 80, 105, 52, 24, 104, 95, 65, 164, 168, 216, 113,
+        112, 128, 62, 53, 30, 159, 121, 217, 100, 101, 194, 45, 94, 152, 142, 169, 104, 206, 146, 60, 211, 49, 33, 125,
+        8, 67, 68, 60, 123, 72, 213, 179, 92, 117, 99, 107, 17, 26, 255, 66, 214, 164, 108, 222, 46, 165, 220, 84, 182,
+        186, 163, 130, 100, 233, 38, 17, 148, 0, 154, 56, 60, 216, 5, 237, 136, 82, 117, 83, 153, 0, 55, 246, 77, 88,
+        191, 82, 167, 119, 87, 255, 148, 81, 221, 145, 62, 147, 109, 47, 79, 57, 95, 161, 50, 145, 182, 103, 185, 98,
+        168, 77, 121, 208, 0, 154, 204, 102, 11, 185, 74, 115, 164, 31, 243, 191, 11, 222, 139, 19, 174, 40, 59, 125,
+        24, 160, 135, 81, 189, 119, 199, 116, 65, 219, 44, 147, 211, 5, 221, 148, 127, 105, 127, 117, 114, 106, 97,
+        132, 128, 69, 172, 150, 58, 151, 169, 67, 89, 177, 97, 77, 186, 97, 61, 198, 54, 39, 146, 46, 115, 102, 49,
+        178, 118, 139, 164, 94, 142, 116, 70, 138, 70, 89, 106, 143, 157, 83, 136, 246, 71, 67, 255, 58, 45, 244, 42,
+        32, 192, 23, 27, 101, 49, 95, 40, 72, 149,
     ];
 
     #[test]
     fn a_constant_image_stays_constant_at_every_size() {
         for &(w, h) in &[(1usize, 1usize), (7, 5), (37, 53), (64, 64)] {
             let src: Vec<u8> = [17u8, 128, 250].repeat(w * h);
-            for &(nw, nh) in &[
-                (1usize, 1usize),
-                (3, 4),
-                (w, h),
-                (11, 9),
-                (w * 3, h),
-                (5, h * 2),
-            ] {
+            for &(nw, nh) in &[(1usize, 1usize), (3, 4), (w, h), (11, 9), (w * 3, h), (5, h * 2)] {
                 let out = resize_bicubic_antialias_u8(&src, w, h, nw, nh);
                 let expected: Vec<u8> = [17u8, 128, 250].repeat(nw * nh);
-                assert_same_pixels(
-                    &out,
-                    &expected,
-                    nw,
-                    &format!("constant {w}x{h} -> {nw}x{nh}"),
-                );
+                assert_same_pixels(&out, &expected, nw, &format!("constant {w}x{h} -> {nw}x{nh}"));
             }
         }
     }
@@ -355,16 +316,8 @@ mod tests {
         // >= 2^15, so precision 16 and int16 weights [30060, 30060, 7853, -2437].
         let axis = AxisWeights::new(4, 2);
         assert_eq!(axis.precision, 16, "precision");
-        assert_eq!(
-            axis.taps(0),
-            (0, &[30060i16, 30060, 7853, -2437][..]),
-            "taps of output 0"
-        );
-        assert_eq!(
-            axis.taps(1),
-            (0, &[-2437i16, 7853, 30060, 30060][..]),
-            "taps of output 1"
-        );
+        assert_eq!(axis.taps(0), (0, &[30060i16, 30060, 7853, -2437][..]), "taps of output 0");
+        assert_eq!(axis.taps(1), (0, &[-2437i16, 7853, 30060, 30060][..]), "taps of output 1");
         // Inputs 0, 100, 200, 40 (grey):
         // (32768 + 100*30060 + 200*7853 - 40*2437) >> 16 = 4511888 >> 16 = 68, and
         // (32768 + 100*7853 + 200*30060 + 40*30060) >> 16 = 8032468 >> 16 = 122;
@@ -384,9 +337,7 @@ mod tests {
             let v = if x < 3 { 0u8 } else { 255 };
             src.extend_from_slice(&[v, v, v]);
         }
-        let row = [
-            0u8, 0, 0, 0, 0, 0, 0, 0, 76, 179, 255, 255, 255, 255, 255, 255, 255, 255,
-        ];
+        let row = [0u8, 0, 0, 0, 0, 0, 0, 0, 76, 179, 255, 255, 255, 255, 255, 255, 255, 255];
         let expected: Vec<u8> = row.iter().flat_map(|&v| [v, v, v]).collect();
         let out = resize_bicubic_antialias_u8(&src, 6, 1, 18, 1);
         assert_same_pixels(&out, &expected, 18, "edge 6x1 -> 18x1");

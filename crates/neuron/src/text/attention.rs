@@ -27,7 +27,11 @@ impl TextRotary {
         };
         let dim = (cfg.head_dim as f64 * partial) as usize;
         ensure!(section.len() == 3, "mrope_section {section:?} must have three entries (t, h, w)");
-        ensure!(section.iter().sum::<usize>() == dim / 2, "mrope_section {section:?} must sum to rotary dim / 2 = {}", dim / 2);
+        ensure!(
+            section.iter().sum::<usize>() == dim / 2,
+            "mrope_section {section:?} must sum to rotary dim / 2 = {}",
+            dim / 2
+        );
         let base = theta as f32;
         let inv_freq = crate::rope::inv_freq(base, dim);
         let axis = frequency_axes(&section, inv_freq.len());

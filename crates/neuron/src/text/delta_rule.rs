@@ -757,14 +757,22 @@ mod tests {
     fn torch_summation_orders_hold_at_the_kernels_boundaries() {
         for (n, seed, bits) in [(5usize, 2usize, 0xc0b420a0u32), (8, 2, 0x3efb1624)] {
             let got = torch_inner_sum(&spread_values(n, seed));
-            assert!(got.to_bits() == bits, "inner sum of {n} values (seed {seed}): {:#x}, PyTorch {bits:#x}", got.to_bits());
+            assert!(
+                got.to_bits() == bits,
+                "inner sum of {n} values (seed {seed}): {:#x}, PyTorch {bits:#x}",
+                got.to_bits()
+            );
         }
         let (rows, cols) = ((1 << 19) + 12345, 32);
         let m = spread_values(rows * cols, 3);
         let mut got = vec![0f32; cols];
         torch_outer_sum(rows, cols, |r, c| m[r * cols + c], &mut got);
         for (c, (&g, &b)) in got.iter().zip(&TORCH_OUTER_LONG).enumerate() {
-            assert!(g.to_bits() == b, "column {c} of the [{rows}, {cols}] outer sum: {:#x}, PyTorch {b:#x}", g.to_bits());
+            assert!(
+                g.to_bits() == b,
+                "column {c} of the [{rows}, {cols}] outer sum: {:#x}, PyTorch {b:#x}",
+                g.to_bits()
+            );
         }
     }
 

@@ -67,7 +67,11 @@ impl DecoderLayer {
         Ok(DecoderLayer {
             input_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
             mixer,
-            post_attention_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
+            post_attention_layernorm: RmsNorm::new(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                vb.pp("post_attention_layernorm"),
+            )?,
             mlp: Mlp::new(cfg, vb.pp("mlp"))?,
         })
     }
@@ -157,11 +161,19 @@ impl TextModel {
         Self::assemble(cfg, vb, Embedding::Mapped(checkpoint), lm_head, true)
     }
 
-    fn assemble(cfg: &TextConfig, vb: VarBuilder<'static>, embed_tokens: Embedding, lm_head: Head, streamed: bool) -> Result<Self> {
+    fn assemble(
+        cfg: &TextConfig,
+        vb: VarBuilder<'static>,
+        embed_tokens: Embedding,
+        lm_head: Head,
+        streamed: bool,
+    ) -> Result<Self> {
         let lm = vb.pp("model.language_model");
         let layers = {
             let (cfg, lm, types) = (cfg.clone(), lm.clone(), cfg.layer_types());
-            Stack::new(types.len(), streamed, move |i| DecoderLayer::new(&cfg, &types[i], lm.pp(format!("layers.{i}"))))?
+            Stack::new(types.len(), streamed, move |i| {
+                DecoderLayer::new(&cfg, &types[i], lm.pp(format!("layers.{i}")))
+            })?
         };
         Ok(TextModel {
             embed_tokens,

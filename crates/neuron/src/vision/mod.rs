@@ -81,10 +81,8 @@ impl VisionRotary {
         let mut cos = Vec::with_capacity(positions.len() * head_dim);
         let mut sin = Vec::with_capacity(positions.len() * head_dim);
         for [row, col] in positions {
-            let angles: Vec<f32> = [*row, *col]
-                .iter()
-                .flat_map(|&p| self.inv_freq.iter().map(move |f| p as f32 * f))
-                .collect();
+            let angles: Vec<f32> =
+                [*row, *col].iter().flat_map(|&p| self.inv_freq.iter().map(move |f| p as f32 * f)).collect();
             for _ in 0..2 {
                 cos.extend(angles.iter().map(|a| a.cos()));
                 sin.extend(angles.iter().map(|a| a.sin()));

@@ -65,10 +65,8 @@ pub fn pos_embed_interpolation(grids: &[Grid], side: usize, merge: usize) -> Int
     };
     let mut indices = Vec::new();
     let mut weights = Vec::new();
-    for (grid, (row, col)) in grids
-        .iter()
-        .flat_map(|g| std::iter::repeat_n(*g, g.patches()))
-        .zip(patch_rows_cols(grids, merge))
+    for (grid, (row, col)) in
+        grids.iter().flat_map(|g| std::iter::repeat_n(*g, g.patches())).zip(patch_rows_cols(grids, merge))
     {
         let (h_taps, h_w) = axis(row, grid.h);
         let (w_taps, w_w) = axis(col, grid.w);

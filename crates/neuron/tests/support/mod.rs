@@ -25,17 +25,8 @@ fn manifest() -> &'static Manifest {
 fn run(case: &str, mode: Mode) -> Arc<Result<Run, String>> {
     type Slot = Arc<OnceLock<Arc<Result<Run, String>>>>;
     static RUNS: OnceLock<Mutex<HashMap<(String, Mode), Slot>>> = OnceLock::new();
-    let slot = RUNS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap()
-        .entry((case.to_owned(), mode))
-        .or_default()
-        .clone();
-    slot.get_or_init(|| {
-        Arc::new(replay::run(manifest(), case, mode).map_err(|e| format!("{e:#}")))
-    })
-    .clone()
+    let slot = RUNS.get_or_init(Default::default).lock().unwrap().entry((case.to_owned(), mode)).or_default().clone();
+    slot.get_or_init(|| Arc::new(replay::run(manifest(), case, mode).map_err(|e| format!("{e:#}")))).clone()
 }
 
 /// A case declared without dumps (a checkpoint outside the repository that was never
