@@ -40,7 +40,7 @@ fn main() -> Result<()> {
         return vision_only(&args, &config);
     }
     let started = Instant::now();
-    let model = Model::new(&config, neuron::weights::var_builder(&args.model_dir)?)?;
+    let model = Model::load(&args.model_dir, &config, neuron::model::Residency::Resident)?;
     let load_seconds = started.elapsed().as_secs_f64();
 
     let processed = Processor::from_dir(&args.model_dir)?.process(&[args.image.as_path()], &args.prompt)?;
@@ -142,7 +142,7 @@ fn matmul_flops(dir: &Path, cfg: &Config, patches: usize, tokens: usize) -> Resu
     let v = &cfg.vision_config;
     vision += (v.depth * 2 * 2 * patches * patches * v.hidden_size) as f64;
     let t = &cfg.text_config;
-    let full_layers = t.layer_types().iter().filter(|l| *l == "full_attention").count();
+    let full_layers = t.layer_types().iter().filter(|l| **l == neuron::config::LayerType::FullAttention).count();
     text += (full_layers * 2 * 2 * tokens * tokens * t.num_attention_heads * t.head_dim) as f64;
     Ok((vision, text))
 }

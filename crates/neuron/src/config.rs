@@ -2,30 +2,44 @@
 //!
 //! Field names are the checkpoint's; serde defaults equal transformers' defaults
 //! (`transformers/models/qwen3_5/configuration_qwen3_5.py`), so a config that omits a field
-//! means here what it means there.
+//! means here what it means there. Each struct takes its omitted fields from its `Default`,
+//! which lists transformers' values one per line.
 
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-/// Mirrors `Qwen3_5Config`.
+/// Mirrors `Qwen3_5Config`. Omitted sub-configs are their defaults, as in transformers.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
 pub struct Config {
     pub text_config: TextConfig,
     pub vision_config: VisionConfig,
-    #[serde(default = "defaults::image_token_id")]
     pub image_token_id: u32,
-    #[serde(default = "defaults::video_token_id")]
     pub video_token_id: u32,
-    #[serde(default = "defaults::vision_start_token_id")]
     pub vision_start_token_id: u32,
-    #[serde(default = "defaults::vision_end_token_id")]
     pub vision_end_token_id: u32,
-    #[serde(default)]
+    /// Read from the top level, as `PreTrainedModel.get_expanded_tied_weights_keys` reads
+    /// `self.config.tie_word_embeddings` of `Qwen3_5ForConditionalGeneration` (the text
+    /// config's copy of the field is not consulted there, so it is not read here either).
     pub tie_word_embeddings: bool,
-    #[serde(default)]
     pub model_type: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            text_config: TextConfig::default(),
+            vision_config: VisionConfig::default(),
+            image_token_id: 248056,
+            video_token_id: 248057,
+            vision_start_token_id: 248053,
+            vision_end_token_id: 248054,
+            tie_word_embeddings: false,
+            model_type: None,
+        }
+    }
 }
 
 impl Config {
@@ -46,38 +60,53 @@ impl Config {
 
 /// Mirrors `Qwen3_5VisionConfig`.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
 pub struct VisionConfig {
-    #[serde(default = "defaults::depth")]
     pub depth: usize,
-    #[serde(default = "defaults::vision_hidden_size")]
     pub hidden_size: usize,
-    #[serde(default = "defaults::vision_hidden_act")]
     pub hidden_act: String,
-    #[serde(default = "defaults::vision_intermediate_size")]
     pub intermediate_size: usize,
-    #[serde(default = "defaults::num_heads")]
     pub num_heads: usize,
-    #[serde(default = "defaults::in_channels")]
     pub in_channels: usize,
-    #[serde(default = "defaults::patch_size")]
     pub patch_size: usize,
-    #[serde(default = "defaults::spatial_merge_size")]
     pub spatial_merge_size: usize,
-    #[serde(default = "defaults::temporal_patch_size")]
     pub temporal_patch_size: usize,
-    #[serde(default = "defaults::out_hidden_size")]
     pub out_hidden_size: usize,
-    #[serde(default = "defaults::num_position_embeddings")]
     pub num_position_embeddings: usize,
     /// transformers fills `{"rope_type": "axial", "rope_theta": 10000.0}` when absent.
-    #[serde(default)]
-    pub rope_parameters: Option<VisionRopeParameters>,
+    pub rope_parameters: VisionRopeParameters,
 }
 
+impl Default for VisionConfig {
+    fn default() -> Self {
+        VisionConfig {
+            depth: 27,
+            hidden_size: 1152,
+            hidden_act: "gelu_pytorch_tanh".into(),
+            intermediate_size: 4304,
+            num_heads: 16,
+            in_channels: 3,
+            patch_size: 16,
+            spatial_merge_size: 2,
+            temporal_patch_size: 2,
+            out_hidden_size: 3584,
+            num_position_embeddings: 2304,
+            rope_parameters: VisionRopeParameters::default(),
+        }
+    }
+}
+
+/// The vision tower's `rope_parameters` (`compute_axial_rope_parameters`).
 #[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
 pub struct VisionRopeParameters {
-    #[serde(default = "defaults::rope_theta")]
     pub rope_theta: f64,
+}
+
+impl Default for VisionRopeParameters {
+    fn default() -> Self {
+        VisionRopeParameters { rope_theta: 10000.0 }
+    }
 }
 
 impl VisionConfig {
@@ -88,7 +117,7 @@ impl VisionConfig {
 
     /// The rotary base of the vision attention (`compute_axial_rope_parameters`).
     pub fn rope_theta(&self) -> f64 {
-        self.rope_parameters.as_ref().map_or(defaults::rope_theta(), |r| r.rope_theta)
+        self.rope_parameters.rope_theta
     }
 
     /// Side of the square learned position-embedding grid (`num_grid_per_side`).
@@ -119,168 +148,128 @@ impl VisionConfig {
     }
 }
 
-/// Mirrors `Qwen3_5TextConfig`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct TextConfig {
-    #[serde(default = "defaults::vocab_size")]
-    pub vocab_size: usize,
-    #[serde(default = "defaults::hidden_size")]
-    pub hidden_size: usize,
-    #[serde(default = "defaults::intermediate_size")]
-    pub intermediate_size: usize,
-    #[serde(default = "defaults::num_hidden_layers")]
-    pub num_hidden_layers: usize,
-    #[serde(default = "defaults::num_attention_heads")]
-    pub num_attention_heads: usize,
-    #[serde(default = "defaults::num_key_value_heads")]
-    pub num_key_value_heads: usize,
-    #[serde(default = "defaults::head_dim")]
-    pub head_dim: usize,
-    #[serde(default = "defaults::rms_norm_eps")]
-    pub rms_norm_eps: f64,
-    #[serde(default = "defaults::linear_conv_kernel_dim")]
-    pub linear_conv_kernel_dim: usize,
-    #[serde(default = "defaults::linear_key_head_dim")]
-    pub linear_key_head_dim: usize,
-    #[serde(default = "defaults::linear_value_head_dim")]
-    pub linear_value_head_dim: usize,
-    #[serde(default = "defaults::linear_num_key_heads")]
-    pub linear_num_key_heads: usize,
-    #[serde(default = "defaults::linear_num_value_heads")]
-    pub linear_num_value_heads: usize,
-    #[serde(default)]
-    pub layer_types: Option<Vec<String>>,
-    #[serde(default = "defaults::full_attention_interval")]
-    pub full_attention_interval: usize,
-    #[serde(default)]
-    pub rope_parameters: Option<TextRopeParameters>,
-    #[serde(default)]
-    pub attention_bias: bool,
-    #[serde(default)]
-    pub tie_word_embeddings: bool,
+/// The mixer of a decoder layer (`Qwen3_5TextConfig.layer_types`); any other string in
+/// `config.json` is rejected when it is parsed, with serde's message naming the variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LayerType {
+    /// `Qwen3_5GatedDeltaNet`.
+    LinearAttention,
+    /// `Qwen3_5Attention`.
+    FullAttention,
 }
 
+/// Mirrors `Qwen3_5TextConfig`.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct TextConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub linear_conv_kernel_dim: usize,
+    pub linear_key_head_dim: usize,
+    pub linear_value_head_dim: usize,
+    pub linear_num_key_heads: usize,
+    pub linear_num_value_heads: usize,
+    pub layer_types: Option<Vec<LayerType>>,
+    /// Only read when `layer_types` is absent (`__post_init__` pops it from the kwargs).
+    pub full_attention_interval: usize,
+    pub rope_parameters: TextRopeParameters,
+    pub attention_bias: bool,
+    /// The end-of-sequence token(s) `generate` stops at.
+    pub eos_token_id: Option<EosTokenId>,
+}
+
+impl Default for TextConfig {
+    fn default() -> Self {
+        TextConfig {
+            vocab_size: 248320,
+            hidden_size: 4096,
+            intermediate_size: 12288,
+            num_hidden_layers: 32,
+            num_attention_heads: 16,
+            num_key_value_heads: 4,
+            head_dim: 256,
+            rms_norm_eps: 1e-6,
+            linear_conv_kernel_dim: 4,
+            linear_key_head_dim: 128,
+            linear_value_head_dim: 128,
+            linear_num_key_heads: 16,
+            linear_num_value_heads: 32,
+            layer_types: None,
+            full_attention_interval: 4,
+            rope_parameters: TextRopeParameters::default(),
+            attention_bias: false,
+            eos_token_id: None,
+        }
+    }
+}
+
+/// `eos_token_id`: one id or a list, as transformers accepts both.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum EosTokenId {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl EosTokenId {
+    /// The ids as a list.
+    pub fn ids(&self) -> Vec<u32> {
+        match self {
+            EosTokenId::One(id) => vec![*id],
+            EosTokenId::Many(ids) => ids.clone(),
+        }
+    }
+}
+
+/// The text model's `rope_parameters` (interleaved M-RoPE).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
 pub struct TextRopeParameters {
-    #[serde(default = "defaults::rope_theta")]
     pub rope_theta: f64,
-    #[serde(default = "defaults::partial_rotary_factor")]
+    /// `kwargs.setdefault("partial_rotary_factor", 0.25)` in `__post_init__`.
     pub partial_rotary_factor: f64,
-    #[serde(default = "defaults::mrope_section")]
     pub mrope_section: Vec<usize>,
+}
+
+impl Default for TextRopeParameters {
+    fn default() -> Self {
+        TextRopeParameters { rope_theta: 10000.0, partial_rotary_factor: 0.25, mrope_section: vec![11, 11, 10] }
+    }
 }
 
 impl TextConfig {
     /// `layer_types`, or the pattern transformers derives from `full_attention_interval`:
     /// every interval-th layer is full attention, the others linear attention.
-    pub fn layer_types(&self) -> Vec<String> {
+    pub fn layer_types(&self) -> Vec<LayerType> {
         self.layer_types.clone().unwrap_or_else(|| {
             (0..self.num_hidden_layers)
                 .map(|i| {
-                    if (i + 1) % self.full_attention_interval == 0 { "full_attention" } else { "linear_attention" }
-                        .to_string()
+                    if (i + 1) % self.full_attention_interval == 0 {
+                        LayerType::FullAttention
+                    } else {
+                        LayerType::LinearAttention
+                    }
                 })
                 .collect()
         })
     }
-}
 
-mod defaults {
-    pub fn image_token_id() -> u32 {
-        248056
+    /// The rotated dims of each attention head: `head_dim · partial_rotary_factor` (64 of 256).
+    pub fn rotary_dim(&self) -> usize {
+        (self.head_dim as f64 * self.rope_parameters.partial_rotary_factor) as usize
     }
-    pub fn video_token_id() -> u32 {
-        248057
-    }
-    pub fn vision_start_token_id() -> u32 {
-        248053
-    }
-    pub fn vision_end_token_id() -> u32 {
-        248054
-    }
-    pub fn depth() -> usize {
-        27
-    }
-    pub fn vision_hidden_size() -> usize {
-        1152
-    }
-    pub fn vision_hidden_act() -> String {
-        "gelu_pytorch_tanh".into()
-    }
-    pub fn vision_intermediate_size() -> usize {
-        4304
-    }
-    pub fn num_heads() -> usize {
-        16
-    }
-    pub fn in_channels() -> usize {
-        3
-    }
-    pub fn patch_size() -> usize {
-        16
-    }
-    pub fn spatial_merge_size() -> usize {
-        2
-    }
-    pub fn temporal_patch_size() -> usize {
-        2
-    }
-    pub fn out_hidden_size() -> usize {
-        3584
-    }
-    pub fn num_position_embeddings() -> usize {
-        2304
-    }
-    pub fn rope_theta() -> f64 {
-        10000.0
-    }
-    pub fn partial_rotary_factor() -> f64 {
-        0.25
-    }
-    pub fn mrope_section() -> Vec<usize> {
-        vec![11, 11, 10]
-    }
-    pub fn vocab_size() -> usize {
-        248320
-    }
-    pub fn hidden_size() -> usize {
-        4096
-    }
-    pub fn intermediate_size() -> usize {
-        12288
-    }
-    pub fn num_hidden_layers() -> usize {
-        32
-    }
-    pub fn num_attention_heads() -> usize {
-        16
-    }
-    pub fn num_key_value_heads() -> usize {
-        4
-    }
-    pub fn head_dim() -> usize {
-        256
-    }
-    pub fn rms_norm_eps() -> f64 {
-        1e-6
-    }
-    pub fn linear_conv_kernel_dim() -> usize {
-        4
-    }
-    pub fn linear_key_head_dim() -> usize {
-        128
-    }
-    pub fn linear_value_head_dim() -> usize {
-        128
-    }
-    pub fn linear_num_key_heads() -> usize {
-        16
-    }
-    pub fn linear_num_value_heads() -> usize {
-        32
-    }
-    pub fn full_attention_interval() -> usize {
-        4
+
+    /// Channels of the Gated DeltaNet's causal conv: q, k (key heads) and v (value heads).
+    pub fn linear_conv_dim(&self) -> usize {
+        2 * self.linear_num_key_heads * self.linear_key_head_dim
+            + self.linear_num_value_heads * self.linear_value_head_dim
     }
 }
 
@@ -313,6 +302,30 @@ mod tests {
     fn rope_parameters_without_fields_take_transformers_defaults() {
         let r: TextRopeParameters = serde_json::from_str("{}").unwrap();
         assert_eq!((r.rope_theta, r.partial_rotary_factor, r.mrope_section.clone()), (10000.0, 0.25, vec![11, 11, 10]));
+        let t: TextConfig = serde_json::from_str(r#"{"rope_parameters": {"rope_theta": 1e7}}"#).unwrap();
+        assert_eq!((t.rope_parameters.rope_theta, t.rotary_dim()), (1e7, 64), "theta read, the rest defaulted");
+        let v: VisionConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(v.rope_theta(), 10000.0);
+    }
+
+    #[test]
+    fn an_unknown_layer_type_is_rejected_when_the_config_is_parsed() {
+        let err = serde_json::from_str::<TextConfig>(r#"{"layer_types": ["linear_attention", "sliding_attention"]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown variant `sliding_attention`")
+                && err.contains("linear_attention")
+                && err.contains("full_attention"),
+            "serde's message names the bad value and the known ones: {err}"
+        );
+    }
+
+    #[test]
+    fn eos_token_id_may_be_one_id_or_a_list() {
+        let one: TextConfig = serde_json::from_str(r#"{"eos_token_id": 610}"#).unwrap();
+        let many: TextConfig = serde_json::from_str(r#"{"eos_token_id": [610, 611]}"#).unwrap();
+        assert_eq!((one.eos_token_id.unwrap().ids(), many.eos_token_id.unwrap().ids()), (vec![610], vec![610, 611]));
     }
 
     #[test]
@@ -339,20 +352,26 @@ mod tests {
     #[test]
     fn every_fourth_layer_is_full_attention_when_layer_types_is_omitted() {
         let cfg: TextConfig = serde_json::from_str(r#"{"num_hidden_layers": 8}"#).unwrap();
-        let full: Vec<usize> =
-            cfg.layer_types().iter().enumerate().filter(|(_, t)| *t == "full_attention").map(|(i, _)| i).collect();
+        let full: Vec<usize> = cfg
+            .layer_types()
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| **t == LayerType::FullAttention)
+            .map(|(i, _)| i)
+            .collect();
         assert_eq!(full, [3, 7]);
     }
 
     #[test]
     fn the_published_qwen36_27b_config_parses() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference/qwen3.6-27b.config.json");
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            println!("SKIP: {} is not beside the repository", path.display());
-            return;
-        };
-        let cfg: Config = serde_json::from_str(&text).unwrap();
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../script/qwen3.6-27b.config.json");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let cfg: Config = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         cfg.vision_config.validate().unwrap();
-        assert_eq!((cfg.vision_config.head_dim(), cfg.text_config.layer_types().len()), (72, 64));
+        let t = &cfg.text_config;
+        let full = t.layer_types().iter().filter(|l| **l == LayerType::FullAttention).count();
+        assert_eq!((cfg.vision_config.head_dim(), t.layer_types().len(), full), (72, 64, 16));
+        assert_eq!((t.rope_parameters.rope_theta, t.rotary_dim(), t.linear_conv_dim()), (1e7, 64, 10240));
+        assert_eq!(t.eos_token_id.as_ref().map(EosTokenId::ids), Some(vec![248044]));
     }
 }

@@ -100,6 +100,17 @@ pub fn splice_image_embeds(
     Ok(Tensor::cat(&pieces, 0)?)
 }
 
+/// How a model holds its weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Residency {
+    /// Every tensor read once, in f32, and kept (the iteration model, a resident benchmark).
+    Resident,
+    /// At most one vision block or decoder layer in f32 at a time, read from the mapped
+    /// checkpoint just before it runs (see [`crate::stack`]): a 27B checkpoint in the memory
+    /// of one layer plus activations.
+    Streamed,
+}
+
 /// `Qwen3_5ForConditionalGeneration` for a single prompt.
 pub struct Model {
     pub vision: VisionModel,
@@ -108,7 +119,17 @@ pub struct Model {
 }
 
 impl Model {
-    /// `vb` is rooted at the checkpoint (tensor names as stored).
+    /// The one way to load a checkpoint folder (`config.json` read by the caller, shards
+    /// found by [`crate::weights::safetensors_files`]), resident or streamed.
+    pub fn load(dir: &std::path::Path, config: &Config, residency: Residency) -> Result<Self> {
+        match residency {
+            Residency::Resident => Model::new(config, crate::weights::var_builder(dir)?),
+            Residency::Streamed => Model::streamed(config, Arc::new(Checkpoint::open(dir)?)),
+        }
+    }
+
+    /// From any `VarBuilder` rooted at the checkpoint (tensor names as stored); tests hand in
+    /// perturbed weights this way.
     pub fn new(config: &Config, vb: VarBuilder<'static>) -> Result<Self> {
         Ok(Model {
             vision: VisionModel::new(&config.vision_config, vb.pp("model.visual"))?,

@@ -19,7 +19,7 @@ use parity::report::Heatmap;
 use parity::taps::Tap;
 
 use crate::config::Config;
-use crate::model::Model;
+use crate::model::{Model, Residency};
 use crate::preprocess::{Hooks, Processed, Processor};
 use crate::taps::Taps;
 use crate::vision::positions::Grid;
@@ -113,13 +113,9 @@ pub fn grids_of(thw: &Array) -> Result<Vec<Grid>> {
 /// Loads the model of a case's checkpoint: resident, or streamed layer by layer when the
 /// manifest says `stream = true`.
 pub fn load_model(inputs: &CaseInputs) -> Result<Model> {
-    if inputs.stream {
-        let checkpoint = std::sync::Arc::new(crate::weights::Checkpoint::open(&inputs.model_dir)?);
-        return Model::streamed(&inputs.config, checkpoint)
-            .with_context(|| format!("building the streamed model of {}", inputs.model_dir.display()));
-    }
-    let vb = crate::weights::var_builder(&inputs.model_dir)?;
-    model_from(inputs, vb)
+    let residency = if inputs.stream { Residency::Streamed } else { Residency::Resident };
+    Model::load(&inputs.model_dir, &inputs.config, residency)
+        .with_context(|| format!("building the {residency:?} model of {}", inputs.model_dir.display()))
 }
 
 /// Builds the model from any `VarBuilder` rooted at the checkpoint (tests use this to hand
@@ -358,7 +354,7 @@ impl Run {
             let (grid_h, grid_w) = if merged { (g.h / self.merge, g.w / self.merge) } else { (g.h, g.w) };
             let count = g.patches() / unit;
             let mut cells = vec![0.0; grid_h * grid_w];
-            for row in start..(start + count).min(row_max.len()) {
+            for (row, &max_abs) in row_max.iter().enumerate().take(start + count).skip(start) {
                 let cell = if merged {
                     // Merged tokens come block by block, row-major over the block grid.
                     row - start
@@ -367,7 +363,7 @@ impl Run {
                     r as usize * grid_w + c as usize
                 };
                 if let Some(slot) = cells.get_mut(cell) {
-                    *slot = f64::max(*slot, row_max[row]);
+                    *slot = f64::max(*slot, max_abs);
                 }
             }
             maps.push(Heatmap {

@@ -103,8 +103,7 @@ fn a_doubled_vision_rotary_base_fails_at_the_first_block() {
     let manifest = manifest();
     let mut inputs = CaseInputs::new(&manifest, IMAGE_CASE).unwrap();
     let theta = inputs.config.vision_config.rope_theta();
-    inputs.config.vision_config.rope_parameters =
-        Some(neuron::config::VisionRopeParameters { rope_theta: 2.0 * theta });
+    inputs.config.vision_config.rope_parameters.rope_theta = 2.0 * theta;
     let model = replay::load_model(&inputs).unwrap();
     let run = run(&manifest, IMAGE_CASE, Mode::VisionTeacherForced, &model);
     assert_first_failure_at(&manifest, IMAGE_CASE, &run, "vision.block.0");
@@ -119,7 +118,13 @@ fn swapped_h_and_w_mrope_sections_fail_at_the_first_full_attention_layer() {
         *axis = [0, 2, 1][*axis];
     }
     let run = run(&manifest, IMAGE_CASE, Mode::LmTeacherForced, &model);
-    let first_full = inputs.config.text_config.layer_types().iter().position(|t| t == "full_attention").unwrap();
+    let first_full = inputs
+        .config
+        .text_config
+        .layer_types()
+        .iter()
+        .position(|t| *t == neuron::config::LayerType::FullAttention)
+        .unwrap();
     // The linear-attention layers before it use no positions: they must still pass.
     assert_first_failure_at(&manifest, IMAGE_CASE, &run, &format!("lm.layer.{first_full}"));
 }

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use neuron::preprocess::image::RgbImage;
+use neuron::preprocess::image_processor::RgbImage;
 use neuron::preprocess::{Hooks, Processor};
 use neuron::replay::{self, CaseInputs, Mode, Perturbations};
 use parity::manifest::Manifest;
@@ -63,7 +63,7 @@ fn a_truncated_or_unreadable_image_is_an_error_naming_the_file() {
 
 #[test]
 fn an_image_without_pixels_is_an_error() {
-    let err = neuron::preprocess::image::to_rgb(image::DynamicImage::new_rgb8(0, 5)).unwrap_err().to_string();
+    let err = neuron::preprocess::image_processor::to_rgb(image::DynamicImage::new_rgb8(0, 5)).unwrap_err().to_string();
     assert!(err.contains("0×5") && err.contains("no pixels"), "{err}");
     // A PNG whose header says 0×0 is refused by the decoder, with the file named.
     let manifest = manifest();
@@ -198,7 +198,7 @@ fn a_resize_factor_of_28_for_a_16_pixel_patch_is_refused_before_the_model_runs()
     let processor = Processor::from_dir(&model_dir(&manifest)).unwrap();
     let (min, max) = (processor.image.min_pixels(), processor.image.max_pixels());
     let factor_28 = move |img: &RgbImage, _: (usize, usize)| {
-        neuron::preprocess::image::smart_resize(img.height, img.width, 28, min, max).unwrap()
+        neuron::preprocess::image_processor::smart_resize(img.height, img.width, 28, min, max).unwrap()
     };
     // The reference's reshape cannot tile such a size either; the Rust processor says so
     // instead of cropping silently.

@@ -4,6 +4,7 @@
 pub mod array;
 pub mod compare;
 pub mod digest;
+#[cfg(feature = "html")]
 pub mod html;
 pub mod manifest;
 pub mod mode;

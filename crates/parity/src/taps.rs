@@ -6,79 +6,141 @@ use std::fmt;
 use crate::array::DType;
 
 /// The stages of the pipeline, in the order they run. Indexed stages (`vision.block.{i}`,
-/// `lm.layer.{i}`) are one entry each here; their index orders them within the stage.
-const STAGES: &[(&str, Indexed, DType)] = &[
-    ("input.input_ids", Indexed::No, DType::I64),
-    ("input.image_grid_thw", Indexed::No, DType::I64),
-    ("input.position_ids", Indexed::No, DType::I64),
-    ("input.pixel_values", Indexed::No, DType::F32),
-    ("vision.patch_embed", Indexed::No, DType::F32),
-    ("vision.pos_embed", Indexed::No, DType::F32),
-    ("vision.block", Indexed::Yes, DType::F32),
-    ("vision.tower", Indexed::No, DType::F32),
-    ("vision.projector", Indexed::No, DType::F32),
-    ("lm.image_embeds", Indexed::No, DType::F32),
-    ("lm.layer", Indexed::Yes, DType::F32),
-    ("lm.norm", Indexed::No, DType::F32),
-    ("lm.logits_last", Indexed::No, DType::F32),
+/// `lm.layer.{i}`, `cache.{i}.conv`) are one entry each here; their index orders them within
+/// the stage. The cache taps are ordered by layer first (`cache.0.conv`, `cache.0.recurrent`,
+/// `cache.3.key`, …), as the layers produce them.
+const STAGES: &[Stage] = &[
+    Stage::new("input.input_ids", Indexed::No, DType::I64),
+    Stage::new("input.image_grid_thw", Indexed::No, DType::I64),
+    Stage::new("input.position_ids", Indexed::No, DType::I64),
+    Stage::new("input.pixel_values", Indexed::No, DType::F32),
+    Stage::new("vision.patch_embed", Indexed::No, DType::F32),
+    Stage::new("vision.pos_embed", Indexed::No, DType::F32),
+    Stage::new("vision.block", Indexed::Suffix, DType::F32),
+    Stage::new("vision.tower", Indexed::No, DType::F32),
+    Stage::new("vision.projector", Indexed::No, DType::F32),
+    Stage::new("lm.image_embeds", Indexed::No, DType::F32),
+    Stage::new("lm.layer", Indexed::Suffix, DType::F32),
+    Stage::new("lm.norm", Indexed::No, DType::F32),
+    Stage::new("lm.logits_last", Indexed::No, DType::F32),
+    // The cache after the prefill: [conv_dim, kernel] and [v_heads, d_k, d_v] of a Gated
+    // DeltaNet layer, [kv_heads, seq, head_dim] keys (after rotary) and values of an attention layer.
+    Stage::new("cache.conv", Indexed::Infix, DType::F32),
+    Stage::new("cache.recurrent", Indexed::Infix, DType::F32),
+    Stage::new("cache.key", Indexed::Infix, DType::F32),
+    Stage::new("cache.value", Indexed::Infix, DType::F32),
+    // Greedy generation: the logits of each step [steps, vocab] (step 0 = the prefill's last
+    // position), the reference's top-k ids and logits per step [steps, k] (what a case of a
+    // 27B-size model keeps instead of whole rows of a 248 320-word vocabulary), the tokens [steps].
+    Stage::new("gen.logits", Indexed::No, DType::F32),
+    Stage::new("gen.top_ids", Indexed::No, DType::I64),
+    Stage::new("gen.top_logits", Indexed::No, DType::F32),
+    Stage::new("gen.tokens", Indexed::No, DType::I64),
 ];
+
+/// One stage of the tap contract.
+struct Stage {
+    /// The name without the index: `vision.block`, `cache.conv` (for `cache.{i}.conv`).
+    stem: &'static str,
+    indexed: Indexed,
+    dtype: DType,
+}
+
+impl Stage {
+    const fn new(stem: &'static str, indexed: Indexed, dtype: DType) -> Stage {
+        Stage { stem, indexed, dtype }
+    }
+
+    /// `cache.{i}.conv` → ("cache", "conv").
+    fn infix_parts(&self) -> (&'static str, &'static str) {
+        self.stem.split_once('.').expect("an infix stem has a dot")
+    }
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Indexed {
     No,
-    Yes,
+    /// `stem.{i}`
+    Suffix,
+    /// `head.{i}.tail` (the cache taps: `cache.{i}.conv`)
+    Infix,
 }
 
-/// A parsed tap name such as `vision.block.3`.
+/// A parsed tap name such as `vision.block.3` or `cache.0.conv`.
+///
+/// Taps sort in pipeline order: by `rank` (the stage's place; all cache stages share one),
+/// then by index, then by stage (conv before recurrent within a layer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Tap {
-    stage: usize,
+    rank: usize,
     index: usize,
+    stage: usize,
+}
+
+/// Canonical decimal only: "01" would name the same file twice.
+fn parse_index(text: &str) -> Option<usize> {
+    let canonical = text == "0" || (!text.starts_with('0') && text.chars().all(|c| c.is_ascii_digit()));
+    if canonical {
+        text.parse().ok()
+    } else {
+        None
+    }
 }
 
 impl Tap {
     /// Parses a contract tap name; `None` for anything the contract does not define.
     pub fn parse(name: &str) -> Option<Tap> {
-        for (stage, (stem, indexed, _)) in STAGES.iter().enumerate() {
-            match indexed {
-                Indexed::No if name == *stem => return Some(Tap { stage, index: 0 }),
-                Indexed::Yes => {
-                    let Some(rest) = name.strip_prefix(stem).and_then(|r| r.strip_prefix('.')) else {
-                        continue;
-                    };
-                    // Canonical decimal only: "01" would name the same file twice.
-                    if rest == "0" || (!rest.starts_with('0') && rest.chars().all(|c| c.is_ascii_digit())) {
-                        if let Ok(index) = rest.parse() {
-                            return Some(Tap { stage, index });
-                        }
-                    }
+        let first_cache = STAGES.iter().position(|s| s.indexed == Indexed::Infix).expect("cache stages exist");
+        for (stage, s) in STAGES.iter().enumerate() {
+            let rank = if s.indexed == Indexed::Infix { first_cache } else { stage };
+            let index = match s.indexed {
+                Indexed::No if name == s.stem => Some(0),
+                Indexed::No => None,
+                Indexed::Suffix => name.strip_prefix(s.stem).and_then(|r| r.strip_prefix('.')).and_then(parse_index),
+                Indexed::Infix => {
+                    let (head, tail) = s.infix_parts();
+                    name.strip_prefix(head)
+                        .and_then(|r| r.strip_prefix('.'))
+                        .and_then(|r| r.strip_suffix(tail))
+                        .and_then(|r| r.strip_suffix('.'))
+                        .and_then(parse_index)
                 }
-                _ => {}
+            };
+            if let Some(index) = index {
+                return Some(Tap { rank, index, stage });
             }
         }
         None
     }
 
-    /// The dtype every dump of this tap has.
-    pub fn dtype(self) -> DType {
-        STAGES[self.stage].2
+    fn stage(self) -> &'static Stage {
+        &STAGES[self.stage]
     }
 
-    /// The stage name without the index (`vision.block` for `vision.block.3`).
+    /// The dtype every dump of this tap has.
+    pub fn dtype(self) -> DType {
+        self.stage().dtype
+    }
+
+    /// The stage name without the index (`vision.block` for `vision.block.3`, `cache.conv` for
+    /// `cache.0.conv`).
     pub fn stem(self) -> &'static str {
-        STAGES[self.stage].0
+        self.stage().stem
     }
 
     /// The block or layer index of an indexed tap.
     pub fn index(self) -> Option<usize> {
-        (STAGES[self.stage].1 == Indexed::Yes).then_some(self.index)
+        (self.stage().indexed != Indexed::No).then_some(self.index)
     }
 
-    /// Whether the leading axis lists patches or positions ([patches, …] or [seq, hidden]),
-    /// so that a case may keep one row of it. Not the token ids, grids, position rows or the
-    /// one-position logits.
+    /// Whether the leading axis lists patches, positions, steps, heads or channels ([patches, …],
+    /// [seq, hidden], [steps, vocab], a cache's [heads, …]), so that a case may keep one row of
+    /// it. Not the token ids, grids, position rows, the one-position logits or the tokens.
     pub fn has_rows(self) -> bool {
-        !matches!(self.stem(), "input.input_ids" | "input.image_grid_thw" | "input.position_ids" | "lm.logits_last")
+        !matches!(
+            self.stem(),
+            "input.input_ids" | "input.image_grid_thw" | "input.position_ids" | "lm.logits_last" | "gen.tokens"
+        )
     }
 
     /// Whether the tap belongs to the vision tower or projector (`vision.*`).
@@ -86,7 +148,7 @@ impl Tap {
         self.stem().starts_with("vision.")
     }
 
-    /// Whether the tap belongs to the language model (`lm.*`).
+    /// Whether the tap belongs to the language model's prefill (`lm.*`).
     pub fn is_lm(self) -> bool {
         self.stem().starts_with("lm.")
     }
@@ -95,13 +157,28 @@ impl Tap {
     pub fn is_input(self) -> bool {
         self.stem().starts_with("input.")
     }
+
+    /// Whether the tap is a cache state after the prefill (`cache.*`).
+    pub fn is_cache(self) -> bool {
+        self.stem().starts_with("cache.")
+    }
+
+    /// Whether the tap belongs to greedy generation (`gen.*`).
+    pub fn is_gen(self) -> bool {
+        self.stem().starts_with("gen.")
+    }
 }
 
 impl fmt::Display for Tap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.index() {
-            Some(i) => write!(f, "{}.{i}", self.stem()),
-            None => f.write_str(self.stem()),
+        let stage = self.stage();
+        match stage.indexed {
+            Indexed::No => f.write_str(stage.stem),
+            Indexed::Suffix => write!(f, "{}.{}", stage.stem, self.index),
+            Indexed::Infix => {
+                let (head, tail) = stage.infix_parts();
+                write!(f, "{head}.{}.{tail}", self.index)
+            }
         }
     }
 }
@@ -110,9 +187,13 @@ impl fmt::Display for Tap {
 pub fn known_taps() -> String {
     STAGES
         .iter()
-        .map(|(stem, indexed, _)| match indexed {
-            Indexed::No => stem.to_string(),
-            Indexed::Yes => format!("{stem}.{{i}}"),
+        .map(|s| match s.indexed {
+            Indexed::No => s.stem.to_string(),
+            Indexed::Suffix => format!("{}.{{i}}", s.stem),
+            Indexed::Infix => {
+                let (head, tail) = s.infix_parts();
+                format!("{head}.{{i}}.{tail}")
+            }
         })
         .collect::<Vec<_>>()
         .join(", ")
@@ -135,7 +216,21 @@ mod tests {
 
     #[test]
     fn names_outside_the_contract_are_rejected() {
-        for bad in ["vision.block", "vision.block.x", "vision.block.01", "lm.layers.0", "lm.logits", ""] {
+        let bad_names = [
+            "vision.block",
+            "vision.block.x",
+            "vision.block.01",
+            "lm.layers.0",
+            "lm.logits",
+            "",
+            "cache.conv",
+            "cache.0",
+            "cache.01.conv",
+            "cache.0.state",
+            "cache.0.conv.1",
+            "gen.token",
+        ];
+        for bad in bad_names {
             assert_eq!(Tap::parse(bad), None, "{bad:?} should not parse");
         }
     }
@@ -147,5 +242,38 @@ mod tests {
             .filter(|n| Tap::parse(n).unwrap().dtype() == DType::I64)
             .collect();
         assert_eq!(ints, ["input.input_ids", "input.image_grid_thw", "input.position_ids"]);
+    }
+
+    #[test]
+    fn cache_taps_sort_by_layer_after_the_logits_and_before_generation() {
+        let names = ["gen.tokens", "cache.3.key", "cache.0.recurrent", "gen.logits", "cache.10.conv", "cache.0.conv"];
+        let mut taps: Vec<Tap> = names.iter().map(|n| Tap::parse(n).unwrap()).collect();
+        taps.push(Tap::parse("lm.logits_last").unwrap());
+        taps.push(Tap::parse("cache.3.value").unwrap());
+        taps.sort();
+        let sorted: Vec<String> = taps.iter().map(Tap::to_string).collect();
+        assert_eq!(
+            sorted,
+            [
+                "lm.logits_last",
+                "cache.0.conv",
+                "cache.0.recurrent",
+                "cache.3.key",
+                "cache.3.value",
+                "cache.10.conv",
+                "gen.logits",
+                "gen.tokens"
+            ]
+        );
+        let conv = Tap::parse("cache.10.conv").unwrap();
+        assert_eq!((conv.stem(), conv.index(), conv.is_cache(), conv.has_rows()), ("cache.conv", Some(10), true, true));
+    }
+
+    #[test]
+    fn known_taps_spell_the_index_where_the_name_carries_it() {
+        let known = known_taps();
+        for name in ["vision.block.{i}", "cache.{i}.conv", "cache.{i}.value", "gen.tokens", "gen.top_ids"] {
+            assert!(known.contains(name), "{name} missing from {known}");
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Preprocessing: image files and a prompt → the model's inputs (`input_ids`,
 //! `pixel_values`, image grids). Kept apart from the model: tensors are the only interface.
 
-pub mod image;
+pub mod image_processor;
 pub mod prompt;
 pub mod resize;
 
@@ -119,7 +119,7 @@ pub struct Processed {
 }
 
 /// Maps the computed (height, width) resize target of an image.
-pub type TargetSizeHook<'a> = &'a dyn Fn(&image::RgbImage, (usize, usize)) -> (usize, usize);
+pub type TargetSizeHook<'a> = &'a dyn Fn(&image_processor::RgbImage, (usize, usize)) -> (usize, usize);
 
 /// Injection points into preprocessing, each applied to what the processor computed.
 #[derive(Default)]
@@ -154,13 +154,14 @@ impl Processor {
         let mut values = Vec::new();
         let mut grids = Vec::new();
         for path in images {
-            let rgb = image::load_rgb(path)?;
-            let mut size = image::target_size(&rgb, &self.image).with_context(|| format!("{}", path.display()))?;
+            let rgb = image_processor::load_rgb(path)?;
+            let mut size =
+                image_processor::target_size(&rgb, &self.image).with_context(|| format!("{}", path.display()))?;
             if let Some(hook) = hooks.target_size {
                 size = hook(&rgb, size);
             }
-            let patches =
-                image::pixel_values_at(&rgb, size, &self.image).with_context(|| format!("{}", path.display()))?;
+            let patches = image_processor::pixel_values_at(&rgb, size, &self.image)
+                .with_context(|| format!("{}", path.display()))?;
             values.extend(patches.values);
             grids.push(patches.grid);
         }

@@ -21,11 +21,8 @@ pub struct TextRotary {
 
 impl TextRotary {
     pub fn new(cfg: &TextConfig) -> Result<Self> {
-        let (theta, partial, section) = match &cfg.rope_parameters {
-            Some(r) => (r.rope_theta, r.partial_rotary_factor, r.mrope_section.clone()),
-            None => (10000.0, 0.25, vec![11, 11, 10]),
-        };
-        let dim = (cfg.head_dim as f64 * partial) as usize;
+        let (theta, section) = (cfg.rope_parameters.rope_theta, &cfg.rope_parameters.mrope_section);
+        let dim = cfg.rotary_dim();
         ensure!(section.len() == 3, "mrope_section {section:?} must have three entries (t, h, w)");
         ensure!(
             section.iter().sum::<usize>() == dim / 2,
@@ -34,7 +31,7 @@ impl TextRotary {
         );
         let base = theta as f32;
         let inv_freq = crate::rope::inv_freq(base, dim);
-        let axis = frequency_axes(&section, inv_freq.len());
+        let axis = frequency_axes(section, inv_freq.len());
         Ok(TextRotary { inv_freq, axis })
     }
 

@@ -32,9 +32,8 @@ pub struct GatedDeltaNet {
 impl GatedDeltaNet {
     pub fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden_size;
-        let key_dim = cfg.linear_num_key_heads * cfg.linear_key_head_dim;
         let value_dim = cfg.linear_num_value_heads * cfg.linear_value_head_dim;
-        let conv_dim = 2 * key_dim + value_dim;
+        let conv_dim = cfg.linear_conv_dim();
         let kernel = cfg.linear_conv_kernel_dim;
         let nv = cfg.linear_num_value_heads;
         Ok(GatedDeltaNet {

@@ -6,6 +6,7 @@ pub mod attention;
 pub mod delta_rule;
 pub mod gated_delta_net;
 pub mod norm;
+mod torch_sum;
 
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use anyhow::{bail, Result};
 use candle_core::Tensor;
 use candle_nn::{linear_no_bias, Linear, Module, VarBuilder};
 
-use crate::config::TextConfig;
+use crate::config::{LayerType, TextConfig};
 use crate::stack::Stack;
 use crate::taps::Taps;
 use crate::weights::Checkpoint;
@@ -58,11 +59,10 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn new(cfg: &TextConfig, layer_type: &str, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &TextConfig, layer_type: LayerType, vb: VarBuilder) -> Result<Self> {
         let mixer = match layer_type {
-            "linear_attention" => Mixer::Linear(GatedDeltaNet::new(cfg, vb.pp("linear_attn"))?),
-            "full_attention" => Mixer::Full(Attention::new(cfg, vb.pp("self_attn"))?),
-            other => bail!("unknown layer type \"{other}\" (expected linear_attention or full_attention)"),
+            LayerType::LinearAttention => Mixer::Linear(GatedDeltaNet::new(cfg, vb.pp("linear_attn"))?),
+            LayerType::FullAttention => Mixer::Full(Attention::new(cfg, vb.pp("self_attn"))?),
         };
         Ok(DecoderLayer {
             input_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
@@ -171,9 +171,7 @@ impl TextModel {
         let lm = vb.pp("model.language_model");
         let layers = {
             let (cfg, lm, types) = (cfg.clone(), lm.clone(), cfg.layer_types());
-            Stack::new(types.len(), streamed, move |i| {
-                DecoderLayer::new(&cfg, &types[i], lm.pp(format!("layers.{i}")))
-            })?
+            Stack::new(types.len(), streamed, move |i| DecoderLayer::new(&cfg, types[i], lm.pp(format!("layers.{i}"))))?
         };
         Ok(TextModel {
             embed_tokens,
