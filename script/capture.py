@@ -9,6 +9,12 @@ ARCHITECTURE.md. Each tap is written as `<tap>.npy` into `--out`, and `capture.j
 the taps (in pipeline order) with shapes, dtypes, mean |x|, the library versions and the
 peak resident memory.
 
+A case with `generate` (N steps) then runs transformers' greedy `generate` (do_sample=False,
+max_new_tokens=N, cache on) and records the cache right after the prefill (`cache.{i}.conv`,
+`cache.{i}.recurrent` of each Gated DeltaNet layer, `cache.{i}.key`, `cache.{i}.value` of
+each attention layer) and each step's logits and token (`gen.logits`, `gen.tokens`; with
+`gen_top_k`, the top-k ids and logits per step instead of whole rows).
+
 `--stream` runs the same forward pass in bounded memory, for checkpoints whose float32
 weights do not fit in RAM (Qwen3.6-27B is over 100 GB in float32). The model is built on
 the meta device; each vision block, each decoder layer, the patch embedding, the position
@@ -67,17 +73,29 @@ PIPELINE = [
     "lm.layer.",
     "lm.norm",
     "lm.logits_last",
+    "cache.",
+    "gen.logits",
+    "gen.top_ids",
+    "gen.top_logits",
+    "gen.tokens",
 ]
 
+CACHE_KINDS = ["conv", "recurrent", "key", "value"]
 
-def pipeline_rank(tap: str) -> tuple[int, int]:
-    """Sort key: the order in which the stages run (the contract's table order)."""
+
+def pipeline_rank(tap: str) -> tuple[int, int, int]:
+    """Sort key: the order in which the stages run (the contract's table order); the cache
+    taps `cache.{i}.{kind}` by layer, then kind."""
     for rank, stem in enumerate(PIPELINE):
-        if stem.endswith("."):
+        if stem == "cache.":
             if tap.startswith(stem):
-                return rank, int(tap[len(stem) :])
+                layer, kind = tap[len(stem) :].split(".")
+                return rank, int(layer), CACHE_KINDS.index(kind)
+        elif stem.endswith("."):
+            if tap.startswith(stem):
+                return rank, int(tap[len(stem) :]), 0
         elif tap == stem:
-            return rank, 0
+            return rank, 0, 0
     raise ValueError(f"{tap} is not a contract tap")
 
 
@@ -305,6 +323,63 @@ def streamed_model(model_dir: Path) -> Qwen3_5ForConditionalGeneration:
     return model
 
 
+def record_generation(
+    model: Qwen3_5ForConditionalGeneration, inputs, rec: Recorder, steps: int, top_k: int | None
+) -> None:
+    """Greedy `generate` as users run it (`do_sample=False`, cache on), recording the cache
+    right after the prefill (`cache.*`) and each step's logits and token (`gen.*`).
+
+    The cache object is updated in place by every decode step (the linear-attention states
+    are `copy_`-ed into), so its states are cloned by a forward hook on the first call, the
+    prefill, before any step touches them. Step 0's logits are the prefill's last position.
+    """
+    layer_types = model.config.text_config.layer_types
+    seen = {"calls": 0}
+
+    def after_prefill(_module, _args, kwargs, output):
+        seen["calls"] += 1
+        if seen["calls"] != 1:
+            return
+        cache = output.past_key_values if output.past_key_values is not None else kwargs["past_key_values"]
+        for i, kind in enumerate(layer_types):
+            layer = cache.layers[i]
+            if kind == "linear_attention":
+                rec.put(f"cache.{i}.conv", layer.conv_states[0][0].clone())
+                rec.put(f"cache.{i}.recurrent", layer.recurrent_states[0][0].clone())
+            else:
+                rec.put(f"cache.{i}.key", layer.keys[0].clone())
+                rec.put(f"cache.{i}.value", layer.values[0].clone())
+
+    handle = model.register_forward_hook(after_prefill, with_kwargs=True)
+    with torch.no_grad():
+        out = model.generate(
+            **inputs,
+            do_sample=False,
+            max_new_tokens=steps,
+            use_cache=True,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+    handle.remove()
+    if seen["calls"] == 0:
+        raise RuntimeError("generate never called the model")
+    prompt_len = inputs["input_ids"].shape[1]
+    tokens = out.sequences[0, prompt_len:]
+    logits = torch.stack([step[0] for step in out.logits])  # [steps, vocab], before any processor
+    if tokens.shape[0] != logits.shape[0]:
+        raise RuntimeError(f"generate made {tokens.shape[0]} tokens but {logits.shape[0]} logit rows")
+    if tokens.shape[0] < steps:
+        # An end-of-sequence token stops generate early, as it stops users' runs: fewer steps.
+        print(f"note: generate stopped at an end-of-sequence token after {tokens.shape[0]} of {steps} steps", file=sys.stderr)
+    rec.put("gen.tokens", tokens)
+    if top_k is None:
+        rec.put("gen.logits", logits)
+    else:
+        values, ids = torch.topk(logits, top_k, dim=-1)
+        rec.put("gen.top_ids", ids)
+        rec.put("gen.top_logits", values)
+
+
 def capture(case: dict, out: Path, threads: int, stream: bool) -> None:
     # The notes about optional fused kernels and the loading bar are noise here: the eager
     # reference path is the one we want.
@@ -348,6 +423,9 @@ def capture(case: dict, out: Path, threads: int, stream: bool) -> None:
     for h in handles:
         h.remove()
     rec.put("lm.logits_last", output.logits[0, -1])
+    if case.get("generate"):
+        # After the taps' hooks are gone: generation is its own run, as a user starts it.
+        record_generation(model, inputs, rec, case["generate"], case.get("gen_top_k"))
 
     out.mkdir(parents=True, exist_ok=True)
     listing = []
@@ -376,7 +454,9 @@ def capture(case: dict, out: Path, threads: int, stream: bool) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--case-json", required=True, help="the case: model_dir, images, prompt")
+    parser.add_argument(
+        "--case-json", required=True, help="the case: model_dir, images, prompt, generate (steps), gen_top_k"
+    )
     parser.add_argument("--out", required=True, type=Path, help="folder for the .npy taps")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (fixed so reruns match bytes)")
     parser.add_argument(

@@ -81,105 +81,141 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
     crate::check_weights_flag(&manifest, &cases, args.weights.as_deref())?;
     harness::require_uv(sh)?;
     let weights = args.weights.as_deref();
-    let explicit = args.model.is_some() || args.case.is_some();
     if args.check {
         return check_against_recorded(sh, &manifest, &cases, args.threads, weights);
     }
     let harness_sha = harness::harness_digest(&manifest.root)?;
+    let explicit = args.model.is_some() || args.case.is_some();
 
     let bar = crate::progress(cases.len(), "capturing");
     for case in &cases {
         bar.set_message(case.clone());
         bar.inc(1);
-        let started = std::time::Instant::now();
-        let c = &manifest.cases[case];
+        let model = &manifest.cases[case].model;
         // Capturing everything skips, with a note, the cases whose checkpoint is outside the
         // repository and not named; asking for such a case by name is an error.
-        if !explicit && matches!(manifest.weights(&c.model, weights), Ok(Weights::Absent(_))) {
-            let why = manifest.models[&c.model].absent_reason(&c.model);
+        if !explicit && matches!(manifest.weights(model, weights), Ok(Weights::Absent(_))) {
+            let why = manifest.models[model].absent_reason(model);
             bar.suspend(|| eprintln!("skipping case {case}: {why}"));
             continue;
         }
-        let model_dir = checkpoint(&manifest, &c.model, weights)?;
-        let image_shas = image_digests(&manifest, case)?;
+        let recorded = record_case(sh, &manifest, &manifest_path, case, &args, &harness_sha)?;
+        bar.suspend(|| recorded.print());
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
 
-        let final_dir = manifest.root.join(DUMPS_DIR).join(case);
-        let tmp_dir = manifest.root.join(DUMPS_DIR).join(format!(".tmp-{case}-{}", std::process::id()));
-        if tmp_dir.exists() {
-            std::fs::remove_dir_all(&tmp_dir)?;
-        }
-        let listing = capture_case(sh, &manifest, case, &model_dir, &tmp_dir, args.threads)
-            .with_context(|| format!("capturing case {case}"));
-        let listing = match listing {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&tmp_dir);
-                return Err(e);
-            }
-        };
-        // capture.json served its purpose; the manifest is the record.
-        std::fs::remove_file(tmp_dir.join("capture.json"))?;
-        let kept = |tap: &str| c.taps.as_ref().is_none_or(|patterns| patterns.iter().any(|p| tap_matches(p, tap)));
-        let mut dumps = Vec::new();
-        for t in &listing.taps {
-            let path = tmp_dir.join(format!("{}.npy", t.tap));
-            if !kept(&t.tap) {
-                std::fs::remove_file(&path)?;
-                continue;
-            }
-            let shape = keep_rows(&manifest, case, &t.tap, &path)?.unwrap_or_else(|| t.shape.clone());
-            dumps.push((t.tap.clone(), Dump { sha256: parity::digest::sha256_file(&path)?, shape, dtype: t.dtype }));
-        }
-        swap_in(&tmp_dir, &final_dir)?;
+/// What one case's capture recorded, for the console.
+struct Recorded {
+    case: String,
+    listing: CaptureListing,
+    kept: usize,
+    seconds: f64,
+}
 
-        let mut doc = ManifestDoc::open(&manifest_path)?;
-        let model = &manifest.models[&c.model];
-        let mut config_sha = model.config_sha256.clone();
-        if model.is_external() {
-            let sha = parity::digest::sha256_file(&model_dir.join("config.json"))?;
-            let revision = args.revision.clone().or_else(|| snapshot_revision(&model_dir));
-            // A generated checkpoint (the stand-in) has no published revision to record.
-            if revision.is_none() && model.revision.is_none() && model.generated_by.is_none() {
-                eprintln!(
-                    "note: {} is not a HuggingFace cache snapshot; pass --revision COMMIT to record which \
-                     revision of {} it is",
-                    model_dir.display(),
-                    model.hf_repo.as_deref().unwrap_or("the checkpoint")
-                );
-            }
-            doc.set_model_source(&c.model, &sha, revision.as_deref());
-            config_sha = Some(sha);
-        }
-        for (name, sha) in &image_shas {
-            doc.set_image_sha(name, sha);
-        }
-        let inputs = crate::status::inputs_digest(&manifest, case, config_sha.as_deref(), &image_shas, &harness_sha);
-        doc.set_case_capture(case, &inputs, &dumps);
-        doc.set_reference(&Reference {
-            transformers: listing.versions.transformers.clone(),
-            torch: listing.versions.torch.clone(),
-            numpy: listing.versions.numpy.clone(),
-            pillow: listing.versions.pillow.clone(),
-            python: listing.versions.python.clone(),
-            threads: listing.threads,
-            harness_sha256: harness_sha.clone(),
-        });
-        doc.save()?;
-
-        let peak = listing
+impl Recorded {
+    fn print(&self) {
+        let peak = self
+            .listing
             .peak_rss_bytes
             .map(|b| format!(", reference peak memory {:.2} GB", b as f64 / 1e9))
             .unwrap_or_default();
-        bar.suspend(|| {
-            println!("captured {case}: {} taps in {:.1}s{peak}", dumps.len(), started.elapsed().as_secs_f64())
-        });
-        for t in &listing.taps {
+        println!("captured {}: {} taps in {:.1}s{peak}", self.case, self.kept, self.seconds);
+        for t in &self.listing.taps {
             let stat = t.mean_abs.map(|m| format!("mean |x| {m:.4}")).unwrap_or_default();
             println!("  {:<22} {:<14} {stat}", t.tap, format!("{:?}", t.shape));
         }
     }
-    bar.finish_and_clear();
-    Ok(())
+}
+
+/// Captures one case into a temporary folder, swaps it in whole, and records its dumps, the
+/// checkpoint's source, the image digests, the inputs digest and the reference versions in
+/// the manifest. On any error the case's dumps and manifest entries stay as they were.
+fn record_case(
+    sh: &Shell,
+    manifest: &Manifest,
+    manifest_path: &Path,
+    case: &str,
+    args: &Args,
+    harness_sha: &str,
+) -> Result<Recorded> {
+    let started = std::time::Instant::now();
+    let c = &manifest.cases[case];
+    let model_dir = checkpoint(manifest, &c.model, args.weights.as_deref())?;
+    let image_shas = image_digests(manifest, case)?;
+
+    let final_dir = manifest.root.join(DUMPS_DIR).join(case);
+    let tmp_dir = manifest.root.join(DUMPS_DIR).join(format!(".tmp-{case}-{}", std::process::id()));
+    if tmp_dir.exists() {
+        std::fs::remove_dir_all(&tmp_dir)?;
+    }
+    let captured = capture_case(sh, manifest, case, &model_dir, &tmp_dir, args.threads)
+        .and_then(|listing| Ok((kept_dumps(manifest, case, &listing, &tmp_dir)?, listing)))
+        .with_context(|| format!("capturing case {case}"));
+    let (dumps, listing) = match captured {
+        Ok(captured) => captured,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp_dir);
+            return Err(e);
+        }
+    };
+    swap_in(&tmp_dir, &final_dir)?;
+
+    let mut doc = ManifestDoc::open(manifest_path)?;
+    let model = &manifest.models[&c.model];
+    let mut config_sha = model.config_sha256.clone();
+    if model.is_external() {
+        let sha = parity::digest::sha256_file(&model_dir.join("config.json"))?;
+        let revision = args.revision.clone().or_else(|| snapshot_revision(&model_dir));
+        // A generated checkpoint (the stand-in) has no published revision to record.
+        if revision.is_none() && model.revision.is_none() && model.generated_by.is_none() {
+            eprintln!(
+                "note: {} is not a HuggingFace cache snapshot; pass --revision COMMIT to record which \
+                 revision of {} it is",
+                model_dir.display(),
+                model.hf_repo.as_deref().unwrap_or("the checkpoint")
+            );
+        }
+        doc.set_model_source(&c.model, &sha, revision.as_deref());
+        config_sha = Some(sha);
+    }
+    for (name, sha) in &image_shas {
+        doc.set_image_sha(name, sha);
+    }
+    let inputs = manifest.inputs_digest(case, config_sha.as_deref(), &image_shas, harness_sha);
+    doc.set_case_capture(case, &inputs, &dumps);
+    doc.set_reference(&Reference {
+        transformers: listing.versions.transformers.clone(),
+        torch: listing.versions.torch.clone(),
+        numpy: listing.versions.numpy.clone(),
+        pillow: listing.versions.pillow.clone(),
+        python: listing.versions.python.clone(),
+        threads: listing.threads,
+        harness_sha256: harness_sha.to_owned(),
+    });
+    doc.save()?;
+    Ok(Recorded { case: case.to_owned(), kept: dumps.len(), listing, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// The dumps a case keeps of what the harness wrote into `dir` (its `taps` selection, cut to
+/// its `rows`), with their digests; the others and `capture.json` are deleted.
+fn kept_dumps(manifest: &Manifest, case: &str, listing: &CaptureListing, dir: &Path) -> Result<Vec<(String, Dump)>> {
+    let c = &manifest.cases[case];
+    // capture.json served its purpose; the manifest is the record.
+    std::fs::remove_file(dir.join("capture.json"))?;
+    let kept = |tap: &str| c.taps.as_ref().is_none_or(|patterns| patterns.iter().any(|p| tap_matches(p, tap)));
+    let mut dumps = Vec::new();
+    for t in &listing.taps {
+        let path = dir.join(format!("{}.npy", t.tap));
+        if !kept(&t.tap) {
+            std::fs::remove_file(&path)?;
+            continue;
+        }
+        let shape = keep_rows(manifest, case, &t.tap, &path)?.unwrap_or_else(|| t.shape.clone());
+        dumps.push((t.tap.clone(), Dump { sha256: parity::digest::sha256_file(&path)?, shape, dtype: t.dtype }));
+    }
+    Ok(dumps)
 }
 
 /// `--check`: capture into a temporary folder outside the repository and compare each
@@ -332,6 +368,8 @@ fn capture_case(
         "model_dir": model_dir,
         "images": images,
         "prompt": c.prompt,
+        "generate": c.generate,
+        "gen_top_k": c.gen_top_k,
     });
     let mut script_args = vec![
         "--case-json".to_string(),

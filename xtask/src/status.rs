@@ -70,36 +70,6 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Everything a case's dumps depend on, as one digest: the model files (or, for a checkpoint
-/// outside the repository, its `config.json` digest `config_sha`) and images (by their
-/// recorded digests), the prompt, the tap and row selection and the harness.
-pub fn inputs_digest(
-    manifest: &Manifest,
-    case: &str,
-    config_sha: Option<&str>,
-    image_shas: &[(String, String)],
-    harness_sha: &str,
-) -> String {
-    let c = &manifest.cases[case];
-    let mut text = String::new();
-    let model = &manifest.models[&c.model];
-    for (file, sha) in &model.files {
-        text.push_str(&format!("model {file} {sha}\n"));
-    }
-    // Only written when present, so the digests of cases without them stay as they were.
-    if let Some(sha) = config_sha {
-        text.push_str(&format!("model config.json {sha}\n"));
-    }
-    for (name, sha) in image_shas {
-        text.push_str(&format!("image {name} {sha}\n"));
-    }
-    text.push_str(&format!("prompt {:?}\ntaps {:?}\nharness {harness_sha}\n", c.prompt, c.taps));
-    if !c.rows.is_empty() {
-        text.push_str(&format!("rows {:?}\n", c.rows));
-    }
-    parity::digest::sha256_bytes(text.as_bytes())
-}
-
 /// The state of every case, in manifest order.
 pub fn case_states(manifest: &Manifest, harness_sha: &str) -> Vec<(String, State)> {
     manifest.cases.keys().map(|case| (case.clone(), case_state(manifest, case, harness_sha))).collect()
@@ -163,9 +133,9 @@ fn case_state(manifest: &Manifest, case: &str, harness_sha: &str) -> State {
     let recorded_harness = recorded_harness.unwrap_or_default();
     if stale.is_empty()
         && c.inputs_sha256.as_deref()
-            != Some(&inputs_digest(manifest, case, model.config_sha256.as_deref(), &image_shas, recorded_harness))
+            != Some(&manifest.inputs_digest(case, model.config_sha256.as_deref(), &image_shas, recorded_harness))
     {
-        stale.push("the prompt, the images listed or the tap selection changed".into());
+        stale.push("the prompt, the images listed, the tap or row selection or the generation settings changed".into());
     }
     if stale.is_empty() {
         State::Captured

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::array::DType;
 use crate::compare::Tolerance;
@@ -163,6 +163,17 @@ pub struct Case {
     /// dumps of a large model small. 1-D taps (`lm.logits_last`) are always whole.
     #[serde(default)]
     pub rows: BTreeMap<String, RowPick>,
+    /// Greedy generation: the reference also runs `generate(do_sample=False,
+    /// max_new_tokens=N)` with its cache on, and the case gains the `cache.*` taps (the state
+    /// after the prefill) and the `gen.*` taps (each step's logits and token), checked by the
+    /// `decode-teacher-forced` and `generate` modes.
+    #[serde(default)]
+    pub generate: Option<usize>,
+    /// With `generate`: keep the reference's top-k ids and logits of each step (`gen.top_ids`,
+    /// `gen.top_logits`, [steps, k]) instead of whole rows of logits (`gen.logits`, [steps,
+    /// vocab]): 4 steps of a 248 320-word vocabulary are 4 MB, their top 64 are 3 KB.
+    #[serde(default)]
+    pub gen_top_k: Option<usize>,
     /// Digest of everything the dumps depend on (model files, images, prompt, harness), as of
     /// the capture; written by capture, compared by `status` to find stale dumps.
     #[serde(default)]
@@ -173,7 +184,7 @@ pub struct Case {
 }
 
 /// One row of a tap's leading axis.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum RowPick {
     First,
@@ -325,6 +336,12 @@ impl Manifest {
             for pattern in case.rows.keys() {
                 check_tap_pattern(&format!("{at}.rows"), pattern)?;
             }
+            match (case.generate, case.gen_top_k) {
+                (Some(0), _) => return Err(format!("{at}.generate = 0: generate at least one token, or omit it")),
+                (None, Some(_)) => return Err(format!("{at}.gen_top_k: only a case that sets `generate` has steps")),
+                (_, Some(0)) => return Err(format!("{at}.gen_top_k = 0: keep at least one id per step")),
+                _ => {}
+            }
             for (tap, dump) in &case.dumps {
                 let Some(parsed) = Tap::parse(tap) else {
                     return Err(format!("{at}.dumps: unknown tap \"{tap}\"; known taps: {}", known_taps()));
@@ -407,6 +424,47 @@ impl Manifest {
             }
         }
         Ok(Weights::Found(dir))
+    }
+
+    /// Everything a case's dumps depend on, as one SHA-256: the model files (by their recorded
+    /// digests; for a checkpoint outside the repository, the digest of its `config.json`,
+    /// `config_sha`), the images (by digest), the prompt, the tap and row selection, the
+    /// generation settings and the harness. Hashed over a canonical serialisation — compact
+    /// JSON of a struct whose fields and map keys come in a fixed order — never over `Debug`
+    /// output, which promises no stable format.
+    pub fn inputs_digest(
+        &self,
+        case: &str,
+        config_sha: Option<&str>,
+        image_shas: &[(String, String)],
+        harness_sha: &str,
+    ) -> String {
+        #[derive(Serialize)]
+        struct CaseInputs<'a> {
+            model_files: &'a BTreeMap<String, String>,
+            model_config_sha256: Option<&'a str>,
+            images: &'a [(String, String)],
+            prompt: &'a str,
+            taps: Option<&'a Vec<String>>,
+            rows: &'a BTreeMap<String, RowPick>,
+            generate: Option<usize>,
+            gen_top_k: Option<usize>,
+            harness_sha256: &'a str,
+        }
+        let c = &self.cases[case];
+        let inputs = CaseInputs {
+            model_files: &self.models[&c.model].files,
+            model_config_sha256: config_sha,
+            images: image_shas,
+            prompt: &c.prompt,
+            taps: c.taps.as_ref(),
+            rows: &c.rows,
+            generate: c.generate,
+            gen_top_k: c.gen_top_k,
+            harness_sha256: harness_sha,
+        };
+        let json = serde_json::to_vec(&inputs).expect("plain data serialises");
+        crate::digest::sha256_bytes(&json)
     }
 
     /// Where a case's dump of `tap` lives, relative to the manifest.
@@ -524,7 +582,9 @@ fn check_tap_pattern(at: &str, pattern: &str) -> Result<(), String> {
 
 fn pattern_matches_some_tap(stem: &str) -> bool {
     // "vision.*", "vision.block.*", "lm.layer.*": the stem must be a prefix of some tap name.
-    ["input.", "vision.", "lm."].iter().any(|family| stem.starts_with(family) || family.starts_with(stem))
+    ["input.", "vision.", "lm.", "cache.", "gen."]
+        .iter()
+        .any(|family| stem.starts_with(family) || family.starts_with(stem))
         && (stem.ends_with('.') || Tap::parse(&format!("{stem}0")).is_some() || stem.is_empty())
 }
 

@@ -50,6 +50,8 @@ impl Mode {
         recorded
             .iter()
             .copied()
+            // The cache and the generated steps come from a generation run, not a forward pass.
+            .filter(|t| !t.is_cache() && !t.is_gen())
             .filter(|t| match self {
                 Mode::VisionTeacherForced => pixels && t.is_vision(),
                 Mode::LmTeacherForced => (!has_images || has("vision.projector")) && text_side(t),
