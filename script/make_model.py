@@ -1,7 +1,7 @@
 """Writes the iteration model: a tiny `Qwen3_5ForConditionalGeneration` checkpoint.
 
 Run through `cargo xtask make-model`, which passes the output folder. The checkpoint keeps
-Qwen3.6-27B's per-head geometry (see ../shared/reference/qwen3.6-27b.config.json) and cuts
+Qwen3.6-27B's per-head geometry (see script/qwen3.6-27b.config.json) and cuts
 only the counts (layers, heads, widths, vocabulary) so that it stays under 10 MB in bf16:
 
 * text: head_dim 256, partial rotary factor 0.25 (64 rotary dims), interleaved mrope_section
