@@ -11,7 +11,11 @@ then `--runs` times under `torch.no_grad()`:
 * `prefill`: the text model over the prompt's input embeddings with the image rows spliced
   in, at the multimodal positions, then `lm_head` on the last position only (the embeddings
   and positions are computed once, outside the timing, with the model's own functions);
-* `forward`: the whole model, `model(**inputs, use_cache=False, logits_to_keep=1)`.
+* `forward`: the whole model, `model(**inputs, use_cache=False, logits_to_keep=1)`;
+* `decode`: cached greedy decoding as `generate` runs it: the prompt prefilled into a cache
+  (untimed), then `--decode-steps` single-token steps, each `model(input_ids=[[token]],
+  past_key_values=cache, logits_to_keep=1)` with the previous step's argmax; every step is one
+  sample, so the median is the time per generated token.
 
 `--prompt-tokens N` builds the user text deterministically instead of `--prompt`: the longest
 run of make_model.CORPUS's words that the checkpoint's tokenizer encodes to exactly N tokens.
@@ -90,6 +94,24 @@ def time_stage(run: Callable[[], torch.Tensor], runs: int) -> tuple[list[float],
     return samples, result
 
 
+def decode_samples(model: Qwen3_5ForConditionalGeneration, inputs, steps: int, runs: int) -> tuple[list[float], list[int]]:
+    """Seconds per cached decode step (`runs` rounds of `steps`, after one warm-up round) and the greedy tokens."""
+    samples, tokens = [], []
+    for round_ in range(runs + 1):
+        out = model(**inputs, use_cache=True, logits_to_keep=1)
+        cache, token = out.past_key_values, out.logits[0, -1].argmax()
+        tokens = []
+        for _ in range(steps):
+            started = time.perf_counter()
+            out = model(input_ids=token.view(1, 1), past_key_values=cache, use_cache=True, logits_to_keep=1)
+            elapsed = time.perf_counter() - started
+            token = out.logits[0, -1].argmax()
+            tokens.append(int(token))
+            if round_ > 0:
+                samples.append(elapsed)
+    return samples, tokens
+
+
 def bench(args: argparse.Namespace) -> dict:
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
@@ -125,6 +147,10 @@ def bench(args: argparse.Namespace) -> dict:
         for name, run in stages.items():
             samples, results[name] = time_stage(run, args.runs)
             timings[name] = {"samples_seconds": samples, "median_seconds": statistics.median(samples)}
+        decode_tokens = []
+        if args.decode_steps > 0:
+            samples, decode_tokens = decode_samples(model, inputs, args.decode_steps, args.runs)
+            timings["decode"] = {"samples_seconds": samples, "median_seconds": statistics.median(samples)}
 
     # The prefill stage must be the forward pass minus the vision tower, not something cheaper.
     prefill_vs_forward = float((results["prefill"] - results["forward"]).abs().max())
@@ -145,6 +171,8 @@ def bench(args: argparse.Namespace) -> dict:
         "runs": args.runs,
         "load_seconds": load_seconds,
         "stages": timings,
+        "decode_steps": args.decode_steps,
+        "decode_tokens": decode_tokens,
         "prefill_vs_forward_max_abs_diff": prefill_vs_forward,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "gemm_gflops": gemm_gflops(
@@ -167,6 +195,7 @@ def main() -> None:
     which.add_argument("--prompt-tokens", type=int, help="build a user text of exactly this many tokens")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per stage (after one warm-up)")
+    parser.add_argument("--decode-steps", type=int, default=8, help="cached decode steps per round (0: none)")
     parser.add_argument("--out", required=True, type=Path, help="JSON file for the results")
     args = parser.parse_args()
 

@@ -3,10 +3,12 @@
 //! Both sides hold the checkpoint resident in float32 on the CPU, use the same thread count,
 //! the same 448×448 image and the same 64-token user text, and time the vision tower (with
 //! the projector), the text prefill (the decoder over the spliced embeddings, logits at the
-//! last position) and the whole forward pass: one warm-up and several runs each. Each side
-//! runs as its own process, one after the other, so their peak memories are their own. The
-//! report gives the medians, the ratios Rust / transformers, each stage's matmul rate
-//! against the machine's measured f32 GEMM rate, and the peak resident memory of each side.
+//! last position), the whole forward pass and cached greedy decoding (time per generated
+//! token): one warm-up and several runs each. Each side runs as its own process, one after
+//! the other, so their peak memories are their own. The report gives the medians, the ratios
+//! Rust / transformers, each stage's matmul rate against the machine's measured f32 GEMM
+//! rate, decode's weight bytes per token over time against the measured memory bandwidth,
+//! and the peak resident memory of each side.
 
 use std::path::PathBuf;
 
@@ -30,6 +32,9 @@ pub struct Args {
     /// Tokens of the user text.
     #[arg(long, default_value_t = 64)]
     prompt_tokens: usize,
+    /// Cached greedy decode steps per run (time per generated token).
+    #[arg(long, default_value_t = 8)]
+    decode_steps: usize,
     /// Where the JSON of each side and the report go.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -37,7 +42,7 @@ pub struct Args {
 
 /// The image both sides see: 448×448, kept as is by Qwen3.6's preprocessing.
 const IMAGE: &str = "fixtures/images/astronaut-448.png";
-const STAGES: [&str; 3] = ["vision", "prefill", "forward"];
+const STAGES: [&str; 4] = ["vision", "prefill", "forward", "decode"];
 
 #[derive(Deserialize)]
 struct Side {
@@ -54,6 +59,16 @@ struct Side {
     flops: std::collections::BTreeMap<String, f64>,
     #[serde(default)]
     prompt: Option<String>,
+    /// The greedy tokens of the decode stage, which both sides must agree on.
+    #[serde(default)]
+    decode_tokens: Vec<u32>,
+    /// Bytes of weights one decode step reads (the decoder layers, the final norm, the
+    /// `lm_head`; one embedding row); Rust side only.
+    #[serde(default)]
+    decode_weight_bytes: Option<f64>,
+    /// The machine's memory read bandwidth, measured by the Rust side with the same threads.
+    #[serde(default)]
+    memory_bandwidth_gbs: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -67,6 +82,7 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
     let out = sh.current_dir().join(&args.out);
     std::fs::create_dir_all(&out)?;
     let (runs, threads, tokens) = (args.runs.to_string(), args.threads.to_string(), args.prompt_tokens.to_string());
+    let steps = args.decode_steps.to_string();
     let (py_json, rs_json) = (out.join("transformers.json"), out.join("rust.json"));
 
     eprintln!("transformers: loading the stand-in in float32 and timing {runs} runs per stage");
@@ -84,6 +100,8 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
             threads.clone(),
             "--runs".into(),
             runs.clone(),
+            "--decode-steps".into(),
+            steps.clone(),
             "--out".into(),
             py_json.display().to_string(),
         ],
@@ -95,7 +113,7 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
     cmd!(sh, "cargo build --quiet --release --package neuron --example bench").run()?;
     let dir_arg = dir.display().to_string();
     let rs_arg = rs_json.display().to_string();
-    cmd!(sh, "target/release/examples/bench --model-dir {dir_arg} --image {IMAGE} --prompt {prompt} --runs {runs} --out {rs_arg}")
+    cmd!(sh, "target/release/examples/bench --model-dir {dir_arg} --image {IMAGE} --prompt {prompt} --runs {runs} --decode-steps {steps} --out {rs_arg}")
         .env("RAYON_NUM_THREADS", &threads)
         .run()?;
     let rust = read(&rs_json)?;
@@ -156,6 +174,28 @@ fn render(rust: &Side, python: &Side) -> String {
             rate(rust, r),
             rate(python, p)
         ));
+    }
+    if let (Some(r), Some(p), Some(bytes)) =
+        (rust.stages.get("decode"), python.stages.get("decode"), rust.decode_weight_bytes)
+    {
+        // Decode reads every decoder weight once per token and does little arithmetic on each:
+        // the bound is memory bandwidth, not GEMM rate.
+        let rate = |st: &Stage| bytes / st.median_seconds / 1e9;
+        let bandwidth = rust.memory_bandwidth_gbs.map_or("not measured".into(), |b| format!("{b:.1} GB/s"));
+        s.push_str(&format!(
+            "\nDecode reads {:.2} GB of weights per token: Rust {:.1} GB/s, transformers {:.1} GB/s; this \
+             machine's measured memory read bandwidth ({} threads): {bandwidth}.\n",
+            bytes / 1e9,
+            rate(r),
+            rate(p),
+            rust.threads,
+        ));
+        if rust.decode_tokens != python.decode_tokens {
+            s.push_str(&format!(
+                "**The greedy tokens differ: Rust {:?}, transformers {:?}.**\n",
+                rust.decode_tokens, python.decode_tokens
+            ));
+        }
     }
     s.push_str(&format!(
         "\nPeak resident memory: Rust {:.2} GB, transformers {:.2} GB.\n\nSamples (s): \n",
