@@ -14,7 +14,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::array::DType;
 use crate::mode::Mode;
-use crate::report::{CaseReport, Heatmap, Row, Status};
+use crate::report::{self, CaseReport, Heatmap, Row, Status};
 use crate::taps::Tap;
 
 /// Values at or below this are drawn at it on the log axes (a log axis has no 0, and
@@ -120,25 +120,18 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-/// A metric in scientific notation; non-finite values spelled out and flagged.
+/// A metric in scientific notation (`report::sci`); non-finite values flagged.
 fn sci(v: Option<f64>) -> String {
     match v {
         None => "<span class=\"muted\">–</span>".into(),
-        Some(x) if !x.is_finite() => format!("<span class=\"nonfinite\">{}</span>", esc(&x.to_string())),
-        Some(0.0) => "0".into(),
-        Some(x) => format!("{x:.2e}"),
+        Some(x) if !x.is_finite() => format!("<span class=\"nonfinite\">{}</span>", esc(&report::sci(v))),
+        Some(_) => report::sci(v),
     }
 }
 
 /// A plain-text number for captions and titles.
 fn sci_text(x: f64) -> String {
-    if !x.is_finite() {
-        x.to_string()
-    } else if x == 0.0 {
-        "0".into()
-    } else {
-        format!("{x:.2e}")
-    }
+    report::sci(Some(x))
 }
 
 /// Axis labels: powers of ten as `1e-5`.
@@ -148,14 +141,6 @@ fn decade_label(v: f64) -> String {
         format!("1e{}", e.round() as i64)
     } else {
         format!("{v:.0e}")
-    }
-}
-
-fn status_word(s: Status) -> &'static str {
-    match s {
-        Status::Pass => "pass",
-        Status::Fail => "FAIL",
-        Status::Skip => "skip",
     }
 }
 
@@ -363,11 +348,7 @@ fn table(out: &mut String, rows: &[Row]) {
         } else {
             format!("{:.2}%<div class=\"muted\">{}/{}</div>", r.mismatched_pct, r.mismatched, r.total)
         };
-        let at = match (&r.max_abs_location, &r.max_abs_index) {
-            (Some(loc), _) => format!("<div class=\"loc\">{}</div>", esc(loc)),
-            (None, Some(i)) => format!("<div class=\"loc\">{}</div>", esc(&format!("{i:?}"))),
-            _ => String::new(),
-        };
+        let at = r.at().map_or(String::new(), |at| format!("<div class=\"loc\">{}</div>", esc(&at)));
         let cosine = match r.cosine {
             None => "<span class=\"muted\">–</span>".to_string(),
             Some(c) if !c.is_finite() => sci(Some(c)),
@@ -418,7 +399,7 @@ fn table(out: &mut String, rows: &[Row]) {
             mode_chip(&r.mode),
             esc(&r.tap),
             status_class(r.status),
-            status_word(r.status),
+            r.status.word(),
             mismatched,
             sci(r.max_abs),
             at,
