@@ -1,6 +1,6 @@
-//! Smoke check of the HTML report: render the page in headless Chromium and make sure the
-//! screenshot is not blank (a page that fails to lay out, or an SVG that does not draw,
-//! shows up as a white image).
+//! The report's screenshot check (`cargo xtask verify --report DIR --screenshot`): render
+//! the page in headless Chromium and make sure the screenshot is not blank (a page that fails
+//! to lay out, or an SVG that does not draw, shows up as a white image).
 
 use std::collections::HashSet;
 use std::fmt;
@@ -213,7 +213,7 @@ mod tests {
 
     /// Where the tests leave their pages and screenshots, to look at.
     fn out_dir() -> PathBuf {
-        let dir = std::env::temp_dir().join("xtask-report-smoke");
+        let dir = std::env::temp_dir().join("xtask-report-screenshot");
         fs::create_dir_all(&dir).unwrap();
         dir
     }
