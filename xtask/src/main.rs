@@ -11,7 +11,7 @@ mod harness;
 mod make_model;
 mod manifest_edit;
 mod mutants;
-mod smoke;
+mod screenshot;
 mod standin;
 mod status;
 mod verify;

@@ -71,7 +71,7 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
     if let Some(dir) = &args.report {
         write_report(dir, &reports)?;
         if args.screenshot {
-            let check = crate::smoke::screenshot(&dir.join("index.html"), &dir.join("screenshot.png"))?;
+            let check = crate::screenshot::screenshot(&dir.join("index.html"), &dir.join("screenshot.png"))?;
             eprintln!("report screenshot {}: {check}", dir.join("screenshot.png").display());
         }
     }

@@ -2,19 +2,30 @@
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::compare::Comparison;
 
 /// Outcome of one (case, mode, tap).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Pass,
     Fail,
     /// Not run on this machine (e.g. the checkpoint is not here); never counts as a pass.
     Skip,
+}
+
+impl Status {
+    /// How the console table and the page spell the outcome: a failure stands out in capitals.
+    pub fn word(self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::Fail => "FAIL",
+            Status::Skip => "skip",
+        }
+    }
 }
 
 /// One line of the report.
@@ -90,6 +101,15 @@ impl Row {
         Row { status: Status::Skip, ..Row::empty(case, mode, tap, why) }
     }
 
+    /// Where the largest |Δ| is: in model terms when the location is known, else its index.
+    pub fn at(&self) -> Option<String> {
+        match (&self.max_abs_location, &self.max_abs_index) {
+            (Some(loc), _) => Some(loc.clone()),
+            (None, Some(i)) => Some(format!("{i:?}")),
+            _ => None,
+        }
+    }
+
     fn empty(case: &str, mode: &str, tap: &str, why: String) -> Row {
         Row {
             case: case.into(),
@@ -124,8 +144,15 @@ fn finite_or_string<S: serde::Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok
     }
 }
 
-fn sci(v: Option<f64>) -> String {
-    v.map_or("-".into(), |x| if x == 0.0 { "0".into() } else { format!("{x:.2e}") })
+/// A metric as the console table and the page print it: three significant digits in
+/// scientific notation, an exact 0 as `0` (not `0.00e0`), NaN and infinities spelled out
+/// (`NaN`, `inf`, `-inf`), and `-` when there is none.
+pub fn sci(v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(0.0) => "0".into(),
+        Some(x) => format!("{x:.2e}"),
+    }
 }
 
 /// The console table: one row per tap, in the order given (pipeline order per case/mode).
@@ -135,11 +162,7 @@ pub fn table(rows: &[Row]) -> String {
     let cells: Vec<[String; 9]> = rows
         .iter()
         .map(|r| {
-            let at = match (&r.max_abs_location, &r.max_abs_index) {
-                (Some(loc), _) => loc.clone(),
-                (None, Some(i)) => format!("{i:?}"),
-                _ => "-".into(),
-            };
+            let at = r.at().unwrap_or_else(|| "-".into());
             let mut cosine = r.cosine.map_or("-".into(), |c| format!("{c:.7}"));
             if let (Some(e), Some(a), Some(k)) = (r.argmax_expected, r.argmax_actual, r.top_k_overlap) {
                 cosine.push_str(&format!(" argmax {e}/{a} top-k {:.0}%", 100.0 * k));
@@ -148,11 +171,7 @@ pub fn table(rows: &[Row]) -> String {
                 r.case.clone(),
                 r.mode.clone(),
                 r.tap.clone(),
-                match r.status {
-                    Status::Pass => "pass".into(),
-                    Status::Fail => "FAIL".into(),
-                    Status::Skip => "skip".into(),
-                },
+                r.status.word().into(),
                 if r.status == Status::Skip { "-".into() } else { format!("{:.2}%", r.mismatched_pct) },
                 sci(r.max_abs),
                 at,
@@ -211,4 +230,40 @@ pub struct CaseReport {
     /// Every tap of every mode, in pipeline order within each mode.
     pub rows: Vec<Row>,
     pub heatmaps: Vec<Heatmap>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sci_keeps_three_significant_digits_and_spells_out_zero_and_non_finite_values() {
+        let cases = [
+            (None, "-"),
+            (Some(0.0), "0"),
+            (Some(-0.0), "0"),
+            (Some(1.23456e-7), "1.23e-7"),
+            (Some(-2.5), "-2.50e0"),
+            (Some(f64::NAN), "NaN"),
+            (Some(f64::INFINITY), "inf"),
+            (Some(f64::NEG_INFINITY), "-inf"),
+        ];
+        for (v, want) in cases {
+            assert_eq!(sci(v), want, "sci({v:?})");
+        }
+    }
+
+    #[test]
+    fn the_console_table_spells_each_status_with_its_word() {
+        let rows = [
+            Row::skipped("c", "m", "lm.norm", "absent".into()),
+            Row::failed("c", "m", "lm.layer.0", "panicked".into()),
+        ];
+        let table = table(&rows);
+        for (row, line) in rows.iter().zip(table.lines().skip(1)) {
+            let status = line.split_whitespace().nth(3);
+            assert_eq!(status, Some(row.status.word()), "line {line:?}");
+        }
+        assert_eq!(Status::Fail.word(), "FAIL", "a failure stands out in capitals");
+    }
 }

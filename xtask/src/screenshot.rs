@@ -1,18 +1,20 @@
-//! Smoke check of the HTML report: render the page in headless Chromium and make sure the
-//! screenshot is not blank (a page that fails to lay out, or an SVG that does not draw,
-//! shows up as a white image).
+//! The report's screenshot check (`cargo xtask verify --report DIR --screenshot`): render
+//! the page in headless Chromium and make sure the screenshot is not blank (a page that fails
+//! to lay out, or an SVG that does not draw, shows up as a white image).
 
 use std::collections::HashSet;
+use std::ffi::OsStr;
 use std::fmt;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-/// Debian's Chromium (`apt-get install -y chromium`).
-pub const CHROMIUM: &str = "/usr/bin/chromium";
+/// The names Chromium goes by: Debian's package, other distributions' and Google's build.
+const CHROMIUM_NAMES: [&str; 3] = ["chromium", "chromium-browser", "google-chrome"];
 
 /// The browser window: wide enough for the two plots side by side, tall enough for the
 /// first case's summary, plots, heat maps and the start of its table.
@@ -54,10 +56,8 @@ impl fmt::Display for ScreenshotCheck {
 /// not blank. Fails when Chromium is missing, does not finish within two minutes, writes no
 /// PNG, or the PNG looks blank (under 1% non-background pixels or under 8 colours).
 pub fn screenshot(html: &Path, png: &Path) -> Result<ScreenshotCheck> {
-    let chromium = Path::new(CHROMIUM);
-    if !chromium.exists() {
-        bail!("{CHROMIUM} not found: install Debian's Chromium with `apt-get install -y chromium` to screenshot the report");
-    }
+    let chromium = chromium()?;
+    let name = chromium.display();
     let html = html.canonicalize().with_context(|| format!("the report page {}", html.display()))?;
     let png = std::path::absolute(png).with_context(|| format!("the screenshot path {}", png.display()))?;
     if let Some(parent) = png.parent() {
@@ -70,8 +70,10 @@ pub fn screenshot(html: &Path, png: &Path) -> Result<ScreenshotCheck> {
         Err(e) => return Err(e).with_context(|| format!("removing the old {}", png.display())),
     }
 
-    let profile = TempDir::new("xtask-chromium")?;
-    let log_path = profile.path.with_extension("log");
+    let scratch =
+        tempfile::Builder::new().prefix("xtask-chromium-").tempdir().context("creating a folder for Chromium")?;
+    let profile = scratch.path().join("profile");
+    let log_path = scratch.path().join("chromium.log");
     let log = fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
     let args = [
         "--headless".to_string(),
@@ -82,18 +84,18 @@ pub fn screenshot(html: &Path, png: &Path) -> Result<ScreenshotCheck> {
         "--disable-background-networking".into(),
         "--disable-component-update".into(),
         "--disable-sync".into(),
-        format!("--user-data-dir={}", profile.path.display()),
+        format!("--user-data-dir={}", profile.display()),
         "--hide-scrollbars".into(),
         format!("--window-size={},{}", WINDOW.0, WINDOW.1),
         format!("--screenshot={}", png.display()),
         file_url(&html),
     ];
     let started = Instant::now();
-    let mut command = Command::new(chromium);
+    let mut command = Command::new(&chromium);
     command.args(&args).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
     // Its own process group, so that a hung browser can be ended with all its helpers.
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
-    let mut child = command.spawn().with_context(|| format!("starting {CHROMIUM}"))?;
+    let mut child = command.spawn().with_context(|| format!("starting {name}"))?;
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
@@ -102,15 +104,14 @@ pub fn screenshot(html: &Path, png: &Path) -> Result<ScreenshotCheck> {
             let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", child.id())]).status();
             let _ = child.kill();
             let _ = child.wait();
-            bail!("{CHROMIUM} did not finish within {}s; its output:\n{}", TIMEOUT.as_secs(), tail(&log_path));
+            bail!("{name} did not finish within {}s; its output:\n{}", TIMEOUT.as_secs(), tail(&log_path));
         }
         std::thread::sleep(Duration::from_millis(100));
     };
     let output = tail(&log_path);
-    let _ = fs::remove_file(&log_path);
     if !status.success() || !png.exists() {
         bail!(
-            "{CHROMIUM} exited with {status} {} {}; its output:\n{output}",
+            "{name} exited with {status} {} {}; its output:\n{output}",
             if png.exists() { "after writing" } else { "without writing" },
             png.display()
         );
@@ -177,24 +178,31 @@ fn tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
-/// A fresh directory, removed on drop (Chromium's throwaway profile).
-struct TempDir {
-    path: PathBuf,
+/// Chromium, found on `PATH` under any of its usual names.
+fn chromium() -> Result<PathBuf> {
+    chromium_on(&std::env::var_os("PATH").unwrap_or_default())
 }
 
-impl TempDir {
-    fn new(prefix: &str) -> Result<TempDir> {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let path = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
-        fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(TempDir { path })
-    }
+fn chromium_on(path: &OsStr) -> Result<PathBuf> {
+    find_on_path(path, &CHROMIUM_NAMES).with_context(|| {
+        format!(
+            "no Chromium on PATH (looked for {}): install Debian's package with `apt-get install -y chromium` \
+             to screenshot the report",
+            CHROMIUM_NAMES.join(", ")
+        )
+    })
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
-    }
+/// The first executable file named one of `names` in the folders of `path` (a `PATH`-style
+/// list). Folders come first, names second: the order of `PATH` says which install the user
+/// prefers.
+fn find_on_path(path: &OsStr, names: &[&str]) -> Option<PathBuf> {
+    std::env::split_paths(path).filter(|dir| !dir.as_os_str().is_empty()).find_map(|dir| {
+        names
+            .iter()
+            .map(|name| dir.join(name))
+            .find(|candidate| fs::metadata(candidate).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+    })
 }
 
 #[cfg(test)]
@@ -204,16 +212,18 @@ mod tests {
     use super::*;
 
     fn chromium_missing() -> bool {
-        if Path::new(CHROMIUM).exists() {
-            return false;
+        match chromium() {
+            Ok(_) => false,
+            Err(e) => {
+                println!("SKIP: {e:#}");
+                true
+            }
         }
-        println!("SKIP: chromium not installed ({CHROMIUM} missing; `apt-get install -y chromium`)");
-        true
     }
 
     /// Where the tests leave their pages and screenshots, to look at.
     fn out_dir() -> PathBuf {
-        let dir = std::env::temp_dir().join("xtask-report-smoke");
+        let dir = std::env::temp_dir().join("xtask-report-screenshot");
         fs::create_dir_all(&dir).unwrap();
         dir
     }
@@ -447,6 +457,30 @@ mod tests {
             ScreenshotCheck { width: 100, height: 50, non_background_fraction: 0.0, distinct_colours: 1 }
         );
         assert!(not_blank(&check).is_err());
+    }
+
+    #[test]
+    fn chromium_is_found_on_path_under_any_of_its_names_and_only_if_executable() {
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let put = |dir: &tempfile::TempDir, name: &str, mode: u32| {
+            let file = dir.path().join(name);
+            fs::write(&file, "#!/bin/sh\n").unwrap();
+            fs::set_permissions(&file, fs::Permissions::from_mode(mode)).unwrap();
+            file
+        };
+        put(&dirs[0], "chromium", 0o644);
+        let wanted = put(&dirs[1], "google-chrome", 0o755);
+        let path = std::env::join_paths(dirs.iter().map(|d| d.path())).unwrap();
+        assert_eq!(
+            find_on_path(&path, &CHROMIUM_NAMES),
+            Some(wanted),
+            "the non-executable {} must be passed over",
+            dirs[0].path().join("chromium").display()
+        );
+        let missing = format!("{:#}", chromium_on(OsStr::new("")).unwrap_err());
+        assert!(missing.contains("apt-get install -y chromium"), "an empty PATH: {missing}");
+        let first = put(&dirs[0], "chromium-browser", 0o755);
+        assert_eq!(find_on_path(&path, &CHROMIUM_NAMES), Some(first), "the earlier folder on PATH wins");
     }
 
     #[test]
