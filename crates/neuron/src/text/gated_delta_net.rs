@@ -66,7 +66,7 @@ impl GatedDeltaNet {
         let a = self.in_proj_a.forward(x)?.broadcast_add(&self.dt_bias)?;
         let g = softplus(&a)?.broadcast_mul(&self.neg_a)?;
 
-        let core = chunk_gated_delta_rule(&query, &key, &value, &g, &beta, CHUNK_SIZE)?;
+        let (core, _) = chunk_gated_delta_rule(&query, &key, &value, &g, &beta, CHUNK_SIZE, None)?;
         let core = self.norm.forward(&core, &z)?.reshape((seq, nv * dv))?;
         Ok(self.out_proj.forward(&core)?)
     }
