@@ -1,7 +1,10 @@
 //! The whole model, mirroring `Qwen3_5Model` + `Qwen3_5ForConditionalGeneration.forward`:
 //! the vision tower's projector rows replace the `<|image_pad|>` embeddings, multimodal
-//! positions are computed from the token ids and image grids, and the text model runs.
+//! positions are computed from the token ids and image grids, and the text model runs —
+//! over a whole prompt, or with a [`Cache`]: a prompt prefilled in one pass or in chunks,
+//! then decode steps (greedy generation, as `GenerationMixin.generate` with `do_sample=False`).
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use anyhow::{ensure, Result};
@@ -10,6 +13,7 @@ use candle_nn::VarBuilder;
 
 use crate::config::Config;
 use crate::taps::Taps;
+use crate::text::cache::Cache;
 use crate::text::TextModel;
 use crate::vision::positions::Grid;
 use crate::vision::{VisionModel, VisionPositions};
@@ -67,6 +71,13 @@ pub fn rope_index(input_ids: &[u32], image_token_id: u32, grids: &[Grid], merge:
     Ok(rows)
 }
 
+/// `rope_deltas` of `get_rope_index` for one sequence: its largest position (on any axis) + 1 −
+/// its length. Positions after the prompt are `index + rope delta`.
+pub fn rope_delta(positions: &[Vec<i64>; 3]) -> i64 {
+    let seq = positions[0].len() as i64;
+    positions.iter().flatten().max().map_or(0, |max| max + 1 - seq)
+}
+
 /// Replaces the rows of `embeds` at `<|image_pad|>` positions, in order, with the rows of
 /// `image_embeds` (`masked_scatter` in the reference). A count mismatch is an error naming
 /// both counts.
@@ -109,6 +120,51 @@ pub enum Residency {
     /// checkpoint just before it runs (see [`crate::stack`]): a 27B checkpoint in the memory
     /// of one layer plus activations.
     Streamed,
+}
+
+/// A prompt ready for the text model: what `Qwen3_5Model.forward` computes before
+/// `language_model` runs.
+pub struct Prompt {
+    /// The token embeddings with the image rows spliced in: [seq, hidden].
+    pub embeds: Tensor,
+    /// The multimodal positions (t, h, w): [3][seq].
+    pub positions: [Vec<i64>; 3],
+    /// See [`rope_delta`].
+    pub rope_delta: i64,
+}
+
+impl Prompt {
+    /// The number of tokens.
+    pub fn len(&self) -> usize {
+        self.positions[0].len()
+    }
+
+    /// Whether the prompt has no tokens.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The result of [`Model::generate_greedy`].
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// The generated tokens, the EOS that stopped generation included.
+    pub tokens: Vec<u32>,
+    /// The logits each token was chosen from, one [vocab] per token: step 0 is the prefill's
+    /// last position, step i the decode step of token i − 1.
+    pub logits: Vec<Tensor>,
+}
+
+/// The index of the largest logit, the first of equal ones (`torch.argmax`); `None` when all
+/// are NaN or there are none.
+pub fn argmax(logits: &[f32]) -> Option<u32> {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &v) in logits.iter().enumerate() {
+        if !v.is_nan() && best.is_none_or(|(_, b)| v > b) {
+            best = Some((i, v));
+        }
+    }
+    best.map(|(i, _)| i as u32)
 }
 
 /// `Qwen3_5ForConditionalGeneration` for a single prompt.
@@ -155,10 +211,31 @@ impl Model {
         rope_index(input_ids, self.config.image_token_id, grids, self.config.vision_config.spatial_merge_size)
     }
 
-    /// input_ids [seq], projector rows `image_embeds` [image tokens, hidden] and the
-    /// multimodal `positions` [3][seq] → logits at the last position [vocab]. Records
-    /// `input.position_ids`, `lm.image_embeds` and the text model's taps.
-    pub fn forward_from_image_embeds(
+    /// input_ids [seq] and, for a prompt with images, pixel_values [patches, C·T·P·P] with
+    /// the images' vision positions → the [`Prompt`]: the
+    /// vision tower runs, its rows are spliced into the embeddings, the positions and rope delta
+    /// are computed. Records `vision.*`, `input.position_ids` and `lm.image_embeds`.
+    pub fn prompt(
+        &self,
+        input_ids: &[u32],
+        pixel_values: Option<(&Tensor, &VisionPositions)>,
+        taps: &mut Taps,
+    ) -> Result<Prompt> {
+        ensure!(!input_ids.is_empty(), "the prompt has no tokens");
+        let grids = pixel_values.map_or(&[][..], |(_, p)| &p.grids);
+        let positions = self.positions(input_ids, grids)?;
+        let image_embeds = match pixel_values {
+            Some((pixels, vision_positions)) => Some(self.vision.forward(pixels, vision_positions, taps)?),
+            None => None,
+        };
+        let embeds = self.prompt_embeds(input_ids, image_embeds.as_ref(), &positions, taps)?;
+        Ok(Prompt { embeds, rope_delta: rope_delta(&positions), positions })
+    }
+
+    /// The embeddings of input_ids [seq] with the rows of `image_embeds` spliced in → [seq,
+    /// hidden]; records `input.position_ids` (checking there is one column per token) and
+    /// `lm.image_embeds`.
+    fn prompt_embeds(
         &self,
         input_ids: &[u32],
         image_embeds: Option<&Tensor>,
@@ -183,6 +260,20 @@ impl Model {
                 input_ids.iter().enumerate().filter(|(_, &id)| id == image_token).map(|(p, _)| p as u32).collect();
             taps.record(|| "lm.image_embeds".into(), &embeds.index_select(&Tensor::new(at, embeds.device())?, 0)?);
         }
+        Ok(embeds)
+    }
+
+    /// input_ids [seq], projector rows `image_embeds` [image tokens, hidden] and the
+    /// multimodal `positions` [3][seq] → logits at the last position [vocab]. Records
+    /// `input.position_ids`, `lm.image_embeds` and the text model's taps.
+    pub fn forward_from_image_embeds(
+        &self,
+        input_ids: &[u32],
+        image_embeds: Option<&Tensor>,
+        positions: &[Vec<i64>; 3],
+        taps: &mut Taps,
+    ) -> Result<Tensor> {
+        let embeds = self.prompt_embeds(input_ids, image_embeds, positions, taps)?;
         self.text.forward(&embeds, positions, taps)
     }
 
@@ -195,13 +286,106 @@ impl Model {
         pixel_values: Option<(&Tensor, &VisionPositions)>,
         taps: &mut Taps,
     ) -> Result<Tensor> {
-        let grids = pixel_values.map_or(&[][..], |(_, p)| &p.grids);
-        let positions = self.positions(input_ids, grids)?;
-        let image_embeds = match pixel_values {
-            Some((pixels, vision_positions)) => Some(self.vision.forward(pixels, vision_positions, taps)?),
-            None => None,
-        };
-        self.forward_from_image_embeds(input_ids, image_embeds.as_ref(), &positions, taps)
+        let prompt = self.prompt(input_ids, pixel_values, taps)?;
+        self.text.forward(&prompt.embeds, &prompt.positions, taps)
+    }
+
+    /// An empty cache for this model.
+    pub fn new_cache(&self) -> Cache {
+        self.text.new_cache()
+    }
+
+    /// Prefills an empty `cache` with a whole prompt (input_ids [seq], optional pixel values as
+    /// [`Model::forward`]) → logits at its last position [vocab]. Records the taps of
+    /// [`Model::forward`] and the cache after the prefill (`cache.{i}.*`).
+    pub fn prefill(
+        &self,
+        input_ids: &[u32],
+        pixel_values: Option<(&Tensor, &VisionPositions)>,
+        cache: &mut Cache,
+        taps: &mut Taps,
+    ) -> Result<Tensor> {
+        let prompt = self.prompt(input_ids, pixel_values, taps)?;
+        self.prefill_chunk(&prompt, 0..prompt.len(), cache, taps)
+    }
+
+    /// Prefills the prompt's tokens `tokens` (embeddings and multimodal positions of those
+    /// columns) after the `tokens.start` earlier ones already in `cache` → logits at the chunk's
+    /// last position [vocab]. A prompt prefilled chunk after chunk ends with the cache of one
+    /// pass; the rope delta is the whole prompt's. Records the text model's taps of the chunk
+    /// and the cache after it (`cache.{i}.*`).
+    pub fn prefill_chunk(
+        &self,
+        prompt: &Prompt,
+        tokens: Range<usize>,
+        cache: &mut Cache,
+        taps: &mut Taps,
+    ) -> Result<Tensor> {
+        ensure!(
+            tokens.start == cache.len() && tokens.start < tokens.end && tokens.end <= prompt.len(),
+            "prefilling tokens {tokens:?} of a {}-token prompt into a cache of {} tokens: chunks must be non-empty, \
+             in order and within the prompt",
+            prompt.len(),
+            cache.len()
+        );
+        let embeds = prompt.embeds.narrow(0, tokens.start, tokens.len())?;
+        let positions = prompt.positions.clone().map(|row| row[tokens.clone()].to_vec());
+        cache.set_rope_delta(prompt.rope_delta);
+        let logits = self.text.forward_with_cache(&embeds, &positions, cache, taps)?;
+        cache.record(taps);
+        Ok(logits)
+    }
+
+    /// Appends text tokens after what `cache` holds (a prompt and any tokens since), at
+    /// positions `cache length + rope delta` on all three axes → logits at the last of them
+    /// [vocab]. Records the text model's taps.
+    pub fn extend(&self, input_ids: &[u32], cache: &mut Cache, taps: &mut Taps) -> Result<Tensor> {
+        ensure!(!input_ids.is_empty(), "no tokens to append");
+        ensure!(!cache.is_empty(), "the cache is empty: prefill a prompt first");
+        let positions = cache.next_positions(input_ids.len());
+        self.text.forward_with_cache(&self.text.embed(input_ids)?, &positions, cache, taps)
+    }
+
+    /// One decode step: `token` appended after what `cache` holds → the next logits [vocab].
+    pub fn decode_step(&self, token: u32, cache: &mut Cache) -> Result<Tensor> {
+        self.extend(&[token], cache, &mut Taps::disabled())
+    }
+
+    /// Greedy generation (`generate(do_sample=False)`): prefills the prompt, then appends the
+    /// most likely token until `max_new_tokens` tokens are generated or a token of `eos` is
+    /// (it is kept). Records the prefill's taps, `gen.logits` [steps, vocab] and `gen.tokens`
+    /// [steps].
+    pub fn generate_greedy(
+        &self,
+        input_ids: &[u32],
+        pixel_values: Option<(&Tensor, &VisionPositions)>,
+        max_new_tokens: usize,
+        eos: &[u32],
+        taps: &mut Taps,
+    ) -> Result<Generation> {
+        let mut generation = Generation { tokens: Vec::new(), logits: Vec::new() };
+        if max_new_tokens == 0 {
+            return Ok(generation);
+        }
+        let mut cache = self.new_cache();
+        let mut logits = self.prefill(input_ids, pixel_values, &mut cache, taps)?;
+        loop {
+            let values: Vec<f32> = logits.to_vec1()?;
+            let step = generation.tokens.len();
+            let Some(token) = argmax(&values) else { anyhow::bail!("the logits of step {step} are all NaN") };
+            generation.tokens.push(token);
+            generation.logits.push(logits);
+            if generation.tokens.len() == max_new_tokens || eos.contains(&token) {
+                break;
+            }
+            logits = self.decode_step(token, &mut cache)?;
+        }
+        if taps.enabled() {
+            taps.record(|| "gen.logits".into(), &Tensor::stack(&generation.logits, 0)?);
+            let tokens: Vec<i64> = generation.tokens.iter().map(|&t| t as i64).collect();
+            taps.record(|| "gen.tokens".into(), &Tensor::new(tokens, &Device::Cpu)?);
+        }
+        Ok(generation)
     }
 }
 
@@ -229,6 +413,23 @@ mod tests {
         assert_eq!(p[0], [0, 1, 2, 2], "t positions");
         assert_eq!(p[1], [0, 1, 1, 2], "h positions");
         assert_eq!(p[2], [0, 1, 1, 2], "w positions");
+    }
+
+    #[test]
+    fn the_rope_delta_is_the_largest_position_plus_one_minus_the_length() {
+        let ids = [1, 2, IMG, IMG, IMG, IMG, IMG, IMG, 3, 4];
+        let p = rope_index(&ids, IMG, &[Grid { t: 1, h: 4, w: 6 }], 2).unwrap();
+        assert_eq!(rope_delta(&p), 6 + 1 - 10, "after a 2×3 image");
+        let text = rope_index(&[1, 2, 3], IMG, &[], 2).unwrap();
+        assert_eq!(rope_delta(&text), 0, "text alone");
+    }
+
+    #[test]
+    fn argmax_takes_the_first_of_equal_largest_logits_and_skips_nan() {
+        assert_eq!(argmax(&[0.5, 2.0, -1.0, 2.0]), Some(1), "first of two equal maxima");
+        assert_eq!(argmax(&[f32::NAN, -3.0, f32::NAN, -2.0]), Some(3), "NaN skipped");
+        assert_eq!(argmax(&[f32::NAN]), None);
+        assert_eq!(argmax(&[]), None);
     }
 
     #[test]

@@ -108,7 +108,6 @@ fn a_shard_named_by_the_index_but_missing_is_an_error_naming_it() {
 #[test]
 fn a_streamed_model_computes_what_the_resident_model_computes() {
     use neuron::taps::Taps;
-    use neuron::vision::VisionPositions;
     use parity::compare::{compare, CompareOptions, Tolerance};
 
     let (inputs, mut tensors) = checkpoint();
@@ -118,19 +117,7 @@ fn a_streamed_model_computes_what_the_resident_model_computes() {
     let streamed = Model::streamed(&inputs.config, checkpoint).unwrap();
     let resident = replay::load_model(&inputs).unwrap();
 
-    let manifest = replay::workspace_manifest().unwrap();
-    let ids: Vec<u32> = replay::reference(&manifest, "chelsea", "input.input_ids")
-        .unwrap()
-        .as_i64()
-        .unwrap()
-        .iter()
-        .map(|&i| i as u32)
-        .collect();
-    let grids = replay::grids_of(&replay::reference(&manifest, "chelsea", "input.image_grid_thw").unwrap()).unwrap();
-    let pixels = replay::reference(&manifest, "chelsea", "input.pixel_values").unwrap();
-    let pixels = Tensor::from_slice(pixels.as_f32().unwrap(), pixels.shape.as_slice(), &Device::Cpu).unwrap();
-    let positions = VisionPositions::new(&inputs.config.vision_config, &grids);
-
+    let (ids, pixels, positions) = chelsea_request(&inputs);
     let run = |model: &Model| {
         let mut taps = Taps::recording();
         model.forward(&ids, Some((&pixels, &positions)), &mut taps).unwrap();
@@ -148,6 +135,58 @@ fn a_streamed_model_computes_what_the_resident_model_computes() {
     for (tap, e) in &expected {
         let c = compare(&replay::to_array(e).unwrap(), &replay::to_array(&actual[tap]).unwrap(), &opts);
         assert!(c.passed(), "tap {tap}: streamed vs resident\n{c}");
+    }
+}
+
+/// The chelsea case's token ids, pixel values and vision positions.
+fn chelsea_request(inputs: &CaseInputs) -> (Vec<u32>, Tensor, neuron::vision::VisionPositions) {
+    let manifest = replay::workspace_manifest().unwrap();
+    let ids: Vec<u32> = replay::reference(&manifest, "chelsea", "input.input_ids")
+        .unwrap()
+        .as_i64()
+        .unwrap()
+        .iter()
+        .map(|&i| i as u32)
+        .collect();
+    let grids = replay::grids_of(&replay::reference(&manifest, "chelsea", "input.image_grid_thw").unwrap()).unwrap();
+    let pixels = replay::reference(&manifest, "chelsea", "input.pixel_values").unwrap();
+    let pixels = Tensor::from_slice(pixels.as_f32().unwrap(), pixels.shape.as_slice(), &Device::Cpu).unwrap();
+    (ids, pixels, neuron::vision::VisionPositions::new(&inputs.config.vision_config, &grids))
+}
+
+/// The streamed model keeps no layer between steps, so its cache lives outside the layers: a
+/// prefill and two decode steps give the logits and every cache state of the resident model.
+#[test]
+fn a_streamed_model_decodes_what_the_resident_model_decodes() {
+    use neuron::model::argmax;
+    use neuron::taps::Taps;
+
+    let (inputs, tensors) = checkpoint();
+    let dir = sharded_copy(&inputs, &tensors, "decode");
+    let checkpoint = std::sync::Arc::new(neuron::weights::Checkpoint::open(&dir).unwrap());
+    let streamed = Model::streamed(&inputs.config, checkpoint).unwrap();
+    let resident = replay::load_model(&inputs).unwrap();
+    let (ids, pixels, positions) = chelsea_request(&inputs);
+
+    let run = |model: &Model| {
+        let mut cache = model.new_cache();
+        let mut logits = model.prefill(&ids, Some((&pixels, &positions)), &mut cache, &mut Taps::disabled()).unwrap();
+        for _ in 0..2 {
+            let token = argmax(&logits.to_vec1::<f32>().unwrap()).unwrap();
+            logits = model.decode_step(token, &mut cache).unwrap();
+        }
+        let mut states = cache.states();
+        states.push(("logits".into(), logits));
+        (cache.len(), states)
+    };
+    let (expected, actual) = (run(&resident), run(&streamed));
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(actual.0, expected.0, "tokens in the cache");
+    assert_eq!(actual.1.len(), expected.1.len(), "number of cache states");
+    for ((name, e), (actual_name, a)) in expected.1.iter().zip(&actual.1) {
+        assert_eq!(actual_name, name);
+        let diff = (e - a).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff <= 1e-6, "{name} after two decode steps: streamed vs resident max |Δ| = {diff:e}");
     }
 }
 

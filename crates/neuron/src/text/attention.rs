@@ -1,10 +1,12 @@
-//! The gated full attention of the text model, mirroring `Qwen3_5Attention` (eager path),
-//! and its interleaved multimodal rotary embedding (`Qwen3_5TextRotaryEmbedding`).
+//! The gated full attention of the text model, mirroring `Qwen3_5Attention` (eager path) with
+//! its key/value cache, and its interleaved multimodal rotary embedding
+//! (`Qwen3_5TextRotaryEmbedding`).
 
 use anyhow::{ensure, Result};
 use candle_core::{Device, Tensor, D};
 use candle_nn::{linear_b, Linear, Module, VarBuilder};
 
+use super::cache::KvState;
 use super::norm::RmsNorm;
 use crate::config::TextConfig;
 
@@ -110,8 +112,20 @@ impl Attention {
         })
     }
 
-    /// x [seq, hidden], cos/sin [seq, rotary dim] → [seq, hidden]
-    pub fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    /// x [seq, hidden], cos/sin [seq, rotary dim] of its positions, and the keys and values of
+    /// the `past` tokens before x (`None` when there are none) → the output [seq, hidden] and
+    /// the keys (after q/k norm and rotary) and values of all past + seq tokens ([`KvState`]).
+    ///
+    /// As `Qwen3_5Attention.forward` with `past_key_values.update`: the new keys and values are
+    /// appended to the cached ones, and the query of token i (absolute index past + i) attends
+    /// to keys 0 ..= past + i (`create_causal_mask` with the cache length as offset).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        previous: Option<&KvState>,
+    ) -> Result<(Tensor, KvState)> {
         let seq = x.dim(0)?;
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let q_and_gate = self.q_proj.forward(x)?.reshape((seq, nh, 2 * hd))?;
@@ -123,33 +137,146 @@ impl Attention {
         let v = self.v_proj.forward(x)?.reshape((seq, nkv, hd))?.transpose(0, 1)?;
         let q = apply_rotary(&q, cos, sin)?;
         let k = apply_rotary(&k.contiguous()?, cos, sin)?;
+        let v = v.contiguous()?;
+        let cached = match previous {
+            Some(past) => {
+                KvState { key: Tensor::cat(&[&past.key, &k], 1)?, value: Tensor::cat(&[&past.value, &v], 1)? }
+            }
+            None => KvState { key: k, value: v },
+        };
+        let total = cached.key.dim(1)?;
 
         // repeat_kv: KV head j serves query heads j·groups .. (j+1)·groups.
         let groups = nh / nkv;
-        let repeat = |t: Tensor| -> Result<Tensor> {
-            Ok(t.unsqueeze(1)?.expand((nkv, groups, seq, hd))?.reshape((nh, seq, hd))?)
+        let repeat = |t: &Tensor| -> Result<Tensor> {
+            Ok(t.unsqueeze(1)?.expand((nkv, groups, total, hd))?.reshape((nh, total, hd))?)
         };
-        let (k, v) = (repeat(k)?, repeat(v.contiguous()?)?);
+        let (k, v) = (repeat(&cached.key)?, repeat(&cached.value)?);
 
         let scores = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?;
-        let scores = scores.broadcast_add(&causal_mask(seq, x.device())?)?;
+        let scores = scores.broadcast_add(&causal_mask(seq, total - seq, x.device())?)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let out = probs.matmul(&v)?.transpose(0, 1)?.reshape((seq, nh * hd))?;
         let out = (out * candle_nn::ops::sigmoid(&gate)?)?;
-        Ok(self.o_proj.forward(&out)?)
+        Ok((self.o_proj.forward(&out)?, cached))
     }
 }
 
-/// [seq, seq]: 0 on and below the diagonal, −inf above.
-fn causal_mask(seq: usize, device: &Device) -> Result<Tensor> {
+/// [seq, past + seq]: query i (absolute index past + i) sees keys 0 ..= past + i (0), not the
+/// later ones (−inf).
+fn causal_mask(seq: usize, past: usize, device: &Device) -> Result<Tensor> {
+    let total = past + seq;
     let mask: Vec<f32> =
-        (0..seq).flat_map(|i| (0..seq).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY })).collect();
-    Ok(Tensor::from_vec(mask, (seq, seq), device)?)
+        (0..seq).flat_map(|i| (0..total).map(move |j| if j <= past + i { 0.0 } else { f32::NEG_INFINITY })).collect();
+    Ok(Tensor::from_vec(mask, (seq, total), device)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::TextRopeParameters;
+    use candle_core::DType;
+
+    /// A 16-wide attention (4 query heads, 2 KV heads of 8 dims, 4 of them rotated) with
+    /// seeded weights of unit scale, and six tokens of input x [6, 16].
+    fn tiny_attention() -> (TextConfig, Attention, Tensor) {
+        let cfg = TextConfig {
+            hidden_size: 16,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 8,
+            rope_parameters: TextRopeParameters {
+                rope_theta: 10000.0,
+                partial_rotary_factor: 0.5,
+                mrope_section: vec![1, 1, 0],
+            },
+            ..TextConfig::default()
+        };
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut random = |shape: &[usize]| {
+            let n = shape.iter().product::<usize>();
+            let values: Vec<f32> = (0..n)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    (seed >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+                })
+                .collect();
+            Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+        };
+        let tensors = [
+            ("q_proj.weight", random(&[64, 16])),
+            ("k_proj.weight", random(&[16, 16])),
+            ("v_proj.weight", random(&[16, 16])),
+            ("o_proj.weight", random(&[16, 32])),
+            ("q_norm.weight", random(&[8])),
+            ("k_norm.weight", random(&[8])),
+        ];
+        let x = random(&[6, 16]);
+        let tensors = tensors.into_iter().map(|(n, t)| (n.to_string(), t)).collect();
+        let attention = Attention::new(&cfg, VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu)).unwrap();
+        (cfg, attention, x)
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
+    /// The cache must hold what `past_key_values.update` receives: keys after q/k norm and
+    /// rotary (a cache of unrotated keys would be rotated again, or not at all, when read).
+    #[test]
+    fn keys_are_cached_after_their_norm_and_rotary_and_values_as_projected() {
+        let (cfg, attention, x) = tiny_attention();
+        let x = x.narrow(0, 0, 3).unwrap();
+        let rotary = TextRotary::new(&cfg).unwrap();
+        let positions = [vec![5, 6, 9], vec![5, 7, 9], vec![5, 8, 12]];
+        let (cos, sin) = rotary.cos_sin(&positions, &Device::Cpu).unwrap();
+        let (_, cached) = attention.forward(&x, &cos, &sin, None).unwrap();
+
+        let heads_first = |t: Tensor| t.reshape((3, 2, 8)).unwrap().transpose(0, 1).unwrap().contiguous().unwrap();
+        let normed = attention.k_norm.forward(&heads_first(attention.k_proj.forward(&x).unwrap())).unwrap();
+        let rotated = apply_rotary(&normed, &cos, &sin).unwrap();
+        assert_eq!(cached.key.dims(), [2, 3, 8], "cached keys [kv_heads, seq, head_dim]");
+        assert_eq!(max_diff(&cached.key, &rotated), 0.0, "cached keys vs k_norm(k_proj(x)) after rotary");
+        let unrotated = max_diff(&cached.key, &normed);
+        assert!(unrotated > 1e-2, "rotary should move the keys at these positions (max |Δ| {unrotated:e})");
+        let values = heads_first(attention.v_proj.forward(&x).unwrap());
+        assert_eq!(max_diff(&cached.value, &values), 0.0, "cached values vs v_proj(x)");
+    }
+
+    /// Queries after a cache see every cached key and the causal part of their own chunk:
+    /// three tokens, then two, then one give the outputs and cache of six in one pass.
+    #[test]
+    fn attending_after_cached_keys_equals_attending_over_the_whole_sequence() {
+        let (cfg, attention, x) = tiny_attention();
+        let rotary = TextRotary::new(&cfg).unwrap();
+        let positions = [vec![0, 1, 2, 2, 5, 6], vec![0, 1, 2, 3, 5, 6], vec![0, 1, 3, 2, 5, 6]];
+        let (cos, sin) = rotary.cos_sin(&positions, &Device::Cpu).unwrap();
+        let (whole, whole_cache) = attention.forward(&x, &cos, &sin, None).unwrap();
+
+        let mut cache: Option<KvState> = None;
+        let mut outputs = Vec::new();
+        for (start, len) in [(0, 3), (3, 2), (5, 1)] {
+            let cut = |t: &Tensor| t.narrow(0, start, len).unwrap();
+            let (out, next) = attention.forward(&cut(&x), &cut(&cos), &cut(&sin), cache.as_ref()).unwrap();
+            outputs.push(out);
+            cache = Some(next);
+        }
+        let cache = cache.unwrap();
+        let diff = max_diff(&Tensor::cat(&outputs, 0).unwrap(), &whole);
+        assert!(diff <= 1e-6, "outputs in pieces vs one pass: max |Δ| {diff:e}");
+        assert_eq!(cache.key.dims(), [2, 6, 8], "cached keys after six tokens");
+        let (dk, dv) = (max_diff(&cache.key, &whole_cache.key), max_diff(&cache.value, &whole_cache.value));
+        assert_eq!((dk, dv), (0.0, 0.0), "keys and values cached in pieces vs one pass");
+    }
+
+    #[test]
+    fn the_causal_mask_after_a_cache_lets_query_i_see_keys_up_to_past_plus_i() {
+        let mask = causal_mask(2, 3, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        let inf = f32::NEG_INFINITY;
+        assert_eq!(mask, [vec![0.0, 0.0, 0.0, 0.0, inf], vec![0.0; 5]], "mask of 2 queries after 3 cached keys");
+    }
 
     #[test]
     fn interleaved_sections_of_qwen36_assign_h_and_w_to_every_third_frequency() {

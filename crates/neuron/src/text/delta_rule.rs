@@ -1,9 +1,11 @@
 //! The gated delta rule of the Gated DeltaNet layers, mirroring `torch_chunk_gated_delta_rule`
 //! and `torch_recurrent_gated_delta_rule` (`transformers/models/qwen3_5/modeling_qwen3_5.py`)
-//! with `use_qk_l2norm_in_kernel=True`, a zero initial state and no final state (prefill only).
+//! with `use_qk_l2norm_in_kernel=True` and `output_final_state=True`: both start from an optional
+//! initial state (zeros when none, as the reference's `initial_state=None`) and return the state
+//! after the last token, which the cache carries to the next forward.
 //!
-//! Both forms compute, per value head with state `S` (`[d_k, d_v]`, starting at zero) and for each
-//! token `t` in order:
+//! Both forms compute, per value head with state `S` (`[d_k, d_v]`) and for each token `t` in
+//! order:
 //!
 //! ```text
 //! S   ← exp(g_t) · S
@@ -13,8 +15,9 @@
 //!
 //! with `q`, `k` L2-normalised (`x · rsqrt(Σx² + 1e-6)`) after the key heads are repeated onto the
 //! value heads (`repeat_interleave`: key head `i` serves value heads `i·r .. (i+1)·r`), and `q` then
-//! scaled by `1/√d_k`. The recurrent form is this loop; the chunked form (used for prefill)
-//! processes 64 tokens at a time with the UT transform of the DeltaNet paper. The operations follow
+//! scaled by `1/√d_k`. The recurrent form is this loop (the reference's one-token decode step); the
+//! chunked form (its prefill, and any later chunk of more than one token) processes 64 tokens at a
+//! time with the UT transform of the DeltaNet paper. The operations follow
 //! the reference in order and in f32, with PyTorch's CPU rounding where it can be reproduced: the
 //! f64-accumulated `cumsum`, and the summation order of `sum` (the L2 norms, and all reductions of
 //! the recurrent form) — see `torch_sum.rs`. Matmuls (gemm vs MKL),
@@ -111,6 +114,19 @@ fn prologue(query: &Tensor, key: &Tensor, value: &Tensor, g: &Tensor, beta: &Ten
     Ok(Prologue { q, k, v, g, beta, out_dtype })
 }
 
+/// The state the recurrence starts from, `[heads, d_k, d_v]` in f32 (`initial_state.to(value)`):
+/// the given one, or zeros (`initial_state=None`).
+fn initial_state(p: &Prologue, given: Option<&Tensor>) -> Result<Tensor> {
+    let shape = [p.heads(), p.d_k(), p.d_v()];
+    match given {
+        Some(state) => {
+            ensure!(state.dims() == shape, "initial state has shape {:?}, expected {shape:?}", state.dims());
+            Ok(state.to_dtype(DType::F32)?.contiguous()?)
+        }
+        None => Ok(Tensor::zeros(&shape, DType::F32, &Device::Cpu)?),
+    }
+}
+
 /// `[heads, seq, d_v]` → `[seq, heads, d_v]` in the input dtype.
 fn epilogue(out: Tensor, dtype: DType) -> Result<Tensor> {
     Ok(out.transpose(0, 1)?.contiguous()?.to_dtype(dtype)?)
@@ -169,12 +185,14 @@ fn solve_unit_lower(l: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_vec(x, (batch, n, m), &Device::Cpu)?)
 }
 
-/// Mirrors `torch_chunk_gated_delta_rule(..., initial_state=None, output_final_state=False,
+/// Mirrors `torch_chunk_gated_delta_rule(..., initial_state, output_final_state=True,
 /// use_qk_l2norm_in_kernel=True)`.
 ///
 /// `query`, `key`: `[seq, num_k_heads, d_k]`; `value`: `[seq, num_v_heads, d_v]`; `g` (log decay,
 /// ≤ 0) and `beta`: `[seq, num_v_heads]`. `num_v_heads` is a multiple of `num_k_heads`; each key
-/// head serves `num_v_heads / num_k_heads` consecutive value heads. Returns `[seq, num_v_heads, d_v]`.
+/// head serves `num_v_heads / num_k_heads` consecutive value heads. `initial_state`:
+/// `[num_v_heads, d_k, d_v]`, zeros when `None`. Returns the output `[seq, num_v_heads, d_v]` and
+/// the final state `[num_v_heads, d_k, d_v]` (f32).
 pub fn chunk_gated_delta_rule(
     query: &Tensor,
     key: &Tensor,
@@ -182,13 +200,15 @@ pub fn chunk_gated_delta_rule(
     g: &Tensor,
     beta: &Tensor,
     chunk_size: usize,
-) -> Result<Tensor> {
+    initial_state: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
     ensure!(chunk_size > 0, "chunk_size must be positive");
     ensure!(query.device().is_cpu(), "chunk_gated_delta_rule runs on the CPU");
     let p = prologue(query, key, value, g, beta)?;
     let (h, s, dk, dv) = (p.heads(), p.seq(), p.d_k(), p.d_v());
+    let mut state = self::initial_state(&p, initial_state)?;
     if s == 0 {
-        return epilogue(Tensor::zeros((h, 0, dv), DType::F32, &Device::Cpu)?, p.out_dtype);
+        return Ok((epilogue(Tensor::zeros((h, 0, dv), DType::F32, &Device::Cpu)?, p.out_dtype)?, state));
     }
     let c = chunk_size;
 
@@ -237,35 +257,36 @@ pub fn chunk_gated_delta_rule(
     let chunk_decay = cum_last.exp()?; // [heads, chunks, 1]
 
     let chunk_of = |x: &Tensor, i: usize| -> Result<Tensor> { Ok(x.narrow(1, i, 1)?.squeeze(1)?.contiguous()?) };
-    let mut state = Tensor::zeros((h, dk, dv), DType::F32, &Device::Cpu)?;
     let mut outputs = Vec::with_capacity(n);
     for i in 0..n {
         let v_new = (chunk_of(&new_values, i)? - chunk_of(&k_cumdecay, i)?.matmul(&state)?)?;
         let inter_chunk_attn = chunk_of(&q, i)?.matmul(&state)?;
         outputs.push((inter_chunk_attn + chunk_of(&intra_chunk_attn, i)?.matmul(&v_new)?)?);
-        // After the last chunk this computes the final state, which prefill discards: one
-        // small matmul per layer, and no branch whose boundary nothing can observe.
         let decay = chunk_of(&chunk_decay, i)?.unsqueeze(2)?; // [heads, 1, 1]
         let update = chunk_of(&k, i)?.transpose(1, 2)?.matmul(&v_new)?;
         state = (state.broadcast_mul(&decay)? + update)?;
     }
+    // The padding after the last token has g = 0 and k = 0: it leaves the final state as it is.
     let out = Tensor::cat(&outputs, 1)?.narrow(1, 0, s)?;
-    epilogue(out, p.out_dtype)
+    Ok((epilogue(out, p.out_dtype)?, state))
 }
 
-/// Mirrors `torch_recurrent_gated_delta_rule(..., initial_state=None, output_final_state=False,
-/// use_qk_l2norm_in_kernel=True)`: the token-by-token recurrence. Same arguments and result as
-/// [`chunk_gated_delta_rule`]; slower, used as its reference.
+/// Mirrors `torch_recurrent_gated_delta_rule(..., initial_state, output_final_state=True,
+/// use_qk_l2norm_in_kernel=True)`: the token-by-token recurrence, which the reference runs for a
+/// one-token step with a cached state. Same arguments and results as [`chunk_gated_delta_rule`]
+/// (without the chunk size).
 pub fn recurrent_gated_delta_rule(
     query: &Tensor,
     key: &Tensor,
     value: &Tensor,
     g: &Tensor,
     beta: &Tensor,
-) -> Result<Tensor> {
+    initial_state: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
     ensure!(query.device().is_cpu(), "recurrent_gated_delta_rule runs on the CPU");
     let p = prologue(query, key, value, g, beta)?;
     let (h, s, dk, dv) = (p.heads(), p.seq(), p.d_k(), p.d_v());
+    let mut states = self::initial_state(&p, initial_state)?.flatten_all()?.to_vec1::<f32>()?;
 
     // query = query / head_dim ** 0.5 (a true division by the f32-rounded scalar)
     let sqrt_dk = (dk as f64).powf(0.5) as f32;
@@ -276,11 +297,9 @@ pub fn recurrent_gated_delta_rule(
     let beta = p.beta.flatten_all()?.to_vec1::<f32>()?;
 
     let mut out = vec![0f32; h * s * dv];
-    let mut state = vec![0f32; dk * dv];
     let mut kv_mem = vec![0f32; dv];
     let mut delta = vec![0f32; dv];
-    for head in 0..h {
-        state.fill(0.0);
+    for (head, state) in states.chunks_exact_mut(dk * dv).enumerate() {
         for t in 0..s {
             let row = head * s + t;
             let (q_t, k_t) = (&q[row * dk..(row + 1) * dk], &k[row * dk..(row + 1) * dk]);
@@ -306,7 +325,8 @@ pub fn recurrent_gated_delta_rule(
             torch_outer_sum(dk, dv, |r, c| state[r * dv + c] * q_t[r], o_t);
         }
     }
-    epilogue(Tensor::from_vec(out, (h, s, dv), &Device::Cpu)?, p.out_dtype)
+    let out = epilogue(Tensor::from_vec(out, (h, s, dv), &Device::Cpu)?, p.out_dtype)?;
+    Ok((out, Tensor::from_vec(states, (h, dk, dv), &Device::Cpu)?))
 }
 
 #[cfg(test)]
@@ -362,18 +382,18 @@ mod tests {
     }
 
     fn chunked(x: &Inputs) -> Tensor {
-        chunk_gated_delta_rule(&x.q, &x.k, &x.v, &x.g, &x.beta, CHUNK_SIZE).unwrap()
+        chunk_gated_delta_rule(&x.q, &x.k, &x.v, &x.g, &x.beta, CHUNK_SIZE, None).unwrap().0
     }
 
     fn recurrent(x: &Inputs) -> Tensor {
-        recurrent_gated_delta_rule(&x.q, &x.k, &x.v, &x.g, &x.beta).unwrap()
+        recurrent_gated_delta_rule(&x.q, &x.k, &x.v, &x.g, &x.beta, None).unwrap().0
     }
 
     fn values3(t: &Tensor) -> Vec<Vec<Vec<f32>>> {
         t.to_vec3::<f32>().unwrap()
     }
 
-    /// The largest |a − b| and its [seq, head, d] index.
+    /// The largest |a − b| and its index: [seq, head, d] of an output, [head, d_k, d_v] of a state.
     fn max_diff(a: &Tensor, b: &Tensor) -> (f32, [usize; 3]) {
         assert_eq!(a.dims(), b.dims(), "shapes differ");
         let (a, b) = (values3(a), values3(b));
@@ -417,7 +437,7 @@ mod tests {
         let x = random_inputs(7, 45, 1, 2, 16, 8);
         let reference = recurrent(&x);
         for chunk in [1usize, 5, 16, 45, 64, 100] {
-            let c = chunk_gated_delta_rule(&x.q, &x.k, &x.v, &x.g, &x.beta, chunk).unwrap();
+            let c = chunk_gated_delta_rule(&x.q, &x.k, &x.v, &x.g, &x.beta, chunk, None).unwrap().0;
             let (diff, at) = max_diff(&c, &reference);
             assert!(diff <= 1e-5, "chunk {chunk}: max |chunked − recurrent| = {diff:e} at {at:?}");
         }
@@ -619,6 +639,114 @@ mod tests {
         }
     }
 
+    /// A random state `[hv, dk, dv]` of the magnitude a layer's state reaches.
+    fn random_state(seed: u64, hv: usize, dk: usize, dv: usize) -> Tensor {
+        let mut rng = Rng(seed.wrapping_mul(0xD1B5_4A32_D192_ED03) | 1);
+        Tensor::from_vec(rng.vec(hv * dk * dv, |r| r.range(-0.5, 0.5)), (hv, dk, dv), &Device::Cpu).unwrap()
+    }
+
+    /// The rows `start .. start + len` of every input.
+    fn slice(x: &Inputs, start: usize, len: usize) -> Inputs {
+        let cut = |t: &Tensor| t.narrow(0, start, len).unwrap();
+        Inputs { q: cut(&x.q), k: cut(&x.k), v: cut(&x.v), g: cut(&x.g), beta: cut(&x.beta) }
+    }
+
+    #[test]
+    fn chunked_and_recurrent_forms_agree_from_a_non_zero_initial_state_on_outputs_and_final_state() {
+        for (seed, &seq) in [1usize, 63, 64, 65, 200].iter().enumerate() {
+            let x = random_inputs(seed as u64 + 21, seq, 2, 6, 32, 24);
+            let h0 = random_state(seed as u64 + 1, 6, 32, 24);
+            let (c, cs) = chunk_gated_delta_rule(&x.q, &x.k, &x.v, &x.g, &x.beta, CHUNK_SIZE, Some(&h0)).unwrap();
+            let (r, rs) = recurrent_gated_delta_rule(&x.q, &x.k, &x.v, &x.g, &x.beta, Some(&h0)).unwrap();
+            let (diff, at) = max_diff(&c, &r);
+            assert!(diff <= 1e-5, "seq {seq}: max |chunked − recurrent| output = {diff:e} at [t, head, col] {at:?}");
+            let (diff, at) = max_diff(&cs, &rs);
+            assert!(diff <= 1e-5, "seq {seq}: max |chunked − recurrent| final state = {diff:e} at [head, k, v] {at:?}");
+            let (moved, _) = max_diff(&cs, &h0);
+            assert!(moved > 1e-2, "seq {seq}: the final state should differ from the initial one (max |Δ| {moved:e})");
+        }
+    }
+
+    /// The state after a split carries everything: a sequence run in pieces (chunked pieces,
+    /// then one token at a time with the recurrent form, as prefill chunks and decode steps
+    /// do) gives the outputs and final state of one chunked pass.
+    #[test]
+    fn a_sequence_run_in_pieces_with_the_state_carried_over_equals_one_pass() {
+        let x = random_inputs(5, 140, 2, 4, 32, 16);
+        let h0 = random_state(9, 4, 32, 16);
+        let (whole, whole_state) =
+            chunk_gated_delta_rule(&x.q, &x.k, &x.v, &x.g, &x.beta, CHUNK_SIZE, Some(&h0)).unwrap();
+        let mut state = h0;
+        let mut outputs = Vec::new();
+        let pieces = [(0, 65), (65, 63), (128, 1), (129, 9)].into_iter().chain((138..140).map(|t| (t, 1)));
+        for (i, (start, len)) in pieces.enumerate() {
+            let p = slice(&x, start, len);
+            let (out, next) = if i >= 4 {
+                recurrent_gated_delta_rule(&p.q, &p.k, &p.v, &p.g, &p.beta, Some(&state)).unwrap()
+            } else {
+                chunk_gated_delta_rule(&p.q, &p.k, &p.v, &p.g, &p.beta, CHUNK_SIZE, Some(&state)).unwrap()
+            };
+            outputs.push(out);
+            state = next;
+        }
+        let (diff, at) = max_diff(&Tensor::cat(&outputs, 0).unwrap(), &whole);
+        assert!(diff <= 1e-5, "max |pieces − one pass| output = {diff:e} at [t, head, col] {at:?}");
+        let (diff, at) = max_diff(&state, &whole_state);
+        assert!(diff <= 1e-5, "max |pieces − one pass| final state = {diff:e} at [head, k, v] {at:?}");
+    }
+
+    /// The model's prefill passes no state; a zero state must not change a bit of it (the
+    /// checked-in dumps and the mutation tests are strict).
+    #[test]
+    fn a_zero_initial_state_gives_the_result_of_none_bit_for_bit() {
+        let x = random_inputs(3, 130, 2, 6, 32, 32);
+        let zeros = Tensor::zeros((6, 32, 32), DType::F32, &Device::Cpu).unwrap();
+        let (a, sa) = chunk_gated_delta_rule(&x.q, &x.k, &x.v, &x.g, &x.beta, CHUNK_SIZE, None).unwrap();
+        let (b, sb) = chunk_gated_delta_rule(&x.q, &x.k, &x.v, &x.g, &x.beta, CHUNK_SIZE, Some(&zeros)).unwrap();
+        assert_eq!((max_diff(&a, &b).0, max_diff(&sa, &sb).0), (0.0, 0.0), "chunked: None vs zeros");
+        let (a, sa) = recurrent_gated_delta_rule(&x.q, &x.k, &x.v, &x.g, &x.beta, None).unwrap();
+        let (b, sb) = recurrent_gated_delta_rule(&x.q, &x.k, &x.v, &x.g, &x.beta, Some(&zeros)).unwrap();
+        assert_eq!((max_diff(&a, &b).0, max_diff(&sa, &sb).0), (0.0, 0.0), "recurrent: None vs zeros");
+    }
+
+    #[test]
+    fn an_initial_state_of_the_wrong_shape_is_an_error_naming_both_shapes() {
+        let x = random_inputs(1, 3, 1, 2, 8, 4);
+        let wrong = Tensor::zeros((2, 4, 8), DType::F32, &Device::Cpu).unwrap();
+        for err in [
+            chunk_gated_delta_rule(&x.q, &x.k, &x.v, &x.g, &x.beta, CHUNK_SIZE, Some(&wrong)).unwrap_err(),
+            recurrent_gated_delta_rule(&x.q, &x.k, &x.v, &x.g, &x.beta, Some(&wrong)).unwrap_err(),
+        ] {
+            let err = err.to_string();
+            assert!(err.contains("[2, 4, 8]") && err.contains("[2, 8, 4]"), "{err}");
+        }
+    }
+
+    /// Outputs and final state printed by PyTorch for the inputs of the case above and an
+    /// initial state (`initial_state=H0, output_final_state=True`).
+    #[test]
+    fn a_small_case_from_an_initial_state_matches_pytorch_outputs_and_final_state() {
+        let dev = Device::Cpu;
+        let x = Inputs {
+            q: Tensor::from_slice(&TORCH_Q, (3, 1, 4), &dev).unwrap(),
+            k: Tensor::from_slice(&TORCH_K, (3, 1, 4), &dev).unwrap(),
+            v: Tensor::from_slice(&TORCH_V, (3, 2, 3), &dev).unwrap(),
+            g: Tensor::from_slice(&TORCH_G, (3, 2), &dev).unwrap(),
+            beta: Tensor::from_slice(&TORCH_BETA, (3, 2), &dev).unwrap(),
+        };
+        let h0 = Tensor::from_slice(&TORCH_H0, (2, 4, 3), &dev).unwrap();
+        let expected = Tensor::from_slice(&TORCH_OUT_FROM_H0, (3, 2, 3), &dev).unwrap();
+        let expected_state = Tensor::from_slice(&TORCH_STATE_FROM_H0, (2, 4, 3), &dev).unwrap();
+        let chunked = chunk_gated_delta_rule(&x.q, &x.k, &x.v, &x.g, &x.beta, CHUNK_SIZE, Some(&h0)).unwrap();
+        let recurrent = recurrent_gated_delta_rule(&x.q, &x.k, &x.v, &x.g, &x.beta, Some(&h0)).unwrap();
+        for (name, (out, state)) in [("chunked", chunked), ("recurrent", recurrent)] {
+            let (diff, at) = max_diff(&out, &expected);
+            assert!(diff <= 1e-6, "{name}: max |ours − torch| output = {diff:e} at [t, head, col] {at:?}");
+            let (diff, at) = max_diff(&state, &expected_state);
+            assert!(diff <= 1e-6, "{name}: max |ours − torch| final state = {diff:e} at [head, k, v] {at:?}");
+        }
+    }
+
     // torch.manual_seed(1234); q, k = randn(1, 3, 1, 4) each; v = randn(1, 3, 2, 3) * 2;
     // g = -rand(1, 3, 2) * 1.5; beta = rand(1, 3, 2); out = torch_chunk_gated_delta_rule(q, k, v, g,
     // beta, chunk_size=64, use_qk_l2norm_in_kernel=True)[0] (the recurrent form is within 1.2e-7).
@@ -646,5 +774,25 @@ mod tests {
         -0.045755554, 0.0013413413, -0.0052249185, 0.0063795745, -0.027239833, 0.0897583, -0.075861946, -0.100375004,
         0.0044275895, 0.123383075, 0.34804022, -0.14587215, -0.0009663105, 0.047857206, -0.06334745, -0.08032929,
         -0.5725814, 0.03786339
+    ];
+    // After the inputs above: H0 = randn(1, 2, 4, 3) * 0.5; torch_chunk_gated_delta_rule(...,
+    // initial_state=H0, output_final_state=True) (the recurrent form is within 3.6e-7).
+    #[rustfmt::skip]
+    const TORCH_H0: [f32; 24] = [
+        -0.7518969, -0.16433679, 0.3693963, 0.79516727, -0.09736812, -0.1207433, 0.66022366, 0.7998485, 0.6877272,
+        0.49942365, 0.07747448, -0.3263077, 0.35897762, -0.22475734, -0.35930374, 0.34196433, 0.45389178, 0.24241108,
+        -0.079180546, 0.6613134, -1.3398225, -0.064837135, -0.3459795, 0.59317726
+    ];
+    #[rustfmt::skip]
+    const TORCH_OUT_FROM_H0: [f32; 18] = [
+        -0.14447744, -0.2871995, -0.28220943, 0.04954977, -0.17261118, 0.4571486, 0.32061568, -0.018450037,
+        -0.092134215, 0.116406225, 0.36593956, -0.1237797, 0.07625957, 0.048757173, -0.07653009, -0.07509543,
+        -0.5632832, 0.049725473
+    ];
+    #[rustfmt::skip]
+    const TORCH_STATE_FROM_H0: [f32; 24] = [
+        -0.21782087, -0.064966954, 0.10084675, 0.14199804, 0.061343983, -0.16581884, 0.04342609, 0.1654541,
+        0.21991658, 0.1331104, -0.18479216, -0.104474455, 0.11155182, 0.3079417, 0.015876807, -0.03287329,
+        -0.8772439, -0.0932336, -0.17283934, 0.0780367, 0.44890624, 0.82328075, 1.9578226, -1.4729654
     ];
 }

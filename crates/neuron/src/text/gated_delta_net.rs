@@ -1,16 +1,19 @@
-//! The linear-attention mixer, mirroring `Qwen3_5GatedDeltaNet` (prefill, no cache).
+//! The linear-attention mixer, mirroring `Qwen3_5GatedDeltaNet.forward` with its cache: the
+//! prefill of a prompt, later chunks of it, and one-token decode steps.
 
-use anyhow::Result;
+use anyhow::{ensure, Result};
 use candle_core::Tensor;
 use candle_nn::{linear_no_bias, Linear, Module, VarBuilder};
 
-use super::delta_rule::{chunk_gated_delta_rule, CHUNK_SIZE};
+use super::cache::LinearState;
+use super::delta_rule::{chunk_gated_delta_rule, recurrent_gated_delta_rule, CHUNK_SIZE};
 use super::norm::RmsNormGated;
 use crate::config::TextConfig;
 
 /// `Qwen3_5GatedDeltaNet`: in_proj_qkv → depthwise causal conv1d + SiLU → q, k, v; β =
-/// sigmoid(b); g = −exp(A_log)·softplus(a + dt_bias); the gated delta rule (chunked, as the
-/// reference prefill); gated RMSNorm with SiLU(z); out_proj.
+/// sigmoid(b); g = −exp(A_log)·softplus(a + dt_bias); the gated delta rule (chunked, or
+/// recurrent for one token after a cached state, as the reference chooses); gated RMSNorm with
+/// SiLU(z); out_proj.
 pub struct GatedDeltaNet {
     in_proj_qkv: Linear,
     in_proj_z: Linear,
@@ -53,11 +56,22 @@ impl GatedDeltaNet {
         })
     }
 
-    /// x [seq, hidden] → [seq, hidden]
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// x [seq, hidden] and the layer's state after the tokens before x (`None` when there are
+    /// none) → the output [seq, hidden] and the state after x ([`LinearState`]'s shapes).
+    ///
+    /// Follows `Qwen3_5GatedDeltaNet.forward` with a cache: the conv state is updated as by
+    /// `update_conv_state` / `causal_conv1d_update` (see [`causal_conv_with_state`]); more than
+    /// one token, or no state yet, runs `torch_chunk_gated_delta_rule` from the stored
+    /// recurrent state (zeros when none); exactly one token after a state runs
+    /// `torch_recurrent_gated_delta_rule` from it. Without a state this is the prefill of the
+    /// reference with or without a cache (the final states cost one conv slice and one small
+    /// matmul per chunk).
+    pub fn forward(&self, x: &Tensor, previous: Option<&LinearState>) -> Result<(Tensor, LinearState)> {
         let seq = x.dim(0)?;
         let (nk, nv, dk, dv) = (self.num_k_heads, self.num_v_heads, self.head_k_dim, self.head_v_dim);
-        let mixed = candle_nn::ops::silu(&causal_depthwise_conv(&self.in_proj_qkv.forward(x)?, &self.conv_weight)?)?;
+        let mixed_qkv = self.in_proj_qkv.forward(x)?;
+        let (mixed, conv) = causal_conv_with_state(&mixed_qkv, previous.map(|s| &s.conv), &self.conv_weight)?;
+        let mixed = candle_nn::ops::silu(&mixed)?;
         let query = mixed.narrow(1, 0, nk * dk)?.reshape((seq, nk, dk))?;
         let key = mixed.narrow(1, nk * dk, nk * dk)?.reshape((seq, nk, dk))?;
         let value = mixed.narrow(1, 2 * nk * dk, nv * dv)?.reshape((seq, nv, dv))?;
@@ -66,24 +80,51 @@ impl GatedDeltaNet {
         let a = self.in_proj_a.forward(x)?.broadcast_add(&self.dt_bias)?;
         let g = softplus(&a)?.broadcast_mul(&self.neg_a)?;
 
-        let core = chunk_gated_delta_rule(&query, &key, &value, &g, &beta, CHUNK_SIZE)?;
+        let (core, recurrent) = match previous {
+            Some(state) if seq == 1 => {
+                recurrent_gated_delta_rule(&query, &key, &value, &g, &beta, Some(&state.recurrent))?
+            }
+            _ => chunk_gated_delta_rule(&query, &key, &value, &g, &beta, CHUNK_SIZE, previous.map(|s| &s.recurrent))?,
+        };
         let core = self.norm.forward(&core, &z)?.reshape((seq, nv * dv))?;
-        Ok(self.out_proj.forward(&core)?)
+        Ok((self.out_proj.forward(&core)?, LinearState { conv, recurrent }))
     }
 }
 
-/// `causal_conv1d_fn` without activation: out[t, c] = Σ_j w[c, j] · x[t − (K−1) + j, c], with
-/// zeros before the first token. x [seq, channels], w [channels, K].
-fn causal_depthwise_conv(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+/// The depthwise causal conv1d (no activation) over x [seq, channels] with the conv state
+/// `state` [channels, K] of the tokens before it (`None`: no tokens, i.e. zeros), w [channels,
+/// K] → (out [seq, channels], the new state [channels, K]).
+///
+/// The reference's three paths are one computation on `window = [state ; x]` ([K + seq,
+/// channels], state zeros when none): out[t, c] = Σ_j w[c, j] · window[t + 1 + j, c], and the
+/// new state is the last K rows of the window, transposed. A first prefill
+/// (`update_conv_state` left-pads x with zeros to K columns and stores its last K, then
+/// `causal_conv1d_fn` pads K − 1 zeros) sees zeros before the first token; a later chunk
+/// (`update_conv_state` concatenates the stored state, `causal_conv1d_fn` keeps the last seq
+/// outputs) and a decode step (`causal_conv1d_update`: no padding, last output) see the stored
+/// columns, of which the oldest is stored but falls outside the kernel.
+fn causal_conv_with_state(x: &Tensor, state: Option<&Tensor>, w: &Tensor) -> Result<(Tensor, Tensor)> {
     let (seq, channels) = x.dims2()?;
     let kernel = w.dim(1)?;
-    let padded = Tensor::cat(&[&Tensor::zeros((kernel - 1, channels), x.dtype(), x.device())?, x], 0)?;
+    let before = match state {
+        Some(state) => {
+            ensure!(
+                state.dims() == [channels, kernel],
+                "conv state {:?}, expected [{channels}, {kernel}]",
+                state.dims()
+            );
+            state.t()?
+        }
+        None => Tensor::zeros((kernel, channels), x.dtype(), x.device())?,
+    };
+    let window = Tensor::cat(&[&before, x], 0)?;
+    let new_state = window.narrow(0, seq, kernel)?.t()?.contiguous()?;
     let mut out = Tensor::zeros((seq, channels), x.dtype(), x.device())?;
     for j in 0..kernel {
         let tap = w.narrow(1, j, 1)?.squeeze(1)?; // [channels]
-        out = (out + padded.narrow(0, j, seq)?.broadcast_mul(&tap)?)?;
+        out = (out + window.narrow(0, j + 1, seq)?.broadcast_mul(&tap)?)?;
     }
-    Ok(out)
+    Ok((out, new_state))
 }
 
 /// `F.softplus` (beta 1, threshold 20): log1p(exp(x)), and x itself above 20. Element-wise on
@@ -110,13 +151,51 @@ mod tests {
     }
     use candle_core::Device;
 
+    fn column(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
     #[test]
     fn the_causal_conv_sees_only_the_current_and_earlier_tokens() {
         let x = Tensor::new(&[[1f32], [2.], [3.], [4.]], &Device::Cpu).unwrap();
         let w = Tensor::new(&[[1000f32, 100., 10., 1.]], &Device::Cpu).unwrap();
-        let out: Vec<f32> = causal_depthwise_conv(&x, &w).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let (out, state) = causal_conv_with_state(&x, None, &w).unwrap();
         // out[t] = 1·x[t] + 10·x[t−1] + 100·x[t−2] + 1000·x[t−3]
-        assert_eq!(out, [1., 12., 123., 1234.], "causal conv output");
+        assert_eq!(column(&out), [1., 12., 123., 1234.], "causal conv output");
+        assert_eq!((state.dims(), column(&state)), (&[1, 4][..], vec![1., 2., 3., 4.]), "conv state");
+    }
+
+    /// `update_conv_state` keeps the last `kernel` (not kernel − 1) columns, left-padded with
+    /// zeros for a prompt shorter than the kernel.
+    #[test]
+    fn the_conv_state_is_the_last_kernel_inputs_left_padded_with_zeros() {
+        let w = Tensor::new(&[[1000f32, 100., 10., 1.]], &Device::Cpu).unwrap();
+        let x = Tensor::new(&[[5f32], [6.]], &Device::Cpu).unwrap();
+        let (_, state) = causal_conv_with_state(&x, None, &w).unwrap();
+        assert_eq!(column(&state), [0., 0., 5., 6.], "state after a two-token prompt");
+        let longer = Tensor::new(&[[1f32], [2.], [3.], [4.], [5.], [6.]], &Device::Cpu).unwrap();
+        let (_, state) = causal_conv_with_state(&longer, None, &w).unwrap();
+        assert_eq!(column(&state), [3., 4., 5., 6.], "state after a six-token prompt");
+    }
+
+    /// A sequence convolved in pieces, each after the state of the ones before (a later chunk
+    /// and single-token steps), gives the outputs and the state of one pass, exactly.
+    #[test]
+    fn convolving_in_pieces_from_the_stored_state_equals_one_pass() {
+        let x = Tensor::new(&[[1f32, -1.], [2., 0.5], [3., 4.], [4., -2.], [5., 1.], [6., 3.], [7., 0.]], &Device::Cpu)
+            .unwrap();
+        let w = Tensor::new(&[[1000f32, 100., 10., 1.], [0.5, -0.25, 2., 3.]], &Device::Cpu).unwrap();
+        let (whole, whole_state) = causal_conv_with_state(&x, None, &w).unwrap();
+        let mut state = None;
+        let mut pieces = Vec::new();
+        for (start, len) in [(0, 2), (2, 3), (5, 1), (6, 1)] {
+            let (out, next) = causal_conv_with_state(&x.narrow(0, start, len).unwrap(), state.as_ref(), &w).unwrap();
+            pieces.push(out);
+            state = Some(next);
+        }
+        let pieces = Tensor::cat(&pieces, 0).unwrap();
+        assert_eq!(column(&pieces), column(&whole), "outputs of the pieces vs one pass");
+        assert_eq!(column(&state.unwrap()), column(&whole_state), "state after the pieces vs one pass");
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The hybrid text model, mirroring `Qwen3_5TextModel` and the `lm_head` of
 //! `Qwen3_5ForConditionalGeneration`: decoder layers of Gated DeltaNet (linear attention)
-//! or gated full attention, chosen by `layer_types`, each pre-norm with residuals.
+//! or gated full attention, chosen by `layer_types`, each pre-norm with residuals, reading
+//! and extending a [`Cache`].
 
 pub mod attention;
+pub mod cache;
 pub mod delta_rule;
 pub mod gated_delta_net;
 pub mod norm;
@@ -19,6 +21,7 @@ use crate::stack::Stack;
 use crate::taps::Taps;
 use crate::weights::Checkpoint;
 use attention::{Attention, TextRotary};
+use cache::{Cache, LayerState};
 use gated_delta_net::GatedDeltaNet;
 use norm::RmsNorm;
 
@@ -76,12 +79,23 @@ impl DecoderLayer {
         })
     }
 
-    /// x [seq, hidden] → [seq, hidden]
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    /// x [seq, hidden], cos/sin [seq, rotary dim] → [seq, hidden]; the mixer reads and
+    /// replaces the layer's `state`.
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, state: &mut LayerState) -> Result<Tensor> {
         let normed = self.input_layernorm.forward(x)?;
-        let mixed = match &self.mixer {
-            Mixer::Linear(m) => m.forward(&normed)?,
-            Mixer::Full(m) => m.forward(&normed, cos, sin)?,
+        let mixed = match (&self.mixer, state) {
+            (Mixer::Linear(m), LayerState::Linear(state)) => {
+                let (mixed, next) = m.forward(&normed, state.as_ref())?;
+                *state = Some(next);
+                mixed
+            }
+            (Mixer::Full(m), LayerState::Full(state)) => {
+                let (mixed, next) = m.forward(&normed, cos, sin, state.as_ref())?;
+                *state = Some(next);
+                mixed
+            }
+            (Mixer::Linear(_), LayerState::Full(_)) => bail!("a Gated DeltaNet layer was given an attention cache"),
+            (Mixer::Full(_), LayerState::Linear(_)) => bail!("an attention layer was given a Gated DeltaNet cache"),
         };
         let x = (x + mixed)?;
         Ok((&x + self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?)?)
@@ -126,6 +140,7 @@ pub struct TextModel {
     lm_head: Head,
     /// The M-RoPE table; public so tests can perturb it like the vision positions.
     pub rotary: TextRotary,
+    layer_types: Vec<LayerType>,
 }
 
 impl TextModel {
@@ -179,7 +194,13 @@ impl TextModel {
             norm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, lm.pp("norm"))?,
             lm_head,
             rotary: TextRotary::new(cfg)?,
+            layer_types: cfg.layer_types(),
         })
+    }
+
+    /// An empty cache for this model.
+    pub fn new_cache(&self) -> Cache {
+        Cache::new(&self.layer_types)
     }
 
     /// `embed_tokens`: ids [seq] → [seq, hidden].
@@ -206,15 +227,43 @@ impl TextModel {
     }
 
     /// embeds [seq, hidden], positions [3][seq] (t, h, w) → logits at the last position
-    /// [vocab]. Records `lm.layer.{i}`, `lm.norm` and `lm.logits_last`.
+    /// [vocab], with no tokens before (a prefill without a cache). Records `lm.layer.{i}`,
+    /// `lm.norm` and `lm.logits_last`.
     pub fn forward(&self, embeds: &Tensor, positions: &[Vec<i64>; 3], taps: &mut Taps) -> Result<Tensor> {
+        self.forward_with_cache(embeds, positions, &mut self.new_cache(), taps)
+    }
+
+    /// `Qwen3_5TextModel.forward` with `past_key_values` (plus `lm_head` on the last
+    /// position): embeds [seq, hidden] of the tokens after the `cache.len()` already seen, and
+    /// their positions [3][seq] (t, h, w) → logits at the last position [vocab]. Every layer
+    /// reads its state from `cache` and leaves the state after these tokens; any number of
+    /// tokens may be appended (a whole prompt, a chunk of one, a decode step). Records
+    /// `lm.layer.{i}` [seq, hidden], `lm.norm` and `lm.logits_last`.
+    pub fn forward_with_cache(
+        &self,
+        embeds: &Tensor,
+        positions: &[Vec<i64>; 3],
+        cache: &mut Cache,
+        taps: &mut Taps,
+    ) -> Result<Tensor> {
+        let seq = embeds.dim(0)?;
+        if seq == 0 || positions.iter().any(|row| row.len() != seq) {
+            bail!(
+                "{seq} tokens with positions of {} columns: need one or more tokens, one column each",
+                positions[0].len()
+            );
+        }
+        if cache.num_layers() != self.layer_types.len() {
+            bail!("the cache has {} layers, the model {}", cache.num_layers(), self.layer_types.len());
+        }
         let (cos, sin) = self.rotary.cos_sin(positions, embeds.device())?;
         let mut x = embeds.clone();
         self.layers.try_for_each(|i, layer| {
-            x = layer.forward(&x, &cos, &sin)?;
+            x = layer.forward(&x, &cos, &sin, cache.layer_mut(i)?)?;
             taps.record(|| format!("lm.layer.{i}"), &x);
             Ok(())
         })?;
+        cache.advance(seq);
         let x = self.norm.forward(&x)?;
         taps.record(|| "lm.norm".into(), &x);
         let last = x.narrow(0, x.dim(0)? - 1, 1)?;

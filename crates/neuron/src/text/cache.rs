@@ -1,0 +1,209 @@
+//! What the text model carries from one forward to the next, mirroring the `DynamicCache` that
+//! transformers builds for Qwen3.5 (`cache_utils.py`: one `LinearAttentionAndFullAttentionLayer`
+//! per decoder layer, of which a Gated DeltaNet layer uses the conv and recurrent states and an
+//! attention layer the keys and values) plus `Qwen3_5Model.rope_deltas`.
+//!
+//! The states are written by the layers ([`super::gated_delta_net`], [`super::attention`]); this
+//! module only holds them, counts the tokens seen and says where the next token's position is.
+
+use anyhow::{bail, Result};
+use candle_core::Tensor;
+
+use crate::config::{LayerType, TextConfig};
+use crate::taps::Taps;
+
+/// The state of a Gated DeltaNet layer after the tokens seen (`LinearAttentionLayer`'s
+/// `conv_states` and `recurrent_states`, batch dimension dropped).
+#[derive(Debug, Clone)]
+pub struct LinearState {
+    /// The last `kernel` columns of the pre-convolution `mixed_qkv` (the `in_proj_qkv` output),
+    /// zeros before the first token: `[conv_dim, kernel]`.
+    pub conv: Tensor,
+    /// The delta rule's state: `[v_heads, d_k, d_v]`.
+    pub recurrent: Tensor,
+}
+
+/// The keys and values of an attention layer for every token seen (`DynamicLayer`'s `keys`
+/// and `values`): `[kv_heads, seq, head_dim]`, keys after q/k norm and rotary.
+#[derive(Debug, Clone)]
+pub struct KvState {
+    pub key: Tensor,
+    pub value: Tensor,
+}
+
+/// One decoder layer's state; `None` before its first forward (the reference's
+/// `has_previous_state == False` and an empty `DynamicLayer`).
+#[derive(Debug, Clone)]
+pub enum LayerState {
+    Linear(Option<LinearState>),
+    Full(Option<KvState>),
+}
+
+/// The cache of one sequence: every layer's state, the number of tokens seen and the rope delta.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    layers: Vec<LayerState>,
+    seen: usize,
+    rope_delta: i64,
+}
+
+impl Cache {
+    /// An empty cache for a model of `layer_types` (no tokens seen, rope delta 0).
+    pub fn new(layer_types: &[LayerType]) -> Cache {
+        let layers = layer_types
+            .iter()
+            .map(|t| match t {
+                LayerType::LinearAttention => LayerState::Linear(None),
+                LayerType::FullAttention => LayerState::Full(None),
+            })
+            .collect();
+        Cache { layers, seen: 0, rope_delta: 0 }
+    }
+
+    /// An empty cache for the text model of `cfg`.
+    pub fn for_config(cfg: &TextConfig) -> Cache {
+        Cache::new(&cfg.layer_types())
+    }
+
+    /// The number of tokens seen (`get_seq_length`).
+    pub fn len(&self) -> usize {
+        self.seen
+    }
+
+    /// Whether no token was seen yet.
+    pub fn is_empty(&self) -> bool {
+        self.seen == 0
+    }
+
+    /// The number of decoder layers.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// `rope_deltas` of `Qwen3_5Model.get_rope_index`: the prompt's largest position + 1 − its
+    /// length (negative after an image, whose tokens share positions; 0 for text alone).
+    pub fn rope_delta(&self) -> i64 {
+        self.rope_delta
+    }
+
+    /// Sets the rope delta (the prefill does, from the whole prompt's positions).
+    pub fn set_rope_delta(&mut self, rope_delta: i64) {
+        self.rope_delta = rope_delta;
+    }
+
+    /// The positions of the next `n` tokens after the prompt, the same on the three axes:
+    /// `cache length + i + rope delta` (`compute_3d_position_ids` once a cache exists, and
+    /// `_prepare_position_ids_for_generation`). The first generated token is at the prompt's
+    /// largest position + 1.
+    pub fn next_positions(&self, n: usize) -> [Vec<i64>; 3] {
+        let row: Vec<i64> = (0..n).map(|i| (self.seen + i) as i64 + self.rope_delta).collect();
+        [row.clone(), row.clone(), row]
+    }
+
+    /// Layer `i`'s state.
+    pub fn layer(&self, i: usize) -> Option<&LayerState> {
+        self.layers.get(i)
+    }
+
+    /// The conv state of Gated DeltaNet layer `i`, `[conv_dim, kernel]` (`cache.{i}.conv`);
+    /// `None` for an attention layer or before the first forward.
+    pub fn conv(&self, i: usize) -> Option<&Tensor> {
+        self.linear(i).map(|s| &s.conv)
+    }
+
+    /// The recurrent state of Gated DeltaNet layer `i`, `[v_heads, d_k, d_v]`
+    /// (`cache.{i}.recurrent`).
+    pub fn recurrent(&self, i: usize) -> Option<&Tensor> {
+        self.linear(i).map(|s| &s.recurrent)
+    }
+
+    /// The keys of attention layer `i`, `[kv_heads, seq, head_dim]` after rotary (`cache.{i}.key`).
+    pub fn key(&self, i: usize) -> Option<&Tensor> {
+        self.full(i).map(|s| &s.key)
+    }
+
+    /// The values of attention layer `i`, `[kv_heads, seq, head_dim]` (`cache.{i}.value`).
+    pub fn value(&self, i: usize) -> Option<&Tensor> {
+        self.full(i).map(|s| &s.value)
+    }
+
+    fn linear(&self, i: usize) -> Option<&LinearState> {
+        match self.layers.get(i)? {
+            LayerState::Linear(state) => state.as_ref(),
+            LayerState::Full(_) => None,
+        }
+    }
+
+    fn full(&self, i: usize) -> Option<&KvState> {
+        match self.layers.get(i)? {
+            LayerState::Full(state) => state.as_ref(),
+            LayerState::Linear(_) => None,
+        }
+    }
+
+    /// Every state by its tap name, in the tap contract's order (by layer; conv before
+    /// recurrent, key before value): `cache.0.conv`, `cache.0.recurrent`, …, `cache.3.key`, …
+    pub fn states(&self) -> Vec<(String, Tensor)> {
+        let mut states = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            match layer {
+                LayerState::Linear(Some(s)) => {
+                    states.push((format!("cache.{i}.conv"), s.conv.clone()));
+                    states.push((format!("cache.{i}.recurrent"), s.recurrent.clone()));
+                }
+                LayerState::Full(Some(s)) => {
+                    states.push((format!("cache.{i}.key"), s.key.clone()));
+                    states.push((format!("cache.{i}.value"), s.value.clone()));
+                }
+                LayerState::Linear(None) | LayerState::Full(None) => {}
+            }
+        }
+        states
+    }
+
+    /// Records every state as a tap (`cache.{i}.*`).
+    pub fn record(&self, taps: &mut Taps) {
+        if taps.enabled() {
+            for (name, tensor) in self.states() {
+                taps.record(|| name, &tensor);
+            }
+        }
+    }
+
+    /// Layer `i`'s state for the layer to read and replace.
+    pub(crate) fn layer_mut(&mut self, i: usize) -> Result<&mut LayerState> {
+        let n = self.layers.len();
+        match self.layers.get_mut(i) {
+            Some(state) => Ok(state),
+            None => bail!("the cache has {n} layers, the model has more (layer {i})"),
+        }
+    }
+
+    /// Counts `n` more tokens as seen (after every layer has stored them).
+    pub(crate) fn advance(&mut self, n: usize) {
+        self.seen += n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_positions_continue_from_the_cache_length_shifted_by_the_rope_delta() {
+        let mut cache = Cache::new(&[LayerType::LinearAttention, LayerType::FullAttention]);
+        cache.advance(42);
+        cache.set_rope_delta(-27);
+        let p = cache.next_positions(2);
+        assert_eq!(p, [vec![15, 16], vec![15, 16], vec![15, 16]], "positions of the tokens after 42 with delta −27");
+        assert_eq!((cache.len(), cache.num_layers()), (42, 2));
+    }
+
+    #[test]
+    fn a_fresh_cache_has_one_empty_state_per_layer_of_its_kind() {
+        let cache = Cache::new(&[LayerType::LinearAttention, LayerType::FullAttention]);
+        assert!(matches!(cache.layer(0), Some(LayerState::Linear(None))), "layer 0: {:?}", cache.layer(0));
+        assert!(matches!(cache.layer(1), Some(LayerState::Full(None))), "layer 1: {:?}", cache.layer(1));
+        assert!(cache.states().is_empty() && cache.is_empty());
+    }
+}
