@@ -2,6 +2,7 @@
 //! transformers' `Qwen3_5ForConditionalGeneration`, with named taps for parity checks.
 
 pub mod config;
+pub mod generate;
 pub mod model;
 pub mod preprocess;
 pub mod replay;

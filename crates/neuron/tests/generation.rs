@@ -289,3 +289,32 @@ fn a_chunk_out_of_order_or_past_the_prompt_is_an_error_naming_the_tokens_and_cac
     let err = model().decode_step(5, &mut model().new_cache()).unwrap_err().to_string();
     assert!(err.contains("empty"), "{err}");
 }
+
+/// What `examples/generate.rs` prints, from the image file and the prompt text through Rust
+/// preprocessing, is transformers' greedy text: the tokens `generate` chose (recorded in the
+/// chelsea case) decoded with the checkpoint's tokenizer, special tokens left out.
+#[test]
+fn the_generate_example_writes_transformers_greedy_text_for_chelsea() {
+    let dir = workspace().join("fixtures/models/tiny-qwen3.6-27b");
+    let processor = neuron::preprocess::Processor::from_dir(&dir).unwrap();
+    let expected: Vec<u32> = dump("chelsea", "gen.tokens").as_i64().unwrap().iter().map(|&t| t as u32).collect();
+    let image = workspace().join("fixtures/images/chelsea.png");
+    let mut seen = Vec::new();
+    let generated = neuron::generate::generate(
+        model(),
+        &processor,
+        &[image.as_path()],
+        "Describe this image in one sentence.",
+        expected.len(),
+        |step, token| seen.push((step, token)),
+    )
+    .unwrap();
+    let first_difference = generated.tokens.iter().zip(&expected).position(|(a, e)| a != e);
+    assert_eq!(generated.tokens, expected, "greedy tokens differ from transformers' from step {first_difference:?} on");
+    let expected_text = processor.prompt.decode(&expected).unwrap();
+    assert_eq!(generated.text, expected_text, "the decoded text");
+    assert!(!generated.text.trim().is_empty(), "8 tokens of text decode to something");
+    let steps: Vec<usize> = seen.iter().map(|(s, _)| *s).collect();
+    assert_eq!(steps, (0..expected.len()).collect::<Vec<_>>(), "the progress callback sees every step once, in order");
+    assert_eq!(generated.prompt_tokens, ids("chelsea").len(), "prompt tokens counted");
+}

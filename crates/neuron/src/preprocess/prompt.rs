@@ -84,6 +84,12 @@ impl PromptProcessor {
             self.tokenizer.encode(expanded, true).map_err(|e| anyhow::anyhow!("tokenizing the prompt: {e}"))?;
         Ok(encoding.get_ids().to_vec())
     }
+
+    /// Token ids → text, as `processor.decode(ids, skip_special_tokens=True)` (the chat
+    /// template's markers and an end-of-turn token are left out).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer.decode(ids, true).map_err(|e| anyhow::anyhow!("decoding token ids {ids:?}: {e}"))
+    }
 }
 
 fn chat_template(dir: &Path) -> Result<String> {

@@ -1,0 +1,68 @@
+//! Runs the model as a user would: image files and a prompt in, greedy text out, with the
+//! prefill and decode speeds.
+//!
+//! ```sh
+//! cargo run --release --example generate -- --model fixtures/models/tiny-qwen3.6-27b \
+//!     --image fixtures/images/chelsea.png --prompt "Describe this image in one sentence." \
+//!     --max-new-tokens 16
+//! ```
+//!
+//! The text goes to stdout, a progress line and the speeds to stderr. `--stream` reads one
+//! layer at a time from the mapped checkpoint (for a 27B checkpoint on an ordinary machine).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Parser;
+use neuron::config::Config;
+use neuron::model::{Model, Residency};
+use neuron::preprocess::Processor;
+
+#[derive(Parser)]
+#[command(about = "Greedy generation with the neuron Qwen3.5 / Qwen3.6 model")]
+struct Args {
+    /// The checkpoint folder (config.json, *.safetensors, tokenizer.json, chat template,
+    /// preprocessor_config.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Image files, placed before the prompt in one user message, in order.
+    #[arg(long = "image")]
+    images: Vec<PathBuf>,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value_t = 32)]
+    max_new_tokens: usize,
+    /// Stream the layers from the mapped checkpoint instead of holding them in memory.
+    #[arg(long)]
+    stream: bool,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let config = Config::from_dir(&args.model)?;
+    let residency = if args.stream { Residency::Streamed } else { Residency::Resident };
+    let model = Model::load(&args.model, &config, residency)?;
+    let processor = Processor::from_dir(&args.model)?;
+    let images: Vec<&std::path::Path> = args.images.iter().map(PathBuf::as_path).collect();
+
+    let bar = indicatif::ProgressBar::new(args.max_new_tokens as u64);
+    bar.set_style(indicatif::ProgressStyle::with_template("generating {bar:30} {pos}/{len} tokens {msg}")?);
+    let generated =
+        neuron::generate::generate(&model, &processor, &images, &args.prompt, args.max_new_tokens, |_, t| {
+            bar.set_message(format!("(last id {t})"));
+            bar.inc(1);
+        })?;
+    bar.finish_and_clear();
+
+    println!("{}", generated.text);
+    let decode = generated.decode_tokens_per_second().map_or("-".into(), |r| format!("{r:.1} tokens/s"));
+    eprintln!(
+        "prefill: {} tokens in {:.3} s ({:.1} tokens/s); decode: {} tokens in {:.3} s ({decode})",
+        generated.prompt_tokens,
+        generated.prefill_seconds,
+        generated.prefill_tokens_per_second(),
+        generated.tokens.len().saturating_sub(1),
+        generated.decode_seconds,
+    );
+    Ok(())
+}
