@@ -1,5 +1,5 @@
 //! The Rust side of `cargo xtask bench`: times the vision tower, the text prefill and the
-//! whole forward pass of a checkpoint held resident in f32, the way `script/bench.py` times
+//! whole forward pass and cached greedy decoding of a checkpoint held resident in f32, the way `script/bench.py` times
 //! transformers, and writes the medians, the matmul work of each stage and the peak resident
 //! memory as JSON. Run in release by the xtask; thread count from `RAYON_NUM_THREADS`.
 
@@ -28,6 +28,9 @@ struct Args {
     runs: usize,
     #[arg(long)]
     out: PathBuf,
+    /// Cached greedy decode steps per run (0: no decode stage).
+    #[arg(long, default_value_t = 8)]
+    decode_steps: usize,
     /// Time only the vision tower, loading nothing else (for profiling it, e.g. under perf).
     #[arg(long)]
     vision_only: bool,
@@ -56,6 +59,8 @@ fn main() -> Result<()> {
     let prefill = time(args.runs, || model.text.forward(&embeds, &positions, &mut Taps::disabled()))?;
     let forward = time(args.runs, || model.forward(&ids, Some((&pixels, &vision_positions)), &mut Taps::disabled()))?;
 
+    let (decode, decode_tokens) = decode(&model, &ids, (&pixels, &vision_positions), args.decode_steps, args.runs)?;
+
     let patches = vision_positions.patches();
     let flops = matmul_flops(&args.model_dir, &config, patches, ids.len())?;
     let peak_rss = peak_rss_bytes();
@@ -67,7 +72,10 @@ fn main() -> Result<()> {
         "prompt_tokens": ids.len(),
         "image_tokens": image_embeds.dim(0)?,
         "patches": patches,
-        "stages": { "vision": vision, "prefill": prefill, "forward": forward },
+        "stages": { "vision": vision, "prefill": prefill, "forward": forward, "decode": decode },
+        "decode_tokens": decode_tokens,
+        "decode_weight_bytes": decode_weight_bytes(&args.model_dir)?,
+        "memory_bandwidth_gbs": memory_bandwidth_gbs(),
         "flops": { "vision": flops.0, "prefill": flops.1, "forward": flops.0 + flops.1 },
         "gemm_gflops": gemm,
         "peak_rss_bytes": peak_rss,
@@ -90,6 +98,78 @@ fn vision_only(args: &Args, config: &Config) -> Result<()> {
     Ok(())
 }
 
+/// Cached greedy decoding as `bench.py` times it: per round, the prompt prefilled into a new
+/// cache (untimed), then `steps` single-token steps, each one sample; one warm-up round.
+fn decode(
+    model: &Model,
+    ids: &[u32],
+    pixels: (&Tensor, &VisionPositions),
+    steps: usize,
+    runs: usize,
+) -> Result<(serde_json::Value, Vec<u32>)> {
+    let greedy = |logits: &Tensor| -> Result<u32> {
+        neuron::model::argmax(&logits.to_vec1::<f32>()?).context("the logits are all NaN")
+    };
+    let (mut samples, mut tokens) = (Vec::new(), Vec::new());
+    for round in 0..=runs {
+        let mut cache = model.new_cache();
+        let mut token = greedy(&model.prefill(ids, Some(pixels), &mut cache, &mut Taps::disabled())?)?;
+        tokens.clear();
+        for _ in 0..steps {
+            let t = Instant::now();
+            let logits = model.decode_step(token, &mut cache)?;
+            let elapsed = t.elapsed().as_secs_f64();
+            token = greedy(&logits)?;
+            tokens.push(token);
+            if round > 0 {
+                samples.push(elapsed);
+            }
+        }
+    }
+    Ok((json!({ "samples_seconds": samples, "median_seconds": median(&samples) }), tokens))
+}
+
+/// Bytes of f32 weights one decode step reads: every decoder layer, the final norm and the
+/// `lm_head` (the embedding table contributes one row, the vision tower nothing).
+fn decode_weight_bytes(dir: &Path) -> Result<f64> {
+    let checkpoint = neuron::weights::Checkpoint::open(dir)?;
+    let mut params = 0usize;
+    for name in checkpoint.names() {
+        let read =
+            (name.starts_with("model.language_model.") && !name.contains("embed_tokens")) || name == "lm_head.weight";
+        if read {
+            params += checkpoint.shape(name)?.iter().product::<usize>();
+        }
+    }
+    Ok(4.0 * params as f64)
+}
+
+/// The machine's memory read bandwidth with this process's threads: the best of five sums
+/// of a 1 GiB buffer, split over the rayon pool (the decode step's access pattern: stream
+/// every byte once).
+fn memory_bandwidth_gbs() -> f64 {
+    use rayon::prelude::*;
+    let buffer = vec![1f32; 1 << 28];
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let sum: f32 = buffer.par_chunks(1 << 16).map(|c| c.iter().sum::<f32>()).sum();
+        std::hint::black_box(sum);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    (buffer.len() * 4) as f64 / best / 1e9
+}
+
+fn median(samples: &[f64]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
 /// One warm-up, then `runs` timed calls: every sample and the median, in seconds.
 fn time<T>(runs: usize, mut f: impl FnMut() -> Result<T>) -> Result<serde_json::Value> {
     f()?;
@@ -99,14 +179,7 @@ fn time<T>(runs: usize, mut f: impl FnMut() -> Result<T>) -> Result<serde_json::
         std::hint::black_box(f()?);
         samples.push(t.elapsed().as_secs_f64());
     }
-    let mut sorted = samples.clone();
-    sorted.sort_by(f64::total_cmp);
-    let median = if sorted.len() % 2 == 1 {
-        sorted[sorted.len() / 2]
-    } else {
-        (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0
-    };
-    Ok(json!({ "samples_seconds": samples, "median_seconds": median }))
+    Ok(json!({ "samples_seconds": samples, "median_seconds": median(&samples) }))
 }
 
 /// Multiply-adds ×2 of the weight matrices each stage applies (every patch or token through

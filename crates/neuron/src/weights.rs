@@ -100,6 +100,13 @@ impl Checkpoint {
         Ok(Checkpoint { dir: dir.to_path_buf(), shards, entries })
     }
 
+    /// The names of every tensor in the checkpoint, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.entries.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
     /// The stored shape of a tensor, or an error naming it and the checkpoint.
     pub fn shape(&self, name: &str) -> Result<&[usize]> {
         Ok(&self.entry(name)?.shape)

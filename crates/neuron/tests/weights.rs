@@ -214,3 +214,12 @@ fn logits_in_uneven_vocabulary_chunks_equal_the_whole_matmul() {
     let err = checkpoint.gather_rows(name, &[1024]).unwrap_err().to_string();
     assert!(err.contains("1024") && err.contains("vocabulary of 1024"), "{err}");
 }
+
+#[test]
+fn a_checkpoint_lists_every_tensor_name_it_holds_sorted() {
+    let (inputs, tensors) = checkpoint();
+    let checkpoint = neuron::weights::Checkpoint::open(&inputs.model_dir).unwrap();
+    let mut expected: Vec<&str> = tensors.keys().map(String::as_str).collect();
+    expected.sort_unstable();
+    assert_eq!(checkpoint.names(), expected, "names() against the tensors safetensors reads");
+}
