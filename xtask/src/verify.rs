@@ -6,6 +6,7 @@ use neuron::model::Model;
 use neuron::replay::{self, CaseInputs, Mode, Perturbations};
 use parity::manifest::{Manifest, Weights};
 use parity::report::{self, CaseReport, Heatmap, Row, Status};
+use parity::taps::Tap;
 use xshell::Shell;
 
 use crate::ManifestArg;
@@ -199,11 +200,26 @@ fn verify_case(
         })
         .collect();
     let heatmaps = if with_heatmaps {
-        taps.iter().flat_map(|tap| run.heatmaps(manifest, case, tap).unwrap_or_default()).collect()
+        taps.iter().flat_map(|tap| heatmaps(manifest, case, &run, tap)).collect()
     } else {
         Vec::new()
     };
     (rows, heatmaps)
+}
+
+/// The per-image error maps of an image tap the case recorded whole (a tap cut to one row
+/// has no grid to draw); none for other taps, or when the dump cannot be read.
+fn heatmaps(manifest: &Manifest, case: &str, run: &replay::Run, tap: &str) -> Vec<Heatmap> {
+    let Some(parsed) = Tap::parse(tap) else { return Vec::new() };
+    let (Some(actual), true, None) =
+        (run.taps.get(tap), parsed.layout().on_image_grid(), manifest.row_pick(case, parsed))
+    else {
+        return Vec::new();
+    };
+    match replay::reference(manifest, case, tap) {
+        Ok(expected) => run.locator().heatmaps(run.mode.name(), parsed, &expected, actual),
+        Err(_) => Vec::new(),
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod compare;
 pub mod digest;
 #[cfg(feature = "html")]
 pub mod html;
+pub mod locate;
 pub mod manifest;
 pub mod mode;
 pub mod npy;

@@ -10,32 +10,32 @@ use crate::array::DType;
 /// the stage. The cache taps are ordered by layer first (`cache.0.conv`, `cache.0.recurrent`,
 /// `cache.3.key`, …), as the layers produce them.
 const STAGES: &[Stage] = &[
-    Stage::new("input.input_ids", Indexed::No, DType::I64),
-    Stage::new("input.image_grid_thw", Indexed::No, DType::I64),
-    Stage::new("input.position_ids", Indexed::No, DType::I64),
-    Stage::new("input.pixel_values", Indexed::No, DType::F32),
-    Stage::new("vision.patch_embed", Indexed::No, DType::F32),
-    Stage::new("vision.pos_embed", Indexed::No, DType::F32),
-    Stage::new("vision.block", Indexed::Suffix, DType::F32),
-    Stage::new("vision.tower", Indexed::No, DType::F32),
-    Stage::new("vision.projector", Indexed::No, DType::F32),
-    Stage::new("lm.image_embeds", Indexed::No, DType::F32),
-    Stage::new("lm.layer", Indexed::Suffix, DType::F32),
-    Stage::new("lm.norm", Indexed::No, DType::F32),
-    Stage::new("lm.logits_last", Indexed::No, DType::F32),
+    Stage::new("input.input_ids", Indexed::No, DType::I64, Layout::PerToken),
+    Stage::new("input.image_grid_thw", Indexed::No, DType::I64, Layout::Whole),
+    Stage::new("input.position_ids", Indexed::No, DType::I64, Layout::Positions),
+    Stage::new("input.pixel_values", Indexed::No, DType::F32, Layout::PerPatch),
+    Stage::new("vision.patch_embed", Indexed::No, DType::F32, Layout::PerPatch),
+    Stage::new("vision.pos_embed", Indexed::No, DType::F32, Layout::PerPatch),
+    Stage::new("vision.block", Indexed::Suffix, DType::F32, Layout::PerPatch),
+    Stage::new("vision.tower", Indexed::No, DType::F32, Layout::PerPatch),
+    Stage::new("vision.projector", Indexed::No, DType::F32, Layout::PerMergedToken),
+    Stage::new("lm.image_embeds", Indexed::No, DType::F32, Layout::PerImageToken),
+    Stage::new("lm.layer", Indexed::Suffix, DType::F32, Layout::PerToken),
+    Stage::new("lm.norm", Indexed::No, DType::F32, Layout::PerToken),
+    Stage::new("lm.logits_last", Indexed::No, DType::F32, Layout::Whole),
     // The cache after the prefill: [conv_dim, kernel] and [v_heads, d_k, d_v] of a Gated
     // DeltaNet layer, [kv_heads, seq, head_dim] keys (after rotary) and values of an attention layer.
-    Stage::new("cache.conv", Indexed::Infix, DType::F32),
-    Stage::new("cache.recurrent", Indexed::Infix, DType::F32),
-    Stage::new("cache.key", Indexed::Infix, DType::F32),
-    Stage::new("cache.value", Indexed::Infix, DType::F32),
+    Stage::new("cache.conv", Indexed::Infix, DType::F32, Layout::ConvState),
+    Stage::new("cache.recurrent", Indexed::Infix, DType::F32, Layout::RecurrentState),
+    Stage::new("cache.key", Indexed::Infix, DType::F32, Layout::KvCache),
+    Stage::new("cache.value", Indexed::Infix, DType::F32, Layout::KvCache),
     // Greedy generation: the logits of each step [steps, vocab] (step 0 = the prefill's last
     // position), the reference's top-k ids and logits per step [steps, k] (what a case of a
     // 27B-size model keeps instead of whole rows of a 248 320-word vocabulary), the tokens [steps].
-    Stage::new("gen.logits", Indexed::No, DType::F32),
-    Stage::new("gen.top_ids", Indexed::No, DType::I64),
-    Stage::new("gen.top_logits", Indexed::No, DType::F32),
-    Stage::new("gen.tokens", Indexed::No, DType::I64),
+    Stage::new("gen.logits", Indexed::No, DType::F32, Layout::PerStepVocab),
+    Stage::new("gen.top_ids", Indexed::No, DType::I64, Layout::PerStepRank),
+    Stage::new("gen.top_logits", Indexed::No, DType::F32, Layout::PerStepRank),
+    Stage::new("gen.tokens", Indexed::No, DType::I64, Layout::PerStep),
 ];
 
 /// One stage of the tap contract.
@@ -44,11 +44,12 @@ struct Stage {
     stem: &'static str,
     indexed: Indexed,
     dtype: DType,
+    layout: Layout,
 }
 
 impl Stage {
-    const fn new(stem: &'static str, indexed: Indexed, dtype: DType) -> Stage {
-        Stage { stem, indexed, dtype }
+    const fn new(stem: &'static str, indexed: Indexed, dtype: DType, layout: Layout) -> Stage {
+        Stage { stem, indexed, dtype, layout }
     }
 
     /// `cache.{i}.conv` → ("cache", "conv").
@@ -143,6 +144,11 @@ impl Tap {
         )
     }
 
+    /// What the tap's axes index in model terms.
+    pub fn layout(self) -> Layout {
+        self.stage().layout
+    }
+
     /// Whether the tap belongs to the vision tower or projector (`vision.*`).
     pub fn is_vision(self) -> bool {
         self.stem().starts_with("vision.")
@@ -180,6 +186,47 @@ impl fmt::Display for Tap {
                 write!(f, "{head}.{}.{tail}", self.index)
             }
         }
+    }
+}
+
+/// What the axes of a tap index in model terms: the one place that says which taps are per
+/// patch, per token, per step, so that naming an element and laying a tap out on an image grid
+/// (`crate::locate`) need no list of tap names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Layout {
+    /// [patches, channels]: one row per vision patch, image after image, each image's patches
+    /// in the order its rotary positions give.
+    PerPatch,
+    /// [merged tokens, hidden]: one row per block of spatial_merge × spatial_merge patches,
+    /// image after image, row-major over each image's block grid.
+    PerMergedToken,
+    /// [seq] or [seq, hidden]: one row per token position of the prompt.
+    PerToken,
+    /// [image tokens, hidden]: one row per image token (the merged tokens of every image, in order).
+    PerImageToken,
+    /// [3, seq]: the t, h and w position rows of every token.
+    Positions,
+    /// [conv_dim, kernel]: the convolution state of a Gated DeltaNet layer.
+    ConvState,
+    /// [v_heads, d_k, d_v]: the recurrent state of a Gated DeltaNet layer.
+    RecurrentState,
+    /// [kv_heads, seq, head_dim]: the keys or values an attention layer keeps.
+    KvCache,
+    /// [steps]: one entry per generation step.
+    PerStep,
+    /// [steps, vocab]: the logits of each generation step.
+    PerStepVocab,
+    /// [steps, k]: the reference's k best ids or logits of each generation step.
+    PerStepRank,
+    /// No axis names a place in the model (the grid rows, the last position's logits).
+    Whole,
+}
+
+impl Layout {
+    /// Whether the rows lie on the images' patch or block grids, so a tap can be drawn as a
+    /// heat map per image.
+    pub fn on_image_grid(self) -> bool {
+        matches!(self, Layout::PerPatch | Layout::PerMergedToken)
     }
 }
 
@@ -267,6 +314,51 @@ mod tests {
         );
         let conv = Tap::parse("cache.10.conv").unwrap();
         assert_eq!((conv.stem(), conv.index(), conv.is_cache(), conv.has_rows()), ("cache.conv", Some(10), true, true));
+    }
+
+    #[test]
+    fn every_tap_reports_the_layout_its_shape_in_the_contract_has() {
+        let expected = [
+            ("input.input_ids", Layout::PerToken),
+            ("input.image_grid_thw", Layout::Whole),
+            ("input.position_ids", Layout::Positions),
+            ("input.pixel_values", Layout::PerPatch),
+            ("vision.patch_embed", Layout::PerPatch),
+            ("vision.pos_embed", Layout::PerPatch),
+            ("vision.block.7", Layout::PerPatch),
+            ("vision.tower", Layout::PerPatch),
+            ("vision.projector", Layout::PerMergedToken),
+            ("lm.image_embeds", Layout::PerImageToken),
+            ("lm.layer.3", Layout::PerToken),
+            ("lm.norm", Layout::PerToken),
+            ("lm.logits_last", Layout::Whole),
+            ("cache.0.conv", Layout::ConvState),
+            ("cache.0.recurrent", Layout::RecurrentState),
+            ("cache.3.key", Layout::KvCache),
+            ("cache.3.value", Layout::KvCache),
+            ("gen.logits", Layout::PerStepVocab),
+            ("gen.top_ids", Layout::PerStepRank),
+            ("gen.top_logits", Layout::PerStepRank),
+            ("gen.tokens", Layout::PerStep),
+        ];
+        for (name, layout) in expected {
+            let tap = Tap::parse(name).unwrap_or_else(|| panic!("{name} should parse"));
+            assert_eq!(tap.layout(), layout, "the layout of {name}");
+        }
+        let on_grid: Vec<&str> =
+            expected.iter().filter(|(_, layout)| layout.on_image_grid()).map(|(name, _)| *name).collect();
+        assert_eq!(
+            on_grid,
+            [
+                "input.pixel_values",
+                "vision.patch_embed",
+                "vision.pos_embed",
+                "vision.block.7",
+                "vision.tower",
+                "vision.projector"
+            ],
+            "the taps drawn on an image's grid"
+        );
     }
 
     #[test]

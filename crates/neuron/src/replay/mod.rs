@@ -1,0 +1,416 @@
+//! Replaying a manifest case through the Rust implementation, for the generated tests and
+//! `cargo xtask verify`: this module runs a case in a [`Mode`] and keeps its taps;
+//! [`check`] compares them with the reference dumps; `parity::locate` names the worst
+//! element of a tap in model terms.
+//!
+//! A stage can be fed the reference's own input (teacher forcing: the reference
+//! `input.pixel_values` into the vision tower), so a failure points at the stage where it
+//! enters rather than at everything downstream. A mode is one run function here (see
+//! [`run_with`]) and one `Mode` variant; naming places needs nothing from it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use parity::array::{Array, Data};
+use parity::locate::Locator;
+use parity::manifest::{Manifest, Weights};
+pub use parity::mode::Mode;
+use parity::taps::Tap;
+
+use crate::config::Config;
+use crate::model::{Model, Residency};
+use crate::preprocess::{Hooks, Processed, Processor};
+use crate::taps::Taps;
+use crate::vision::positions::Grid;
+use crate::vision::VisionPositions;
+
+pub mod check;
+
+pub use check::{TapResult, TOP_K};
+
+/// The inputs of one case as the manifest names them.
+pub struct CaseInputs {
+    pub case: String,
+    pub model_dir: PathBuf,
+    pub config: Config,
+    /// Whether the model runs streamed from the mapped checkpoint (the manifest's `stream`).
+    pub stream: bool,
+}
+
+impl CaseInputs {
+    /// The case's checkpoint from the repository, or from the folder its model's
+    /// `weights_env` variable names.
+    pub fn new(manifest: &Manifest, case: &str) -> Result<CaseInputs> {
+        Self::with_weights(manifest, case, None)
+    }
+
+    /// As [`CaseInputs::new`], with `--weights DIR` for a checkpoint outside the repository.
+    /// A checkpoint nobody named is an error saying how to name it.
+    pub fn with_weights(manifest: &Manifest, case: &str, weights: Option<&Path>) -> Result<CaseInputs> {
+        let Some(c) = manifest.cases.get(case) else {
+            bail!("no case \"{case}\"; known cases: {}", manifest.cases.keys().cloned().collect::<Vec<_>>().join(", "));
+        };
+        let model_dir = match manifest.weights(&c.model, weights).map_err(anyhow::Error::msg)? {
+            Weights::Found(dir) => dir,
+            Weights::Absent(reason) => bail!("case {case}: {reason}"),
+        };
+        let config = Config::from_dir(&model_dir)?;
+        Ok(CaseInputs { case: case.to_owned(), model_dir, config, stream: manifest.models[&c.model].stream })
+    }
+}
+
+/// The taps one run produced, plus what is needed to name positions in model terms.
+pub struct Run {
+    /// Which inputs the run took from the reference.
+    pub mode: Mode,
+    /// Every tap the run recorded, by name.
+    pub taps: BTreeMap<String, Array>,
+    /// The patch grid of each image.
+    pub grids: Vec<Grid>,
+    /// The (row, col) rotary position of every patch, images one after the other.
+    pub rotary: Vec<[u32; 2]>,
+    /// The vision config's spatial merge size.
+    pub merge: usize,
+    /// The prompt's token ids.
+    pub input_ids: Vec<u32>,
+    /// The text of each token, when the checkpoint has a tokenizer (for failure messages).
+    pub token_texts: Option<Vec<String>>,
+    /// Why the run stopped before producing every tap, if it did.
+    pub failure: Option<String>,
+}
+
+/// Reads a recorded reference dump of a case.
+pub fn reference(manifest: &Manifest, case: &str, tap: &str) -> Result<Array> {
+    ensure!(
+        manifest.cases[case].dumps.contains_key(tap),
+        "case {case} has no recorded {tap}; run `cargo xtask capture --case {case}`"
+    );
+    let path = manifest.root.join(Manifest::dump_path(case, tap));
+    Ok(parity::npy::read_npy(&path)?)
+}
+
+/// Converts a tensor into a dump-comparable array (f32, or i64 for integer tensors).
+pub fn to_array(t: &Tensor) -> Result<Array> {
+    let shape = t.dims().to_vec();
+    Ok(match t.dtype() {
+        DType::I64 | DType::U32 | DType::U8 => Array::i64(shape, t.to_dtype(DType::I64)?.flatten_all()?.to_vec1()?),
+        _ => Array::f32(shape, t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?),
+    })
+}
+
+fn to_tensor(a: &Array) -> Result<Tensor> {
+    Ok(match &a.data {
+        Data::F32(v) => Tensor::from_slice(v, a.shape.as_slice(), &Device::Cpu)?,
+        Data::I64(v) => Tensor::from_slice(v, a.shape.as_slice(), &Device::Cpu)?,
+    })
+}
+
+/// The image grids recorded as `input.image_grid_thw` ([images, 3]).
+pub fn grids_of(thw: &Array) -> Result<Vec<Grid>> {
+    let Some(values) = thw.as_i64() else { bail!("input.image_grid_thw is not an integer array") };
+    ensure!(
+        thw.shape.len() == 2 && thw.shape[1] == 3,
+        "input.image_grid_thw has shape {:?}, not [images, 3]",
+        thw.shape
+    );
+    Ok(values.chunks(3).map(|g| Grid { t: g[0] as usize, h: g[1] as usize, w: g[2] as usize }).collect())
+}
+
+/// Loads the model of a case's checkpoint: resident, or streamed layer by layer when the
+/// manifest says `stream = true`.
+pub fn load_model(inputs: &CaseInputs) -> Result<Model> {
+    let residency = if inputs.stream { Residency::Streamed } else { Residency::Resident };
+    Model::load(&inputs.model_dir, &inputs.config, residency)
+        .with_context(|| format!("building the {residency:?} model of {}", inputs.model_dir.display()))
+}
+
+/// Builds the model from any `VarBuilder` rooted at the checkpoint (tests use this to hand
+/// in perturbed weights) and the case's config (which tests may have altered).
+pub fn model_from(inputs: &CaseInputs, vb: VarBuilder<'static>) -> Result<Model> {
+    Model::new(&inputs.config, vb).with_context(|| format!("building the model of {}", inputs.model_dir.display()))
+}
+
+/// Multimodal positions: (t, h, w) rows of one position per token.
+pub type Positions = [Vec<i64>; 3];
+
+/// Injection points for tests: each maps what the pipeline computed before it is used.
+/// Production runs use `Perturbations::default()`, which changes nothing.
+#[derive(Default)]
+pub struct Perturbations<'a> {
+    pub vision_positions: Option<&'a dyn Fn(VisionPositions) -> VisionPositions>,
+    pub text_positions: Option<&'a dyn Fn(Positions) -> Positions>,
+    pub preprocess: Hooks<'a>,
+}
+
+/// Runs a case in one mode, as the model would.
+pub fn run(manifest: &Manifest, case: &str, mode: Mode) -> Result<Run> {
+    let inputs = CaseInputs::new(manifest, case)?;
+    let model = load_model(&inputs)?;
+    run_with(manifest, &inputs, mode, &model, &Perturbations::default())
+}
+
+/// Runs a case in one mode on a given model.
+///
+/// A stage that fails keeps the taps recorded before it: the run still comes back, so the
+/// report can name the first tap that is wrong and say why the later ones are missing
+/// ([`Run::failure`]). Preparing the inputs that fails is an error.
+pub fn run_with(
+    manifest: &Manifest,
+    inputs: &CaseInputs,
+    mode: Mode,
+    model: &Model,
+    perturb: &Perturbations,
+) -> Result<Run> {
+    let mut taps = Taps::recording();
+    let prompt = Prompt::prepare(manifest, inputs, mode, model, perturb, &mut taps)?;
+    let stages = match mode {
+        Mode::VisionTeacherForced => vision_teacher_forced(&prompt, &mut taps),
+        Mode::LmTeacherForced => lm_teacher_forced(&prompt, &mut taps),
+        Mode::FromPixelValues | Mode::FromImageFiles => end_to_end(&prompt, &mut taps),
+    };
+    let failure = stages.err().map(|e| format!("{e:#}"));
+    let taps = taps.into_map().iter().map(|(k, v)| Ok((k.clone(), to_array(v)?))).collect::<Result<_>>()?;
+    let token_texts = token_texts(&inputs.model_dir, &prompt.input_ids);
+    Ok(Run {
+        mode,
+        taps,
+        grids: prompt.grids,
+        rotary: prompt.positions.rotary,
+        merge: model.config.vision_config.spatial_merge_size,
+        input_ids: prompt.input_ids,
+        token_texts,
+        failure,
+    })
+}
+
+/// What a run starts from, and what its stages need: the case, the model, the test's
+/// perturbations and the prompt's inputs.
+struct Prompt<'a> {
+    manifest: &'a Manifest,
+    case: &'a str,
+    model: &'a Model,
+    perturb: &'a Perturbations<'a>,
+    input_ids: Vec<u32>,
+    grids: Vec<Grid>,
+    pixels: Option<Tensor>,
+    /// The vision tower's positions for the grids (after the test's perturbation).
+    positions: VisionPositions,
+}
+
+impl<'a> Prompt<'a> {
+    /// The inputs from the reference dumps, or in `FromImageFiles` from the image files and
+    /// the prompt through Rust preprocessing (recorded as the `input.*` taps).
+    fn prepare(
+        manifest: &'a Manifest,
+        inputs: &'a CaseInputs,
+        mode: Mode,
+        model: &'a Model,
+        perturb: &'a Perturbations<'a>,
+        taps: &mut Taps,
+    ) -> Result<Prompt<'a>> {
+        let case = inputs.case.as_str();
+        let (input_ids, grids, pixels) = if mode == Mode::FromImageFiles {
+            let c = &manifest.cases[case];
+            let images: Vec<PathBuf> = c.images.iter().map(|i| manifest.root.join(&manifest.images[i].path)).collect();
+            let image_refs: Vec<&Path> = images.iter().map(PathBuf::as_path).collect();
+            let processor = Processor::from_dir(&inputs.model_dir)?;
+            let processed = processor.process_with(&image_refs, &c.prompt, &perturb.preprocess)?;
+            record_inputs(taps, &processed)?;
+            (processed.input_ids, processed.grids, processed.pixel_values)
+        } else {
+            let ids = reference(manifest, case, "input.input_ids")?;
+            let Some(ids) = ids.as_i64() else { bail!("input.input_ids is not an integer array") };
+            let ids = ids
+                .iter()
+                .map(|&id| u32::try_from(id).with_context(|| format!("token id {id} out of range")))
+                .collect::<Result<Vec<_>>>()?;
+            let grids = match recorded(manifest, case, "input.image_grid_thw")? {
+                Some(thw) => grids_of(&thw)?,
+                None => Vec::new(),
+            };
+            let pixels = recorded(manifest, case, "input.pixel_values")?.map(|p| to_tensor(&p)).transpose()?;
+            (ids, grids, pixels)
+        };
+        let positions = VisionPositions::new(&model.config.vision_config, &grids);
+        let positions = match perturb.vision_positions {
+            Some(f) => f(positions),
+            None => positions,
+        };
+        Ok(Prompt { manifest, case, model, perturb, input_ids, grids, pixels, positions })
+    }
+
+    /// The text model's (t, h, w) positions of the prompt (after the test's perturbation).
+    fn text_positions(&self) -> Result<Positions> {
+        let p = self.model.positions(&self.input_ids, &self.grids)?;
+        Ok(match self.perturb.text_positions {
+            Some(f) => f(p),
+            None => p,
+        })
+    }
+
+    /// The pixels, which a vision run cannot do without.
+    fn pixels(&self) -> Result<&Tensor> {
+        match &self.pixels {
+            Some(pixels) => Ok(pixels),
+            None => bail!("case {} has no recorded input.pixel_values", self.case),
+        }
+    }
+}
+
+/// A reference dump of a case when the case recorded it.
+fn recorded(manifest: &Manifest, case: &str, tap: &str) -> Result<Option<Array>> {
+    if manifest.cases[case].dumps.contains_key(tap) {
+        reference(manifest, case, tap).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// The vision tower alone, fed the reference pixels.
+fn vision_teacher_forced(prompt: &Prompt, taps: &mut Taps) -> Result<()> {
+    prompt.model.vision.forward(prompt.pixels()?, &prompt.positions, taps)?;
+    Ok(())
+}
+
+/// The text model alone, fed the reference projector rows as its image embeddings.
+fn lm_teacher_forced(prompt: &Prompt, taps: &mut Taps) -> Result<()> {
+    let projector = recorded(prompt.manifest, prompt.case, "vision.projector")?.map(|p| to_tensor(&p)).transpose()?;
+    let text = prompt.text_positions()?;
+    prompt.model.forward_from_image_embeds(&prompt.input_ids, projector.as_ref(), &text, taps)?;
+    Ok(())
+}
+
+/// The Rust vision tower into the Rust text model, as a request runs.
+fn end_to_end(prompt: &Prompt, taps: &mut Taps) -> Result<()> {
+    let image_embeds = match &prompt.pixels {
+        Some(pixels) => Some(prompt.model.vision.forward(pixels, &prompt.positions, taps)?),
+        None => None,
+    };
+    let text = prompt.text_positions()?;
+    prompt.model.forward_from_image_embeds(&prompt.input_ids, image_embeds.as_ref(), &text, taps)?;
+    Ok(())
+}
+
+/// Each token decoded on its own, for naming positions in reports; `None` without a tokenizer.
+fn token_texts(model_dir: &Path, ids: &[u32]) -> Option<Vec<String>> {
+    let tokenizer = tokenizers::Tokenizer::from_file(model_dir.join("tokenizer.json")).ok()?;
+    ids.iter().map(|&id| tokenizer.decode(&[id], false).ok()).collect()
+}
+
+/// Records what preprocessing produced under the `input.*` tap names.
+fn record_inputs(taps: &mut Taps, p: &Processed) -> Result<()> {
+    let ids: Vec<i64> = p.input_ids.iter().map(|&i| i64::from(i)).collect();
+    taps.record(|| "input.input_ids".into(), &Tensor::new(ids, &Device::Cpu)?);
+    if let Some(pixels) = &p.pixel_values {
+        let thw: Vec<i64> = p.grids.iter().flat_map(|g| [g.t as i64, g.h as i64, g.w as i64]).collect();
+        taps.record(|| "input.image_grid_thw".into(), &Tensor::from_vec(thw, (p.grids.len(), 3), &Device::Cpu)?);
+        taps.record(|| "input.pixel_values".into(), pixels);
+    }
+    Ok(())
+}
+
+/// The recorded taps of a case that a mode checks, in pipeline order.
+pub fn taps_checked(manifest: &Manifest, case: &str, mode: Mode) -> Vec<String> {
+    manifest.taps_checked(case, mode).iter().map(Tap::to_string).collect()
+}
+
+impl Run {
+    /// The run's images, patches and tokens as plain data, for naming an element of a tap
+    /// in model terms (`parity::locate`).
+    pub fn locator(&self) -> Locator<'_> {
+        Locator {
+            grids: self.grids.iter().map(|g| (g.t, g.h, g.w)).collect(),
+            merge: self.merge,
+            rotary: &self.rotary,
+            input_ids: &self.input_ids,
+            token_texts: self.token_texts.as_deref(),
+        }
+    }
+}
+
+/// The manifest at the workspace root (for tests).
+pub fn workspace_manifest() -> Result<Manifest> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    Ok(Manifest::load(&root.join("fixtures.toml"))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integer_tensors_become_i64_arrays_and_float_tensors_f32_arrays() {
+        let ids = Tensor::new(&[3u32, 613], &Device::Cpu).unwrap();
+        let bytes = Tensor::new(&[7u8], &Device::Cpu).unwrap();
+        let floats = Tensor::new(&[[0.5f32, -1.0]], &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap();
+        assert_eq!(to_array(&ids).unwrap(), Array::i64(vec![2], vec![3, 613]), "u32 token ids");
+        assert_eq!(to_array(&bytes).unwrap(), Array::i64(vec![1], vec![7]), "u8");
+        assert_eq!(to_array(&floats).unwrap(), Array::f32(vec![1, 2], vec![0.5, -1.0]), "bf16 activations");
+    }
+
+    #[test]
+    fn arrays_become_tensors_of_their_shape_and_dtype() {
+        let floats = to_tensor(&Array::f32(vec![2, 1], vec![0.25, 4.0])).unwrap();
+        assert_eq!((floats.dims(), floats.dtype()), (&[2, 1][..], DType::F32), "an f32 array");
+        assert_eq!(to_array(&floats).unwrap(), Array::f32(vec![2, 1], vec![0.25, 4.0]), "the f32 values");
+        let ints = to_tensor(&Array::i64(vec![3], vec![1, 2, 3])).unwrap();
+        assert_eq!((ints.dims(), ints.dtype()), (&[3][..], DType::I64), "an i64 array");
+    }
+
+    #[test]
+    fn image_grids_are_read_as_one_t_h_w_row_per_image() {
+        let thw = Array::i64(vec![2, 3], vec![1, 8, 8, 1, 6, 12]);
+        let grids: Vec<(usize, usize, usize)> = grids_of(&thw).unwrap().iter().map(|g| (g.t, g.h, g.w)).collect();
+        assert_eq!(grids, [(1, 8, 8), (1, 6, 12)], "two images");
+    }
+
+    #[test]
+    fn image_grids_of_another_shape_or_dtype_are_errors() {
+        let bad = [
+            (Array::i64(vec![6], vec![1, 8, 8, 1, 6, 12]), "has shape [6], not [images, 3]"),
+            (Array::i64(vec![3, 2], vec![1, 8, 8, 1, 6, 12]), "has shape [3, 2], not [images, 3]"),
+            (Array::f32(vec![1, 3], vec![1.0, 8.0, 8.0]), "is not an integer array"),
+        ];
+        for (thw, expected) in bad {
+            let err = grids_of(&thw).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains(expected), "{thw:?}: the error {err:?} does not say {expected:?}");
+        }
+    }
+
+    #[test]
+    fn tokens_are_decoded_one_by_one_with_the_checkpoints_tokenizer() {
+        let manifest = workspace_manifest().unwrap();
+        let inputs = CaseInputs::new(&manifest, "chelsea").unwrap();
+        let texts = token_texts(&inputs.model_dir, &[609, 613, 198]);
+        assert_eq!(texts, Some(["<|im_start|>", "<|image_pad|>", "\n"].map(String::from).to_vec()), "three tokens");
+        assert_eq!(
+            token_texts(&manifest.root.join("fixtures/images"), &[609]),
+            None,
+            "a folder without tokenizer.json"
+        );
+    }
+
+    #[test]
+    fn a_run_hands_its_images_patches_and_tokens_to_the_locator() {
+        let texts = vec!["a".to_owned()];
+        let run = Run {
+            mode: Mode::VisionTeacherForced,
+            taps: BTreeMap::new(),
+            grids: vec![Grid { t: 1, h: 2, w: 4 }],
+            rotary: vec![[1, 3]],
+            merge: 2,
+            input_ids: vec![5],
+            token_texts: Some(texts.clone()),
+            failure: None,
+        };
+        let l = run.locator();
+        assert_eq!(
+            (l.grids, l.merge, l.rotary, l.input_ids, l.token_texts),
+            (vec![(1, 2, 4)], 2, &[[1, 3]][..], &[5][..], Some(&texts[..])),
+            "the locator's data"
+        );
+    }
+}
