@@ -463,6 +463,18 @@ mod tests {
     }
 
     #[test]
+    fn a_merged_token_covers_merge_squared_patches_for_any_merge_size() {
+        // Three by three patches a token: a 3×6 grid has 2 tokens, a 6×6 one 4 after them.
+        let locator = Locator { grids: vec![(1, 3, 6), (1, 6, 6)], merge: 3, ..Locator::default() };
+        assert_eq!(locator.image_tokens(), 6, "2 + 4 merged tokens");
+        assert_eq!(
+            locator.locate(tap("vision.projector"), &[3, 0]).as_deref(),
+            Some("image 1, merged token 1 (block row 0, col 1 of 2×2), channel 0"),
+            "the second image's second merged token"
+        );
+    }
+
+    #[test]
     fn each_image_has_its_rows_and_grid_after_the_previous_images_rows() {
         let rotary = rotary_of(&GRIDS);
         let locator = locator(&rotary, &[]);
@@ -480,10 +492,11 @@ mod tests {
         assert_eq!(video.images(Layout::PerMergedToken), [rows(0, 0, 2, 1, 1)], "two frames of one block");
     }
 
-    /// A [rows, 2] f32 array whose row `r` differs from zero by `errors[r]` in its second channel.
+    /// Two [rows, 2] f32 arrays whose row `r` differs by `errors[r]` in its second channel
+    /// (around 4, so that adding the two would not give the difference).
     fn with_errors(errors: &[f32]) -> (Array, Array) {
-        let expected = Array::f32(vec![errors.len(), 2], vec![0.0; 2 * errors.len()]);
-        let actual = Array::f32(vec![errors.len(), 2], errors.iter().flat_map(|&e| [0.0, e]).collect());
+        let expected = Array::f32(vec![errors.len(), 2], vec![4.0; 2 * errors.len()]);
+        let actual = Array::f32(vec![errors.len(), 2], errors.iter().flat_map(|&e| [4.0, 4.0 + e]).collect());
         (expected, actual)
     }
 

@@ -362,6 +362,24 @@ mod tests {
     }
 
     #[test]
+    fn each_tap_belongs_to_the_one_family_its_name_starts_with() {
+        let families = |name: &str| {
+            let t = Tap::parse(name).unwrap_or_else(|| panic!("{name} should parse"));
+            [t.is_input(), t.is_vision(), t.is_lm(), t.is_cache(), t.is_gen()]
+        };
+        let expected = [
+            ("input.pixel_values", [true, false, false, false, false]),
+            ("vision.block.0", [false, true, false, false, false]),
+            ("lm.logits_last", [false, false, true, false, false]),
+            ("cache.1.key", [false, false, false, true, false]),
+            ("gen.tokens", [false, false, false, false, true]),
+        ];
+        for (name, family) in expected {
+            assert_eq!(families(name), family, "{name}: [input, vision, lm, cache, gen]");
+        }
+    }
+
+    #[test]
     fn known_taps_spell_the_index_where_the_name_carries_it() {
         let known = known_taps();
         for name in ["vision.block.{i}", "cache.{i}.conv", "cache.{i}.value", "gen.tokens", "gen.top_ids"] {

@@ -33,8 +33,11 @@ pub use check::{TapResult, TOP_K};
 
 /// The inputs of one case as the manifest names them.
 pub struct CaseInputs {
+    /// The case's name in the manifest.
     pub case: String,
+    /// The folder of the case's checkpoint.
     pub model_dir: PathBuf,
+    /// The checkpoint's config (tests may alter it before building the model).
     pub config: Config,
     /// Whether the model runs streamed from the mapped checkpoint (the manifest's `stream`).
     pub stream: bool,
@@ -140,8 +143,11 @@ pub type Positions = [Vec<i64>; 3];
 /// Production runs use `Perturbations::default()`, which changes nothing.
 #[derive(Default)]
 pub struct Perturbations<'a> {
+    /// Maps the vision tower's positions (rotary, interpolation) of the images' grids.
     pub vision_positions: Option<&'a dyn Fn(VisionPositions) -> VisionPositions>,
+    /// Maps the text model's (t, h, w) positions of the prompt.
     pub text_positions: Option<&'a dyn Fn(Positions) -> Positions>,
+    /// Hooks into Rust preprocessing (`FromImageFiles` runs).
     pub preprocess: Hooks<'a>,
 }
 
@@ -156,7 +162,7 @@ pub fn run(manifest: &Manifest, case: &str, mode: Mode) -> Result<Run> {
 ///
 /// A stage that fails keeps the taps recorded before it: the run still comes back, so the
 /// report can name the first tap that is wrong and say why the later ones are missing
-/// ([`Run::failure`]). Preparing the inputs that fails is an error.
+/// ([`Run::failure`]). Failing to prepare the inputs is an error.
 pub fn run_with(
     manifest: &Manifest,
     inputs: &CaseInputs,
