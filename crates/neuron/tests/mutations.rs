@@ -198,3 +198,113 @@ fn a_flipped_sign_of_a_log_fails_at_the_first_layer() {
     let run = run(&manifest, case, Mode::LmTeacherForced, &model);
     assert_first_failure_at(&manifest, case, &run, "lm.layer.0");
 }
+
+// Generation faults: each is injected into the cache between the steps of a
+// decode-teacher-forced run and must fail at the cache tap or the step where it enters.
+
+use neuron::text::cache::{Cache, LayerState};
+
+/// The first failing tap of a decode-teacher-forced run of chelsea must be `expected_tap`, and
+/// for the step logits the message must name `step` as the first diverging step.
+fn assert_decode_fault_at(perturb: &Perturbations, expected_tap: &str, step: Option<usize>) {
+    let manifest = manifest();
+    let inputs = CaseInputs::new(&manifest, IMAGE_CASE).unwrap();
+    let model = replay::load_model(&inputs).unwrap();
+    let run = replay::run_with(&manifest, &inputs, Mode::DecodeTeacherForced, &model, perturb).unwrap();
+    assert_first_failure_at(&manifest, IMAGE_CASE, &run, expected_tap);
+    if let Some(step) = step {
+        let message = run.check(&manifest, IMAGE_CASE, expected_tap).unwrap().message();
+        assert!(
+            message.contains(&format!("first diverging step: {step}")),
+            "the fault enters at step {step}; the message should name it:\n{message}"
+        );
+    }
+}
+
+/// Calls `f(layer, state)` on every Gated DeltaNet layer's state in a cache.
+fn for_each_linear(cache: &mut Cache, mut f: impl FnMut(usize, &mut neuron::text::cache::LinearState)) {
+    for i in 0..cache.num_layers() {
+        if let Ok(LayerState::Linear(Some(state))) = cache.layer_mut(i) {
+            f(i, state);
+        }
+    }
+}
+
+#[test]
+fn a_conv_state_not_shifted_by_a_decode_step_fails_at_the_step_after_it() {
+    // The first decode step reads the prefill's state, which is right; it then keeps the old
+    // window instead of shifting in its token, so step 2 convolves the wrong columns.
+    let keep_old_window = |before: &Cache, after: &mut Cache| {
+        let mut before = before.clone();
+        let mut old_windows = std::collections::BTreeMap::new();
+        for_each_linear(&mut before, |i, state| {
+            old_windows.insert(i, state.conv.clone());
+        });
+        for_each_linear(after, |i, state| state.conv = old_windows[&i].clone());
+    };
+    let perturb = Perturbations { cache_after_step: Some(&keep_old_window), ..Default::default() };
+    assert_decode_fault_at(&perturb, "gen.logits", Some(2));
+}
+
+#[test]
+fn a_recurrent_state_reset_between_decode_steps_fails_at_the_step_after_the_reset() {
+    let reset = |_: &Cache, after: &mut Cache| {
+        for_each_linear(after, |_, state| state.recurrent = state.recurrent.zeros_like().unwrap());
+    };
+    let perturb = Perturbations { cache_after_step: Some(&reset), ..Default::default() };
+    assert_decode_fault_at(&perturb, "gen.logits", Some(2));
+}
+
+#[test]
+fn decode_positions_without_the_rope_delta_fail_at_the_first_decode_step() {
+    // chelsea's 24 image tokens take 6 positions: the text after them resumes 18 positions
+    // early (a negative rope delta), which a decode step that counts tokens forgets.
+    let forget_delta = |cache: &mut Cache| {
+        assert!(cache.rope_delta() < 0, "chelsea's rope delta is negative, so forgetting it moves positions");
+        cache.set_rope_delta(0);
+    };
+    let perturb = Perturbations { cache_after_prefill: Some(&forget_delta), ..Default::default() };
+    assert_decode_fault_at(&perturb, "gen.logits", Some(1));
+}
+
+#[test]
+fn keys_cached_before_their_rotary_fail_at_the_cached_keys() {
+    let manifest = manifest();
+    let inputs = CaseInputs::new(&manifest, IMAGE_CASE).unwrap();
+    let model = replay::load_model(&inputs).unwrap();
+    let ids: Vec<u32> = replay::reference(&manifest, IMAGE_CASE, "input.input_ids")
+        .unwrap()
+        .as_i64()
+        .unwrap()
+        .iter()
+        .map(|&i| i as u32)
+        .collect();
+    let grids = replay::grids_of(&replay::reference(&manifest, IMAGE_CASE, "input.image_grid_thw").unwrap()).unwrap();
+    let positions = model.positions(&ids, &grids).unwrap();
+    let (cos, sin) = model.text.rotary.cos_sin(&positions, &Device::Cpu).unwrap();
+    // Undo the rotary of each cached key: rotating by −θ (cos θ, −sin θ) over the rotated dims.
+    let unrotate = |cache: &mut Cache| {
+        for i in 0..cache.num_layers() {
+            if let Ok(LayerState::Full(Some(kv))) = cache.layer_mut(i) {
+                let rot = cos.dim(1).unwrap();
+                let head_dim = kv.key.dim(2).unwrap();
+                let x = kv.key.narrow(2, 0, rot).unwrap();
+                let pass = kv.key.narrow(2, rot, head_dim - rot).unwrap();
+                let back = (x.broadcast_mul(&cos).unwrap()
+                    - neuron::rope::rotate_half(&x).unwrap().broadcast_mul(&sin).unwrap())
+                .unwrap();
+                kv.key = Tensor::cat(&[&back, &pass], 2).unwrap();
+            }
+        }
+    };
+    let perturb = Perturbations { cache_after_prefill: Some(&unrotate), ..Default::default() };
+    let run = replay::run_with(&manifest, &inputs, Mode::DecodeTeacherForced, &model, &perturb).unwrap();
+    let first_full = inputs
+        .config
+        .text_config
+        .layer_types()
+        .iter()
+        .position(|t| *t == neuron::config::LayerType::FullAttention)
+        .unwrap();
+    assert_first_failure_at(&manifest, IMAGE_CASE, &run, &format!("cache.{first_full}.key"));
+}

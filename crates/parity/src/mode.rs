@@ -19,12 +19,26 @@ pub enum Mode {
     /// End to end as production requests arrive: the image files and the prompt text through
     /// Rust preprocessing, the Rust vision tower and the Rust text model.
     FromImageFiles,
+    /// The prefill into a cache (from the reference inputs when they are recorded whole, else
+    /// from the files), then the reference's greedy tokens fed back one step at a time:
+    /// checks the cache after the prefill and every step's logits, and names the first step
+    /// that diverges.
+    DecodeTeacherForced,
+    /// Rust's own greedy generation from the files, as a user runs it: the tokens must be
+    /// those of transformers' `generate`.
+    Generate,
 }
 
 impl Mode {
     /// Every mode, in report order.
-    pub const ALL: &'static [Mode] =
-        &[Mode::VisionTeacherForced, Mode::LmTeacherForced, Mode::FromPixelValues, Mode::FromImageFiles];
+    pub const ALL: &'static [Mode] = &[
+        Mode::VisionTeacherForced,
+        Mode::LmTeacherForced,
+        Mode::FromPixelValues,
+        Mode::FromImageFiles,
+        Mode::DecodeTeacherForced,
+        Mode::Generate,
+    ];
 
     /// The name used in reports and JSON.
     pub fn name(self) -> &'static str {
@@ -33,6 +47,8 @@ impl Mode {
             Mode::LmTeacherForced => "lm-teacher-forced",
             Mode::FromPixelValues => "from-pixel-values",
             Mode::FromImageFiles => "from-image-files",
+            Mode::DecodeTeacherForced => "decode-teacher-forced",
+            Mode::Generate => "generate",
         }
     }
 
@@ -40,8 +56,10 @@ impl Mode {
     /// The vision tower runs identically in `FromPixelValues`, so its taps are checked once,
     /// in `VisionTeacherForced`; a case without images has no `FromPixelValues` run, and
     /// teacher forcing needs the reference input it forces with, recorded whole (`whole`:
-    /// the recorded taps not cut to one row). `FromImageFiles` checks every tap, from the
-    /// token ids on.
+    /// the recorded taps not cut to one row). `FromImageFiles` checks every tap of the forward
+    /// pass, from the token ids on. The cache and the steps (`cache.*`, `gen.*`) come from a
+    /// generation run: `DecodeTeacherForced` checks the cache and each step's logits,
+    /// `Generate` the tokens.
     pub fn taps(self, recorded: &[Tap], whole: &[Tap]) -> Vec<Tap> {
         let has = |name: &str| whole.iter().any(|t| t.to_string() == name);
         let text_side = |t: &Tap| t.is_lm() || t.to_string() == "input.position_ids";
@@ -50,14 +68,65 @@ impl Mode {
         recorded
             .iter()
             .copied()
-            // The cache and the generated steps come from a generation run, not a forward pass.
-            .filter(|t| !t.is_cache() && !t.is_gen())
             .filter(|t| match self {
                 Mode::VisionTeacherForced => pixels && t.is_vision(),
                 Mode::LmTeacherForced => (!has_images || has("vision.projector")) && text_side(t),
                 Mode::FromPixelValues => pixels && text_side(t),
-                Mode::FromImageFiles => true,
+                Mode::FromImageFiles => !t.is_cache() && !t.is_gen(),
+                Mode::DecodeTeacherForced => t.is_cache() || (t.is_gen() && t.stem() != "gen.tokens"),
+                Mode::Generate => t.stem() == "gen.tokens",
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn taps(names: &[&str]) -> Vec<Tap> {
+        names.iter().map(|n| Tap::parse(n).unwrap()).collect()
+    }
+
+    fn checked(mode: Mode, recorded: &[Tap]) -> Vec<String> {
+        mode.taps(recorded, recorded).iter().map(Tap::to_string).collect()
+    }
+
+    #[test]
+    fn the_cache_and_step_logits_belong_to_decode_teacher_forcing_and_the_tokens_to_generate() {
+        let recorded = taps(&[
+            "input.input_ids",
+            "lm.layer.0",
+            "lm.logits_last",
+            "cache.0.conv",
+            "cache.3.key",
+            "gen.logits",
+            "gen.top_ids",
+            "gen.top_logits",
+            "gen.tokens",
+        ]);
+        assert_eq!(
+            checked(Mode::DecodeTeacherForced, &recorded),
+            ["cache.0.conv", "cache.3.key", "gen.logits", "gen.top_ids", "gen.top_logits"],
+            "decode-teacher-forced"
+        );
+        assert_eq!(checked(Mode::Generate, &recorded), ["gen.tokens"], "generate");
+        assert_eq!(
+            checked(Mode::FromImageFiles, &recorded),
+            ["input.input_ids", "lm.layer.0", "lm.logits_last"],
+            "from-image-files checks the forward pass only"
+        );
+        for mode in [Mode::LmTeacherForced, Mode::FromPixelValues, Mode::VisionTeacherForced] {
+            let generation =
+                checked(mode, &recorded).into_iter().filter(|t| t.starts_with("cache.") || t.starts_with("gen."));
+            assert_eq!(generation.count(), 0, "{} checks no generation tap", mode.name());
+        }
+    }
+
+    #[test]
+    fn a_case_without_generation_has_nothing_for_the_decode_modes() {
+        let recorded = taps(&["input.input_ids", "lm.layer.0", "lm.logits_last"]);
+        assert!(checked(Mode::DecodeTeacherForced, &recorded).is_empty(), "decode-teacher-forced");
+        assert!(checked(Mode::Generate, &recorded).is_empty(), "generate");
     }
 }

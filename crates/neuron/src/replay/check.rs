@@ -59,9 +59,86 @@ impl Run {
         };
         let (comparison, worst) =
             compare_picked(&expected, actual, parsed.and_then(|t| manifest.row_pick(case, t)), &opts)?;
-        let location = worst.and_then(|index| self.locator().locate(parsed?, &index));
+        let mut location = worst.and_then(|index| self.locator().locate(parsed?, &index));
+        if !comparison.passed() && parsed.is_some_and(|t| t.is_gen()) {
+            if let Some(divergence) = self.first_diverging_step(manifest, case, tap, &expected, actual, &opts) {
+                location = Some(match location {
+                    Some(worst) => format!("{divergence}; the worst element: {worst}"),
+                    None => divergence,
+                });
+            }
+        }
         Ok(TapResult { case: case.to_owned(), tap: tap.to_owned(), mode: self.mode, comparison, location })
     }
+}
+
+impl Run {
+    /// For a tap of generation steps that failed: the first step whose row does not match
+    /// (a bug entering at step s shows at s and after). For the tokens, both tokens of that
+    /// step as text and the reference's logit margin between them, so that a near tie — two
+    /// tokens whose logits differ by less than their tolerance — is told apart from a bug.
+    fn first_diverging_step(
+        &self,
+        manifest: &Manifest,
+        case: &str,
+        tap: &str,
+        expected: &Array,
+        actual: &Array,
+        opts: &CompareOptions,
+    ) -> Option<String> {
+        if expected.shape != actual.shape || expected.shape.is_empty() {
+            return None;
+        }
+        let steps = expected.shape[0];
+        let step = (0..steps).find(|&s| {
+            let (Ok(e), Ok(a)) = (expected.select_rows(&[s]), actual.select_rows(&[s])) else { return true };
+            !compare(&e, &a, opts).passed()
+        })?;
+        if tap != "gen.tokens" {
+            return Some(format!("first diverging step: {step}"));
+        }
+        let (e, a) = (expected.as_i64()?[step], actual.as_i64()?[step]);
+        let texts = super::token_texts(&self.model_dir, &[e as u32, a as u32]).unwrap_or_default();
+        let text = |i: usize, id: i64| texts.get(i).map_or(format!("id {id}"), |t| format!("{t:?} (id {id})"));
+        let margin = reference_margin(manifest, case, step, e, a).map_or_else(
+            || "the reference's logits of that step are not recorded".to_owned(),
+            |(margin, scale)| {
+                let t = manifest.tolerance(case, "gen.logits");
+                let noise = t.atol + t.rtol * scale.abs();
+                let verdict = if margin <= 2.0 * noise {
+                    "a near tie: within twice the logits' tolerance, rounding can swap them"
+                } else {
+                    "not a tie: the reference prefers its token by more than twice the logits' tolerance"
+                };
+                format!("the reference's logits put its token ahead by {margin:.3e} ({verdict}, {noise:.1e})")
+            },
+        );
+        Some(format!("first diverging step: {step}, reference {}, Rust {}; {margin}", text(0, e), text(1, a)))
+    }
+}
+
+/// The reference's logit of its own token minus that of `other` at `step`, with the size of
+/// the logit (for the relative tolerance): from `gen.logits`, or from the top-k record when
+/// `other` is among the top k (a lower bound, the top-1 minus the k-th, when it is not).
+fn reference_margin(manifest: &Manifest, case: &str, step: usize, token: i64, other: i64) -> Option<(f64, f64)> {
+    let dumps = &manifest.cases[case].dumps;
+    if dumps.contains_key("gen.logits") {
+        let logits = reference(manifest, case, "gen.logits").ok()?;
+        let vocab = *logits.shape.get(1)?;
+        let row = logits.as_f32()?.get(step * vocab..(step + 1) * vocab)?;
+        let at = |id: i64| usize::try_from(id).ok().and_then(|i| row.get(i)).map(|&v| f64::from(v));
+        let own = at(token)?;
+        return Some((own - at(other)?, own));
+    }
+    let ids = reference(manifest, case, "gen.top_ids").ok()?;
+    let values = reference(manifest, case, "gen.top_logits").ok()?;
+    let k = *ids.shape.get(1)?;
+    let ids = ids.as_i64()?.get(step * k..(step + 1) * k)?;
+    let values = values.as_f32()?.get(step * k..(step + 1) * k)?;
+    let at = |id: i64| ids.iter().position(|&i| i == id).map(|p| f64::from(values[p]));
+    let own = at(token)?;
+    let other = at(other).unwrap_or(f64::from(*values.last()?));
+    Some((own - other, own))
 }
 
 /// Compares a tap with its reference: whole, or on one row of `actual` when the case keeps
@@ -162,6 +239,7 @@ mod tests {
             merge: 2,
             input_ids,
             token_texts: None,
+            model_dir: std::path::PathBuf::new(),
             failure: failure.map(String::from),
         }
     }
@@ -234,5 +312,59 @@ mod tests {
         assert!(message.starts_with("case c · tap lm.logits_last · lm-teacher-forced\n"), "the heading:\n{message}");
         assert!(!message.contains("Worst element"), "a place was named without one:\n{message}");
         assert!(result.passed(), "identical arrays pass:\n{message}");
+    }
+
+    /// chelsea's greedy tokens with step `step` replaced by the reference's `rank`-th choice there.
+    fn tokens_with_runner_up(manifest: &Manifest, step: usize, rank: usize) -> (Array, i64, i64) {
+        let tokens = reference(manifest, "chelsea", "gen.tokens").unwrap();
+        let logits = reference(manifest, "chelsea", "gen.logits").unwrap();
+        let vocab = logits.shape[1];
+        let row = &logits.as_f32().unwrap()[step * vocab..(step + 1) * vocab];
+        let mut order: Vec<usize> = (0..vocab).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        let mut ids = tokens.as_i64().unwrap().to_vec();
+        let (chosen, other) = (ids[step], order[rank] as i64);
+        assert_eq!(chosen, order[0] as i64, "the reference's token is its argmax");
+        ids[step] = other;
+        (Array::i64(tokens.shape.clone(), ids), chosen, other)
+    }
+
+    #[test]
+    fn a_different_generated_token_is_named_by_its_step_both_texts_and_the_references_margin() {
+        let manifest = workspace_manifest().unwrap();
+        let (tokens, chosen, other) = tokens_with_runner_up(&manifest, 3, 1);
+        let mut run = run_of("chelsea", BTreeMap::from([("gen.tokens".to_owned(), tokens)]), None);
+        run.mode = Mode::Generate;
+        run.model_dir = manifest.root.join("fixtures/models/tiny-qwen3.6-27b");
+        let result = run.check(&manifest, "chelsea", "gen.tokens").unwrap();
+        let message = result.message();
+        assert!(!result.passed(), "a changed token passed:\n{message}");
+        let texts = super::super::token_texts(&run.model_dir, &[chosen as u32, other as u32]).unwrap();
+        for needle in [
+            "first diverging step: 3".to_owned(),
+            format!("reference {:?} (id {chosen}), Rust {:?} (id {other})", texts[0], texts[1]),
+            "the reference's logits put its token ahead by".to_owned(),
+            "not a tie".to_owned(),
+        ] {
+            assert!(message.contains(&needle), "the message does not say {needle:?}:\n{message}");
+        }
+    }
+
+    #[test]
+    fn a_runner_up_within_the_logits_tolerance_is_called_a_near_tie() {
+        let mut manifest = workspace_manifest().unwrap();
+        // chelsea's step 6 has the smallest margin between first and second choice (0.022):
+        // a logits tolerance wider than half of it makes that a near tie.
+        manifest
+            .cases
+            .get_mut("chelsea")
+            .unwrap()
+            .tap_tolerance
+            .insert("gen.logits".into(), parity::manifest::ToleranceSpec { atol: 0.05, rtol: 0.0 });
+        let (tokens, _, _) = tokens_with_runner_up(&manifest, 6, 1);
+        let mut run = run_of("chelsea", BTreeMap::from([("gen.tokens".to_owned(), tokens)]), None);
+        run.model_dir = manifest.root.join("fixtures/models/tiny-qwen3.6-27b");
+        let message = run.check(&manifest, "chelsea", "gen.tokens").unwrap().message();
+        assert!(message.contains("first diverging step: 6") && message.contains("a near tie"), "{message}");
     }
 }

@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::model::{Model, Residency};
 use crate::preprocess::{Hooks, Processed, Processor};
 use crate::taps::Taps;
+use crate::text::cache::Cache;
 use crate::vision::positions::Grid;
 use crate::vision::VisionPositions;
 
@@ -81,6 +82,8 @@ pub struct Run {
     pub input_ids: Vec<u32>,
     /// The text of each token, when the checkpoint has a tokenizer (for failure messages).
     pub token_texts: Option<Vec<String>>,
+    /// The checkpoint's folder (its tokenizer names generated tokens in failure messages).
+    pub model_dir: PathBuf,
     /// Why the run stopped before producing every tap, if it did.
     pub failure: Option<String>,
 }
@@ -139,6 +142,12 @@ pub fn model_from(inputs: &CaseInputs, vb: VarBuilder<'static>) -> Result<Model>
 /// Multimodal positions: (t, h, w) rows of one position per token.
 pub type Positions = [Vec<i64>; 3];
 
+/// Changes a cache in place: after the prefill, or after a decode step given the cache as it
+/// was before the step.
+pub type CacheHook<'a> = &'a dyn Fn(&mut Cache);
+/// See [`CacheHook`]; the first argument is the cache before the step.
+pub type StepHook<'a> = &'a dyn Fn(&Cache, &mut Cache);
+
 /// Injection points for tests: each maps what the pipeline computed before it is used.
 /// Production runs use `Perturbations::default()`, which changes nothing.
 #[derive(Default)]
@@ -149,6 +158,10 @@ pub struct Perturbations<'a> {
     pub text_positions: Option<&'a dyn Fn(Positions) -> Positions>,
     /// Hooks into Rust preprocessing (`FromImageFiles` runs).
     pub preprocess: Hooks<'a>,
+    /// The cache right after the prefill, before it is recorded and decoding starts.
+    pub cache_after_prefill: Option<CacheHook<'a>>,
+    /// The cache after each decode step.
+    pub cache_after_step: Option<StepHook<'a>>,
 }
 
 /// Runs a case in one mode, as the model would.
@@ -176,6 +189,8 @@ pub fn run_with(
         Mode::VisionTeacherForced => vision_teacher_forced(&prompt, &mut taps),
         Mode::LmTeacherForced => lm_teacher_forced(&prompt, &mut taps),
         Mode::FromPixelValues | Mode::FromImageFiles => end_to_end(&prompt, &mut taps),
+        Mode::DecodeTeacherForced => decode_teacher_forced(&prompt, &mut taps),
+        Mode::Generate => generate(&prompt, &mut taps),
     };
     let failure = stages.err().map(|e| format!("{e:#}"));
     let taps = taps.into_map().iter().map(|(k, v)| Ok((k.clone(), to_array(v)?))).collect::<Result<_>>()?;
@@ -188,6 +203,7 @@ pub fn run_with(
         merge: model.config.vision_config.spatial_merge_size,
         input_ids: prompt.input_ids,
         token_texts,
+        model_dir: inputs.model_dir.clone(),
         failure,
     })
 }
@@ -218,7 +234,16 @@ impl<'a> Prompt<'a> {
         taps: &mut Taps,
     ) -> Result<Prompt<'a>> {
         let case = inputs.case.as_str();
-        let (input_ids, grids, pixels) = if mode == Mode::FromImageFiles {
+        let from_files = match mode {
+            Mode::FromImageFiles | Mode::Generate => true,
+            // Teacher forcing needs the reference inputs whole; a case that keeps one row of
+            // its pixels (a 27B-size case) prefills from the files instead.
+            Mode::DecodeTeacherForced => {
+                Tap::parse("input.pixel_values").and_then(|t| manifest.row_pick(case, t)).is_some()
+            }
+            _ => false,
+        };
+        let (input_ids, grids, pixels) = if from_files {
             let c = &manifest.cases[case];
             let images: Vec<PathBuf> = c.images.iter().map(|i| manifest.root.join(&manifest.images[i].path)).collect();
             let image_refs: Vec<&Path> = images.iter().map(PathBuf::as_path).collect();
@@ -300,8 +325,86 @@ fn end_to_end(prompt: &Prompt, taps: &mut Taps) -> Result<()> {
     Ok(())
 }
 
+/// The prefill into a new cache, then the reference's greedy tokens fed back one decode step
+/// at a time (`generate`'s loop, teacher-forced): records the cache after the prefill
+/// (`cache.*`) and the logits of every step, as `gen.logits` or, for a case that keeps the
+/// reference's top k, as the Rust logits at the reference's top ids (`gen.top_logits`) and
+/// Rust's own top-k ids (`gen.top_ids`).
+fn decode_teacher_forced(prompt: &Prompt, taps: &mut Taps) -> Result<()> {
+    let Some(tokens) = recorded(prompt.manifest, prompt.case, "gen.tokens")? else {
+        bail!("case {} has no recorded gen.tokens: set `generate` and capture it", prompt.case)
+    };
+    let tokens: Vec<u32> = tokens.as_i64().unwrap_or_default().iter().map(|&t| t as u32).collect();
+    let model = prompt.model;
+    let mut cache = model.new_cache();
+    let pixels = prompt.pixels.as_ref().map(|p| (p, &prompt.positions));
+    let mut logits = vec![model.prefill(&prompt.input_ids, pixels, &mut cache, &mut Taps::disabled())?];
+    if let Some(hook) = prompt.perturb.cache_after_prefill {
+        hook(&mut cache);
+    }
+    cache.record(taps);
+    for &token in tokens.iter().take(tokens.len().saturating_sub(1)) {
+        let before = prompt.perturb.cache_after_step.map(|_| cache.clone());
+        logits.push(model.decode_step(token, &mut cache)?);
+        if let (Some(hook), Some(before)) = (prompt.perturb.cache_after_step, before) {
+            hook(&before, &mut cache);
+        }
+    }
+    record_step_logits(prompt, &Tensor::stack(&logits, 0)?, taps)
+}
+
+/// Rust's own greedy generation from its own prefill, for as many steps as the reference
+/// made (stopping early at an end-of-sequence token, as the reference would): `gen.tokens`.
+fn generate(prompt: &Prompt, taps: &mut Taps) -> Result<()> {
+    let Some(reference_tokens) = recorded(prompt.manifest, prompt.case, "gen.tokens")? else {
+        bail!("case {} has no recorded gen.tokens: set `generate` and capture it", prompt.case)
+    };
+    let steps = reference_tokens.shape.first().copied().unwrap_or(0);
+    let eos = prompt.model.config.text_config.eos_token_id.as_ref().map(|e| e.ids()).unwrap_or_default();
+    let pixels = prompt.pixels.as_ref().map(|p| (p, &prompt.positions));
+    let mut recorder = Taps::recording();
+    let generation = prompt.model.generate_greedy(&prompt.input_ids, pixels, steps, &eos, &mut recorder)?;
+    let tokens: Vec<i64> = generation.tokens.iter().map(|&t| i64::from(t)).collect();
+    taps.record(|| "gen.tokens".into(), &Tensor::new(tokens, &Device::Cpu)?);
+    Ok(())
+}
+
+/// Records each step's logits [steps, vocab] as the case keeps them: whole (`gen.logits`), or
+/// for a case with `gen_top_k`, Rust's logits at the reference's top ids (`gen.top_logits`,
+/// compared value for value) and Rust's own top-k ids (`gen.top_ids`, compared exactly).
+fn record_step_logits(prompt: &Prompt, logits: &Tensor, taps: &mut Taps) -> Result<()> {
+    let Some(top_ids) = recorded(prompt.manifest, prompt.case, "gen.top_ids")? else {
+        taps.record(|| "gen.logits".into(), logits);
+        return Ok(());
+    };
+    let k = top_ids.shape.get(1).copied().unwrap_or(0);
+    let rows: Vec<Vec<f32>> = logits.to_vec2()?;
+    let ids = top_ids.as_i64().unwrap_or_default();
+    let mut at_reference_ids = Vec::with_capacity(rows.len() * k);
+    let mut own_ids = Vec::with_capacity(rows.len() * k);
+    for (step, row) in rows.iter().enumerate() {
+        for &id in ids.iter().skip(step * k).take(k) {
+            at_reference_ids.push(usize::try_from(id).ok().and_then(|i| row.get(i)).copied().unwrap_or(f32::NAN));
+        }
+        own_ids.extend(top_k(row, k).into_iter().map(|i| i as i64));
+    }
+    let steps = rows.len();
+    taps.record(|| "gen.top_logits".into(), &Tensor::from_vec(at_reference_ids, (steps, k), &Device::Cpu)?);
+    taps.record(|| "gen.top_ids".into(), &Tensor::from_vec(own_ids, (steps, k), &Device::Cpu)?);
+    Ok(())
+}
+
+/// The indices of the `k` largest values, largest first; of equal values the lower index
+/// first, as `torch.topk` on a CPU orders them.
+fn top_k(values: &[f32], k: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+    order.truncate(k);
+    order
+}
+
 /// Each token decoded on its own, for naming positions in reports; `None` without a tokenizer.
-fn token_texts(model_dir: &Path, ids: &[u32]) -> Option<Vec<String>> {
+pub(crate) fn token_texts(model_dir: &Path, ids: &[u32]) -> Option<Vec<String>> {
     let tokenizer = tokenizers::Tokenizer::from_file(model_dir.join("tokenizer.json")).ok()?;
     ids.iter().map(|&id| tokenizer.decode(&[id], false).ok()).collect()
 }
@@ -410,6 +513,7 @@ mod tests {
             merge: 2,
             input_ids: vec![5],
             token_texts: Some(texts.clone()),
+            model_dir: PathBuf::new(),
             failure: None,
         };
         let l = run.locator();

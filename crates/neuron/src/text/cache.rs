@@ -170,8 +170,8 @@ impl Cache {
         }
     }
 
-    /// Layer `i`'s state for the layer to read and replace.
-    pub(crate) fn layer_mut(&mut self, i: usize) -> Result<&mut LayerState> {
+    /// Layer `i`'s state for the layer to read and replace (and for tests to perturb).
+    pub fn layer_mut(&mut self, i: usize) -> Result<&mut LayerState> {
         let n = self.layers.len();
         match self.layers.get_mut(i) {
             Some(state) => Ok(state),
