@@ -144,20 +144,24 @@ fn decode_weight_bytes(dir: &Path) -> Result<f64> {
     Ok(4.0 * params as f64)
 }
 
-/// The machine's memory read bandwidth with this process's threads: the best of five sums
-/// of a 1 GiB buffer, split over the rayon pool (the decode step's access pattern: stream
-/// every byte once).
+/// The machine's memory read bandwidth with this process's threads: the best of five passes
+/// over a 2 GiB buffer, split over the rayon pool (the decode step's access pattern: stream
+/// every byte once). Wrapping integer sums, which the compiler vectorises: an f32 sum is a
+/// chain of dependent adds and would measure the adder's latency, not the memory.
 fn memory_bandwidth_gbs() -> f64 {
     use rayon::prelude::*;
-    let buffer = vec![1f32; 1 << 28];
+    let buffer: Vec<u64> = (0..1u64 << 28).collect();
     let mut best = f64::INFINITY;
     for _ in 0..5 {
         let t = Instant::now();
-        let sum: f32 = buffer.par_chunks(1 << 16).map(|c| c.iter().sum::<f32>()).sum();
+        let sum: u64 = buffer
+            .par_chunks(1 << 16)
+            .map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x)))
+            .reduce(|| 0, u64::wrapping_add);
         std::hint::black_box(sum);
         best = best.min(t.elapsed().as_secs_f64());
     }
-    (buffer.len() * 4) as f64 / best / 1e9
+    (buffer.len() * 8) as f64 / best / 1e9
 }
 
 fn median(samples: &[f64]) -> f64 {
