@@ -42,20 +42,23 @@ pub fn render(title: &str, cases: &[CaseReport]) -> Result<String, RenderError> 
 /// A fixed colour per known mode (never red: red means failure here), the same in the plots
 /// and beside each mode's name.
 fn mode_colour(mode: &str) -> RGBColor {
-    const KNOWN: [RGBColor; 4] = [
-        RGBColor(0x1f, 0x77, 0xb4), // vision-teacher-forced: blue
-        RGBColor(0xe6, 0x7e, 0x00), // lm-teacher-forced: orange
-        RGBColor(0x2c, 0xa0, 0x2c), // from-pixel-values: green
-        RGBColor(0x94, 0x67, 0xbd), // from-image-files: purple
-    ];
     const OTHER: [RGBColor; 4] = [
         RGBColor(0x8c, 0x56, 0x4b),
         RGBColor(0x17, 0xbe, 0xcf),
         RGBColor(0xbc, 0xbd, 0x22),
         RGBColor(0x7f, 0x7f, 0x7f),
     ];
-    if let Some(i) = Mode::ALL.iter().position(|m| m.name() == mode) {
-        return KNOWN[i];
+    // A match rather than a table indexed by the mode's place: a new mode must get a colour
+    // here to compile, instead of indexing past the table.
+    if let Some(known) = Mode::ALL.iter().find(|m| m.name() == mode) {
+        return match known {
+            Mode::VisionTeacherForced => RGBColor(0x1f, 0x77, 0xb4), // blue
+            Mode::LmTeacherForced => RGBColor(0xe6, 0x7e, 0x00),     // orange
+            Mode::FromPixelValues => RGBColor(0x2c, 0xa0, 0x2c),     // green
+            Mode::FromImageFiles => RGBColor(0x94, 0x67, 0xbd),      // purple
+            Mode::DecodeTeacherForced => RGBColor(0xe3, 0x77, 0xc2), // pink
+            Mode::Generate => RGBColor(0x17, 0x4a, 0x7e),            // dark blue
+        };
     }
     let h = mode.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
     OTHER[h % OTHER.len()]
@@ -83,6 +86,18 @@ fn modes_in_order(rows: &[Row]) -> Vec<&str> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_mode_has_its_own_colour_and_none_is_red() {
+        let colours: Vec<RGBColor> = Mode::ALL.iter().map(|m| mode_colour(m.name())).collect();
+        for (i, c) in colours.iter().enumerate() {
+            let RGBColor(r, g, b) = *c;
+            assert!(!(r > 0xc0 && g < 0x40 && b < 0x40), "{} is drawn red, the colour of failure", Mode::ALL[i].name());
+            for (j, d) in colours.iter().enumerate().skip(i + 1) {
+                assert!(c != d, "{} and {} share a colour", Mode::ALL[i].name(), Mode::ALL[j].name());
+            }
+        }
+    }
+
     use super::*;
     use crate::report::{self, Heatmap, Status};
 
