@@ -158,13 +158,7 @@ fn text_after_an_image_not_resumed_at_max_plus_one_fails_at_the_position_ids() {
     let inputs = CaseInputs::new(&manifest, IMAGE_CASE).unwrap();
     let model = replay::load_model(&inputs).unwrap();
     let image_token = inputs.config.image_token_id;
-    let ids: Vec<u32> = replay::reference(&manifest, IMAGE_CASE, "input.input_ids")
-        .unwrap()
-        .as_i64()
-        .unwrap()
-        .iter()
-        .map(|&i| i as u32)
-        .collect();
+    let ids: Vec<u32> = replay::reference_input_ids(&manifest, IMAGE_CASE).unwrap();
     let last_image_token = ids.iter().rposition(|&i| i == image_token).expect("the case has an image");
     let resume_at_max = |mut p: [Vec<i64>; 3]| {
         // Resume at the image's largest position instead of one past it.
@@ -272,13 +266,7 @@ fn keys_cached_before_their_rotary_fail_at_the_cached_keys() {
     let manifest = manifest();
     let inputs = CaseInputs::new(&manifest, IMAGE_CASE).unwrap();
     let model = replay::load_model(&inputs).unwrap();
-    let ids: Vec<u32> = replay::reference(&manifest, IMAGE_CASE, "input.input_ids")
-        .unwrap()
-        .as_i64()
-        .unwrap()
-        .iter()
-        .map(|&i| i as u32)
-        .collect();
+    let ids: Vec<u32> = replay::reference_input_ids(&manifest, IMAGE_CASE).unwrap();
     let grids = replay::grids_of(&replay::reference(&manifest, IMAGE_CASE, "input.image_grid_thw").unwrap()).unwrap();
     let positions = model.positions(&ids, &grids).unwrap();
     let (cos, sin) = model.text.rotary.cos_sin(&positions, &Device::Cpu).unwrap();

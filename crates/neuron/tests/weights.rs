@@ -141,13 +141,7 @@ fn a_streamed_model_computes_what_the_resident_model_computes() {
 /// The chelsea case's token ids, pixel values and vision positions.
 fn chelsea_request(inputs: &CaseInputs) -> (Vec<u32>, Tensor, neuron::vision::VisionPositions) {
     let manifest = replay::workspace_manifest().unwrap();
-    let ids: Vec<u32> = replay::reference(&manifest, "chelsea", "input.input_ids")
-        .unwrap()
-        .as_i64()
-        .unwrap()
-        .iter()
-        .map(|&i| i as u32)
-        .collect();
+    let ids: Vec<u32> = replay::reference_input_ids(&manifest, "chelsea").unwrap();
     let grids = replay::grids_of(&replay::reference(&manifest, "chelsea", "input.image_grid_thw").unwrap()).unwrap();
     let pixels = replay::reference(&manifest, "chelsea", "input.pixel_values").unwrap();
     let pixels = Tensor::from_slice(pixels.as_f32().unwrap(), pixels.shape.as_slice(), &Device::Cpu).unwrap();

@@ -98,6 +98,13 @@ pub fn reference(manifest: &Manifest, case: &str, tap: &str) -> Result<Array> {
     Ok(parity::npy::read_npy(&path)?)
 }
 
+/// The token ids the reference recorded for a case (`input.input_ids`).
+pub fn reference_input_ids(manifest: &Manifest, case: &str) -> Result<Vec<u32>> {
+    let ids = reference(manifest, case, "input.input_ids")?;
+    let Some(ids) = ids.as_i64() else { bail!("input.input_ids is not an integer array") };
+    ids.iter().map(|&id| u32::try_from(id).with_context(|| format!("token id {id} out of range"))).collect()
+}
+
 /// Converts a tensor into a dump-comparable array (f32, or i64 for integer tensors).
 pub fn to_array(t: &Tensor) -> Result<Array> {
     let shape = t.dims().to_vec();
@@ -252,12 +259,7 @@ impl<'a> Prompt<'a> {
             record_inputs(taps, &processed)?;
             (processed.input_ids, processed.grids, processed.pixel_values)
         } else {
-            let ids = reference(manifest, case, "input.input_ids")?;
-            let Some(ids) = ids.as_i64() else { bail!("input.input_ids is not an integer array") };
-            let ids = ids
-                .iter()
-                .map(|&id| u32::try_from(id).with_context(|| format!("token id {id} out of range")))
-                .collect::<Result<Vec<_>>>()?;
+            let ids = reference_input_ids(manifest, case)?;
             let grids = match recorded(manifest, case, "input.image_grid_thw")? {
                 Some(thw) => grids_of(&thw)?,
                 None => Vec::new(),
