@@ -6,9 +6,9 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
-use crate::model::{argmax, Model};
+use crate::model::Model;
 use crate::preprocess::Processor;
 use crate::taps::Taps;
 use crate::vision::VisionPositions;
@@ -56,24 +56,23 @@ pub fn generate(
     let eos = model.config.text_config.eos_token_id.as_ref().map(|e| e.ids()).unwrap_or_default();
 
     let started = Instant::now();
-    let mut cache = model.new_cache();
-    let mut logits = model.prefill(&processed.input_ids, pixels, &mut cache, &mut Taps::disabled())?;
-    let mut tokens = Vec::new();
     let mut prefill_seconds = 0.0;
-    while tokens.len() < max_new_tokens {
-        let values: Vec<f32> = logits.to_vec1()?;
-        let Some(token) = argmax(&values) else { bail!("the logits of step {} are all NaN", tokens.len()) };
-        tokens.push(token);
-        if tokens.len() == 1 {
-            prefill_seconds = started.elapsed().as_secs_f64();
-        }
-        on_token(tokens.len() - 1, token);
-        if tokens.len() == max_new_tokens || eos.contains(&token) {
-            break;
-        }
-        logits = model.decode_step(token, &mut cache)?;
-    }
+    let generation = model.generate_greedy_with(
+        &processed.input_ids,
+        pixels,
+        max_new_tokens,
+        &eos,
+        &mut Taps::disabled(),
+        |step, token| {
+            // The first token is the prefill's: the time to it is the prefill's time.
+            if step == 0 {
+                prefill_seconds = started.elapsed().as_secs_f64();
+            }
+            on_token(step, token);
+        },
+    )?;
     let decode_seconds = started.elapsed().as_secs_f64() - prefill_seconds;
+    let tokens = generation.tokens;
     Ok(Generated {
         text: processor.prompt.decode(&tokens)?,
         tokens,
@@ -81,4 +80,33 @@ pub fn generate(
         prefill_seconds,
         decode_seconds,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generated(tokens: usize) -> Generated {
+        Generated {
+            tokens: vec![7; tokens],
+            text: String::new(),
+            prompt_tokens: 40,
+            prefill_seconds: 0.5,
+            decode_seconds: 0.25,
+        }
+    }
+
+    #[test]
+    fn prefill_speed_counts_prompt_tokens_and_decode_speed_the_steps_after_the_first_token() {
+        let g = generated(6);
+        assert_eq!(g.prefill_tokens_per_second(), 80.0, "40 prompt tokens in 0.5 s");
+        // The first token comes from the prefill: 5 decode steps in 0.25 s.
+        assert_eq!(g.decode_tokens_per_second(), Some(20.0), "5 steps in 0.25 s");
+    }
+
+    #[test]
+    fn a_generation_of_one_token_or_none_has_no_decode_speed() {
+        assert_eq!(generated(1).decode_tokens_per_second(), None, "one token, no decode step");
+        assert_eq!(generated(0).decode_tokens_per_second(), None, "no token");
+    }
 }

@@ -363,6 +363,20 @@ impl Model {
         eos: &[u32],
         taps: &mut Taps,
     ) -> Result<Generation> {
+        self.generate_greedy_with(input_ids, pixel_values, max_new_tokens, eos, taps, |_, _| {})
+    }
+
+    /// [`Model::generate_greedy`], calling `on_token(step, token)` as each token is chosen (for
+    /// a progress line, or to time the first token).
+    pub fn generate_greedy_with(
+        &self,
+        input_ids: &[u32],
+        pixel_values: Option<(&Tensor, &VisionPositions)>,
+        max_new_tokens: usize,
+        eos: &[u32],
+        taps: &mut Taps,
+        mut on_token: impl FnMut(usize, u32),
+    ) -> Result<Generation> {
         let mut generation = Generation { tokens: Vec::new(), logits: Vec::new() };
         if max_new_tokens == 0 {
             return Ok(generation);
@@ -375,6 +389,7 @@ impl Model {
             let Some(token) = argmax(&values) else { anyhow::bail!("the logits of step {step} are all NaN") };
             generation.tokens.push(token);
             generation.logits.push(logits);
+            on_token(step, token);
             if generation.tokens.len() == max_new_tokens || eos.contains(&token) {
                 break;
             }
