@@ -71,7 +71,17 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded> {
         ImageFormat::Jpeg => decode_jpeg(bytes)?,
         ImageFormat::Gif => decode_gif(bytes)?,
         ImageFormat::Png => decode_png(bytes)?,
-        ImageFormat::WebP | ImageFormat::Bmp | ImageFormat::Tiff => decode_with_image_crate(bytes, format)?,
+        ImageFormat::WebP => {
+            check_webp_size(bytes)?;
+            decode_with_image_crate(bytes, format)?
+        }
+        ImageFormat::Tiff => {
+            if let Some((w, h)) = tiff_size(bytes) {
+                check_size(w, h)?;
+            }
+            decode_with_image_crate(bytes, format)?
+        }
+        ImageFormat::Bmp => decode_with_image_crate(bytes, format)?,
         other => bail!("{other:?} images are not read (PNG, JPEG, GIF, WebP, BMP and TIFF are)"),
     };
     decoded.orientation = exif_orientation(bytes);
@@ -288,22 +298,28 @@ fn decode_gif(bytes: &[u8]) -> Result<Decoded> {
 
 /// What the PNG's header chunks say about transparency, for PIL's `info["transparency"]`.
 struct PngHeader {
+    width: u32,
+    height: u32,
     color_type: u8,
     bit_depth: u8,
     palette: Vec<u8>,
     trns: Option<Vec<u8>>,
 }
 
-/// Reads IHDR, PLTE and tRNS (chunks before the image data).
+/// Reads IHDR, PLTE and tRNS (chunks before the image data); stops at a truncated chunk.
 fn png_header(bytes: &[u8]) -> Result<PngHeader> {
-    let mut header = PngHeader { color_type: 0, bit_depth: 0, palette: Vec::new(), trns: None };
+    let mut header = PngHeader { width: 0, height: 0, color_type: 0, bit_depth: 0, palette: Vec::new(), trns: None };
     let mut at = 8;
     while at + 8 <= bytes.len() {
         let len = u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
         let kind = &bytes[at + 4..at + 8];
-        let data = bytes.get(at + 8..at + 8 + len).ok_or_else(|| anyhow!("the PNG is truncated (in a chunk)"))?;
+        let Some(data) = bytes.get(at + 8..at + 8 + len) else { break };
         match kind {
-            b"IHDR" if len >= 13 => (header.bit_depth, header.color_type) = (data[8], data[9]),
+            b"IHDR" if len >= 13 => {
+                header.width = u32::from_be_bytes(data[0..4].try_into().expect("4 bytes"));
+                header.height = u32::from_be_bytes(data[4..8].try_into().expect("4 bytes"));
+                (header.bit_depth, header.color_type) = (data[8], data[9]);
+            }
             b"PLTE" => header.palette = data.to_vec(),
             b"tRNS" => header.trns = Some(data.to_vec()),
             b"IDAT" | b"IEND" => break,
@@ -319,6 +335,7 @@ fn png_header(bytes: &[u8]) -> Result<PngHeader> {
 /// high byte; 16-bit gray (`I;16`) clips at 255.
 fn decode_png(bytes: &[u8]) -> Result<Decoded> {
     let header = png_header(bytes)?;
+    check_size(header.width as u64, header.height as u64)?;
     let trns = header.trns.as_deref();
     ensure!(
         !(header.bit_depth == 16 && trns.is_some()),
@@ -391,6 +408,57 @@ pub(crate) fn from_dynamic(image: DynamicImage) -> Result<Decoded> {
         ),
     };
     Ok(Decoded { width, height, channels, data, transparent_rgb: None, orientation: 1 })
+}
+
+/// A simple lossless WebP (`VP8L` first) declares 14-bit width − 1 and height − 1. image-webp
+/// 0.2 computes `(1 + field) & 0x3FFF` and so reads a side of 16384 as 0: such a file is
+/// refused here by name rather than with a misleading "0×0".
+fn check_webp_size(bytes: &[u8]) -> Result<()> {
+    if bytes.len() >= 25 && &bytes[12..16] == b"VP8L" {
+        let bits = u32::from_le_bytes(bytes[21..25].try_into().expect("4 bytes"));
+        let (w, h) = (1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF));
+        check_size(w as u64, h as u64)?;
+        ensure!(
+            w < 16384 && h < 16384,
+            "a lossless WebP {w}×{h} pixels is refused: the Rust decoder (image-webp 0.2) misreads a side of \
+             16384 pixels as 0"
+        );
+    }
+    Ok(())
+}
+
+/// ImageWidth and ImageLength of a TIFF's first IFD, read before the tiff crate sees the file
+/// (which checks strip sizes against them first and would refuse a bomb with a less telling
+/// error than PIL's).
+fn tiff_size(b: &[u8]) -> Option<(u64, u64)> {
+    let little = match b.get(..2)? {
+        b"II" => true,
+        b"MM" => false,
+        _ => return None,
+    };
+    let u16_at = |at: usize| -> Option<u64> {
+        let v: [u8; 2] = b.get(at..at + 2)?.try_into().ok()?;
+        Some(u64::from(if little { u16::from_le_bytes(v) } else { u16::from_be_bytes(v) }))
+    };
+    let u32_at = |at: usize| -> Option<u64> {
+        let v: [u8; 4] = b.get(at..at + 4)?.try_into().ok()?;
+        Some(u64::from(if little { u32::from_le_bytes(v) } else { u32::from_be_bytes(v) }))
+    };
+    let ifd = u32_at(4)? as usize;
+    let (mut width, mut height) = (None, None);
+    for entry in (0..u16_at(ifd)? as usize).map(|i| ifd + 2 + 12 * i) {
+        let value = match u16_at(entry + 2)? {
+            3 => u16_at(entry + 8)?,
+            4 => u32_at(entry + 8)?,
+            _ => continue,
+        };
+        match u16_at(entry)? {
+            256 => width = Some(value),
+            257 => height = Some(value),
+            _ => {}
+        }
+    }
+    Some((width?, height?))
 }
 
 /// The EXIF orientation of a JPEG, PNG, WebP or TIFF file; 1 when there is none or it is
