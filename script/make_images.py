@@ -1,11 +1,14 @@
 """Writes the format-coverage images of fixtures/images/formats/ from the known images.
 
 Deterministic: the same Pillow (pinned in uv.lock) writes the same bytes. Run with
-`uv run --locked python make_images.py` from script/. What each file holds and how it was
+`uv run --locked python make_images.py` from script/. `--edge DIR` also writes, to DIR
+(not checked in), the further edge files that `check_decode.py` compares Rust's decoding on:
+other bit depths, modes and compressions, 29 lossy WebPs, GIF frames smaller than the screen. What each file holds and how it was
 made is listed in fixtures/images/README.md. PNG variants Pillow cannot write (16-bit RGB
 and RGBA, interlaced) are written by the small PNG writer below.
 """
 
+import argparse
 import struct
 import zlib
 from pathlib import Path
@@ -107,5 +110,69 @@ def main() -> None:
         base.save(OUT / f"exif-{orientation}.jpg", quality=90, exif=exif)
 
 
+def exif(orientation: int) -> Image.Exif:
+    e = Image.Exif()
+    e[0x0112] = orientation
+    return e
+
+
+def edge_files(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    src = Image.open(IMAGES / "chelsea.png").convert("RGB").crop((150, 40, 294, 136))
+    a = np.asarray(src)
+    ramp = np.tile(np.linspace(0, 255, 144).astype(np.uint8), (96, 1))
+    rgba = Image.fromarray(np.dstack([a, ramp]), "RGBA")
+    rgba.save(out / "rgba.bmp")
+    src.convert("P").save(out / "pal8.bmp")
+    src.convert("1").save(out / "bw.bmp")
+    src.convert("L").save(out / "gray.bmp")
+    src.save(out / "rle.tiff", compression="packbits")
+    src.save(out / "deflate.tiff", compression="tiff_adobe_deflate")
+    src.convert("L").save(out / "gray.tiff")
+    rgba.save(out / "rgba.tiff")
+    src.convert("CMYK").save(out / "cmyk.tiff")
+    src.convert("1").save(out / "bw.png")
+    src.convert("L").quantize(4).save(out / "pal2bit.png", bits=2)
+    src.convert("L").save(out / "gray-trns.png", transparency=128)
+    src.save(out / "rgb-trns.png", transparency=tuple(int(v) for v in a[10, 10]))
+    pal = src.quantize(64)
+    pal.save(out / "pal-simple-trns.png", transparency=5)
+    src.convert("L").save(out / "gray.gif")
+    pal.save(out / "notrans.gif")
+    second = pal.copy()
+    second.paste(0, (10, 10, 40, 40))
+    pal.save(out / "anim-notrans.gif", save_all=True, append_images=[second])
+    src.save(out / "exif-6.webp", exif=exif(6))
+    src.save(out / "exif-6.png", exif=exif(6))
+    src.save(out / "exif-8.tiff", exif=exif(8))
+    src.save(out / "q100-444.jpg", quality=100, subsampling=0)
+    src.save(out / "q50-422.jpg", quality=50, subsampling=1)
+    # 16-bit gray + alpha (PIL opens it as RGBA, high bytes).
+    v = np.array([[0, 1, 200, 255, 256, 300, 65535, 0x1234]], dtype=np.uint16)
+    write_png(out / "la16.png", np.dstack([v, v[:, ::-1]]), 4)
+    # GIFs whose first frame (64×64) sits at (10, 20) of a 128×100 screen, with and without
+    # a transparent index: the screen size and frame position patched into Pillow's file.
+    small = Image.open(IMAGES / "chelsea.png").convert("RGB").crop((160, 30, 224, 94)).quantize(32)
+    for name, kw in [("small-frame.gif", {}), ("small-frame-trns.gif", {"transparency": 3})]:
+        small.save(out / name, **kw)
+        b = bytearray((out / name).read_bytes())
+        b[6:10] = struct.pack("<HH", 128, 100)
+        at = b.index(b",", 13 + 3 * 2 ** ((b[10] & 7) + 1))
+        b[at + 1 : at + 5] = struct.pack("<HH", 10, 20)
+        (out / name).write_bytes(b)
+    # Lossy WebP at qualities 5–100, of every known image; alpha for the RGBA one.
+    for p in sorted(IMAGES.glob("*.png")) + [IMAGES / "rocket.jpg"]:
+        im = Image.open(p)
+        for q in (5, 50, 95, 100):
+            im.save(out / f"{p.stem}-q{q}.webp", quality=q, method=6 if q == 50 else 4)
+        if im.mode == "RGBA":
+            im.save(out / f"{p.stem}-alpha-q30.webp", quality=30, alpha_quality=40)
+
+
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--edge", type=Path, help="also write the edge files to this folder")
+    args = parser.parse_args()
     main()
+    if args.edge:
+        edge_files(args.edge)
