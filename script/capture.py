@@ -47,6 +47,7 @@ from PIL import Image
 from safetensors import safe_open
 from torch import nn
 from transformers import AutoConfig, AutoProcessor, Qwen3_5ForConditionalGeneration
+from transformers.image_utils import load_image
 from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5TextRotaryEmbedding, Qwen3_5VisionRotaryEmbedding
 from transformers.vision_utils import get_vision_interpolation_indices_and_weights
 
@@ -403,7 +404,16 @@ def capture(case: dict, out: Path, threads: int, stream: bool) -> None:
             sys.exit(f"error: checkpoint {model_dir} does not match the architecture: {problems}")
         model.eval()
 
-    images = [Image.open(p) for p in case["images"]]
+    # The loader decides how a file becomes the PIL image the processor sees: opened as is
+    # (its convert_to_rgb composites transparency onto white) or through load_image
+    # (exif_transpose, then convert("RGB"), which drops alpha).
+    loader = case.get("loader", "processor")
+    if loader == "processor":
+        images = [Image.open(p) for p in case["images"]]
+    elif loader == "load_image":
+        images = [load_image(str(p)) for p in case["images"]]
+    else:
+        sys.exit(f"error: unknown loader {loader!r} (processor or load_image)")
     messages = build_messages(len(images), case["prompt"])
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     kwargs = {"images": images} if images else {}
@@ -455,7 +465,7 @@ def capture(case: dict, out: Path, threads: int, stream: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--case-json", required=True, help="the case: model_dir, images, prompt, generate (steps), gen_top_k"
+        "--case-json", required=True, help="the case: model_dir, images, prompt, loader, generate (steps), gen_top_k"
     )
     parser.add_argument("--out", required=True, type=Path, help="folder for the .npy taps")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (fixed so reruns match bytes)")

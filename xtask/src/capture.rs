@@ -368,6 +368,7 @@ fn capture_case(
         "model_dir": model_dir,
         "images": images,
         "prompt": c.prompt,
+        "loader": c.loader.name(),
         "generate": c.generate,
         "gen_top_k": c.gen_top_k,
     });

@@ -148,6 +148,12 @@ pub struct Case {
     #[serde(default)]
     pub images: Vec<String>,
     pub prompt: String,
+    /// How the reference opened the images: `"processor"` (the default: `PIL.Image.open`,
+    /// then the image processor's `convert_to_rgb`, which composites transparency onto white)
+    /// or `"load_image"` (`transformers.image_utils.load_image`: `ImageOps.exif_transpose`,
+    /// then `convert("RGB")`, which drops alpha). Rust preprocessing follows it.
+    #[serde(default)]
+    pub loader: Loader,
     /// Overrides the model's tolerance for every tap of this case.
     #[serde(default)]
     pub tolerance: Option<ToleranceSpec>,
@@ -181,6 +187,33 @@ pub struct Case {
     /// Tap name → recorded dump; written by capture.
     #[serde(default)]
     pub dumps: BTreeMap<String, Dump>,
+}
+
+/// How the reference turned an image file into RGB pixels (see [`Case::loader`]).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Loader {
+    /// `PIL.Image.open`, then `image_transforms.convert_to_rgb`: EXIF orientation ignored,
+    /// transparency composited onto white.
+    #[default]
+    Processor,
+    /// `image_utils.load_image`: `ImageOps.exif_transpose`, then `convert("RGB")` (alpha
+    /// dropped, not composited).
+    LoadImage,
+}
+
+impl Loader {
+    pub fn is_processor(&self) -> bool {
+        *self == Loader::Processor
+    }
+
+    /// The name used in `fixtures.toml` and passed to the harness.
+    pub fn name(self) -> &'static str {
+        match self {
+            Loader::Processor => "processor",
+            Loader::LoadImage => "load_image",
+        }
+    }
 }
 
 /// One row of a tap's leading axis.
@@ -445,6 +478,10 @@ impl Manifest {
             model_config_sha256: Option<&'a str>,
             images: &'a [(String, String)],
             prompt: &'a str,
+            // Left out when it is the default, so the digests of the cases recorded before
+            // the field existed do not move.
+            #[serde(skip_serializing_if = "Loader::is_processor")]
+            loader: Loader,
             taps: Option<&'a Vec<String>>,
             rows: &'a BTreeMap<String, RowPick>,
             generate: Option<usize>,
@@ -457,6 +494,7 @@ impl Manifest {
             model_config_sha256: config_sha,
             images: image_shas,
             prompt: &c.prompt,
+            loader: c.loader,
             taps: c.taps.as_ref(),
             rows: &c.rows,
             generate: c.generate,
@@ -649,6 +687,25 @@ mod tests {
 
     fn parse_err(text: &str) -> String {
         parse(text).expect_err("manifest should be rejected").to_string()
+    }
+
+    #[test]
+    fn a_cases_loader_defaults_to_the_processor_and_a_bad_one_names_both_choices() {
+        let m = parse(GOOD).unwrap();
+        assert_eq!(m.cases["one"].loader, Loader::Processor, "default loader");
+        let with = GOOD.replace("[cases.one]\n", "[cases.one]\n        loader = \"load_image\"\n");
+        assert_eq!(parse(&with).unwrap().cases["one"].loader, Loader::LoadImage);
+        let err = parse_err(&GOOD.replace("[cases.one]\n", "[cases.one]\n        loader = \"pil\"\n"));
+        assert!(err.contains("unknown variant `pil`, expected `processor` or `load_image`"), "{err}");
+    }
+
+    #[test]
+    fn the_loader_is_an_input_of_a_case() {
+        let m = parse(GOOD).unwrap();
+        let digest = |m: &Manifest| m.inputs_digest("one", None, &[], "h");
+        let mut with = m.clone();
+        with.cases.get_mut("one").unwrap().loader = Loader::LoadImage;
+        assert_ne!(digest(&m), digest(&with), "a case's loader must make its dumps stale when it changes");
     }
 
     #[test]

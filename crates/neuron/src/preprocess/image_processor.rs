@@ -1,14 +1,15 @@
 //! Image file → pixel_values, mirroring transformers' `Qwen2VLImageProcessor` (torchvision
-//! backend, `transformers/models/qwen2_vl/image_processing_qwen2_vl.py`): decode, convert to
-//! RGB as `image_transforms.convert_to_rgb` does (alpha composited on white), `smart_resize`,
+//! backend, `transformers/models/qwen2_vl/image_processing_qwen2_vl.py`): decode and convert
+//! to RGB (`decode.rs`, as the case's loader does), `smart_resize`,
 //! the uint8 bicubic antialiased resize, fused rescale + normalise, and the patch layout in
 //! spatial-merge-block order.
 
 use std::path::Path;
 
-use anyhow::{bail, ensure, Context, Result};
-use image::{DynamicImage, ImageFormat};
+use anyhow::{ensure, Result};
+use image::DynamicImage;
 
+use super::decode::{self, Loader};
 use super::resize::resize_bicubic_antialias_u8;
 use super::ImageProcessorConfig;
 use crate::vision::positions::Grid;
@@ -21,93 +22,16 @@ pub struct RgbImage {
     pub data: Vec<u8>,
 }
 
-/// Decodes a PNG or JPEG file and converts it to RGB as the reference does: images with an
-/// alpha channel (or PNG transparency) are composited onto opaque white with PIL's integer
-/// `alpha_composite`; grayscale is replicated into three channels.
+/// Decodes an image file and converts it to RGB as the image processor does when handed the
+/// PIL image (`loader = "processor"`): see [`super::decode`] for formats and loaders.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read the image", path.display()))?;
-    let rgb = match image::guess_format(&bytes) {
-        Ok(ImageFormat::Jpeg) => decode_jpeg(&bytes),
-        Ok(ImageFormat::Png) => image::load_from_memory_with_format(&bytes, ImageFormat::Png)
-            .context("cannot decode the PNG (is the file complete?)")
-            .and_then(to_rgb),
-        Ok(other) => Err(anyhow::anyhow!("{other:?} images are not supported (PNG and JPEG are)")),
-        Err(_) => Err(anyhow::anyhow!("not a PNG or JPEG file")),
-    };
-    rgb.with_context(|| format!("{}", path.display()))
+    decode::load_rgb_with(path, Loader::Processor)
 }
 
-/// libjpeg-turbo's decoder (through mozjpeg) with PIL's settings: islow IDCT, fancy
-/// upsampling, RGB output (grayscale replicated). libjpeg reports fatal errors by unwinding,
-/// which becomes an error here; a missing end-of-image marker (a truncated file, which PIL
-/// refuses) is an error too.
-fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage> {
-    ensure!(bytes.windows(2).any(|w| w == [0xFF, 0xD9]), "the JPEG is truncated (no end-of-image marker)");
-    let decoded = std::panic::catch_unwind(|| -> std::io::Result<RgbImage> {
-        let mut started = mozjpeg::Decompress::new_mem(bytes)?.rgb()?;
-        let (width, height) = (started.width(), started.height());
-        let data: Vec<u8> = started.read_scanlines()?;
-        started.finish()?;
-        Ok(RgbImage { width, height, data })
-    });
-    let image = match decoded {
-        Ok(result) => result.context("cannot decode the JPEG")?,
-        Err(panic) => {
-            let msg = panic.downcast_ref::<String>().cloned().unwrap_or_else(|| "libjpeg failed".into());
-            bail!("cannot decode the JPEG: {msg}");
-        }
-    };
-    ensure!(image.width > 0 && image.height > 0, "the image is {}×{}: it has no pixels", image.width, image.height);
-    ensure!(
-        image.data.len() == image.width * image.height * 3,
-        "the JPEG decoded to fewer rows than its header promises"
-    );
-    Ok(image)
-}
-
-/// The conversion half of [`load_rgb`].
+/// The conversion half of [`load_rgb`] for pixels the `image` crate decoded: alpha
+/// composited onto white, grayscale replicated, 16-bit samples as PIL reads them.
 pub fn to_rgb(decoded: DynamicImage) -> Result<RgbImage> {
-    let (width, height) = (decoded.width() as usize, decoded.height() as usize);
-    ensure!(width > 0 && height > 0, "the image is {width}×{height}: it has no pixels");
-    let data = match decoded {
-        DynamicImage::ImageRgb8(img) => img.into_raw(),
-        DynamicImage::ImageLuma8(img) => img.into_raw().iter().flat_map(|&l| [l, l, l]).collect(),
-        DynamicImage::ImageRgba8(img) => {
-            composite_on_white(img.as_raw().chunks_exact(4).map(|p| [p[0], p[1], p[2], p[3]]))
-        }
-        DynamicImage::ImageLumaA8(img) => {
-            composite_on_white(img.as_raw().chunks_exact(2).map(|p| [p[0], p[0], p[0], p[1]]))
-        }
-        other => bail!(
-            "the image has {:?} pixels; only 8-bit grayscale, RGB and their alpha variants are reproduced exactly",
-            other.color()
-        ),
-    };
-    Ok(RgbImage { width, height, data })
-}
-
-/// PIL's `Image.alpha_composite(white, image).convert("RGB")` (libImaging/AlphaComposite.c),
-/// in its integer arithmetic, so the result matches to the last bit.
-fn composite_on_white(pixels: impl Iterator<Item = [u8; 4]>) -> Vec<u8> {
-    const PRECISION_BITS: u32 = 7;
-    let shift_div_255 = |a: u32| ((a >> 8) + a) >> 8;
-    let mut out = Vec::new();
-    for [r, g, b, a] in pixels {
-        if a == 0 {
-            out.extend([255, 255, 255]);
-            continue;
-        }
-        let (a, dst_a, dst) = (a as u32, 255u32, 255u32);
-        let blend = dst_a * (255 - a);
-        let outa255 = a * 255 + blend;
-        let coef1 = a * 255 * 255 * (1 << PRECISION_BITS) / outa255;
-        let coef2 = 255 * (1 << PRECISION_BITS) - coef1;
-        for c in [r, g, b] {
-            let tmp = c as u32 * coef1 + dst * coef2;
-            out.push((shift_div_255(tmp + (0x80 << PRECISION_BITS)) >> PRECISION_BITS) as u8);
-        }
-    }
-    out
+    Ok(decode::convert(decode::from_dynamic(decoded)?, Loader::Processor))
 }
 
 /// `smart_resize`: the size nearest the original whose sides are multiples of `factor`
@@ -249,12 +173,5 @@ mod tests {
     fn an_extreme_aspect_ratio_is_an_error() {
         let err = smart_resize(1, 201, 32, 1, 1 << 30).unwrap_err().to_string();
         assert!(err.contains("aspect ratio"), "{err}");
-    }
-
-    #[test]
-    fn transparent_pixels_become_white_and_opaque_ones_keep_their_colour() {
-        let out = composite_on_white([[10, 20, 30, 0], [10, 20, 30, 255], [0, 0, 0, 128]].into_iter());
-        assert_eq!(&out[..6], &[255, 255, 255, 10, 20, 30]);
-        assert!((126..=128).contains(&out[6]), "half-transparent black over white is mid grey, got {}", out[6]);
     }
 }

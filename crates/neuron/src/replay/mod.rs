@@ -254,7 +254,8 @@ impl<'a> Prompt<'a> {
             let c = &manifest.cases[case];
             let images: Vec<PathBuf> = c.images.iter().map(|i| manifest.root.join(&manifest.images[i].path)).collect();
             let image_refs: Vec<&Path> = images.iter().map(PathBuf::as_path).collect();
-            let processor = Processor::from_dir(&inputs.model_dir)?;
+            let mut processor = Processor::from_dir(&inputs.model_dir)?;
+            processor.loader = c.loader;
             let processed = processor.process_with(&image_refs, &c.prompt, &perturb.preprocess)?;
             record_inputs(taps, &processed)?;
             (processed.input_ids, processed.grids, processed.pixel_values)
