@@ -300,15 +300,28 @@ fn the_generate_example_writes_transformers_greedy_text_for_chelsea() {
     let expected: Vec<u32> = dump("chelsea", "gen.tokens").as_i64().unwrap().iter().map(|&t| t as u32).collect();
     let image = workspace().join("fixtures/images/chelsea.png");
     let mut seen = Vec::new();
+    let started = std::time::Instant::now();
+    let mut first_token_at = 0.0;
     let generated = neuron::generate::generate(
         model(),
         &processor,
         &[image.as_path()],
         "Describe this image in one sentence.",
         expected.len(),
-        |step, token| seen.push((step, token)),
+        |step, token| {
+            if step == 0 {
+                first_token_at = started.elapsed().as_secs_f64();
+            }
+            seen.push((step, token));
+        },
     )
     .unwrap();
+    let wall = started.elapsed().as_secs_f64();
+    // The prefill's time ends at the first token, the decode's at the last: both fit in the
+    // call, and the prefill's in the time to the first token.
+    let (prefill, decode) = (generated.prefill_seconds, generated.decode_seconds);
+    assert!(prefill > 0.0 && prefill <= first_token_at, "prefill {prefill} s, first token after {first_token_at} s");
+    assert!(decode > 0.0 && prefill + decode <= wall, "prefill {prefill} s + decode {decode} s in a {wall} s call");
     let first_difference = generated.tokens.iter().zip(&expected).position(|(a, e)| a != e);
     assert_eq!(generated.tokens, expected, "greedy tokens differ from transformers' from step {first_difference:?} on");
     let expected_text = processor.prompt.decode(&expected).unwrap();
