@@ -86,14 +86,25 @@ impl Run {
         actual: &Array,
         opts: &CompareOptions,
     ) -> Option<String> {
-        if expected.shape != actual.shape || expected.shape.is_empty() {
+        // Runs of different lengths (one stopped at an end-of-sequence token) are compared
+        // over the steps both made.
+        let (Some(&expected_steps), Some(&actual_steps)) = (expected.shape.first(), actual.shape.first()) else {
+            return None;
+        };
+        if expected.shape[1..] != actual.shape[1..] {
             return None;
         }
-        let steps = expected.shape[0];
-        let step = (0..steps).find(|&s| {
+        let common = expected_steps.min(actual_steps);
+        let step = (0..common).find(|&s| {
             let (Ok(e), Ok(a)) = (expected.select_rows(&[s]), actual.select_rows(&[s])) else { return true };
             !compare(&e, &a, opts).passed()
-        })?;
+        });
+        let Some(step) = step else {
+            return Some(format!(
+                "the first {common} steps agree; Rust made {actual_steps} steps, the reference {expected_steps} \
+                 (one run stopped at an end-of-sequence token, or the step count differs)"
+            ));
+        };
         if tap != "gen.tokens" {
             return Some(format!("first diverging step: {step}"));
         }
@@ -366,5 +377,22 @@ mod tests {
         run.model_dir = manifest.root.join("fixtures/models/tiny-qwen3.6-27b");
         let message = run.check(&manifest, "chelsea", "gen.tokens").unwrap().message();
         assert!(message.contains("first diverging step: 6") && message.contains("a near tie"), "{message}");
+    }
+
+    #[test]
+    fn a_generation_that_stops_early_is_named_by_the_steps_both_runs_made() {
+        let manifest = workspace_manifest().unwrap();
+        let tokens = reference(&manifest, "chelsea", "gen.tokens").unwrap();
+        let ids = tokens.as_i64().unwrap();
+        let short = Array::i64(vec![5], ids[..5].to_vec());
+        let mut run = run_of("chelsea", BTreeMap::from([("gen.tokens".to_owned(), short)]), None);
+        run.model_dir = manifest.root.join("fixtures/models/tiny-qwen3.6-27b");
+        let result = run.check(&manifest, "chelsea", "gen.tokens").unwrap();
+        let message = result.message();
+        assert!(!result.passed(), "a shorter run passed:\n{message}");
+        assert!(
+            message.contains("the first 5 steps agree; Rust made 5 steps, the reference 8"),
+            "the message should say how far the runs agree:\n{message}"
+        );
     }
 }
