@@ -83,6 +83,7 @@ struct Stage {
 
 pub fn run(sh: &Shell, args: Args) -> Result<()> {
     let host = Host::detect()?;
+    let mut loads = vec![("before transformers", load_average())];
     let (dir, _) = standin::ensure(sh, args.dir.clone())?;
     let out = sh.current_dir().join(&args.out);
     std::fs::create_dir_all(&out)?;
@@ -114,6 +115,7 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
         ],
     )?;
     let python = read(&py_json)?;
+    loads.push(("after transformers", load_average()));
     let prompt = python.prompt.clone().context("bench.py recorded no prompt")?;
 
     // The products of the stages at this prompt's sizes, measured on each side on its own.
@@ -156,11 +158,13 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
         .env("RAYON_NUM_THREADS", &threads)
         .run()?;
     let rust = read(&rs_json)?;
+    loads.push(("after Rust", load_average()));
     eprintln!("rust: candle's matmul at the same shapes");
     cmd!(sh, "{gemm_rates} --shapes {shapes_json} --out {rs_gemms}").env("RAYON_NUM_THREADS", &threads).run()?;
 
     let rates = Rates { rust: read_rates(&rs_gemms)?, python: read_rates(&py_gemms)? };
-    let report = render(&host, &inventory, &rates, &rust, &python);
+    let loads: Vec<(&str, f64)> = loads.into_iter().filter_map(|(when, load)| Some((when, load?))).collect();
+    let report = render(&host, &loads, &inventory, &rates, &rust, &python);
     print!("{report}");
     std::fs::write(out.join("report.md"), &report)?;
     eprintln!("written: {}", out.join("report.md").display());
@@ -189,7 +193,7 @@ fn read_rates(path: &std::path::Path) -> Result<Vec<Rate>> {
 
 /// The report as Markdown: the host and its peaks, inputs, one row per stage (medians, ratio,
 /// GEMM rate at the stage's shapes, time outside GEMMs), the rate at every shape, memory.
-fn render(host: &Host, inventory: &[Gemm], rates: &Rates, rust: &Side, python: &Side) -> String {
+fn render(host: &Host, loads: &[(&str, f64)], inventory: &[Gemm], rates: &Rates, rust: &Side, python: &Side) -> String {
     let threads = python.threads;
     let cores = threads.min(host.logical_cpus.max(1));
     let peak = host.f32_peak_gflops(cores);
@@ -198,7 +202,7 @@ fn render(host: &Host, inventory: &[Gemm], rates: &Rates, rust: &Side, python: &
     s.push_str(&format!(
         "# Rust vs transformers on the full-width stand-in\n\n{}\n\
          {} prompt tokens ({} image tokens from {} patches), {} threads on each side, float32, CPU.\n\
-         Loading: Rust {:.1} s, transformers {:.1} s.\n\n",
+         Loading: Rust {:.1} s, transformers {:.1} s.\n{}\n",
         host.describe(cores),
         python.prompt_tokens,
         python.image_tokens,
@@ -206,6 +210,7 @@ fn render(host: &Host, inventory: &[Gemm], rates: &Rates, rust: &Side, python: &
         threads,
         rust.load_seconds,
         python.load_seconds,
+        load_line(loads, threads),
     ));
     if (rust.prompt_tokens, rust.image_tokens, rust.patches, rust.threads)
         != (python.prompt_tokens, python.image_tokens, python.patches, python.threads)
@@ -303,6 +308,26 @@ fn render(host: &Host, inventory: &[Gemm], rates: &Rates, rust: &Side, python: &
     s
 }
 
+/// The one-minute load average, from /proc/loadavg (none where there is no such file).
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+}
+
+/// The load averages around each side's run: above the thread count, other work shared the
+/// cores and the timings (stages and GEMM rates alike) are slower than an idle machine's.
+fn load_line(loads: &[(&str, f64)], threads: usize) -> String {
+    if loads.is_empty() {
+        return String::new();
+    }
+    let listed: Vec<String> = loads.iter().map(|(when, load)| format!("{when} {load:.1}")).collect();
+    let busy = loads.iter().any(|(_, load)| *load > threads as f64 + 0.5);
+    format!(
+        "One-minute load average: {}{}.\n",
+        listed.join(", "),
+        if busy { " — **busy: other work shared the cores; every figure below is slower than idle**" } else { "" }
+    )
+}
+
 /// A use count as the report prints it: whole, or to two places (the `lm_head` blocks).
 fn uses(n: f64) -> String {
     if n.fract() == 0.0 {
@@ -345,10 +370,12 @@ mod tests {
             rust: vec![Rate { shape, seconds: 0.0, gflops: 128.0 }],
             python: vec![Rate { shape, seconds: 0.0, gflops: 200.0 }],
         };
-        let report = render(&host, &inventory, &rates, &side(0.05), &side(0.04));
+        let loads = [("before transformers", 0.4), ("after Rust", 3.2)];
+        let report = render(&host, &loads, &inventory, &rates, &side(0.05), &side(0.04));
         for expected in [
             "Host: Test CPU @ 2.00GHz (2 logical CPUs, 2 used), 2.00 GHz",
             "f32 256 GFLOP/s",
+            "One-minute load average: before transformers 0.4, after Rust 3.2 — **busy",
             // vision: 2.0 GFLOP; Rust 0.050 s of which 0.050 − 0.015625 outside; torch 0.040 − 0.010.
             "| vision | 2.0 GFLOP | 0.050 s | 0.040 s | 1.25× | 128 GFLOP/s (50 %) | 200 GFLOP/s (78 %) | 0.034 s (69 %) | 0.030 s (75 %) |",
             "| 100×1000 · 1000×1000 | fc | 10, 0 | 0.20 | 128 GFLOP/s (50 %) | 200 GFLOP/s (78 %) |",
