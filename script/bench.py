@@ -71,18 +71,6 @@ def prefill_inputs(model: Qwen3_5ForConditionalGeneration, inputs) -> tuple[torc
     return embeds, position_ids
 
 
-def gemm_gflops(m: int, k: int, n: int) -> float:
-    """GFLOP/s of torch's f32 matmul at the prefill's dominant shape, best of five (the ceiling
-    the stages are measured against; the Rust side measures candle's the same way)."""
-    x, w = torch.randn(m, k), torch.randn(n, k)
-    best = float("inf")
-    for _ in range(5):
-        started = time.perf_counter()
-        x @ w.t()
-        best = min(best, time.perf_counter() - started)
-    return 2 * m * k * n / best / 1e9
-
-
 def time_stage(run: Callable[[], torch.Tensor], runs: int) -> tuple[list[float], torch.Tensor]:
     """One warm-up call, then `runs` timed calls; returns the samples (seconds) and the warm-up's result."""
     result = run()
@@ -175,9 +163,6 @@ def bench(args: argparse.Namespace) -> dict:
         "decode_tokens": decode_tokens,
         "prefill_vs_forward_max_abs_diff": prefill_vs_forward,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "gemm_gflops": gemm_gflops(
-            int(input_ids.numel()), model.config.text_config.hidden_size, model.config.text_config.intermediate_size
-        ),
         "versions": {
             "transformers": transformers.__version__,
             "torch": torch.__version__,

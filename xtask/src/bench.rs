@@ -6,9 +6,15 @@
 //! last position), the whole forward pass and cached greedy decoding (time per generated
 //! token): one warm-up and several runs each. Each side runs as its own process, one after
 //! the other, so their peak memories are their own. The report gives the medians, the ratios
-//! Rust / transformers, each stage's matmul rate against the machine's measured f32 GEMM
-//! rate, decode's weight bytes per token over time against the measured memory bandwidth,
-//! and the peak resident memory of each side.
+//! Rust / transformers, decode's weight bytes per token over time against the measured memory
+//! bandwidth, and the peak resident memory of each side.
+//!
+//! It also says why the ratio is what it is on this host: the host itself (CPU, clock, the
+//! vector and matrix extensions, the theoretical f32 and bf16 peaks: `host.rs`), each side's
+//! matmul rate at every shape the model multiplies at (`gemms.rs`, measured after the stages
+//! by `script/gemm_rates.py` and `examples/gemm_rates.rs` with the same threads) as a share of
+//! the f32 peak, and each stage's time outside GEMMs: its median minus its GEMMs' flop at
+//! that side's rates.
 
 use std::path::PathBuf;
 
@@ -16,6 +22,8 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 use xshell::{cmd, Shell};
 
+use crate::gemms::{self, Gemm, Rate};
+use crate::host::Host;
 use crate::{harness, standin};
 
 #[derive(clap::Args, Debug)]
@@ -54,10 +62,6 @@ struct Side {
     stages: std::collections::BTreeMap<String, Stage>,
     peak_rss_bytes: u64,
     #[serde(default)]
-    gemm_gflops: Option<f64>,
-    #[serde(default)]
-    flops: std::collections::BTreeMap<String, f64>,
-    #[serde(default)]
     prompt: Option<String>,
     /// The greedy tokens of the decode stage, which both sides must agree on.
     #[serde(default)]
@@ -78,12 +82,16 @@ struct Stage {
 }
 
 pub fn run(sh: &Shell, args: Args) -> Result<()> {
+    let host = Host::detect()?;
+    let mut loads = vec![("before transformers", load_average())];
     let (dir, _) = standin::ensure(sh, args.dir.clone())?;
     let out = sh.current_dir().join(&args.out);
     std::fs::create_dir_all(&out)?;
     let (runs, threads, tokens) = (args.runs.to_string(), args.threads.to_string(), args.prompt_tokens.to_string());
     let steps = args.decode_steps.to_string();
     let (py_json, rs_json) = (out.join("transformers.json"), out.join("rust.json"));
+    let (shapes_json, py_gemms, rs_gemms) =
+        (out.join("gemm_shapes.json"), out.join("transformers_gemms.json"), out.join("rust_gemms.json"));
 
     eprintln!("transformers: loading the stand-in in float32 and timing {runs} runs per stage");
     harness::run_python(
@@ -107,18 +115,56 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
         ],
     )?;
     let python = read(&py_json)?;
+    loads.push(("after transformers", load_average()));
     let prompt = python.prompt.clone().context("bench.py recorded no prompt")?;
 
+    // The products of the stages at this prompt's sizes, measured on each side on its own.
+    let config = neuron::config::Config::from_dir(&dir)?;
+    let checkpoint = neuron::weights::Checkpoint::open(&dir)?;
+    let weights = checkpoint
+        .names()
+        .into_iter()
+        .map(|name| Ok((name.to_string(), checkpoint.shape(name)?.to_vec())))
+        .collect::<Result<Vec<_>>>()?;
+    drop(checkpoint);
+    let inventory = gemms::inventory(&weights, &config, python.patches, python.prompt_tokens);
+    let shapes: Vec<gemms::Shape> = inventory.iter().map(|g| g.shape).collect();
+    std::fs::write(&shapes_json, serde_json::to_string_pretty(&shapes)?)?;
+    eprintln!("transformers: torch.matmul at the {} shapes of the stages", shapes.len());
+    harness::run_python(
+        sh,
+        "gemm_rates.py",
+        &[
+            "--shapes".into(),
+            shapes_json.display().to_string(),
+            "--threads".into(),
+            threads.clone(),
+            "--out".into(),
+            py_gemms.display().to_string(),
+        ],
+    )?;
+
     eprintln!("rust: building the bench in release, then the same runs");
-    cmd!(sh, "cargo build --quiet --release --package neuron --example bench").run()?;
+    cmd!(sh, "cargo build --quiet --release --package neuron --example bench --example gemm_rates").run()?;
+    // The examples are where cargo put them: CARGO_TARGET_DIR when set (a shared target of
+    // several worktrees), else the workspace's target/.
+    let examples = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| sh.current_dir().join("target"), PathBuf::from)
+        .join("release/examples");
+    let (bench, gemm_rates) = (examples.join("bench"), examples.join("gemm_rates"));
     let dir_arg = dir.display().to_string();
     let rs_arg = rs_json.display().to_string();
-    cmd!(sh, "target/release/examples/bench --model-dir {dir_arg} --image {IMAGE} --prompt {prompt} --runs {runs} --decode-steps {steps} --out {rs_arg}")
+    cmd!(sh, "{bench} --model-dir {dir_arg} --image {IMAGE} --prompt {prompt} --runs {runs} --decode-steps {steps} --out {rs_arg}")
         .env("RAYON_NUM_THREADS", &threads)
         .run()?;
     let rust = read(&rs_json)?;
+    loads.push(("after Rust", load_average()));
+    eprintln!("rust: candle's matmul at the same shapes");
+    cmd!(sh, "{gemm_rates} --shapes {shapes_json} --out {rs_gemms}").env("RAYON_NUM_THREADS", &threads).run()?;
 
-    let report = render(&rust, &python);
+    let rates = Rates { rust: read_rates(&rs_gemms)?, python: read_rates(&py_gemms)? };
+    let loads: Vec<(&str, f64)> = loads.into_iter().filter_map(|(when, load)| Some((when, load?))).collect();
+    let report = render(&host, &loads, &inventory, &rates, &rust, &python);
     print!("{report}");
     std::fs::write(out.join("report.md"), &report)?;
     eprintln!("written: {}", out.join("report.md").display());
@@ -130,22 +176,41 @@ fn read(path: &std::path::Path) -> Result<Side> {
         .with_context(|| format!("parsing {}", path.display()))
 }
 
-/// The report as Markdown: inputs, one row per stage, memory.
-fn render(rust: &Side, python: &Side) -> String {
+/// Each side's measured matmul rates.
+struct Rates {
+    rust: Vec<Rate>,
+    python: Vec<Rate>,
+}
+
+fn read_rates(path: &std::path::Path) -> Result<Vec<Rate>> {
+    #[derive(Deserialize)]
+    struct File {
+        rates: Vec<Rate>,
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(serde_json::from_str::<File>(&text).with_context(|| format!("parsing {}", path.display()))?.rates)
+}
+
+/// The report as Markdown: the host and its peaks, inputs, one row per stage (medians, ratio,
+/// GEMM rate at the stage's shapes, time outside GEMMs), the rate at every shape, memory.
+fn render(host: &Host, loads: &[(&str, f64)], inventory: &[Gemm], rates: &Rates, rust: &Side, python: &Side) -> String {
+    let threads = python.threads;
+    let cores = threads.min(host.logical_cpus.max(1));
+    let peak = host.f32_peak_gflops(cores);
+    let of_peak = |g: f64| format!("{g:.0} GFLOP/s ({:.0} %)", 100.0 * g / peak);
     let mut s = String::new();
     s.push_str(&format!(
-        "# Rust vs transformers on the full-width stand-in\n\n\
+        "# Rust vs transformers on the full-width stand-in\n\n{}\n\
          {} prompt tokens ({} image tokens from {} patches), {} threads on each side, float32, CPU.\n\
-         Loading: Rust {:.1} s, transformers {:.1} s. f32 GEMM rate ({}×5120·5120×17408): Rust {}, torch {}.\n\n",
+         Loading: Rust {:.1} s, transformers {:.1} s.\n{}\n",
+        host.describe(cores),
         python.prompt_tokens,
         python.image_tokens,
         python.patches,
-        python.threads,
+        threads,
         rust.load_seconds,
         python.load_seconds,
-        python.prompt_tokens,
-        gflops(rust.gemm_gflops),
-        gflops(python.gemm_gflops),
+        load_line(loads, threads),
     ));
     if (rust.prompt_tokens, rust.image_tokens, rust.patches, rust.threads)
         != (python.prompt_tokens, python.image_tokens, python.patches, python.threads)
@@ -154,25 +219,54 @@ fn render(rust: &Side, python: &Side) -> String {
             "**The two sides did not run the same inputs or thread count; the ratios below are not comparable.**\n\n",
         );
     }
-    s.push_str("| stage | Rust median | transformers median | Rust / transformers | Rust GFLOP/s (share of GEMM rate) | torch GFLOP/s (share) |\n|---|---|---|---|---|---|\n");
+    s.push_str(
+        "| stage | GEMM work | Rust median | transformers median | Rust / transformers | Rust GEMM rate at the \
+         stage's shapes (of f32 peak) | torch GEMM rate (of f32 peak) | Rust outside GEMMs | transformers outside \
+         GEMMs |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
     for stage in STAGES {
         let (Some(r), Some(p)) = (rust.stages.get(stage), python.stages.get(stage)) else { continue };
-        let rate = |side: &Side, st: &Stage| -> String {
-            match (side.gemm_gflops.or(rust.gemm_gflops), rust.flops.get(stage)) {
-                (Some(peak), Some(flops)) => {
-                    let g = flops / st.median_seconds / 1e9;
-                    format!("{g:.0} ({:.0} %)", 100.0 * g / peak)
-                }
-                _ => "-".into(),
-            }
+        let (rs, py) =
+            (gemms::stage_gemms(inventory, &rates.rust, stage), gemms::stage_gemms(inventory, &rates.python, stage));
+        let work = rs.or(py).map_or("–".into(), |g| format!("{:.1} GFLOP", g.flops / 1e9));
+        let rate = |g: Option<gemms::StageGemms>| g.map_or("–".into(), |g| of_peak(g.gflops()));
+        let outside = |g: Option<gemms::StageGemms>, median: f64| {
+            g.map_or("–".into(), |g| {
+                format!("{:.3} s ({:.0} %)", median - g.seconds, 100.0 * (median - g.seconds) / median)
+            })
         };
         s.push_str(&format!(
-            "| {stage} | {:.3} s | {:.3} s | {:.2}× | {} | {} |\n",
+            "| {stage} | {work} | {:.3} s | {:.3} s | {:.2}× | {} | {} | {} | {} |\n",
             r.median_seconds,
             p.median_seconds,
             r.median_seconds / p.median_seconds,
-            rate(rust, r),
-            rate(python, p)
+            rate(rs),
+            rate(py),
+            outside(rs, r.median_seconds),
+            outside(py, p.median_seconds),
+        ));
+    }
+    s.push_str(
+        "\nA stage's GEMM rate is its GEMMs' flop over their predicted time, Σ uses × flop ÷ the side's rate at \
+         each shape (below); outside GEMMs is the stage's median minus that time (norms, activations, rotary \
+         embeddings, softmax, the DeltaNet's convolution and recurrence, copies), with its share of the median. \
+         The estimate assumes a product runs in the model as fast as alone with fresh operands (a negative \
+         figure says it ran faster).\n\n\
+         | product (rows × k · k × n) | matrices | uses (vision, prefill) | GFLOP each | Rust (of f32 peak) | \
+         torch (of f32 peak) |\n|---|---|---|---|---|---|\n",
+    );
+    for gemm in inventory {
+        let at =
+            |side: &[Rate]| side.iter().find(|r| r.shape == gemm.shape).map_or("–".into(), |r| of_peak(r.gflops));
+        s.push_str(&format!(
+            "| {} | {} | {}, {} | {:.2} | {} | {} |\n",
+            gemm.shape.label(),
+            gemm.what.join(", "),
+            uses(gemm.vision_uses),
+            uses(gemm.prefill_uses),
+            gemm.shape.flops() / 1e9,
+            at(&rates.rust),
+            at(&rates.python),
         ));
     }
     if let (Some(r), Some(p), Some(bytes)) =
@@ -214,10 +308,79 @@ fn render(rust: &Side, python: &Side) -> String {
     s
 }
 
-fn gflops(g: Option<f64>) -> String {
-    g.map_or("-".into(), |g| format!("{g:.0} GFLOP/s"))
+/// The one-minute load average, from /proc/loadavg (none where there is no such file).
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+}
+
+/// The load averages around each side's run: above the thread count, other work shared the
+/// cores and the timings (stages and GEMM rates alike) are slower than an idle machine's.
+fn load_line(loads: &[(&str, f64)], threads: usize) -> String {
+    if loads.is_empty() {
+        return String::new();
+    }
+    let listed: Vec<String> = loads.iter().map(|(when, load)| format!("{when} {load:.1}")).collect();
+    let busy = loads.iter().any(|(_, load)| *load > threads as f64 + 0.5);
+    format!(
+        "One-minute load average: {}{}.\n",
+        listed.join(", "),
+        if busy { " — **busy: other work shared the cores; every figure below is slower than idle**" } else { "" }
+    )
+}
+
+/// A use count as the report prints it: whole, or to two places (the `lm_head` blocks).
+fn uses(n: f64) -> String {
+    if n.fract() == 0.0 {
+        format!("{n:.0}")
+    } else {
+        format!("{n:.2}")
+    }
 }
 
 fn rounded(samples: &[f64]) -> Vec<f64> {
     samples.iter().map(|x| (x * 1000.0).round() / 1000.0).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gemms::Shape;
+
+    fn side(vision: f64) -> Side {
+        serde_json::from_value(serde_json::json!({
+            "prompt_tokens": 277, "image_tokens": 196, "patches": 784, "threads": 2, "load_seconds": 10.0,
+            "peak_rss_bytes": 17_000_000_000u64,
+            "stages": { "vision": { "median_seconds": vision, "samples_seconds": [vision] } },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_report_gives_the_host_the_peak_share_and_the_time_outside_gemms() {
+        let host = Host::parse(
+            "processor : 0\nmodel name : Test CPU @ 2.00GHz\nflags : avx2 fma avx512f\nprocessor : 1\n",
+            "",
+        )
+        .unwrap();
+        // One product of 2·100·1000·1000 = 0.2 GFLOP, used 10 times by the vision stage: 2 GFLOP.
+        let shape = Shape { batch: 1, m: 100, k: 1000, n: 1000 };
+        let inventory = [Gemm { shape, what: vec!["fc".into()], vision_uses: 10.0, prefill_uses: 0.0 }];
+        // Peak: 2 cores × 2 GHz × 64 = 256 GFLOP/s; Rust at 128 (2 GFLOP in 15.6 ms), torch at 200 (10 ms).
+        let rates = Rates {
+            rust: vec![Rate { shape, seconds: 0.0, gflops: 128.0 }],
+            python: vec![Rate { shape, seconds: 0.0, gflops: 200.0 }],
+        };
+        let loads = [("before transformers", 0.4), ("after Rust", 3.2)];
+        let report = render(&host, &loads, &inventory, &rates, &side(0.05), &side(0.04));
+        for expected in [
+            "Host: Test CPU @ 2.00GHz (2 logical CPUs, 2 used), 2.00 GHz",
+            "f32 256 GFLOP/s",
+            "One-minute load average: before transformers 0.4, after Rust 3.2 — **busy",
+            // vision: 2.0 GFLOP; Rust 0.050 s of which 0.050 − 0.015625 outside; torch 0.040 − 0.010.
+            "| vision | 2.0 GFLOP | 0.050 s | 0.040 s | 1.25× | 128 GFLOP/s (50 %) | 200 GFLOP/s (78 %) | 0.034 s (69 %) | 0.030 s (75 %) |",
+            "| 100×1000 · 1000×1000 | fc | 10, 0 | 0.20 | 128 GFLOP/s (50 %) | 200 GFLOP/s (78 %) |",
+        ] {
+            assert!(report.contains(expected), "the report lacks {expected:?}:\n{report}");
+        }
+    }
 }

@@ -7,7 +7,9 @@
 mod bench;
 mod capture;
 mod check;
+mod gemms;
 mod harness;
+mod host;
 mod make_model;
 mod manifest_edit;
 mod mutants;

@@ -1,13 +1,15 @@
-//! The Rust side of `cargo xtask bench`: times the vision tower, the text prefill and the
-//! whole forward pass and cached greedy decoding of a checkpoint held resident in f32, the way `script/bench.py` times
-//! transformers, and writes the medians, the matmul work of each stage and the peak resident
-//! memory as JSON. Run in release by the xtask; thread count from `RAYON_NUM_THREADS`.
+//! The Rust side of `cargo xtask bench`: times the vision tower, the text prefill, the whole
+//! forward pass and cached greedy decoding of a checkpoint held resident in f32, the way
+//! `script/bench.py` times transformers, and writes the medians and the peak resident memory
+//! as JSON (the matmul work of each stage is the xtask's, in `gemms.rs`; candle's rate at its
+//! shapes is `examples/gemm_rates.rs`'s). Run in release by the xtask; thread count from
+//! `RAYON_NUM_THREADS`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use clap::Parser;
 use neuron::config::Config;
 use neuron::model::{splice_image_embeds, Model};
@@ -62,9 +64,7 @@ fn main() -> Result<()> {
     let (decode, decode_tokens) = decode(&model, &ids, (&pixels, &vision_positions), args.decode_steps, args.runs)?;
 
     let patches = vision_positions.patches();
-    let flops = matmul_flops(&args.model_dir, &config, patches, ids.len())?;
     let peak_rss = peak_rss_bytes();
-    let gemm = gemm_peak(ids.len(), config.text_config.hidden_size, config.text_config.intermediate_size)?;
     let report = json!({
         "side": "rust",
         "threads": candle_core::utils::get_num_threads(),
@@ -76,8 +76,6 @@ fn main() -> Result<()> {
         "decode_tokens": decode_tokens,
         "decode_weight_bytes": decode_weight_bytes(&args.model_dir)?,
         "memory_bandwidth_gbs": memory_bandwidth_gbs(),
-        "flops": { "vision": flops.0, "prefill": flops.1, "forward": flops.0 + flops.1 },
-        "gemm_gflops": gemm,
         "peak_rss_bytes": peak_rss,
     });
     std::fs::write(&args.out, serde_json::to_string_pretty(&report)?)?;
@@ -184,58 +182,6 @@ fn time<T>(runs: usize, mut f: impl FnMut() -> Result<T>) -> Result<serde_json::
         samples.push(t.elapsed().as_secs_f64());
     }
     Ok(json!({ "samples_seconds": samples, "median_seconds": median(&samples) }))
-}
-
-/// Multiply-adds ×2 of the weight matrices each stage applies (every patch or token through
-/// every projection; the logits at one position), plus the attention products. The
-/// DeltaNet's recurrence is left out: a small share at these sizes.
-fn matmul_flops(dir: &Path, cfg: &Config, patches: usize, tokens: usize) -> Result<(f64, f64)> {
-    let checkpoint = neuron::weights::Checkpoint::open(dir)?;
-    let index: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("model.safetensors.index.json")).unwrap_or_else(|_| "{}".into()),
-    )?;
-    let names: Vec<String> = match index.get("weight_map").and_then(|m| m.as_object()) {
-        Some(map) => map.keys().cloned().collect(),
-        None => Vec::new(),
-    };
-    let merged = patches / (cfg.vision_config.spatial_merge_size * cfg.vision_config.spatial_merge_size);
-    let (mut vision, mut text) = (0.0, 0.0);
-    for name in &names {
-        let shape = checkpoint.shape(name)?;
-        if shape.len() < 2 || name.contains("embed_tokens") || name.contains("pos_embed") || name.contains("conv1d") {
-            continue;
-        }
-        let params = shape.iter().product::<usize>() as f64;
-        if name.starts_with("model.visual.merger.") {
-            vision += 2.0 * params * merged as f64;
-        } else if name.starts_with("model.visual.") {
-            vision += 2.0 * params * patches as f64;
-        } else if name.starts_with("model.language_model.") {
-            text += 2.0 * params * tokens as f64;
-        } else if name == "lm_head.weight" {
-            text += 2.0 * params;
-        }
-    }
-    let v = &cfg.vision_config;
-    vision += (v.depth * 2 * 2 * patches * patches * v.hidden_size) as f64;
-    let t = &cfg.text_config;
-    let full_layers = t.layer_types().iter().filter(|l| **l == neuron::config::LayerType::FullAttention).count();
-    text += (full_layers * 2 * 2 * tokens * tokens * t.num_attention_heads * t.head_dim) as f64;
-    Ok((vision, text))
-}
-
-/// GFLOP/s of the matmul that dominates the prefill (tokens × hidden by hidden × intermediate),
-/// best of five: the ceiling the stages are measured against.
-fn gemm_peak(m: usize, k: usize, n: usize) -> Result<f64> {
-    let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
-    let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu)?;
-    let mut best = f64::INFINITY;
-    for _ in 0..5 {
-        let t = Instant::now();
-        std::hint::black_box(x.matmul(&w.t()?)?);
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    Ok(2.0 * (m * k * n) as f64 / best / 1e9)
 }
 
 fn peak_rss_bytes() -> Option<u64> {
