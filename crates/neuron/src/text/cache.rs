@@ -105,42 +105,6 @@ impl Cache {
         self.layers.get(i)
     }
 
-    /// The conv state of Gated DeltaNet layer `i`, `[conv_dim, kernel]` (`cache.{i}.conv`);
-    /// `None` for an attention layer or before the first forward.
-    pub fn conv(&self, i: usize) -> Option<&Tensor> {
-        self.linear(i).map(|s| &s.conv)
-    }
-
-    /// The recurrent state of Gated DeltaNet layer `i`, `[v_heads, d_k, d_v]`
-    /// (`cache.{i}.recurrent`).
-    pub fn recurrent(&self, i: usize) -> Option<&Tensor> {
-        self.linear(i).map(|s| &s.recurrent)
-    }
-
-    /// The keys of attention layer `i`, `[kv_heads, seq, head_dim]` after rotary (`cache.{i}.key`).
-    pub fn key(&self, i: usize) -> Option<&Tensor> {
-        self.full(i).map(|s| &s.key)
-    }
-
-    /// The values of attention layer `i`, `[kv_heads, seq, head_dim]` (`cache.{i}.value`).
-    pub fn value(&self, i: usize) -> Option<&Tensor> {
-        self.full(i).map(|s| &s.value)
-    }
-
-    fn linear(&self, i: usize) -> Option<&LinearState> {
-        match self.layers.get(i)? {
-            LayerState::Linear(state) => state.as_ref(),
-            LayerState::Full(_) => None,
-        }
-    }
-
-    fn full(&self, i: usize) -> Option<&KvState> {
-        match self.layers.get(i)? {
-            LayerState::Full(state) => state.as_ref(),
-            LayerState::Linear(_) => None,
-        }
-    }
-
     /// Every state by its tap name, in the tap contract's order (by layer; conv before
     /// recurrent, key before value): `cache.0.conv`, `cache.0.recurrent`, …, `cache.3.key`, …
     pub fn states(&self) -> Vec<(String, Tensor)> {
