@@ -65,6 +65,13 @@ fn assert_first_failure_at(manifest: &Manifest, case: &str, run: &Run, expected_
 
 const IMAGE_CASE: &str = "chelsea";
 
+/// The index of the first decoder layer with full attention (the first to use positions and
+/// the first with a KV cache).
+fn first_full_attention_layer(inputs: &CaseInputs) -> usize {
+    let types = inputs.config.text_config.layer_types();
+    types.iter().position(|t| *t == neuron::config::LayerType::FullAttention).expect("a full-attention layer")
+}
+
 #[test]
 fn a_zeroed_merger_bias_fails_at_the_projector() {
     let manifest = manifest();
@@ -118,13 +125,7 @@ fn swapped_h_and_w_mrope_sections_fail_at_the_first_full_attention_layer() {
         *axis = [0, 2, 1][*axis];
     }
     let run = run(&manifest, IMAGE_CASE, Mode::LmTeacherForced, &model);
-    let first_full = inputs
-        .config
-        .text_config
-        .layer_types()
-        .iter()
-        .position(|t| *t == neuron::config::LayerType::FullAttention)
-        .unwrap();
+    let first_full = first_full_attention_layer(&inputs);
     // The linear-attention layers before it use no positions: they must still pass.
     assert_first_failure_at(&manifest, IMAGE_CASE, &run, &format!("lm.layer.{first_full}"));
 }
@@ -287,12 +288,6 @@ fn keys_cached_before_their_rotary_fail_at_the_cached_keys() {
     };
     let perturb = Perturbations { cache_after_prefill: Some(&unrotate), ..Default::default() };
     let run = replay::run_with(&manifest, &inputs, Mode::DecodeTeacherForced, &model, &perturb).unwrap();
-    let first_full = inputs
-        .config
-        .text_config
-        .layer_types()
-        .iter()
-        .position(|t| *t == neuron::config::LayerType::FullAttention)
-        .unwrap();
+    let first_full = first_full_attention_layer(&inputs);
     assert_first_failure_at(&manifest, IMAGE_CASE, &run, &format!("cache.{first_full}.key"));
 }
