@@ -461,4 +461,15 @@ mod tests {
         let err = splice_image_embeds(&embeds, &[1, IMG, IMG, 2], IMG, &image).unwrap_err().to_string();
         assert!(err.contains("2 <|image_pad|> tokens") && err.contains("1 rows"), "{err}");
     }
+
+    #[test]
+    fn a_prompt_counts_its_embedding_rows() {
+        let prompt = |rows: usize| Prompt {
+            embeds: Tensor::zeros((rows, 4), candle_core::DType::F32, &Device::Cpu).unwrap(),
+            positions: [vec![0; rows], vec![0; rows], vec![0; rows]],
+            rope_delta: 0,
+        };
+        assert_eq!((prompt(3).len(), prompt(3).is_empty()), (3, false), "three tokens");
+        assert_eq!((prompt(0).len(), prompt(0).is_empty()), (0, true), "no token");
+    }
 }

@@ -382,19 +382,26 @@ fn record_step_logits(prompt: &Prompt, logits: &Tensor, taps: &mut Taps) -> Resu
     };
     let k = top_ids.shape.get(1).copied().unwrap_or(0);
     let rows: Vec<Vec<f32>> = logits.to_vec2()?;
-    let ids = top_ids.as_i64().unwrap_or_default();
-    let mut at_reference_ids = Vec::with_capacity(rows.len() * k);
-    let mut own_ids = Vec::with_capacity(rows.len() * k);
-    for (step, row) in rows.iter().enumerate() {
-        for &id in ids.iter().skip(step * k).take(k) {
-            at_reference_ids.push(usize::try_from(id).ok().and_then(|i| row.get(i)).copied().unwrap_or(f32::NAN));
-        }
-        own_ids.extend(top_k(row, k).into_iter().map(|i| i as i64));
-    }
+    let (at_reference_ids, own_ids) = top_k_record(&rows, top_ids.as_i64().unwrap_or_default(), k);
     let steps = rows.len();
     taps.record(|| "gen.top_logits".into(), &Tensor::from_vec(at_reference_ids, (steps, k), &Device::Cpu)?);
     taps.record(|| "gen.top_ids".into(), &Tensor::from_vec(own_ids, (steps, k), &Device::Cpu)?);
     Ok(())
+}
+
+/// Per step (a row of logits): the logits at the reference's `k` top ids of that step
+/// (`reference_ids`, [steps, k] flattened; NaN for an id outside the vocabulary, so it fails)
+/// and Rust's own top-k ids.
+fn top_k_record(rows: &[Vec<f32>], reference_ids: &[i64], k: usize) -> (Vec<f32>, Vec<i64>) {
+    let mut at_reference_ids = Vec::with_capacity(rows.len() * k);
+    let mut own_ids = Vec::with_capacity(rows.len() * k);
+    for (step, row) in rows.iter().enumerate() {
+        for &id in reference_ids.iter().skip(step * k).take(k) {
+            at_reference_ids.push(usize::try_from(id).ok().and_then(|i| row.get(i)).copied().unwrap_or(f32::NAN));
+        }
+        own_ids.extend(top_k(row, k).into_iter().map(|i| i as i64));
+    }
+    (at_reference_ids, own_ids)
 }
 
 /// The indices of the `k` largest values, largest first; of equal values the lower index
@@ -525,5 +532,22 @@ mod tests {
             (vec![(1, 2, 4)], 2, &[[1, 3]][..], &[5][..], Some(&texts[..])),
             "the locator's data"
         );
+    }
+
+    #[test]
+    fn top_k_orders_largest_first_and_equal_values_by_the_lower_index() {
+        assert_eq!(top_k(&[0.5, 2.0, -1.0, 2.0, 1.0], 3), [1, 3, 4], "two equal maxima, then the next");
+        assert_eq!(top_k(&[3.0, 1.0], 5), [0, 1], "k past the length keeps every index");
+    }
+
+    #[test]
+    fn each_step_is_read_at_its_own_reference_ids_and_ranked_by_its_own_logits() {
+        let rows = vec![vec![0.0, 1.0, 2.0, 3.0], vec![9.0, 8.0, 7.0, 6.0]];
+        // The reference's top 2 of step 0 are ids 3 and 2, of step 1 ids 0 and 2 (as if it
+        // disagreed with Rust at rank 1); 7 is outside the vocabulary.
+        let (values, ids) = top_k_record(&rows, &[3, 2, 0, 7], 2);
+        assert_eq!(&values[..3], [3.0, 2.0, 9.0], "logits at each step's own reference ids");
+        assert!(values[3].is_nan(), "an id outside the vocabulary reads NaN, which never passes");
+        assert_eq!(ids, [3, 2, 0, 1], "Rust's own top 2 of each step");
     }
 }
