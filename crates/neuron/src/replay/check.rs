@@ -351,7 +351,12 @@ mod tests {
         let message = result.message();
         assert!(!result.passed(), "a changed token passed:\n{message}");
         let texts = super::super::token_texts(&run.model_dir, &[chosen as u32, other as u32]).unwrap();
+        let logits = reference(&manifest, "chelsea", "gen.logits").unwrap();
+        let vocab = logits.shape[1];
+        let row = &logits.as_f32().unwrap()[3 * vocab..4 * vocab];
+        let margin = f64::from(row[chosen as usize]) - f64::from(row[other as usize]);
         for needle in [
+            format!("ahead by {margin:.3e}"),
             "first diverging step: 3".to_owned(),
             format!("reference {:?} (id {chosen}), Rust {:?} (id {other})", texts[0], texts[1]),
             "the reference's logits put its token ahead by".to_owned(),
@@ -393,6 +398,46 @@ mod tests {
         assert!(
             message.contains("the first 5 steps agree; Rust made 5 steps, the reference 8"),
             "the message should say how far the runs agree:\n{message}"
+        );
+    }
+
+    #[test]
+    fn a_near_tie_is_judged_against_the_relative_tolerance_at_the_size_of_the_logit() {
+        let mut manifest = workspace_manifest().unwrap();
+        // Step 6's first two logits are 5.576 and 5.554 (margin 0.022): with rtol 0.004 alone
+        // the allowance is 0.004 · 5.576 = 0.022, twice of which covers the margin.
+        manifest
+            .cases
+            .get_mut("chelsea")
+            .unwrap()
+            .tap_tolerance
+            .insert("gen.logits".into(), parity::manifest::ToleranceSpec { atol: 0.0, rtol: 0.004 });
+        let (tokens, _, _) = tokens_with_runner_up(&manifest, 6, 1);
+        let mut run = run_of("chelsea", BTreeMap::from([("gen.tokens".to_owned(), tokens)]), None);
+        run.model_dir = manifest.root.join("fixtures/models/tiny-qwen3.6-27b");
+        let message = run.check(&manifest, "chelsea", "gen.tokens").unwrap().message();
+        assert!(message.contains("a near tie") && message.contains("2.2e-2"), "{message}");
+    }
+
+    #[test]
+    fn a_top_k_cases_margin_is_read_at_its_step_and_bounded_below_past_the_kept_ids() {
+        // standin-astronaut keeps the reference's top 64 ids and logits of each step.
+        let manifest = workspace_manifest().unwrap();
+        let ids = reference(&manifest, "standin-astronaut", "gen.top_ids").unwrap();
+        let values = reference(&manifest, "standin-astronaut", "gen.top_logits").unwrap();
+        let k = ids.shape[1];
+        let (ids, values) = (&ids.as_i64().unwrap()[2 * k..3 * k], &values.as_f32().unwrap()[2 * k..3 * k]);
+        let (first, fourth) = (f64::from(values[0]), f64::from(values[3]));
+        assert_eq!(
+            reference_margin(&manifest, "standin-astronaut", 2, ids[0], ids[3]),
+            Some((first - fourth, first)),
+            "step 2: its first id against its fourth"
+        );
+        let absent = (0..).find(|id| !ids.contains(id)).unwrap();
+        assert_eq!(
+            reference_margin(&manifest, "standin-astronaut", 2, ids[0], absent),
+            Some((first - f64::from(values[k - 1]), first)),
+            "an id outside the kept 64: at least the first minus the 64th"
         );
     }
 }
