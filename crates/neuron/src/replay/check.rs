@@ -366,21 +366,23 @@ mod tests {
         }
     }
 
+    /// The message for chelsea's tokens with step 6 (the smallest margin, 0.022) replaced by the
+    /// reference's second choice, with the logits' tolerance set to `atol` and `rtol`.
+    fn runner_up_at_step_6_under(manifest: &mut Manifest, atol: f64, rtol: f64) -> String {
+        let tolerance = parity::manifest::ToleranceSpec { atol, rtol };
+        manifest.cases.get_mut("chelsea").unwrap().tap_tolerance.insert("gen.logits".into(), tolerance);
+        let (tokens, _, _) = tokens_with_runner_up(manifest, 6, 1);
+        let mut run = run_of("chelsea", BTreeMap::from([("gen.tokens".to_owned(), tokens)]), None);
+        run.model_dir = manifest.root.join("fixtures/models/tiny-qwen3.6-27b");
+        run.check(manifest, "chelsea", "gen.tokens").unwrap().message()
+    }
+
     #[test]
     fn a_runner_up_within_the_logits_tolerance_is_called_a_near_tie() {
         let mut manifest = workspace_manifest().unwrap();
         // chelsea's step 6 has the smallest margin between first and second choice (0.022):
         // a logits tolerance wider than half of it makes that a near tie.
-        manifest
-            .cases
-            .get_mut("chelsea")
-            .unwrap()
-            .tap_tolerance
-            .insert("gen.logits".into(), parity::manifest::ToleranceSpec { atol: 0.05, rtol: 0.0 });
-        let (tokens, _, _) = tokens_with_runner_up(&manifest, 6, 1);
-        let mut run = run_of("chelsea", BTreeMap::from([("gen.tokens".to_owned(), tokens)]), None);
-        run.model_dir = manifest.root.join("fixtures/models/tiny-qwen3.6-27b");
-        let message = run.check(&manifest, "chelsea", "gen.tokens").unwrap().message();
+        let message = runner_up_at_step_6_under(&mut manifest, 0.05, 0.0);
         assert!(message.contains("first diverging step: 6") && message.contains("a near tie"), "{message}");
     }
 
@@ -406,16 +408,7 @@ mod tests {
         let mut manifest = workspace_manifest().unwrap();
         // Step 6's first two logits are 5.576 and 5.554 (margin 0.022): with rtol 0.004 alone
         // the allowance is 0.004 · 5.576 = 0.022, twice of which covers the margin.
-        manifest
-            .cases
-            .get_mut("chelsea")
-            .unwrap()
-            .tap_tolerance
-            .insert("gen.logits".into(), parity::manifest::ToleranceSpec { atol: 0.0, rtol: 0.004 });
-        let (tokens, _, _) = tokens_with_runner_up(&manifest, 6, 1);
-        let mut run = run_of("chelsea", BTreeMap::from([("gen.tokens".to_owned(), tokens)]), None);
-        run.model_dir = manifest.root.join("fixtures/models/tiny-qwen3.6-27b");
-        let message = run.check(&manifest, "chelsea", "gen.tokens").unwrap().message();
+        let message = runner_up_at_step_6_under(&mut manifest, 0.0, 0.004);
         assert!(message.contains("a near tie") && message.contains("2.2e-2"), "{message}");
     }
 
