@@ -620,13 +620,7 @@ mod tests {
     #[test]
     fn a_small_case_matches_values_computed_by_pytorch() {
         let dev = Device::Cpu;
-        let x = Inputs {
-            q: Tensor::from_slice(&TORCH_Q, (3, 1, 4), &dev).unwrap(),
-            k: Tensor::from_slice(&TORCH_K, (3, 1, 4), &dev).unwrap(),
-            v: Tensor::from_slice(&TORCH_V, (3, 2, 3), &dev).unwrap(),
-            g: Tensor::from_slice(&TORCH_G, (3, 2), &dev).unwrap(),
-            beta: Tensor::from_slice(&TORCH_BETA, (3, 2), &dev).unwrap(),
-        };
+        let x = torch_inputs();
         let expected = Tensor::from_slice(&TORCH_OUT, (3, 2, 3), &dev).unwrap();
         for (name, got) in [("chunked", chunked(&x)), ("recurrent", recurrent(&x))] {
             let (diff, at) = max_diff(&got, &expected);
@@ -722,18 +716,25 @@ mod tests {
         }
     }
 
-    /// Outputs and final state printed by PyTorch for the inputs of the case above and an
-    /// initial state (`initial_state=H0, output_final_state=True`).
-    #[test]
-    fn a_small_case_from_an_initial_state_matches_pytorch_outputs_and_final_state() {
+    /// The inputs PyTorch's printed values below were computed for: 3 tokens, 1 key head of 4
+    /// dims serving 2 value heads of 3 dims.
+    fn torch_inputs() -> Inputs {
         let dev = Device::Cpu;
-        let x = Inputs {
+        Inputs {
             q: Tensor::from_slice(&TORCH_Q, (3, 1, 4), &dev).unwrap(),
             k: Tensor::from_slice(&TORCH_K, (3, 1, 4), &dev).unwrap(),
             v: Tensor::from_slice(&TORCH_V, (3, 2, 3), &dev).unwrap(),
             g: Tensor::from_slice(&TORCH_G, (3, 2), &dev).unwrap(),
             beta: Tensor::from_slice(&TORCH_BETA, (3, 2), &dev).unwrap(),
-        };
+        }
+    }
+
+    /// Outputs and final state printed by PyTorch for the inputs of the case above and an
+    /// initial state (`initial_state=H0, output_final_state=True`).
+    #[test]
+    fn a_small_case_from_an_initial_state_matches_pytorch_outputs_and_final_state() {
+        let dev = Device::Cpu;
+        let x = torch_inputs();
         let h0 = Tensor::from_slice(&TORCH_H0, (2, 4, 3), &dev).unwrap();
         let expected = Tensor::from_slice(&TORCH_OUT_FROM_H0, (3, 2, 3), &dev).unwrap();
         let expected_state = Tensor::from_slice(&TORCH_STATE_FROM_H0, (2, 4, 3), &dev).unwrap();
