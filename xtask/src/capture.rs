@@ -212,8 +212,8 @@ fn kept_dumps(manifest: &Manifest, case: &str, listing: &CaptureListing, dir: &P
             std::fs::remove_file(&path)?;
             continue;
         }
-        let shape = keep_rows(manifest, case, &t.tap, &path)?.unwrap_or_else(|| t.shape.clone());
-        dumps.push((t.tap.clone(), Dump { sha256: parity::digest::sha256_file(&path)?, shape, dtype: t.dtype }));
+        let (stored, shape) = store(manifest, case, &t.tap, dir)?;
+        dumps.push((t.tap.clone(), Dump { sha256: parity::digest::sha256_file(&stored)?, shape, dtype: t.dtype }));
     }
     Ok(dumps)
 }
@@ -250,8 +250,7 @@ fn check_against_recorded(
         let result = capture_case(sh, manifest, case, &model_dir, &out, threads)
             .and_then(|_| {
                 for (tap, _) in manifest.dumps_in_order(case) {
-                    let tap = tap.to_string();
-                    keep_rows(manifest, case, &tap, &out.join(format!("{tap}.npy")))?;
+                    store(manifest, case, &tap.to_string(), &out)?;
                 }
                 Ok(())
             })
@@ -262,7 +261,7 @@ fn check_against_recorded(
         }
         for (tap, dump) in manifest.dumps_in_order(case) {
             let tap = tap.to_string();
-            let new_path = out.join(format!("{tap}.npy"));
+            let new_path = out.join(Manifest::dump_path(case, &tap).file_name().expect("a dump path names a file"));
             let new_sha = parity::digest::sha256_file(&new_path).unwrap_or_default();
             if new_sha == dump.sha256 {
                 identical += 1;
@@ -321,15 +320,20 @@ fn checkpoint(manifest: &Manifest, model: &str, weights: Option<&Path>) -> Resul
     Ok(dir)
 }
 
-/// Cuts a captured dump to the one row the case keeps (`rows` in the manifest), in place;
-/// returns the new shape, or `None` when the tap is kept whole.
-fn keep_rows(manifest: &Manifest, case: &str, tap: &str, path: &Path) -> Result<Option<Vec<usize>>> {
-    let Some(pick) = Tap::parse(tap).and_then(|t| manifest.row_pick(case, t)) else { return Ok(None) };
-    let whole = parity::npy::read_npy(path)?;
-    let Some(&rows) = whole.shape.first() else { bail!("{}: a scalar has no rows to keep", path.display()) };
-    let kept = whole.select_rows(&[pick.index(rows)])?;
-    parity::npy::write_npy(path, &kept)?;
-    Ok(Some(kept.shape))
+/// Turns the harness's `<tap>.npy` in `dir` into the stored dump: cut to the one row the case
+/// keeps (`rows` in the manifest) and gzip-compressed under the name [`Manifest::dump_path`]
+/// gives it. Returns the stored file and the kept shape.
+fn store(manifest: &Manifest, case: &str, tap: &str, dir: &Path) -> Result<(PathBuf, Vec<usize>)> {
+    let raw = dir.join(format!("{tap}.npy"));
+    let mut array = parity::npy::read_npy(&raw)?;
+    if let Some(pick) = Tap::parse(tap).and_then(|t| manifest.row_pick(case, t)) {
+        let Some(&rows) = array.shape.first() else { bail!("{}: a scalar has no rows to keep", raw.display()) };
+        array = array.select_rows(&[pick.index(rows)])?;
+    }
+    let stored = dir.join(Manifest::dump_path(case, tap).file_name().expect("a dump path names a file"));
+    parity::npy::write_npy(&stored, &array)?;
+    std::fs::remove_file(&raw)?;
+    Ok((stored, array.shape))
 }
 
 /// The commit of a HuggingFace cache snapshot (`…/models--org--name/snapshots/<commit>`).

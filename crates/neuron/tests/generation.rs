@@ -31,7 +31,7 @@ fn model() -> &'static Model {
 }
 
 fn dump(case: &str, tap: &str) -> parity::array::Array {
-    parity::npy::read_npy(&workspace().join(format!("fixtures/dumps/{case}/{tap}.npy"))).unwrap()
+    parity::npy::read_npy(&workspace().join(parity::manifest::Manifest::dump_path(case, tap))).unwrap()
 }
 
 fn ids(case: &str) -> Vec<u32> {

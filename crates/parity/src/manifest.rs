@@ -14,7 +14,7 @@ use crate::array::DType;
 use crate::compare::Tolerance;
 use crate::taps::{known_taps, Tap};
 
-/// Folder (relative to the manifest) that holds `<case>/<tap>.npy`.
+/// Folder (relative to the manifest) that holds `<case>/<tap>.npy.gz`.
 pub const DUMPS_DIR: &str = "fixtures/dumps";
 
 /// The whole manifest.
@@ -507,7 +507,7 @@ impl Manifest {
 
     /// Where a case's dump of `tap` lives, relative to the manifest.
     pub fn dump_path(case: &str, tap: &str) -> PathBuf {
-        Path::new(DUMPS_DIR).join(case).join(format!("{tap}.npy"))
+        Path::new(DUMPS_DIR).join(case).join(format!("{tap}.npy.gz"))
     }
 
     /// The recorded dumps of a case in pipeline order.
@@ -731,8 +731,8 @@ mod tests {
             [
                 "fixtures/models/tiny/config.json",
                 "fixtures/images/cat.png",
-                "fixtures/dumps/one/input.input_ids.npy",
-                "fixtures/dumps/one/lm.norm.npy"
+                "fixtures/dumps/one/input.input_ids.npy.gz",
+                "fixtures/dumps/one/lm.norm.npy.gz"
             ]
         );
     }

@@ -9,9 +9,15 @@
 //! shape overflows `u64`, and it does not write byte-identical files to `np.save`.
 //! Files written by [`write_npy`] are byte-identical to `np.save` of current NumPy (checked
 //! against numpy 2.4.6), so digests of dumps do not depend on which side wrote them.
+//!
+//! A path ending in `.gz` holds the same bytes gzip-compressed (RFC 1952, no file name, mtime
+//! 0, so the same array always compresses to the same file). The checked-in dumps are stored
+//! that way: `input.pixel_values` holds at most 256 distinct values per channel and shrinks
+//! about 7×, which keeps `fixtures/` within its size budget; NumPy reads them with
+//! `np.load(gzip.open(path))`.
 
 use std::fs;
-use std::io;
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::array::{element_count, Array, DType, Data};
@@ -76,10 +82,20 @@ const GROWTH_AXIS_MAX_DIGITS: usize = 21;
 /// Bound on nesting in header literals, so hostile input cannot overflow the stack.
 const MAX_LITERAL_DEPTH: usize = 32;
 
-/// Reads a `.npy` file.
+/// Reads a `.npy` file, or a gzip-compressed one when the name ends in `.gz`.
 pub fn read_npy(path: &Path) -> Result<Array, NpyError> {
     let bytes = fs::read(path).map_err(|error| NpyError::Read { path: path.to_owned(), error })?;
-    decode(&bytes, path)
+    if !is_gzip_path(path) {
+        return decode(&bytes, path);
+    }
+    if !bytes.starts_with(GZIP_MAGIC) {
+        return Err(invalid(path, "the name ends in .gz but the file is not gzip-compressed"));
+    }
+    let mut npy = Vec::new();
+    flate2::read::GzDecoder::new(bytes.as_slice())
+        .read_to_end(&mut npy)
+        .map_err(|e| invalid(path, format!("cannot decompress: {e}")))?;
+    decode(&npy, path)
 }
 
 /// Parses the contents of a `.npy` file; `name` identifies it in error messages.
@@ -87,10 +103,28 @@ pub fn read_npy_bytes(bytes: &[u8], name: &str) -> Result<Array, NpyError> {
     decode(bytes, Path::new(name))
 }
 
-/// Writes `a` as a `.npy` file, byte-identical to what `np.save` writes for the same array.
+/// Writes `a` as a `.npy` file, byte-identical to what `np.save` writes for the same array;
+/// gzip-compressed at the best level when the name ends in `.gz`.
 pub fn write_npy(path: &Path, a: &Array) -> Result<(), NpyError> {
-    let bytes = encode(a, path)?;
+    let mut bytes = encode(a, path)?;
+    if is_gzip_path(path) {
+        bytes = gzip(&bytes).map_err(|error| NpyError::Write { path: path.to_owned(), error })?;
+    }
     fs::write(path, bytes).map_err(|error| NpyError::Write { path: path.to_owned(), error })
+}
+
+const GZIP_MAGIC: &[u8] = b"\x1f\x8b";
+
+fn is_gzip_path(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "gz")
+}
+
+/// `bytes` gzip-compressed with a fixed header (no name, mtime 0), so equal inputs give
+/// equal files and equal digests.
+fn gzip(bytes: &[u8]) -> io::Result<Vec<u8>> {
+    let mut encoder = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::best());
+    encoder.write_all(bytes)?;
+    encoder.finish()
 }
 
 /// The bytes [`write_npy`] would write, e.g. for digests; `name` identifies the array in
@@ -450,6 +484,55 @@ mod tests {
             assert_eq!(String::from_utf8_lossy(&written), String::from_utf8_lossy(bytes), "for {array:?}");
             assert_eq!(written, bytes, "for {array:?}");
         }
+    }
+
+    /// Python's `gzip.compress(np.save bytes of NUMPY_I64_3, mtime=0)` (zlib's deflate, not ours).
+    const PYTHON_GZIP_I64_3: &[u8] = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\x03\x9b\xec\x17\xea\x1b\x10\xc9\xc8\x50\xc6\x50\xad\x9e\x92\x5a\x9c\x5c\xa4\x6e\xa5\xa0\x6e\x93\x69\xa1\xae\xa3\xa0\x9e\x96\x5f\x54\x52\x94\x98\x17\x9f\x5f\x94\x92\x0a\x12\x77\x4b\xcc\x29\x4e\x05\x8a\x17\x67\x24\x16\xa4\x02\xf9\x1a\xc6\x3a\x9a\x3a\x0a\xb5\x0a\x14\x00\xae\xff\x50\xc0\x80\x0c\x18\x19\x18\x00\x81\xed\x89\xab\x98\x00\x00\x00";
+
+    #[test]
+    fn a_gz_name_is_read_as_gzip_written_by_python() {
+        let path = temp_path("python.npy.gz");
+        fs::write(&path, PYTHON_GZIP_I64_3).unwrap();
+        let read = read_npy(&path);
+        let _ = fs::remove_file(&path);
+        assert_eq!(read.ok(), Some(Array::i64(vec![3], vec![-1, 0, 1 << 40])));
+    }
+
+    #[test]
+    fn a_gz_dump_roundtrips_and_the_same_array_always_compresses_to_the_same_bytes() {
+        let a = Array::f32(vec![3, 2], vec![0.5, -1.0, 0.5, -1.0, 0.5, 1e-7]);
+        let (first, second) = (temp_path("first.npy.gz"), temp_path("second.npy.gz"));
+        write_npy(&first, &a).expect("write");
+        write_npy(&second, &a).expect("write");
+        let (bytes1, bytes2) = (fs::read(&first).unwrap(), fs::read(&second).unwrap());
+        let read = read_npy(&first);
+        let _ = (fs::remove_file(&first), fs::remove_file(&second));
+        assert!(bytes1.starts_with(GZIP_MAGIC), "not gzip: {:02x?}", &bytes1[..4]);
+        assert_eq!(bytes1, bytes2, "two writes of one array differ");
+        assert_eq!(&bytes1[4..8], &[0; 4], "the gzip header carries a modification time");
+        assert_eq!(read.ok(), Some(a.clone()));
+        let raw = write_npy_bytes(&a, "raw.npy").unwrap();
+        assert!(bytes1.len() < raw.len(), "compressed {} B is not smaller than raw {} B", bytes1.len(), raw.len());
+    }
+
+    #[test]
+    fn a_gz_name_on_a_plain_npy_is_refused_by_name() {
+        let path = temp_path("plain.npy.gz");
+        fs::write(&path, NUMPY_I64_3).unwrap();
+        let err = read_npy(&path).expect_err("not gzip");
+        let _ = fs::remove_file(&path);
+        let message = err.to_string();
+        assert!(message.contains("plain.npy.gz") && message.contains("not gzip"), "message was: {message}");
+    }
+
+    #[test]
+    fn a_truncated_gz_dump_is_refused_by_name() {
+        let path = temp_path("cut.npy.gz");
+        fs::write(&path, &PYTHON_GZIP_I64_3[..40]).unwrap();
+        let err = read_npy(&path).expect_err("truncated");
+        let _ = fs::remove_file(&path);
+        let message = err.to_string();
+        assert!(message.contains("cut.npy.gz") && message.contains("decompress"), "message was: {message}");
     }
 
     #[test]
