@@ -2,7 +2,8 @@
 
 Run by `cargo xtask capture`, never by hand in CI. The case arrives as JSON
 (`--case-json`): the checkpoint folder, the image files and the prompt. The model is loaded
-in float32 with eager attention, the chat messages are built as a user would build them
+in the case's dtype (`"f32"`, the default, or `"bf16"`: `from_pretrained(dtype=...)` as users
+load it, so a bf16 run computes in bf16 with transformers' own upcasts) with eager attention, the chat messages are built as a user would build them
 (the images first, then the prompt, in one user message), the processor prepares the inputs,
 and one forward pass runs with hooks that record every tap of the contract in
 ARCHITECTURE.md. Each tap is written as `<tap>.npy` into `--out`, and `capture.json` lists
@@ -181,10 +182,11 @@ class Checkpoint:
 
     Every read opens the file that holds the tensor and closes it afterwards, so the pages
     mapped for the read are released and the resident memory is that of the tensors kept.
-    Values are converted to float32, as `from_pretrained(dtype=torch.float32)` converts them.
+    Values are converted to `dtype`, as `from_pretrained(dtype=dtype)` converts them.
     """
 
-    def __init__(self, model_dir: Path) -> None:
+    def __init__(self, model_dir: Path, dtype: torch.dtype) -> None:
+        self.dtype = dtype
         index = model_dir / "model.safetensors.index.json"
         if index.is_file():
             weight_map = json.loads(index.read_text())["weight_map"]
@@ -206,13 +208,13 @@ class Checkpoint:
 
     def read(self, name: str) -> torch.Tensor:
         with safe_open(self.files[name], framework="pt") as f:
-            return f.get_tensor(name).to(torch.float32)
+            return f.get_tensor(name).to(self.dtype)
 
     def read_rows(self, name: str, runs: list[tuple[int, int]]) -> torch.Tensor:
         """Rows [start, stop) of each run, concatenated."""
         with safe_open(self.files[name], framework="pt") as f:
             tensor = f.get_slice(name)
-            return torch.cat([tensor[start:stop].to(torch.float32) for start, stop in runs])
+            return torch.cat([tensor[start:stop].to(self.dtype) for start, stop in runs])
 
 
 class StreamedEmbedding(nn.Module):
@@ -276,8 +278,8 @@ def check_checkpoint(model: nn.Module, checkpoint: Checkpoint, model_dir: Path) 
         print(f"note: checkpoint tensors the forward pass does not use are ignored: {ignored}", file=sys.stderr)
 
 
-def streamed_model(model_dir: Path) -> Qwen3_5ForConditionalGeneration:
-    """`Qwen3_5ForConditionalGeneration.from_pretrained(dtype=float32, eager)` with weights read per block.
+def streamed_model(model_dir: Path, dtype: torch.dtype) -> Qwen3_5ForConditionalGeneration:
+    """`Qwen3_5ForConditionalGeneration.from_pretrained(dtype=dtype, eager)` with weights read per block.
 
     The skeleton is built on the meta device. The rotary embeddings' inverse frequencies are
     non-persistent buffers (not in the checkpoint), so those two small modules are built
@@ -288,7 +290,7 @@ def streamed_model(model_dir: Path) -> Qwen3_5ForConditionalGeneration:
     config = AutoConfig.from_pretrained(model_dir)
     with torch.device("meta"):
         model = Qwen3_5ForConditionalGeneration._from_config(
-            config, dtype=torch.float32, attn_implementation="eager"
+            config, dtype=dtype, attn_implementation="eager"
         )
     model.eval()
     visual = model.model.visual
@@ -296,7 +298,7 @@ def streamed_model(model_dir: Path) -> Qwen3_5ForConditionalGeneration:
     visual.rotary_pos_emb = Qwen3_5VisionRotaryEmbedding(visual.config)
     lm.rotary_emb = Qwen3_5TextRotaryEmbedding(config=lm.config)
 
-    checkpoint = Checkpoint(model_dir)
+    checkpoint = Checkpoint(model_dir, dtype)
     check_checkpoint(model, checkpoint, model_dir)
     lm.embed_tokens = StreamedEmbedding(checkpoint, "model.language_model.embed_tokens.weight")
     model.lm_head = StreamedLinear(checkpoint, "lm_head.weight", model.lm_head.out_features)
@@ -392,12 +394,16 @@ def capture(case: dict, out: Path, threads: int, stream: bool) -> None:
     if not (model_dir / "config.json").is_file():
         sys.exit(f"error: no checkpoint at {model_dir} (config.json missing); run `cargo xtask make-model`")
 
+    dtypes = {"f32": torch.float32, "bf16": torch.bfloat16}
+    dtype = dtypes.get(case.get("dtype", "f32"))
+    if dtype is None:
+        sys.exit(f"error: unknown dtype {case['dtype']!r} (one of {', '.join(dtypes)})")
     processor = AutoProcessor.from_pretrained(model_dir)
     if stream:
-        model = streamed_model(model_dir)
+        model = streamed_model(model_dir, dtype)
     else:
         model, info = Qwen3_5ForConditionalGeneration.from_pretrained(
-            model_dir, dtype=torch.float32, attn_implementation="eager", output_loading_info=True
+            model_dir, dtype=dtype, attn_implementation="eager", output_loading_info=True
         )
         problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "mismatched_keys")}
         if problems:
@@ -465,7 +471,7 @@ def capture(case: dict, out: Path, threads: int, stream: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--case-json", required=True, help="the case: model_dir, images, prompt, loader, generate (steps), gen_top_k"
+        "--case-json", required=True, help="the case: model_dir, images, prompt, loader, dtype, generate (steps), gen_top_k"
     )
     parser.add_argument("--out", required=True, type=Path, help="folder for the .npy taps")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (fixed so reruns match bytes)")

@@ -8,9 +8,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
-use parity::array::DType;
+use parity::array::{Array, DType};
 use parity::compare::{compare, CompareOptions};
-use parity::manifest::{tap_matches, Dump, Manifest, Reference, Weights, DUMPS_DIR};
+use parity::manifest::{tap_matches, CaseDtype, Dump, Manifest, Reference, Weights, DUMPS_DIR};
 use parity::report::{self, Row, Status};
 use parity::taps::Tap;
 use serde::Deserialize;
@@ -150,9 +150,20 @@ fn record_case(
     if tmp_dir.exists() {
         std::fs::remove_dir_all(&tmp_dir)?;
     }
-    let captured = capture_case(sh, manifest, case, &model_dir, &tmp_dir, args.threads)
+    // A bf16 case also runs the reference in f32 (into a second folder), to measure how far
+    // the reference itself moves between the two dtypes.
+    let f32_dir = tmp_dir.with_file_name(format!(".tmp-{case}-{}-f32", std::process::id()));
+    let captured = capture_case(sh, manifest, case, c.dtype, &model_dir, &tmp_dir, args.threads)
         .and_then(|listing| Ok((kept_dumps(manifest, case, &listing, &tmp_dir)?, listing)))
+        .and_then(|(mut dumps, listing)| {
+            if !c.dtype.is_f32() {
+                capture_case(sh, manifest, case, CaseDtype::F32, &model_dir, &f32_dir, args.threads)?;
+                record_noise(manifest, case, &mut dumps, &tmp_dir, &f32_dir)?;
+            }
+            Ok((dumps, listing))
+        })
         .with_context(|| format!("capturing case {case}"));
+    let _ = std::fs::remove_dir_all(&f32_dir);
     let (dumps, listing) = match captured {
         Ok(captured) => captured,
         Err(e) => {
@@ -213,9 +224,38 @@ fn kept_dumps(manifest: &Manifest, case: &str, listing: &CaptureListing, dir: &P
             continue;
         }
         let (stored, shape) = store(manifest, case, &t.tap, dir)?;
-        dumps.push((t.tap.clone(), Dump { sha256: parity::digest::sha256_file(&stored)?, shape, dtype: t.dtype }));
+        let sha256 = parity::digest::sha256_file(&stored)?;
+        dumps.push((t.tap.clone(), Dump { sha256, shape, dtype: t.dtype, noise: None }));
     }
     Ok(dumps)
+}
+
+/// Records, for each float dump of a bf16 case, the reference's own deviation between its
+/// bf16 run (the stored dumps in `dir`) and its f32 run (the harness's files in `f32_dir`),
+/// over the rows the case keeps.
+fn record_noise(
+    manifest: &Manifest,
+    case: &str,
+    dumps: &mut [(String, Dump)],
+    dir: &Path,
+    f32_dir: &Path,
+) -> Result<()> {
+    for (tap, dump) in dumps.iter_mut().filter(|(_, d)| d.dtype == DType::F32) {
+        let stored = dir.join(Manifest::dump_path(case, tap).file_name().expect("a dump path names a file"));
+        let bf16 = parity::npy::read_npy(&stored)?;
+        let f32 = cut_rows(manifest, case, tap, parity::npy::read_npy(&f32_dir.join(format!("{tap}.npy")))?)?;
+        let Some(noise) = parity::compare::noise(&f32, &bf16) else {
+            bail!(
+                "{tap}: the bf16 run gave {:?} and the f32 run {:?} (or a non-finite value), so the reference's \
+                 noise cannot be measured; for gen.* taps this means the two runs generated different tokens \
+                 — fewer `generate` steps keep them comparable",
+                bf16.shape,
+                f32.shape
+            );
+        };
+        dump.noise = Some(noise);
+    }
+    Ok(())
 }
 
 /// `--check`: capture into a temporary folder outside the repository and compare each
@@ -247,7 +287,7 @@ fn check_against_recorded(
         }
         let model_dir = checkpoint(manifest, model, weights)?;
         let out = scratch.join(case);
-        let result = capture_case(sh, manifest, case, &model_dir, &out, threads)
+        let result = capture_case(sh, manifest, case, manifest.cases[case].dtype, &model_dir, &out, threads)
             .and_then(|_| {
                 for (tap, _) in manifest.dumps_in_order(case) {
                     store(manifest, case, &tap.to_string(), &out)?;
@@ -269,7 +309,10 @@ fn check_against_recorded(
             let recorded = parity::npy::read_npy(&manifest.root.join(Manifest::dump_path(case, &tap)));
             let row = match (recorded, parity::npy::read_npy(&new_path)) {
                 (Ok(recorded), Ok(new)) => {
-                    let opts = CompareOptions { tolerance: manifest.tolerance(case, &tap), top_k: None };
+                    let opts = manifest.compare_options(case, &tap, None).unwrap_or(CompareOptions {
+                        tolerance: manifest.tolerance(case, &tap),
+                        ..CompareOptions::default()
+                    });
                     let c = compare(&recorded, &new, &opts);
                     let detail = format!("case {case} · tap {tap} · new capture vs checked-in dump\n{c}");
                     Row::compared(case, "recapture", &tap, &c, None, detail)
@@ -325,15 +368,18 @@ fn checkpoint(manifest: &Manifest, model: &str, weights: Option<&Path>) -> Resul
 /// gives it. Returns the stored file and the kept shape.
 fn store(manifest: &Manifest, case: &str, tap: &str, dir: &Path) -> Result<(PathBuf, Vec<usize>)> {
     let raw = dir.join(format!("{tap}.npy"));
-    let mut array = parity::npy::read_npy(&raw)?;
-    if let Some(pick) = Tap::parse(tap).and_then(|t| manifest.row_pick(case, t)) {
-        let Some(&rows) = array.shape.first() else { bail!("{}: a scalar has no rows to keep", raw.display()) };
-        array = array.select_rows(&[pick.index(rows)])?;
-    }
+    let array = cut_rows(manifest, case, tap, parity::npy::read_npy(&raw)?)?;
     let stored = dir.join(Manifest::dump_path(case, tap).file_name().expect("a dump path names a file"));
     parity::npy::write_npy(&stored, &array)?;
     std::fs::remove_file(&raw)?;
     Ok((stored, array.shape))
+}
+
+/// `array` cut to the one row the case keeps of `tap` (`rows` in the manifest), if any.
+fn cut_rows(manifest: &Manifest, case: &str, tap: &str, array: Array) -> Result<Array> {
+    let Some(pick) = Tap::parse(tap).and_then(|t| manifest.row_pick(case, t)) else { return Ok(array) };
+    let Some(&rows) = array.shape.first() else { bail!("{tap}: a scalar has no rows to keep") };
+    Ok(array.select_rows(&[pick.index(rows)])?)
 }
 
 /// The commit of a HuggingFace cache snapshot (`…/models--org--name/snapshots/<commit>`).
@@ -362,6 +408,7 @@ fn capture_case(
     sh: &Shell,
     manifest: &Manifest,
     case: &str,
+    dtype: CaseDtype,
     model_dir: &Path,
     out: &Path,
     threads: u32,
@@ -373,6 +420,7 @@ fn capture_case(
         "images": images,
         "prompt": c.prompt,
         "loader": c.loader.name(),
+        "dtype": dtype.name(),
         "generate": c.generate,
         "gen_top_k": c.gen_top_k,
     });

@@ -1,10 +1,11 @@
 //! `cargo xtask`: the workspace's commands (capture, check, make-model, verify, status,
-//! mutants, standin, bench).
+//! mutants, standin, bench, calibrate).
 //!
 //! A plain binary in the rust-analyzer style: one small clap enum, one module per command,
 //! one `xshell::Shell` rooted at the project root.
 
 mod bench;
+mod calibrate;
 mod capture;
 mod check;
 mod gemms;
@@ -51,6 +52,9 @@ enum Command {
     /// Time the Rust model against transformers on the stand-in (vision tower, text
     /// prefill, whole forward pass; medians, ratios, peak memory).
     Bench(bench::Args),
+    /// For the bf16 cases: the reference's own bf16-vs-f32 noise per tap, Rust's deviation
+    /// and their ratio; proposes `tap_k` lines for taps beyond their k.
+    Calibrate(calibrate::Args),
 }
 
 fn main() {
@@ -67,6 +71,7 @@ fn main() {
             Command::Mutants(args) => mutants::run(&sh, args),
             Command::Standin(args) => standin::run(&sh, args),
             Command::Bench(args) => bench::run(&sh, args),
+            Command::Calibrate(args) => calibrate::run(&sh, args),
         }
     })();
     if let Err(e) = result {

@@ -76,6 +76,15 @@ impl ManifestDoc {
             entry.insert("sha256", dump.sha256.as_str().into());
             entry.insert("shape", Array::from_iter(dump.shape.iter().map(|&d| d as i64)).into());
             entry.insert("dtype", dump.dtype.to_string().into());
+            if let Some(noise) = &dump.noise {
+                // Four significant digits: the figure sets a bound, its last bits do not matter.
+                let round = |x: f64| format!("{x:.3e}").parse::<f64>().expect("a formatted float parses");
+                let mut n = InlineTable::new();
+                n.insert("max_abs", round(noise.max_abs).into());
+                n.insert("rms", round(noise.rms).into());
+                n.insert("cosine", ((noise.cosine * 1e9).round() / 1e9).into());
+                entry.insert("noise", n.into());
+            }
             table.insert(tap, Item::Value(entry.into()));
         }
     }

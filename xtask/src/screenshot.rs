@@ -250,6 +250,8 @@ mod tests {
             argmax_expected: None,
             argmax_actual: None,
             top_k_overlap: None,
+            noise_ratio: None,
+            k: None,
             detail: fail.then(|| {
                 format!(
                     "{tap}: {mismatched} of {total} elements exceed |Δ| ≤ atol + rtol·|expected| (atol {atol:e}, rtol 1e-3)\n  worst: index [0, 17, 311] expected 0.8125 actual 0.8431 |Δ| {max_abs:.3e}\n  <mismatch listing truncated>"

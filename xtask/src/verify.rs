@@ -122,13 +122,13 @@ fn write_report(dir: &std::path::Path, reports: &[CaseReport]) -> Result<()> {
 }
 
 /// The model of a case's checkpoint, or why it cannot run here.
-enum Loaded {
+pub(crate) enum Loaded {
     Model(Box<Model>),
     Skip(String),
     Fail(String),
 }
 
-fn load(manifest: &Manifest, case: &str, weights: Option<&std::path::Path>) -> Loaded {
+pub(crate) fn load(manifest: &Manifest, case: &str, weights: Option<&std::path::Path>) -> Loaded {
     match manifest.weights(&manifest.cases[case].model, weights) {
         Ok(Weights::Found(dir)) if !dir.join("config.json").is_file() => {
             return Loaded::Skip(format!("checkpoint not on this machine: {} has no config.json", dir.display()));

@@ -131,7 +131,7 @@ fn a_streamed_model_computes_what_the_resident_model_computes() {
         "the two runs recorded different taps"
     );
     // Same operations on the same f32 weights; only the matmul's run-to-run rounding differs.
-    let opts = CompareOptions { tolerance: Tolerance { atol: 1e-6, rtol: 0.0 }, top_k: None };
+    let opts = CompareOptions { tolerance: Tolerance { atol: 1e-6, rtol: 0.0 }, top_k: None, calibration: None };
     for (tap, e) in &expected {
         let c = compare(&replay::to_array(e).unwrap(), &replay::to_array(&actual[tap]).unwrap(), &opts);
         assert!(c.passed(), "tap {tap}: streamed vs resident\n{c}");

@@ -45,12 +45,61 @@ impl Default for Tolerance {
 /// What [`compare`] checks beyond the element-wise rule.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct CompareOptions {
-    /// Tolerance for `f32` arrays (ignored for `i64`, which must match exactly).
+    /// Tolerance for `f32` arrays (ignored for `i64`, which must match exactly, and replaced by
+    /// the calibrated bound when `calibration` is set).
     pub tolerance: Tolerance,
+    /// A bf16 tap: judged against the reference's own bf16-vs-f32 deviation instead of a fixed
+    /// tolerance (see [`Calibration`]).
+    pub calibration: Option<Calibration>,
     /// `Some(k)` treats the arrays as logits and reports argmax agreement and top-`k`
     /// overlap over the flattened tensor (select a single row with
     /// [`Array::select_rows`] first to check one position).
     pub top_k: Option<usize>,
+}
+
+/// How far the reference moves from itself between two dtypes: its bf16 run against its f32
+/// run of the same inputs, one tap (`capture` measures it; [`noise`] computes it).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Noise {
+    /// Greatest `|bf16 − f32|`.
+    pub max_abs: f64,
+    /// Root mean square of `bf16 − f32`.
+    pub rms: f64,
+    /// Cosine similarity of the two runs.
+    pub cosine: f64,
+}
+
+/// The bf16 rule: the port's deviation from the bf16 reference may be at most `k` times the
+/// reference's own bf16-vs-f32 deviation, on the greatest absolute difference and on the RMS
+/// of the difference. For logits (`top_k` set) the argmax and the whole top-k set must agree too.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Calibration {
+    pub k: f64,
+    pub noise: Noise,
+}
+
+impl Calibration {
+    /// The per-element bound: `|Δ| ≤ k · noise.max_abs`, with no relative part.
+    pub fn tolerance(&self) -> Tolerance {
+        Tolerance { atol: self.k * self.noise.max_abs, rtol: 0.0 }
+    }
+
+    /// The bound on the RMS of the difference.
+    pub fn rms_bound(&self) -> f64 {
+        self.k * self.noise.rms
+    }
+}
+
+/// The reference's own deviation between two runs of one tap (`other` against `base`, e.g. its
+/// bf16 run against its f32 run): `None` when the shapes or dtypes differ, or either holds a
+/// non-finite value.
+pub fn noise(base: &Array, other: &Array) -> Option<Noise> {
+    let c = compare(base, other, &CompareOptions { tolerance: Tolerance::EXACT, calibration: None, top_k: None });
+    if c.expected_shape != c.actual_shape || c.dtype_mismatch.is_some() || c.non_finite > 0 {
+        return None;
+    }
+    Some(Noise { max_abs: c.max_abs.map_or(0.0, |w| w.value), rms: c.rms.unwrap_or(0.0), cosine: c.cosine? })
 }
 
 /// The element with the greatest absolute or relative difference.
@@ -139,13 +188,39 @@ pub struct Comparison {
     pub cosine: Option<f64>,
     /// Token agreement, when requested with [`CompareOptions::top_k`] and non-empty.
     pub logits: Option<LogitAgreement>,
+    /// Root mean square of `actual − expected` (infinite when any element is non-finite).
+    pub rms: Option<f64>,
+    /// The bf16 rule this comparison was judged by, if any.
+    pub calibration: Option<Calibration>,
 }
 
 impl Comparison {
     /// Shapes and dtypes agree and every element satisfies the rule. Logit agreement is
     /// reported but does not affect this.
     pub fn passed(&self) -> bool {
-        self.expected_shape == self.actual_shape && self.dtype_mismatch.is_none() && self.mismatched == 0
+        self.expected_shape == self.actual_shape
+            && self.dtype_mismatch.is_none()
+            && self.mismatched == 0
+            && self.calibrated_checks_pass()
+    }
+
+    /// Under a [`Calibration`]: the RMS of the difference within its bound, and for logits the
+    /// same argmax and the same top-k set. Always true without one.
+    fn calibrated_checks_pass(&self) -> bool {
+        let Some(cal) = self.calibration.filter(|_| self.dtype == DType::F32) else { return true };
+        let rms_ok = self.rms.is_some_and(|rms| rms <= cal.rms_bound());
+        let logits_ok = self.logits.is_none_or(|l| l.argmax_agrees() && l.overlap == l.k);
+        rms_ok && logits_ok
+    }
+
+    /// The port's deviation in units of the reference's own (the larger of the max and RMS
+    /// ratios; a tap passes at ratios up to `k`). `None` without a calibration.
+    pub fn noise_ratio(&self) -> Option<f64> {
+        let cal = self.calibration.filter(|_| self.dtype == DType::F32)?;
+        let ratio = |ours: f64, noise: f64| if ours == 0.0 { 0.0 } else { ours / noise };
+        let max = ratio(self.max_abs.as_ref().map_or(0.0, |w| w.value), cal.noise.max_abs);
+        let rms = ratio(self.rms.unwrap_or(0.0), cal.noise.rms);
+        Some(max.max(rms))
     }
 
     /// `mismatched / total`, or 0 when nothing was compared.
@@ -179,6 +254,31 @@ impl Comparison {
         }
         if let Some(logits) = &self.logits {
             write!(f, "; {logits}")?;
+        }
+        if let (Some(cal), Some(ratio)) = (self.calibration, self.noise_ratio()) {
+            write!(f, "; {:.2} × the reference's bf16-vs-f32 deviation (k = {})", ratio, cal.k)?;
+        }
+        Ok(())
+    }
+
+    /// The calibrated bounds and where this comparison stands against them.
+    fn fmt_calibration(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (Some(cal), Some(ratio)) = (self.calibration, self.noise_ratio()) else { return Ok(()) };
+        let rms = self.rms.unwrap_or(f64::NAN);
+        write!(
+            f,
+            "\nRMS difference: {rms} (up to {} allowed = k {} × the reference's own {})\n\
+             Reference bf16 vs f32: greatest absolute difference {}, RMS {}, cosine {}; \
+             this port is {ratio:.2} × that",
+            cal.rms_bound(),
+            cal.k,
+            cal.noise.rms,
+            cal.noise.max_abs,
+            cal.noise.rms,
+            cal.noise.cosine
+        )?;
+        if let Some(l) = self.logits.filter(|l| !(l.argmax_agrees() && l.overlap == l.k)) {
+            write!(f, "\nThe bf16 rule needs the same argmax and top-{} set: {l}", l.k)?;
         }
         Ok(())
     }
@@ -262,7 +362,7 @@ impl fmt::Display for Comparison {
         if let Some(logits) = &self.logits {
             write!(f, "\n{logits}")?;
         }
-        Ok(())
+        self.fmt_calibration(f)
     }
 }
 
@@ -324,9 +424,10 @@ pub fn compare(expected: &Array, actual: &Array, opts: &CompareOptions) -> Compa
         actual_shape: actual.shape.clone(),
         dtype: expected.dtype(),
         dtype_mismatch: (expected.dtype() != actual.dtype()).then_some((expected.dtype(), actual.dtype())),
-        tolerance: match expected.dtype() {
-            DType::F32 => opts.tolerance,
-            DType::I64 => Tolerance::EXACT,
+        tolerance: match (expected.dtype(), opts.calibration) {
+            (DType::F32, Some(cal)) => cal.tolerance(),
+            (DType::F32, None) => opts.tolerance,
+            (DType::I64, _) => Tolerance::EXACT,
         },
         total: 0,
         mismatched: 0,
@@ -335,6 +436,8 @@ pub fn compare(expected: &Array, actual: &Array, opts: &CompareOptions) -> Compa
         max_rel: None,
         cosine: None,
         logits: None,
+        rms: None,
+        calibration: opts.calibration,
     };
     if expected.shape != actual.shape {
         return comparison;
@@ -351,7 +454,7 @@ pub fn compare(expected: &Array, actual: &Array, opts: &CompareOptions) -> Compa
 fn fill<T: Element>(comparison: &mut Comparison, expected: &[T], actual: &[T], top_k: Option<usize>) {
     let mut max_abs: Option<(usize, f64)> = None;
     let mut max_rel: Option<(usize, f64)> = None;
-    let (mut dot, mut expected_sq, mut actual_sq) = (0.0f64, 0.0f64, 0.0f64);
+    let (mut dot, mut expected_sq, mut actual_sq, mut diff_sq) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
     for (flat, (&e, &a)) in expected.iter().zip(actual).enumerate() {
         let diff = T::diff(e, a, comparison.tolerance);
         comparison.mismatched += usize::from(!diff.passes);
@@ -363,6 +466,7 @@ fn fill<T: Element>(comparison: &mut Comparison, expected: &[T], actual: &[T], t
         if max_rel.is_none_or(|(_, worst)| diff.rel > worst) {
             max_rel = Some((flat, diff.rel));
         }
+        diff_sq += diff.abs * diff.abs;
         let (e, a) = (e.to_f64(), a.to_f64());
         dot += e * a;
         expected_sq += e * e;
@@ -383,6 +487,7 @@ fn fill<T: Element>(comparison: &mut Comparison, expected: &[T], actual: &[T], t
     comparison.max_abs = max_abs.map(worst);
     comparison.max_rel = max_rel.map(worst);
     comparison.cosine = Some(if comparison.non_finite > 0 { f64::NAN } else { cosine(dot, expected_sq, actual_sq) });
+    comparison.rms = (!expected.is_empty()).then(|| (diff_sq / expected.len() as f64).sqrt());
     let n = expected.len().min(actual.len());
     comparison.logits = top_k.and_then(|k| logit_agreement(&expected[..n], &actual[..n], k));
 }
@@ -431,8 +536,66 @@ fn top_indices<T: Element>(values: &[T], k: usize) -> Vec<usize> {
 mod tests {
     use super::*;
 
+    fn calibrated(k: f64, max_abs: f64, rms: f64) -> CompareOptions {
+        CompareOptions {
+            calibration: Some(Calibration { k, noise: Noise { max_abs, rms, cosine: 1.0 } }),
+            ..tol(0.0, 0.0)
+        }
+    }
+
+    #[test]
+    fn a_calibrated_comparison_bounds_the_greatest_difference_and_the_rms_by_k_times_the_noise() {
+        // |Δ| = [0.1, 0, 0, 0]: max 0.1, RMS 0.05.
+        let (e, a) = ([1.0, 2.0, 3.0, 4.0], [1.1, 2.0, 3.0, 4.0]);
+        let within = compare_f32(&e, &a, calibrated(2.0, 0.06, 0.03));
+        assert!(within.passed(), "{within}");
+        let ratio = within.noise_ratio().unwrap();
+        assert!((ratio - 0.1 / 0.06).abs() < 1e-6, "ratio is the larger of max and RMS ratios: {ratio}");
+        let max_beyond = compare_f32(&e, &a, calibrated(2.0, 0.04, 0.03));
+        assert!(!max_beyond.passed() && max_beyond.mismatched == 1, "{max_beyond}");
+        let rms_beyond = compare_f32(&e, &a, calibrated(2.0, 0.06, 0.02));
+        assert_eq!(rms_beyond.mismatched, 0, "every element is within 2 × 0.06");
+        assert!(!rms_beyond.passed(), "RMS 0.05 > 2 × 0.02 must fail:\n{rms_beyond}");
+        let message = rms_beyond.to_string();
+        assert!(message.contains("RMS difference") && message.contains("Reference bf16 vs f32"), "{message}");
+    }
+
+    #[test]
+    fn a_calibrated_comparison_with_zero_noise_demands_equality_and_nan_never_passes() {
+        let equal = compare_f32(&[0.5, 1.5], &[0.5, 1.5], calibrated(2.0, 0.0, 0.0));
+        assert!(equal.passed() && equal.noise_ratio() == Some(0.0), "{equal}");
+        let off = compare_f32(&[0.5, 1.5], &[0.5, 1.5000001], calibrated(2.0, 0.0, 0.0));
+        assert!(!off.passed(), "{off}");
+        let nan = compare_f32(&[0.5, 1.5], &[0.5, f32::NAN], calibrated(1e6, 1.0, 1.0));
+        assert!(!nan.passed(), "{nan}");
+    }
+
+    #[test]
+    fn calibrated_logits_must_keep_the_argmax_and_the_whole_top_k_set() {
+        let e = [5.0, 4.0, 3.0, 2.0, 1.0, 0.0];
+        let swapped_tail = [5.0, 4.0, 3.0, 2.0, 0.0, 1.0];
+        let opts = CompareOptions { top_k: Some(5), ..calibrated(2.0, 1.0, 1.0) };
+        let c = compare_f32(&e, &swapped_tail, opts);
+        assert_eq!(c.mismatched, 0, "every element is within 2 × 1.0");
+        assert!(!c.passed(), "element 5 entered the top 5 in place of element 4:\n{c}");
+        assert!(c.to_string().contains("top-5 set"), "{c}");
+        let same_top = compare_f32(&e, &[5.5, 4.0, 3.0, 2.0, 1.0, 0.0], opts);
+        assert!(same_top.passed(), "{same_top}");
+    }
+
+    #[test]
+    fn noise_is_the_greatest_difference_rms_and_cosine_of_two_runs() {
+        let base = Array::f32(vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]);
+        let other = Array::f32(vec![2, 2], vec![1.0, 2.0, 3.0, 4.5]);
+        let n = noise(&base, &other).unwrap();
+        assert_eq!((n.max_abs, n.rms), (0.5, 0.25));
+        assert!(n.cosine < 1.0 && n.cosine > 0.99, "{n:?}");
+        assert_eq!(noise(&base, &Array::f32(vec![4], vec![1.0, 2.0, 3.0, 4.0])), None, "shapes differ");
+        assert_eq!(noise(&base, &Array::f32(vec![2, 2], vec![1.0, 2.0, 3.0, f32::INFINITY])), None);
+    }
+
     fn tol(atol: f64, rtol: f64) -> CompareOptions {
-        CompareOptions { tolerance: Tolerance { atol, rtol }, top_k: None }
+        CompareOptions { tolerance: Tolerance { atol, rtol }, top_k: None, calibration: None }
     }
 
     fn compare_f32(expected: &[f32], actual: &[f32], opts: CompareOptions) -> Comparison {

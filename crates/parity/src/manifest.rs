@@ -11,7 +11,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::array::DType;
-use crate::compare::Tolerance;
+use crate::compare::{Calibration, CompareOptions, Noise, Tolerance};
 use crate::taps::{known_taps, Tap};
 
 /// Folder (relative to the manifest) that holds `<case>/<tap>.npy.gz`.
@@ -27,6 +27,9 @@ pub struct Manifest {
     /// Tolerance for every comparison that nothing narrower overrides.
     #[serde(default)]
     pub tolerance: ToleranceSpec,
+    /// The bf16 rule's default multiple of the reference's own noise (`[calibration] k`).
+    #[serde(default)]
+    pub calibration: CalibrationSpec,
     pub models: BTreeMap<String, Model>,
     #[serde(default)]
     pub images: BTreeMap<String, Image>,
@@ -58,6 +61,22 @@ pub struct Reference {
 pub struct ToleranceSpec {
     pub atol: f64,
     pub rtol: f64,
+}
+
+/// `[calibration]`: how many times the reference's own bf16-vs-f32 deviation a bf16 tap may
+/// deviate (see [`Calibration`]); a case narrows it per tap with `tap_k`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CalibrationSpec {
+    pub k: f64,
+}
+
+impl Default for CalibrationSpec {
+    /// Without a `[calibration]` table: the port may deviate twice as much as the reference
+    /// moves between bf16 and f32.
+    fn default() -> Self {
+        CalibrationSpec { k: 2.0 }
+    }
 }
 
 impl Default for ToleranceSpec {
@@ -154,6 +173,15 @@ pub struct Case {
     /// then `convert("RGB")`, which drops alpha). Rust preprocessing follows it.
     #[serde(default)]
     pub loader: Loader,
+    /// The dtype the reference and the port compute in: `"f32"` (the default) or `"bf16"`
+    /// (weights as stored, `from_pretrained(dtype=torch.bfloat16)`). A bf16 case's float taps
+    /// are judged by [`Calibration`], not by `tolerance`.
+    #[serde(default)]
+    pub dtype: CaseDtype,
+    /// For a bf16 case: per-tap multiples of the reference's noise (a tap name or a stem
+    /// ending in `*`), overriding `[calibration] k`; each carries a comment with its cause.
+    #[serde(default)]
+    pub tap_k: BTreeMap<String, f64>,
     /// Overrides the model's tolerance for every tap of this case.
     #[serde(default)]
     pub tolerance: Option<ToleranceSpec>,
@@ -187,6 +215,29 @@ pub struct Case {
     /// Tap name → recorded dump; written by capture.
     #[serde(default)]
     pub dumps: BTreeMap<String, Dump>,
+}
+
+/// The dtype a case computes in (see [`Case::dtype`]).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CaseDtype {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl CaseDtype {
+    pub fn is_f32(&self) -> bool {
+        *self == CaseDtype::F32
+    }
+
+    /// The name used in `fixtures.toml` and passed to the harness.
+    pub fn name(self) -> &'static str {
+        match self {
+            CaseDtype::F32 => "f32",
+            CaseDtype::Bf16 => "bf16",
+        }
+    }
 }
 
 /// How the reference turned an image file into RGB pixels (see [`Case::loader`]).
@@ -250,6 +301,10 @@ pub struct Dump {
     pub sha256: String,
     pub shape: Vec<usize>,
     pub dtype: DType,
+    /// A float tap of a bf16 case: the reference's own deviation between its bf16 and f32
+    /// runs (of the kept rows), measured by the same capture.
+    #[serde(default)]
+    pub noise: Option<Noise>,
 }
 
 /// A manifest that cannot be used, with the file and the entry at fault.
@@ -302,6 +357,12 @@ impl Manifest {
 
     fn validate(&self) -> Result<(), String> {
         check_tolerance("tolerance", &self.tolerance)?;
+        if !(self.calibration.k.is_finite() && self.calibration.k > 0.0) {
+            return Err(format!(
+                "calibration.k = {}: a positive multiple of the reference's noise",
+                self.calibration.k
+            ));
+        }
         for (name, model) in &self.models {
             match (&model.path, &model.weights_env) {
                 (Some(path), None) => check_relative_path(&format!("models.\"{name}\".path"), path)?,
@@ -369,6 +430,17 @@ impl Manifest {
             for pattern in case.rows.keys() {
                 check_tap_pattern(&format!("{at}.rows"), pattern)?;
             }
+            for (pattern, k) in &case.tap_k {
+                check_tap_pattern(&format!("{at}.tap_k"), pattern)?;
+                if case.dtype.is_f32() {
+                    return Err(format!("{at}.tap_k: only a bf16 case is calibrated; an f32 case uses tap_tolerance"));
+                }
+                if !(k.is_finite() && *k > 0.0) {
+                    return Err(format!(
+                        "{at}.tap_k.\"{pattern}\" = {k}: a positive multiple of the reference's noise"
+                    ));
+                }
+            }
             match (case.generate, case.gen_top_k) {
                 (Some(0), _) => return Err(format!("{at}.generate = 0: generate at least one token, or omit it")),
                 (None, Some(_)) => return Err(format!("{at}.gen_top_k: only a case that sets `generate` has steps")),
@@ -402,6 +474,40 @@ impl Manifest {
             .max_by_key(|(pattern, _)| pattern.len())
             .map(|(_, t)| *t);
         by_tap.or(c.tolerance).or(self.models[&c.model].tolerance).unwrap_or(self.tolerance).into()
+    }
+
+    /// The bf16 rule's multiple for one tap of a case: the longest matching `tap_k` pattern,
+    /// else `[calibration] k`.
+    pub fn calibration_k(&self, case: &str, tap: &str) -> f64 {
+        self.cases[case]
+            .tap_k
+            .iter()
+            .filter(|(pattern, _)| tap_matches(pattern, tap))
+            .max_by_key(|(pattern, _)| pattern.len())
+            .map_or(self.calibration.k, |(_, k)| *k)
+    }
+
+    /// How a tap of a case is judged: by its tolerance in an f32 case; in a bf16 case by its
+    /// recorded noise times `k` ([`Calibration`]). `top_k` asks for logit agreement (which the
+    /// bf16 rule then requires). A bf16 float tap without a recorded noise is an error.
+    pub fn compare_options(&self, case: &str, tap: &str, top_k: Option<usize>) -> Result<CompareOptions, String> {
+        let c = &self.cases[case];
+        let tolerance = self.tolerance(case, tap);
+        if c.dtype.is_f32() {
+            return Ok(CompareOptions { tolerance, top_k, calibration: None });
+        }
+        let dump = c.dumps.get(tap).ok_or_else(|| format!("case {case} has no recorded {tap}"))?;
+        let calibration = match (dump.dtype, dump.noise) {
+            (DType::I64, _) => None,
+            (DType::F32, Some(noise)) => Some(Calibration { k: self.calibration_k(case, tap), noise }),
+            (DType::F32, None) => {
+                return Err(format!(
+                    "cases.{case}.dumps.\"{tap}\" records no noise, which a bf16 case needs; run \
+                     `cargo xtask capture --case {case}`"
+                ))
+            }
+        };
+        Ok(CompareOptions { tolerance, top_k, calibration })
     }
 
     /// Which row of `tap` a case keeps, if only one (the longest matching pattern wins).
@@ -482,6 +588,8 @@ impl Manifest {
             // the field existed do not move.
             #[serde(skip_serializing_if = "Loader::is_processor")]
             loader: Loader,
+            #[serde(skip_serializing_if = "CaseDtype::is_f32")]
+            dtype: CaseDtype,
             taps: Option<&'a Vec<String>>,
             rows: &'a BTreeMap<String, RowPick>,
             generate: Option<usize>,
@@ -495,6 +603,7 @@ impl Manifest {
             images: image_shas,
             prompt: &c.prompt,
             loader: c.loader,
+            dtype: c.dtype,
             taps: c.taps.as_ref(),
             rows: &c.rows,
             generate: c.generate,
@@ -706,6 +815,61 @@ mod tests {
         let mut with = m.clone();
         with.cases.get_mut("one").unwrap().loader = Loader::LoadImage;
         assert_ne!(digest(&m), digest(&with), "a case's loader must make its dumps stale when it changes");
+    }
+
+    /// GOOD with case `one` in bf16, its lm.norm carrying a recorded noise.
+    fn bf16_one() -> String {
+        GOOD.replace("[cases.one]\n", "[cases.one]\n        dtype = \"bf16\"\n        tap_k = { \"lm.*\" = 3.0 }\n")
+            .replace(
+                r#""lm.norm" = { sha256 = "cc", shape = [4, 8], dtype = "f32" }"#,
+                r#""lm.norm" = { sha256 = "cc", shape = [4, 8], dtype = "f32", noise = { max_abs = 0.1, rms = 0.02, cosine = 0.9999 } }"#,
+            )
+    }
+
+    #[test]
+    fn a_bf16_tap_is_judged_by_k_times_its_recorded_noise_and_an_integer_tap_stays_exact() {
+        let m = parse(&bf16_one()).unwrap();
+        assert_eq!(m.cases["one"].dtype, CaseDtype::Bf16);
+        assert_eq!(m.cases["two"].dtype, CaseDtype::F32, "f32 is the default");
+        let norm = m.compare_options("one", "lm.norm", None).unwrap();
+        let cal = norm.calibration.expect("a bf16 float tap is calibrated");
+        assert_eq!((cal.k, cal.noise.max_abs, cal.noise.rms), (3.0, 0.1, 0.02), "tap_k overrides [calibration] k");
+        assert_eq!(cal.tolerance(), Tolerance { atol: 0.1 * 3.0, rtol: 0.0 });
+        let ids = m.compare_options("one", "input.input_ids", None).unwrap();
+        assert_eq!(ids.calibration, None, "integer taps match exactly in every dtype");
+        let f32_case = m.compare_options("two", "lm.norm", None).unwrap();
+        assert_eq!((f32_case.calibration, f32_case.tolerance), (None, Tolerance { atol: 1e-2, rtol: 1e-2 }));
+        assert_eq!(m.calibration_k("one", "vision.tower"), 2.0, "the default k without a [calibration] table");
+    }
+
+    #[test]
+    fn a_bf16_float_tap_without_a_recorded_noise_is_an_error_naming_the_capture_to_run() {
+        let text = bf16_one().replace(", noise = { max_abs = 0.1, rms = 0.02, cosine = 0.9999 }", "");
+        let err = parse(&text).unwrap().compare_options("one", "lm.norm", None).expect_err("no noise");
+        assert!(err.contains("records no noise") && err.contains("cargo xtask capture --case one"), "{err}");
+    }
+
+    #[test]
+    fn tap_k_belongs_to_bf16_cases_and_k_must_be_positive() {
+        let err = parse_err(&GOOD.replace("[cases.two]\n", "[cases.two]\n        tap_k = { \"lm.norm\" = 2.0 }\n"));
+        assert!(err.contains("cases.two.tap_k") && err.contains("only a bf16 case"), "{err}");
+        let err = parse_err(&bf16_one().replace("\"lm.*\" = 3.0", "\"lm.*\" = 0.0"));
+        assert!(err.contains("positive multiple"), "{err}");
+        let err = parse_err(&format!("[calibration]\nk = -1.0\n{GOOD}"));
+        assert!(err.contains("calibration.k"), "{err}");
+        let err = parse_err(&GOOD.replace("[cases.two]\n", "[cases.two]\n        dtype = \"f16\"\n"));
+        assert!(err.contains("unknown variant `f16`"), "{err}");
+    }
+
+    #[test]
+    fn the_dtype_is_an_input_of_a_case_but_f32_leaves_old_digests_alone() {
+        let m = parse(GOOD).unwrap();
+        let digest = |m: &Manifest| m.inputs_digest("one", None, &[], "h");
+        let mut with = m.clone();
+        with.cases.get_mut("one").unwrap().dtype = CaseDtype::Bf16;
+        assert_ne!(digest(&m), digest(&with), "a case's dtype must make its dumps stale when it changes");
+        let json_before_the_field = m.inputs_digest("one", None, &[], "h");
+        assert_eq!(digest(&m), json_before_the_field);
     }
 
     #[test]

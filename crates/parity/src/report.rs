@@ -53,6 +53,11 @@ pub struct Row {
     pub argmax_expected: Option<usize>,
     pub argmax_actual: Option<usize>,
     pub top_k_overlap: Option<f64>,
+    /// A bf16 tap: its deviation in units of the reference's own bf16-vs-f32 deviation (the
+    /// larger of the max and RMS ratios), and the `k` it may reach.
+    #[serde(serialize_with = "finite_or_string")]
+    pub noise_ratio: Option<f64>,
+    pub k: Option<f64>,
     /// The full failure message, or why the row was skipped.
     pub detail: Option<String>,
 }
@@ -87,6 +92,8 @@ impl Row {
             argmax_expected: c.logits.map(|l| l.expected_argmax),
             argmax_actual: c.logits.map(|l| l.actual_argmax),
             top_k_overlap: c.logits.map(|l| l.top_k_overlap()),
+            noise_ratio: c.noise_ratio(),
+            k: c.noise_ratio().and(c.calibration.map(|cal| cal.k)),
             detail: (!passed).then_some(detail),
         }
     }
@@ -130,6 +137,8 @@ impl Row {
             argmax_expected: None,
             argmax_actual: None,
             top_k_overlap: None,
+            noise_ratio: None,
+            k: None,
             detail: Some(why),
         }
     }
@@ -158,8 +167,8 @@ pub fn sci(v: Option<f64>) -> String {
 /// The console table: one row per tap, in the order given (pipeline order per case/mode).
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
-    let header = ["case", "mode", "tap", "status", "mismatch", "max |Δ|", "at", "max rel Δ", "cosine"];
-    let cells: Vec<[String; 9]> = rows
+    let header = ["case", "mode", "tap", "status", "mismatch", "max |Δ|", "at", "max rel Δ", "×noise", "cosine"];
+    let cells: Vec<[String; 10]> = rows
         .iter()
         .map(|r| {
             let at = r.at().unwrap_or_else(|| "-".into());
@@ -176,6 +185,11 @@ pub fn table(rows: &[Row]) -> String {
                 sci(r.max_abs),
                 at,
                 sci(r.max_rel),
+                // bf16 taps: how many times the reference's own bf16-vs-f32 deviation, of k.
+                match (r.noise_ratio, r.k) {
+                    (Some(ratio), Some(k)) => format!("{ratio:.2}/{k}"),
+                    _ => "-".into(),
+                },
                 cosine,
             ]
         })

@@ -53,10 +53,9 @@ impl Run {
             }
         };
         let parsed = Tap::parse(tap);
-        let opts = CompareOptions {
-            tolerance: manifest.tolerance(case, tap),
-            top_k: (tap == "lm.logits_last").then_some(TOP_K),
-        };
+        let opts = manifest
+            .compare_options(case, tap, (tap == "lm.logits_last").then_some(TOP_K))
+            .map_err(anyhow::Error::msg)?;
         let (comparison, worst) =
             compare_picked(&expected, actual, parsed.and_then(|t| manifest.row_pick(case, t)), &opts)?;
         let mut location = worst.and_then(|index| self.locator().locate(parsed?, &index));
@@ -114,7 +113,11 @@ impl Run {
         let margin = reference_margin(manifest, case, step, e, a).map_or_else(
             || "the reference's logits of that step are not recorded".to_owned(),
             |(margin, scale)| {
-                let t = manifest.tolerance(case, "gen.logits");
+                let t = manifest
+                    .compare_options(case, "gen.logits", None)
+                    .map_or(manifest.tolerance(case, "gen.logits"), |o| {
+                        o.calibration.map_or(o.tolerance, |c| c.tolerance())
+                    });
                 let noise = t.atol + t.rtol * scale.abs();
                 let verdict = if margin <= 2.0 * noise {
                     "a near tie: within twice the logits' tolerance, rounding can swap them"
@@ -189,7 +192,7 @@ mod tests {
     use crate::replay::workspace_manifest;
 
     fn options() -> CompareOptions {
-        CompareOptions { tolerance: Tolerance { atol: 1e-6, rtol: 0.0 }, top_k: None }
+        CompareOptions { tolerance: Tolerance { atol: 1e-6, rtol: 0.0 }, top_k: None, calibration: None }
     }
 
     /// Three rows of two channels: the reference kept one of them, [10, 20].

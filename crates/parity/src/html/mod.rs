@@ -121,6 +121,8 @@ mod tests {
             argmax_expected: None,
             argmax_actual: None,
             top_k_overlap: None,
+            noise_ratio: None,
+            k: None,
             detail: (status == Status::Fail).then(|| "max |Δ| 3e-2 > atol".to_string()),
         }
     }

@@ -28,6 +28,9 @@ pub(super) struct TapRow<'a> {
     argmax: Option<Argmax>,
     atol: Option<f64>,
     rtol: Option<f64>,
+    /// A bf16 tap: its deviation in units of the reference's own, and the `k` it may reach.
+    noise_ratio: Option<f64>,
+    k: Option<f64>,
     detail: Option<&'a str>,
     /// The detail is one short line.
     detail_fits: bool,
@@ -66,6 +69,8 @@ pub(super) fn rows(rows: &[Row]) -> Vec<TapRow<'_>> {
                 },
                 atol: r.atol,
                 rtol: r.rtol,
+                noise_ratio: r.noise_ratio,
+                k: r.k,
                 detail: r.detail.as_deref(),
                 detail_fits: r
                     .detail
