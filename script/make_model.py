@@ -18,8 +18,9 @@ Weight scales (why activations stay of order one and every tensor is visible in 
 * every projection matrix is N(0, 1/fan_in): a unit-variance input gives a unit-variance
   output, so neither the residual stream nor the vision tower decays or explodes over depth;
 * embeddings and the learned position table are N(0, 1), of the same order as the patch
-  projection of pixels in [-1, 1], so a position-embedding bug moves `vision.pos_embed` and
-  everything after it by O(1);
+  projection of pixels in [-1, 1], so a position-embedding bug moves everything after
+  `vision.pos_embed` by O(1) (both are then scaled by 2^-3, see below: the first LayerNorm
+  restores the order of one);
 * norm weights are not left at their neutral value (zeros for the zero-centred RMSNorm,
   ones for LayerNorm and the gated RMSNorm) but perturbed by N(0, 0.1^2); biases are
   N(0, 0.1^2): a missing bias or a norm without its (1 + w) offset is an O(0.1) change;
@@ -28,6 +29,37 @@ Weight scales (why activations stay of order one and every tensor is visible in 
   chunked prefill (across 64-token chunks) would go untested. dt_bias is 1 + N(0, 0.1^2);
 * lm_head is N(0, 4/hidden) so the logits spread over a few units and their argmax is
   decided by more than rounding.
+
+Constants made visible (`expose_constants`, applied after the draw, so `init_tensor` and the
+stand-in that reuses it are unchanged). crates/neuron/tests/constants.rs changes each numerical
+constant of the forward pass tenfold and fails if no tap notices (README "Every constant
+observable" lists them). With the scales above no activation came near the regime where four
+of them matter: the l2norm eps and the softplus threshold moved no tap beyond the tolerance,
+the RMSNorm and vision LayerNorm eps one or two elements of one tap, by at most 1.3 times
+the tolerance. A few weights are changed so that one head or one input sits in that regime;
+the scale factors are powers of two, so a scaled bf16 tensor is exactly the drawn one times
+its factor:
+
+* the RMSNorm eps (1e-6): every zero-centred RMSNorm input had a mean square of 0.37 or more
+  (chelsea). Query head 0 of the full-attention layer has its q_proj rows scaled by 2^-10, so
+  its q has a mean square of 0.7e-6 to 1.2e-6 and q_norm divides by sqrt(ms + eps) with eps
+  about half of the sum;
+* the delta rule's l2norm eps (1e-6): the squared norms of q and k were 4 to 114. Key head 0
+  of the first Gated DeltaNet has its in_proj_qkv key rows scaled by 2^-12, so its keys
+  (SiLU of a conv of values near 2^-12, where SiLU is nearly linear) have a squared norm of
+  0.6e-6 to 2.8e-6 and l2norm leaves them shorter than unit length by a factor that depends
+  on eps;
+* the softplus threshold (20): softplus(x) and x differ by log1p(exp(-x)) < 2.1e-9 for
+  x > 20, below f32's resolution, so a threshold of 200 changes nothing until exp(x)
+  overflows f32 at x > 88.7 (softplus then gives inf and the decay -inf). Value head 5 of the
+  first Gated DeltaNet gets dt_bias = 100, so a + dt_bias is 98 to 102 (a is of order one),
+  and A = 0.002 (A_log = log 0.002), so its decay per token, exp(-A * 100) = 0.82, stays in
+  the range of the other heads;
+* the vision LayerNorm eps (1e-6): the tower's first LayerNorm saw rows of variance 0.3 and
+  more. The patch embedding (weight and bias) and the position table are scaled by 2^-3, so
+  the tower's input rows have a variance of 0.005 to 0.02, where eps shows in the first
+  block (LayerNorm divides the scale out again; the first block's residual keeps the input
+  at 1/8 of its former weight against the attention's output).
 
 The tokenizer is a byte-level BPE trained on a fixed corpus (below) with Qwen's
 pre-tokenizer, normalizer and special tokens; the chat template is a Qwen-style template.
@@ -230,6 +262,45 @@ def init_tensor(name: str, shape: tuple[int, ...], gen: torch.Generator) -> torc
     raise ValueError(f"make_model.py has no initialisation rule for {name} {shape}")
 
 
+# The heads and factors of `expose_constants` (the module docstring says why each).
+RMS_EPS_QUERY_HEAD = 0
+RMS_EPS_QUERY_SCALE = 2.0**-10
+L2NORM_EPS_KEY_HEAD = 0
+L2NORM_EPS_KEY_SCALE = 2.0**-12
+SOFTPLUS_VALUE_HEAD = 5
+SOFTPLUS_DT_BIAS = 100.0  # above 88.7, where exp overflows f32
+SOFTPLUS_A = 0.002
+VISION_INPUT_SCALE = 2.0**-3
+
+
+def expose_constants(tensors: dict[str, torch.Tensor], tcfg: dict) -> None:
+    """Rescales the few weights that put a head or input in the regime where a constant of
+    the forward pass matters (the module docstring says which and why), in place."""
+    interval = tcfg["full_attention_interval"]
+    layers = range(tcfg["num_hidden_layers"])
+    kinds = ["full_attention" if (i + 1) % interval == 0 else "linear_attention" for i in layers]
+    full = f"model.language_model.layers.{kinds.index('full_attention')}."
+    linear = f"model.language_model.layers.{kinds.index('linear_attention')}."
+
+    # q_proj's rows are, per head, head_dim query rows then head_dim gate rows.
+    head_dim = tcfg["head_dim"]
+    q_proj = tensors[full + "self_attn.q_proj.weight"]
+    start = RMS_EPS_QUERY_HEAD * 2 * head_dim
+    q_proj[start : start + head_dim] *= RMS_EPS_QUERY_SCALE
+
+    # in_proj_qkv's rows are the query heads, then the key heads, then the value heads.
+    key_dim, key_heads = tcfg["linear_key_head_dim"], tcfg["linear_num_key_heads"]
+    qkv = tensors[linear + "linear_attn.in_proj_qkv.weight"]
+    start = key_heads * key_dim + L2NORM_EPS_KEY_HEAD * key_dim
+    qkv[start : start + key_dim] *= L2NORM_EPS_KEY_SCALE
+
+    tensors[linear + "linear_attn.dt_bias"][SOFTPLUS_VALUE_HEAD] = SOFTPLUS_DT_BIAS
+    tensors[linear + "linear_attn.A_log"][SOFTPLUS_VALUE_HEAD] = math.log(SOFTPLUS_A)
+
+    for name in ("patch_embed.proj.weight", "patch_embed.proj.bias", "pos_embed.weight"):
+        tensors["model.visual." + name] *= VISION_INPUT_SCALE
+
+
 def write_tokenizer_config(out: Path, model_max_length: int) -> None:
     """tokenizer_config.json for the byte-level BPE with Qwen's special tokens."""
     tokenizer_config = {
@@ -277,6 +348,7 @@ def write_model(out: Path) -> None:
     tensors = {}
     for name in sorted(shapes):
         tensors[name] = init_tensor(name, shapes[name], gen).to(torch.bfloat16).contiguous()
+    expose_constants(tensors, tcfg)
 
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})

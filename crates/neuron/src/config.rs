@@ -75,6 +75,9 @@ pub struct VisionConfig {
     pub num_position_embeddings: usize,
     /// transformers fills `{"rope_type": "axial", "rope_theta": 10000.0}` when absent.
     pub rope_parameters: VisionRopeParameters,
+    /// Fixed in transformers' code, never read from `config.json`.
+    #[serde(skip)]
+    pub constants: VisionConstants,
 }
 
 impl Default for VisionConfig {
@@ -92,7 +95,28 @@ impl Default for VisionConfig {
             out_hidden_size: 3584,
             num_position_embeddings: 2304,
             rope_parameters: VisionRopeParameters::default(),
+            constants: VisionConstants::default(),
         }
+    }
+}
+
+/// The vision tower's numerical constants that transformers fixes in its code rather than in
+/// the configuration. The defaults are transformers' values; a test may change one at load
+/// time (`tests/constants.rs`) to show that the parity tests notice it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VisionConstants {
+    /// `eps` of every vision LayerNorm: `nn.LayerNorm(config.hidden_size, eps=1e-6)` of
+    /// `Qwen3_5VisionBlock.norm1` / `norm2` and `nn.LayerNorm(..., eps=1e-6)` of
+    /// `Qwen3_5VisionPatchMerger.norm`.
+    pub layer_norm_eps: f64,
+    /// The attention's score scale; `None` is `Qwen3_5VisionAttention.scaling =
+    /// self.head_dim**-0.5`.
+    pub attention_scale: Option<f64>,
+}
+
+impl Default for VisionConstants {
+    fn default() -> Self {
+        VisionConstants { layer_norm_eps: 1e-6, attention_scale: None }
     }
 }
 
@@ -118,6 +142,12 @@ impl VisionConfig {
     /// The rotary base of the vision attention (`compute_axial_rope_parameters`).
     pub fn rope_theta(&self) -> f64 {
         self.rope_parameters.rope_theta
+    }
+
+    /// The attention's score scale: `Qwen3_5VisionAttention.scaling`, `head_dim**-0.5`
+    /// unless [`VisionConstants::attention_scale`] says otherwise.
+    pub fn attention_scale(&self) -> f64 {
+        self.constants.attention_scale.unwrap_or((self.head_dim() as f64).powf(-0.5))
     }
 
     /// Side of the square learned position-embedding grid (`num_grid_per_side`).
@@ -183,6 +213,9 @@ pub struct TextConfig {
     pub attention_bias: bool,
     /// The end-of-sequence token(s) `generate` stops at.
     pub eos_token_id: Option<EosTokenId>,
+    /// Fixed in transformers' code, never read from `config.json`.
+    #[serde(skip)]
+    pub constants: TextConstants,
 }
 
 impl Default for TextConfig {
@@ -206,6 +239,43 @@ impl Default for TextConfig {
             rope_parameters: TextRopeParameters::default(),
             attention_bias: false,
             eos_token_id: None,
+            constants: TextConstants::default(),
+        }
+    }
+}
+
+/// The text model's numerical constants that transformers fixes in its code rather than in
+/// the configuration. The defaults are transformers' values; a test may change one at load
+/// time (`tests/constants.rs`) to show that the parity tests notice it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextConstants {
+    /// `eps` of the delta rule's `l2norm` of q and k: `l2norm(query, dim=-1, eps=1e-6)` (and
+    /// of key) in `torch_chunk_gated_delta_rule` and `torch_recurrent_gated_delta_rule`.
+    pub l2norm_eps: f64,
+    /// `threshold` of `F.softplus(a.float() + self.dt_bias)` in
+    /// `Qwen3_5GatedDeltaNet.forward`: torch's default 20 (with beta 1), above which softplus
+    /// is the identity.
+    pub softplus_threshold: f32,
+    /// `eps` of the Gated DeltaNet's `Qwen3_5RMSNormGated`; `None` is `rms_norm_eps`, as
+    /// `Qwen3_5GatedDeltaNet.__init__` sets `self.layer_norm_epsilon = config.rms_norm_eps`.
+    pub gated_norm_eps: Option<f64>,
+    /// The full attention's score scale; `None` is `Qwen3_5Attention.scaling =
+    /// self.head_dim**-0.5`.
+    pub attention_scale: Option<f64>,
+    /// The delta rule's query scale; `None` is the reference's `query.shape[-1] ** -0.5` in
+    /// `torch_chunk_gated_delta_rule` (`/ query.shape[-1] ** 0.5` in
+    /// `torch_recurrent_gated_delta_rule`), 1/√`linear_key_head_dim`.
+    pub linear_attention_scale: Option<f64>,
+}
+
+impl Default for TextConstants {
+    fn default() -> Self {
+        TextConstants {
+            l2norm_eps: 1e-6,
+            softplus_threshold: 20.0,
+            gated_norm_eps: None,
+            attention_scale: None,
+            linear_attention_scale: None,
         }
     }
 }
@@ -266,6 +336,18 @@ impl TextConfig {
         (self.head_dim as f64 * self.rope_parameters.partial_rotary_factor) as usize
     }
 
+    /// `eps` of the Gated DeltaNet's gated RMSNorm (`rms_norm_eps` unless
+    /// [`TextConstants::gated_norm_eps`] says otherwise).
+    pub fn gated_norm_eps(&self) -> f64 {
+        self.constants.gated_norm_eps.unwrap_or(self.rms_norm_eps)
+    }
+
+    /// The full attention's score scale: `Qwen3_5Attention.scaling`, `head_dim**-0.5` unless
+    /// [`TextConstants::attention_scale`] says otherwise.
+    pub fn attention_scale(&self) -> f64 {
+        self.constants.attention_scale.unwrap_or((self.head_dim as f64).powf(-0.5))
+    }
+
     /// Channels of the Gated DeltaNet's causal conv: q, k (key heads) and v (value heads).
     pub fn linear_conv_dim(&self) -> usize {
         2 * self.linear_num_key_heads * self.linear_key_head_dim
@@ -296,6 +378,21 @@ mod tests {
         assert_eq!((v.out_hidden_size, v.num_position_embeddings), (3584, 2304));
         assert_eq!((v.rope_theta(), v.head_dim(), v.num_grid_per_side()), (10000.0, 72, 48));
         assert_eq!(v.hidden_act, "gelu_pytorch_tanh");
+    }
+
+    /// The constants transformers hard-codes are not read from `config.json` (transformers
+    /// ignores such keys too) and default to transformers' values.
+    #[test]
+    fn hard_coded_constants_take_transformers_values_and_are_not_read_from_the_config() {
+        let json = r#"{"text_config": {"l2norm_eps": 1, "constants": {"l2norm_eps": 1}, "head_dim": 64},
+                       "vision_config": {"layer_norm_eps": 1, "constants": {"layer_norm_eps": 1}}}"#;
+        let cfg: Config = serde_json::from_str(json).unwrap();
+        let (t, v) = (&cfg.text_config, &cfg.vision_config);
+        assert_eq!(t.constants, TextConstants::default(), "text constants");
+        assert_eq!(v.constants, VisionConstants::default(), "vision constants");
+        assert_eq!((t.constants.l2norm_eps, t.constants.softplus_threshold), (1e-6, 20.0));
+        assert_eq!((t.gated_norm_eps(), t.attention_scale()), (1e-6, 0.125), "rms_norm_eps, 64^-0.5");
+        assert_eq!((v.constants.layer_norm_eps, v.attention_scale()), (1e-6, 72f64.powf(-0.5)));
     }
 
     #[test]

@@ -369,12 +369,12 @@ mod tests {
         }
     }
 
-    /// The message for chelsea's tokens with step 6 (the smallest margin, 0.022) replaced by the
+    /// The message for chelsea's tokens with step 5 (the smallest margin, 0.098) replaced by the
     /// reference's second choice, with the logits' tolerance set to `atol` and `rtol`.
-    fn runner_up_at_step_6_under(manifest: &mut Manifest, atol: f64, rtol: f64) -> String {
+    fn runner_up_at_step_5_under(manifest: &mut Manifest, atol: f64, rtol: f64) -> String {
         let tolerance = parity::manifest::ToleranceSpec { atol, rtol };
         manifest.cases.get_mut("chelsea").unwrap().tap_tolerance.insert("gen.logits".into(), tolerance);
-        let (tokens, _, _) = tokens_with_runner_up(manifest, 6, 1);
+        let (tokens, _, _) = tokens_with_runner_up(manifest, 5, 1);
         let mut run = run_of("chelsea", BTreeMap::from([("gen.tokens".to_owned(), tokens)]), None);
         run.model_dir = manifest.root.join("fixtures/models/tiny-qwen3.6-27b");
         run.check(manifest, "chelsea", "gen.tokens").unwrap().message()
@@ -383,10 +383,10 @@ mod tests {
     #[test]
     fn a_runner_up_within_the_logits_tolerance_is_called_a_near_tie() {
         let mut manifest = workspace_manifest().unwrap();
-        // chelsea's step 6 has the smallest margin between first and second choice (0.022):
+        // chelsea's step 5 has the smallest margin between first and second choice (0.098):
         // a logits tolerance wider than half of it makes that a near tie.
-        let message = runner_up_at_step_6_under(&mut manifest, 0.05, 0.0);
-        assert!(message.contains("first diverging step: 6") && message.contains("a near tie"), "{message}");
+        let message = runner_up_at_step_5_under(&mut manifest, 0.05, 0.0);
+        assert!(message.contains("first diverging step: 5") && message.contains("a near tie"), "{message}");
     }
 
     #[test]
@@ -409,10 +409,11 @@ mod tests {
     #[test]
     fn a_near_tie_is_judged_against_the_relative_tolerance_at_the_size_of_the_logit() {
         let mut manifest = workspace_manifest().unwrap();
-        // Step 6's first two logits are 5.576 and 5.554 (margin 0.022): with rtol 0.004 alone
-        // the allowance is 0.004 · 5.576 = 0.022, twice of which covers the margin.
-        let message = runner_up_at_step_6_under(&mut manifest, 0.0, 0.004);
-        assert!(message.contains("a near tie") && message.contains("2.2e-2"), "{message}");
+        // Step 5's first two logits are 5.549 and 5.451 (margin 0.098): with rtol 0.009 alone
+        // the allowance is 0.009 · 5.549 = 0.050, twice of which covers the margin (0.009
+        // taken of the margin or of 1 would not).
+        let message = runner_up_at_step_5_under(&mut manifest, 0.0, 0.009);
+        assert!(message.contains("a near tie") && message.contains("5.0e-2"), "{message}");
     }
 
     #[test]

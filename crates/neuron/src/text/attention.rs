@@ -93,6 +93,8 @@ pub struct Attention {
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
+    /// `Qwen3_5Attention.scaling` ([`TextConfig::attention_scale`]).
+    scale: f64,
 }
 
 impl Attention {
@@ -109,6 +111,7 @@ impl Attention {
             num_heads: cfg.num_attention_heads,
             num_kv_heads: cfg.num_key_value_heads,
             head_dim: hd,
+            scale: cfg.attention_scale(),
         })
     }
 
@@ -153,7 +156,7 @@ impl Attention {
         };
         let (k, v) = (repeat(&cached.key)?, repeat(&cached.value)?);
 
-        let scores = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?;
+        let scores = (q.matmul(&k.t()?)? * self.scale)?;
         let scores = scores.broadcast_add(&causal_mask(seq, total - seq, x.device())?)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let out = probs.matmul(&v)?.transpose(0, 1)?.reshape((seq, nh * hd))?;

@@ -32,8 +32,24 @@ use super::torch_sum::{torch_inner_sum, torch_outer_sum};
 /// The chunk length of `torch_chunk_gated_delta_rule`'s default (and of the model's call).
 pub const CHUNK_SIZE: usize = 64;
 
-/// `eps` of the reference `l2norm`.
-const L2NORM_EPS: f64 = 1e-6;
+/// The two numbers the reference functions fix in code: the `l2norm` eps and the query scale.
+/// The defaults are the reference's; the model takes them from
+/// [`crate::config::TextConstants`], so a test can change them at load time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeltaRuleConstants {
+    /// `l2norm(query, dim=-1, eps=1e-6)` (and key), with `use_qk_l2norm_in_kernel=True`.
+    pub l2norm_eps: f64,
+    /// `None` is the reference's scale: `query * query.shape[-1] ** -0.5` (chunked) and
+    /// `query / query.shape[-1] ** 0.5` (recurrent), rounded as each does; `Some(s)`
+    /// multiplies by `s` instead.
+    pub query_scale: Option<f64>,
+}
+
+impl Default for DeltaRuleConstants {
+    fn default() -> Self {
+        DeltaRuleConstants { l2norm_eps: 1e-6, query_scale: None }
+    }
+}
 
 /// The inputs after grouping, layout change and L2 normalisation — the common prologue of both
 /// reference functions. `q`, `k`: `[heads, seq, d_k]`; `v`: `[heads, seq, d_v]`; `g`, `beta`:
@@ -65,10 +81,10 @@ impl Prologue {
 /// `l2norm(x, dim=-1, eps=1e-6)`: `x * rsqrt((x * x).sum(-1, keepdim=True) + eps)`, with the sum
 /// in PyTorch's order ([`torch_inner_sum`]) and `rsqrt` as `1 / sqrt` (which PyTorch's f32 CPU
 /// `rsqrt` is, bit for bit).
-fn l2norm(x: &Tensor) -> Result<Tensor> {
+fn l2norm(x: &Tensor, eps: f64) -> Result<Tensor> {
     let d = x.dim(D::Minus1)?;
     let mut data = x.flatten_all()?.to_vec1::<f32>()?;
-    let eps = L2NORM_EPS as f32;
+    let eps = eps as f32;
     let mut squares = vec![0f32; d];
     for row in data.chunks_exact_mut(d) {
         for (sq, &v) in squares.iter_mut().zip(row.iter()) {
@@ -91,7 +107,14 @@ fn repeat_interleave_heads(x: &Tensor, repeats: usize) -> Result<Tensor> {
 
 /// Checks shapes, repeats the key heads onto the value heads, moves heads first, converts to f32
 /// and L2-normalises `q` and `k` — in the reference's order.
-fn prologue(query: &Tensor, key: &Tensor, value: &Tensor, g: &Tensor, beta: &Tensor) -> Result<Prologue> {
+fn prologue(
+    query: &Tensor,
+    key: &Tensor,
+    value: &Tensor,
+    g: &Tensor,
+    beta: &Tensor,
+    l2norm_eps: f64,
+) -> Result<Prologue> {
     let (s, hk, dk) = key.dims3()?;
     let (sv, hv, _dv) = value.dims3()?;
     ensure!(query.dims() == key.dims(), "query {:?} and key {:?} shapes differ", query.dims(), key.dims());
@@ -109,8 +132,8 @@ fn prologue(query: &Tensor, key: &Tensor, value: &Tensor, g: &Tensor, beta: &Ten
     let heads_first = |x: &Tensor| -> Result<Tensor> { Ok(x.transpose(0, 1)?.to_dtype(DType::F32)?.contiguous()?) };
     let (q, k, v, beta, g) =
         (heads_first(&query)?, heads_first(&key)?, heads_first(value)?, heads_first(beta)?, heads_first(g)?);
-    let q = l2norm(&q)?;
-    let k = l2norm(&k)?;
+    let q = l2norm(&q, l2norm_eps)?;
+    let k = l2norm(&k, l2norm_eps)?;
     Ok(Prologue { q, k, v, g, beta, out_dtype })
 }
 
@@ -202,9 +225,25 @@ pub fn chunk_gated_delta_rule(
     chunk_size: usize,
     initial_state: Option<&Tensor>,
 ) -> Result<(Tensor, Tensor)> {
+    let constants = DeltaRuleConstants::default();
+    chunk_gated_delta_rule_with(query, key, value, g, beta, chunk_size, initial_state, constants)
+}
+
+/// [`chunk_gated_delta_rule`] with the given [`DeltaRuleConstants`].
+#[allow(clippy::too_many_arguments)]
+pub fn chunk_gated_delta_rule_with(
+    query: &Tensor,
+    key: &Tensor,
+    value: &Tensor,
+    g: &Tensor,
+    beta: &Tensor,
+    chunk_size: usize,
+    initial_state: Option<&Tensor>,
+    constants: DeltaRuleConstants,
+) -> Result<(Tensor, Tensor)> {
     ensure!(chunk_size > 0, "chunk_size must be positive");
     ensure!(query.device().is_cpu(), "chunk_gated_delta_rule runs on the CPU");
-    let p = prologue(query, key, value, g, beta)?;
+    let p = prologue(query, key, value, g, beta, constants.l2norm_eps)?;
     let (h, s, dk, dv) = (p.heads(), p.seq(), p.d_k(), p.d_v());
     let mut state = self::initial_state(&p, initial_state)?;
     if s == 0 {
@@ -213,7 +252,7 @@ pub fn chunk_gated_delta_rule(
     let c = chunk_size;
 
     // query = query * head_dim ** -0.5 (the Python float, applied as f32)
-    let q = p.q.affine((dk as f64).powf(-0.5), 0.0)?;
+    let q = p.q.affine(constants.query_scale.unwrap_or((dk as f64).powf(-0.5)), 0.0)?;
 
     // Zero padding at the end to a multiple of the chunk size.
     let n = s.div_ceil(c);
@@ -283,14 +322,28 @@ pub fn recurrent_gated_delta_rule(
     beta: &Tensor,
     initial_state: Option<&Tensor>,
 ) -> Result<(Tensor, Tensor)> {
+    recurrent_gated_delta_rule_with(query, key, value, g, beta, initial_state, DeltaRuleConstants::default())
+}
+
+/// [`recurrent_gated_delta_rule`] with the given [`DeltaRuleConstants`].
+pub fn recurrent_gated_delta_rule_with(
+    query: &Tensor,
+    key: &Tensor,
+    value: &Tensor,
+    g: &Tensor,
+    beta: &Tensor,
+    initial_state: Option<&Tensor>,
+    constants: DeltaRuleConstants,
+) -> Result<(Tensor, Tensor)> {
     ensure!(query.device().is_cpu(), "recurrent_gated_delta_rule runs on the CPU");
-    let p = prologue(query, key, value, g, beta)?;
+    let p = prologue(query, key, value, g, beta, constants.l2norm_eps)?;
     let (h, s, dk, dv) = (p.heads(), p.seq(), p.d_k(), p.d_v());
     let mut states = self::initial_state(&p, initial_state)?.flatten_all()?.to_vec1::<f32>()?;
 
     // query = query / head_dim ** 0.5 (a true division by the f32-rounded scalar)
     let sqrt_dk = (dk as f64).powf(0.5) as f32;
-    let q: Vec<f32> = p.q.flatten_all()?.to_vec1::<f32>()?.into_iter().map(|x| x / sqrt_dk).collect();
+    let scale = |x: f32| constants.query_scale.map_or(x / sqrt_dk, |s| x * s as f32);
+    let q: Vec<f32> = p.q.flatten_all()?.to_vec1::<f32>()?.into_iter().map(scale).collect();
     let k = p.k.flatten_all()?.to_vec1::<f32>()?;
     let v = p.v.flatten_all()?.to_vec1::<f32>()?;
     let g = p.g.flatten_all()?.to_vec1::<f32>()?;

@@ -6,7 +6,7 @@ use candle_core::Tensor;
 use candle_nn::{linear_no_bias, Linear, Module, VarBuilder};
 
 use super::cache::LinearState;
-use super::delta_rule::{chunk_gated_delta_rule, recurrent_gated_delta_rule, CHUNK_SIZE};
+use super::delta_rule::{chunk_gated_delta_rule_with, recurrent_gated_delta_rule_with, DeltaRuleConstants, CHUNK_SIZE};
 use super::norm::RmsNormGated;
 use crate::config::TextConfig;
 
@@ -30,6 +30,10 @@ pub struct GatedDeltaNet {
     num_v_heads: usize,
     head_k_dim: usize,
     head_v_dim: usize,
+    /// `F.softplus`'s threshold ([`crate::config::TextConstants::softplus_threshold`]).
+    softplus_threshold: f32,
+    /// The delta rule's l2norm eps and query scale ([`crate::config::TextConstants`]).
+    delta_rule: DeltaRuleConstants,
 }
 
 impl GatedDeltaNet {
@@ -47,12 +51,17 @@ impl GatedDeltaNet {
             conv_weight: vb.get((conv_dim, 1, kernel), "conv1d.weight")?.reshape((conv_dim, kernel))?,
             neg_a: vb.get(nv, "A_log")?.exp()?.neg()?,
             dt_bias: vb.get(nv, "dt_bias")?,
-            norm: RmsNormGated::new(cfg.linear_value_head_dim, cfg.rms_norm_eps, vb.pp("norm"))?,
+            norm: RmsNormGated::new(cfg.linear_value_head_dim, cfg.gated_norm_eps(), vb.pp("norm"))?,
             out_proj: linear_no_bias(value_dim, h, vb.pp("out_proj"))?,
             num_k_heads: cfg.linear_num_key_heads,
             num_v_heads: nv,
             head_k_dim: cfg.linear_key_head_dim,
             head_v_dim: cfg.linear_value_head_dim,
+            softplus_threshold: cfg.constants.softplus_threshold,
+            delta_rule: DeltaRuleConstants {
+                l2norm_eps: cfg.constants.l2norm_eps,
+                query_scale: cfg.constants.linear_attention_scale,
+            },
         })
     }
 
@@ -78,13 +87,17 @@ impl GatedDeltaNet {
         let z = self.in_proj_z.forward(x)?.reshape((seq, nv, dv))?;
         let beta = candle_nn::ops::sigmoid(&self.in_proj_b.forward(x)?)?;
         let a = self.in_proj_a.forward(x)?.broadcast_add(&self.dt_bias)?;
-        let g = softplus(&a)?.broadcast_mul(&self.neg_a)?;
+        let g = softplus(&a, self.softplus_threshold)?.broadcast_mul(&self.neg_a)?;
 
+        let constants = self.delta_rule;
         let (core, recurrent) = match previous {
             Some(state) if seq == 1 => {
-                recurrent_gated_delta_rule(&query, &key, &value, &g, &beta, Some(&state.recurrent))?
+                recurrent_gated_delta_rule_with(&query, &key, &value, &g, &beta, Some(&state.recurrent), constants)?
             }
-            _ => chunk_gated_delta_rule(&query, &key, &value, &g, &beta, CHUNK_SIZE, previous.map(|s| &s.recurrent))?,
+            _ => {
+                let state = previous.map(|s| &s.recurrent);
+                chunk_gated_delta_rule_with(&query, &key, &value, &g, &beta, CHUNK_SIZE, state, constants)?
+            }
         };
         let core = self.norm.forward(&core, &z)?.reshape((seq, nv * dv))?;
         Ok((self.out_proj.forward(&core)?, LinearState { conv, recurrent }))
@@ -127,11 +140,12 @@ fn causal_conv_with_state(x: &Tensor, state: Option<&Tensor>, w: &Tensor) -> Res
     Ok((out, new_state))
 }
 
-/// `F.softplus` (beta 1, threshold 20): log1p(exp(x)), and x itself above 20. Element-wise on
-/// the host because candle has no log1p, and `log(1 + exp(x))` loses all digits for x ≪ 0.
-fn softplus(x: &Tensor) -> Result<Tensor> {
+/// `F.softplus` (beta 1, threshold 20 in the model): log1p(exp(x)), and x itself above the
+/// threshold. Element-wise on the host because candle has no log1p, and `log(1 + exp(x))` loses
+/// all digits for x ≪ 0.
+fn softplus(x: &Tensor, threshold: f32) -> Result<Tensor> {
     let values: Vec<f32> = x.flatten_all()?.to_vec1()?;
-    let soft: Vec<f32> = values.into_iter().map(|v| if v > 20.0 { v } else { v.exp().ln_1p() }).collect();
+    let soft: Vec<f32> = values.into_iter().map(|v| if v > threshold { v } else { v.exp().ln_1p() }).collect();
     Ok(Tensor::from_vec(soft, x.shape(), x.device())?)
 }
 
@@ -142,7 +156,7 @@ mod tests {
     #[test]
     fn softplus_keeps_small_values_and_is_the_identity_above_20_where_exp_overflows() {
         let x = Tensor::new(&[-30f32, 0.0, 20.0, 25.0, 100.0], &Device::Cpu).unwrap();
-        let y: Vec<f32> = softplus(&x).unwrap().to_vec1().unwrap();
+        let y: Vec<f32> = softplus(&x, 20.0).unwrap().to_vec1().unwrap();
         // log(1 + exp(-30)) = 9.36e-14: log1p keeps it where log(1 + …) would give 0.
         assert!((y[0] - 9.357623e-14).abs() < 1e-19, "softplus(-30) = {}", y[0]);
         assert!((y[1] - std::f32::consts::LN_2).abs() < 1e-7, "softplus(0) = {}", y[1]);
@@ -201,7 +215,7 @@ mod tests {
     #[test]
     fn softplus_switches_to_identity_above_twenty() {
         let x = Tensor::new(&[-30f32, 0.0, 19.0, 25.0], &Device::Cpu).unwrap();
-        let y: Vec<f32> = softplus(&x).unwrap().to_vec1().unwrap();
+        let y: Vec<f32> = softplus(&x, 20.0).unwrap().to_vec1().unwrap();
         let expected = [(-30f32).exp().ln_1p(), 2f32.ln(), 19f32.exp().ln_1p(), 25.0];
         for (i, (a, e)) in y.iter().zip(expected).enumerate() {
             assert!((a - e).abs() <= 1e-6 * e.abs().max(1e-30), "softplus[{i}] = {a}, expected {e}");

@@ -107,6 +107,8 @@ struct VisionAttention {
     proj: Linear,
     num_heads: usize,
     head_dim: usize,
+    /// `Qwen3_5VisionAttention.scaling` ([`VisionConfig::attention_scale`]).
+    scale: f64,
 }
 
 impl VisionAttention {
@@ -117,6 +119,7 @@ impl VisionAttention {
             proj: linear(h, h, vb.pp("proj"))?,
             num_heads: cfg.num_heads,
             head_dim: cfg.head_dim(),
+            scale: cfg.attention_scale(),
         })
     }
 
@@ -127,7 +130,7 @@ impl VisionAttention {
         let q = apply_rotary(&qkv.i((.., 0))?, cos, sin)?;
         let k = apply_rotary(&qkv.i((.., 1))?, cos, sin)?;
         let v = qkv.i((.., 2))?;
-        let scale = (self.head_dim as f64).powf(-0.5);
+        let scale = self.scale;
         let mut outputs = Vec::with_capacity(segments.len());
         for bounds in segments.windows(2) {
             let (start, len) = (bounds[0], bounds[1] - bounds[0]);
@@ -181,8 +184,9 @@ fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_vec(values, x.shape(), x.device())?)
 }
 
-fn layer_norm_eps6(size: usize, vb: VarBuilder) -> Result<LayerNorm> {
-    Ok(layer_norm(size, LayerNormConfig { eps: 1e-6, ..Default::default() }, vb)?)
+/// `nn.LayerNorm(size, eps)`, eps being [`crate::config::VisionConstants::layer_norm_eps`] (1e-6).
+fn layer_norm_eps(size: usize, cfg: &VisionConfig, vb: VarBuilder) -> Result<LayerNorm> {
+    Ok(layer_norm(size, LayerNormConfig { eps: cfg.constants.layer_norm_eps, ..Default::default() }, vb)?)
 }
 
 /// `Qwen3_5VisionBlock`: pre-norm attention and MLP with residuals (LayerNorm eps 1e-6).
@@ -196,8 +200,8 @@ struct VisionBlock {
 impl VisionBlock {
     fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
         Ok(VisionBlock {
-            norm1: layer_norm_eps6(cfg.hidden_size, vb.pp("norm1"))?,
-            norm2: layer_norm_eps6(cfg.hidden_size, vb.pp("norm2"))?,
+            norm1: layer_norm_eps(cfg.hidden_size, cfg, vb.pp("norm1"))?,
+            norm2: layer_norm_eps(cfg.hidden_size, cfg, vb.pp("norm2"))?,
             attn: VisionAttention::new(cfg, vb.pp("attn"))?,
             mlp: VisionMlp::new(cfg, vb.pp("mlp"))?,
         })
@@ -224,7 +228,7 @@ impl PatchMerger {
     fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
         let merged_dim = cfg.hidden_size * cfg.spatial_merge_size * cfg.spatial_merge_size;
         Ok(PatchMerger {
-            norm: layer_norm_eps6(cfg.hidden_size, vb.pp("norm"))?,
+            norm: layer_norm_eps(cfg.hidden_size, cfg, vb.pp("norm"))?,
             linear_fc1: linear(merged_dim, merged_dim, vb.pp("linear_fc1"))?,
             linear_fc2: linear(merged_dim, cfg.out_hidden_size, vb.pp("linear_fc2"))?,
             merged_dim,
