@@ -214,6 +214,14 @@ pub fn builder(checkpoint: Arc<Checkpoint>) -> VarBuilder<'static> {
     VarBuilder::from_backend(Box::new(Backend(checkpoint)), DType::F32, Device::Cpu)
 }
 
+/// A `VarBuilder` reading from an already opened checkpoint in a compute dtype (f32 or bf16):
+/// each tensor is converted to it whatever its stored dtype, an f32 one rounded to nearest
+/// even as `from_pretrained(dtype=torch.bfloat16)` rounds it.
+pub fn builder_in(checkpoint: Arc<Checkpoint>, dtype: DType) -> Result<VarBuilder<'static>> {
+    crate::precision::check_compute_dtype(dtype)?;
+    Ok(VarBuilder::from_backend(Box::new(Backend(checkpoint)), dtype, Device::Cpu))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

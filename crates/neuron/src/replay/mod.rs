@@ -42,6 +42,10 @@ pub struct CaseInputs {
     pub config: Config,
     /// Whether the model runs streamed from the mapped checkpoint (the manifest's `stream`).
     pub stream: bool,
+    /// The compute dtype of the replay: f32 (the default, as every case is captured today) or
+    /// bf16. A manifest field (`dtype = "bf16"` on a case, captured with the reference loaded
+    /// in that dtype) would set it here, where `stream` is read.
+    pub dtype: DType,
 }
 
 impl CaseInputs {
@@ -62,7 +66,8 @@ impl CaseInputs {
             Weights::Absent(reason) => bail!("case {case}: {reason}"),
         };
         let config = Config::from_dir(&model_dir)?;
-        Ok(CaseInputs { case: case.to_owned(), model_dir, config, stream: manifest.models[&c.model].stream })
+        let stream = manifest.models[&c.model].stream;
+        Ok(CaseInputs { case: case.to_owned(), model_dir, config, stream, dtype: DType::F32 })
     }
 }
 
@@ -132,12 +137,13 @@ pub fn grids_of(thw: &Array) -> Result<Vec<Grid>> {
     Ok(values.chunks(3).map(|g| Grid { t: g[0] as usize, h: g[1] as usize, w: g[2] as usize }).collect())
 }
 
-/// Loads the model of a case's checkpoint: resident, or streamed layer by layer when the
-/// manifest says `stream = true`.
+/// Loads the model of a case's checkpoint in the case's compute dtype: resident, or streamed
+/// layer by layer when the manifest says `stream = true`.
 pub fn load_model(inputs: &CaseInputs) -> Result<Model> {
     let residency = if inputs.stream { Residency::Streamed } else { Residency::Resident };
-    Model::load(&inputs.model_dir, &inputs.config, residency)
-        .with_context(|| format!("building the {residency:?} model of {}", inputs.model_dir.display()))
+    Model::load(&inputs.model_dir, &inputs.config, residency, inputs.dtype).with_context(|| {
+        format!("building the {residency:?} {:?} model of {}", inputs.dtype, inputs.model_dir.display())
+    })
 }
 
 /// Builds the model from any `VarBuilder` rooted at the checkpoint (tests use this to hand
