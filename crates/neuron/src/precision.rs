@@ -185,10 +185,11 @@ mod tests {
     #[test]
     fn scaling_a_bf16_tensor_keeps_the_scalar_in_f32() {
         let s = 72f64.powf(-0.5);
-        let x = bf(&[3.0, -5.5, 0.328125]);
-        let expected: Vec<f32> =
-            [3.0f32, -5.5, 0.328125].iter().map(|&v| bf16::from_f32(v * s as f32).to_f32()).collect();
+        let xs: Vec<f32> = (-300..300).map(|i| bf16::from_f32(i as f32 * 0.0371).to_f32()).collect();
+        let x = bf(&xs);
+        let expected: Vec<f32> = xs.iter().map(|&v| bf16::from_f32(v * s as f32).to_f32()).collect();
         assert_eq!(values(&scale(&x, s).unwrap()), expected);
+        assert_ne!(values(&(&x * s).unwrap()), expected, "candle's bf16 affine rounds the scalar first");
     }
 
     #[test]

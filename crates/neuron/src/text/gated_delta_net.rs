@@ -214,6 +214,42 @@ mod tests {
         assert_eq!(column(&state.unwrap()), column(&whole_state), "state after the pieces vs one pass");
     }
 
+    /// On bf16 input the conv sums its four products in f32 and rounds once (PyTorch's bf16
+    /// `F.conv1d`, measured equal element for element); the state keeps the bf16 inputs.
+    #[test]
+    fn the_bf16_conv_sums_in_f32_and_rounds_once() {
+        use half::bf16;
+        let round = |v: f32| bf16::from_f32(v).to_f32();
+        let (seq, channels) = (9, 64);
+        let x: Vec<f32> = (0..seq * channels).map(|i| round(((i * 29 % 71) as f32 - 35.0) * 0.0937)).collect();
+        let w: Vec<f32> = (0..channels * 4).map(|i| round(((i * 17 % 23) as f32 - 11.0) * 0.113)).collect();
+        let to_bf16 = |v: &[f32], shape: (usize, usize)| {
+            Tensor::from_slice(v, shape, &Device::Cpu).unwrap().to_dtype(candle_core::DType::BF16).unwrap()
+        };
+        let (out, state) =
+            causal_conv_with_state(&to_bf16(&x, (seq, channels)), None, &to_bf16(&w, (channels, 4))).unwrap();
+        assert_eq!((out.dtype(), state.dtype()), (candle_core::DType::BF16, candle_core::DType::BF16));
+        let (mut once, mut stepwise) = (Vec::new(), Vec::new());
+        for t in 0..seq {
+            for c in 0..channels {
+                let window = |j: usize| if t + j >= 3 { x[(t + j - 3) * channels + c] } else { 0.0 };
+                let (mut sum, mut rounded) = (0f32, 0f32);
+                for j in 0..4 {
+                    sum += window(j) * w[c * 4 + j];
+                    rounded = round(rounded + round(window(j) * w[c * 4 + j]));
+                }
+                once.push(round(sum));
+                stepwise.push(rounded);
+            }
+        }
+        let got = column(&out.to_dtype(candle_core::DType::F32).unwrap());
+        assert_eq!(got, once, "rounded once after an f32 sum");
+        assert_ne!(got, stepwise, "the inputs should tell one rounding from a rounding per step");
+        let x = &x;
+        let last: Vec<f32> = (0..channels).flat_map(|c| (seq - 4..seq).map(move |t| x[t * channels + c])).collect();
+        assert_eq!(column(&state.to_dtype(candle_core::DType::F32).unwrap()), last, "the state: the last 4 inputs");
+    }
+
     #[test]
     fn softplus_switches_to_identity_above_twenty() {
         let x = Tensor::new(&[-30f32, 0.0, 19.0, 25.0], &Device::Cpu).unwrap();

@@ -56,3 +56,83 @@ impl RmsNormGated {
         Ok((normed.to_dtype(DType::F32)? * gate)?.to_dtype(dtype)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use half::bf16;
+
+    const EPS: f64 = 1e-6;
+
+    /// 300 rows of 4 values whose squares and their sums are exact in f32 (multiples of 1/8
+    /// below 8), so the statistics do not depend on the summation order; a weight and gates
+    /// that are not round.
+    fn inputs() -> (Vec<f32>, Vec<f32>, [f32; 4]) {
+        let x: Vec<f32> = (0..1200).map(|i| ((i * 37 % 113) as f32 - 56.0) / 8.0).collect();
+        let gate: Vec<f32> =
+            (0..1200).map(|i| bf16::from_f32(((i * 53 % 97) as f32 - 48.0) * 0.0731).to_f32()).collect();
+        let weight = [0.8125f32, -1.3125, 0.0390625, 2.71875];
+        (x, gate, weight)
+    }
+
+    fn round(v: f32) -> f32 {
+        bf16::from_f32(v).to_f32()
+    }
+
+    /// x · rsqrt(mean(x²) + eps) in f32, row by row.
+    fn normalised(x: &[f32]) -> Vec<f32> {
+        x.chunks(4)
+            .flat_map(|row| {
+                let mean = row.iter().map(|v| v * v).sum::<f32>() / 4.0;
+                let inv = 1.0 / (mean + EPS as f32).sqrt();
+                row.iter().map(move |v| v * inv)
+            })
+            .collect()
+    }
+
+    fn bf16_tensor(values: &[f32], shape: &[usize]) -> Tensor {
+        Tensor::from_slice(values, shape, &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap()
+    }
+
+    fn builder(weight: &[f32; 4]) -> VarBuilder<'static> {
+        let w = Tensor::new(weight, &Device::Cpu).unwrap();
+        VarBuilder::from_tensors([("weight".to_string(), w)].into(), DType::BF16, &Device::Cpu)
+    }
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    /// `Qwen3_5RMSNorm` on bf16: `(x.float() normalised) * (1 + weight.float())` in f32, one
+    /// rounding — not Llama's rounding of the normalised x before the weight.
+    #[test]
+    fn the_zero_centred_norm_of_bf16_scales_in_f32_and_rounds_once() {
+        let (x, _, weight) = inputs();
+        let weight: [f32; 4] = weight.map(round);
+        let norm = RmsNorm::new(4, EPS, builder(&weight)).unwrap();
+        let got = values(&norm.forward(&bf16_tensor(&x, &[300, 4])).unwrap());
+        let n = normalised(&x);
+        let expected: Vec<f32> = n.iter().enumerate().map(|(i, v)| round(v * (1.0 + weight[i % 4]))).collect();
+        assert_eq!(got, expected);
+        let llama: Vec<f32> = n.iter().enumerate().map(|(i, v)| round(round(*v) * (1.0 + weight[i % 4]))).collect();
+        assert_ne!(got, llama, "the inputs should tell one rounding from two");
+    }
+
+    /// `Qwen3_5RMSNormGated` on bf16 rounds three times: the normalised x (`.to(input_dtype)`),
+    /// its product with the bf16 weight, and the product with SiLU of the f32 gate.
+    #[test]
+    fn the_gated_norm_of_bf16_rounds_after_normalising_after_the_weight_and_after_the_gate() {
+        let (x, gate, weight) = inputs();
+        let weight: [f32; 4] = weight.map(round);
+        let norm = RmsNormGated::new(4, EPS, builder(&weight)).unwrap();
+        let got = values(&norm.forward(&bf16_tensor(&x, &[300, 4]), &bf16_tensor(&gate, &[300, 4])).unwrap());
+        let silu = |g: f32| g / (1.0 + (-g).exp());
+        let n = normalised(&x);
+        let expected: Vec<f32> =
+            n.iter().enumerate().map(|(i, v)| round(round(round(*v) * weight[i % 4]) * silu(gate[i]))).collect();
+        assert_eq!(got, expected);
+        let once: Vec<f32> = n.iter().enumerate().map(|(i, v)| round(v * weight[i % 4] * silu(gate[i]))).collect();
+        assert_ne!(got, once, "the inputs should tell three roundings from one");
+    }
+}
