@@ -1,5 +1,6 @@
 //! The Rust side of `cargo xtask bench`: times the vision tower, the text prefill, the whole
-//! forward pass and cached greedy decoding of a checkpoint held resident in f32, the way
+//! forward pass and cached greedy decoding of a checkpoint held resident in f32 (or, with
+//! `--dtype bf16`, in bf16), the way
 //! `script/bench.py` times transformers, and writes the medians and the peak resident memory
 //! as JSON (the matmul work of each stage is the xtask's, in `gemms.rs`; candle's rate at its
 //! shapes is `examples/gemm_rates.rs`'s). Run in release by the xtask; thread count from
@@ -36,6 +37,9 @@ struct Args {
     /// Time only the vision tower, loading nothing else (for profiling it, e.g. under perf).
     #[arg(long)]
     vision_only: bool,
+    /// The compute dtype: f32 or bf16.
+    #[arg(long, default_value = "f32", value_parser = neuron::precision::parse_compute_dtype)]
+    dtype: candle_core::DType,
 }
 
 fn main() -> Result<()> {
@@ -45,7 +49,7 @@ fn main() -> Result<()> {
         return vision_only(&args, &config);
     }
     let started = Instant::now();
-    let model = Model::load(&args.model_dir, &config, neuron::model::Residency::Resident)?;
+    let model = Model::load(&args.model_dir, &config, neuron::model::Residency::Resident, args.dtype)?;
     let load_seconds = started.elapsed().as_secs_f64();
 
     let processed = Processor::from_dir(&args.model_dir)?.process(&[args.image.as_path()], &args.prompt)?;
@@ -68,13 +72,14 @@ fn main() -> Result<()> {
     let report = json!({
         "side": "rust",
         "threads": candle_core::utils::get_num_threads(),
+        "dtype": format!("{:?}", args.dtype),
         "load_seconds": load_seconds,
         "prompt_tokens": ids.len(),
         "image_tokens": image_embeds.dim(0)?,
         "patches": patches,
         "stages": { "vision": vision, "prefill": prefill, "forward": forward, "decode": decode },
         "decode_tokens": decode_tokens,
-        "decode_weight_bytes": decode_weight_bytes(&args.model_dir)?,
+        "decode_weight_bytes": decode_weight_bytes(&args.model_dir, args.dtype)?,
         "memory_bandwidth_gbs": memory_bandwidth_gbs(),
         "peak_rss_bytes": peak_rss,
     });
@@ -83,7 +88,8 @@ fn main() -> Result<()> {
 }
 
 fn vision_only(args: &Args, config: &Config) -> Result<()> {
-    let vb = neuron::weights::var_builder(&args.model_dir)?;
+    let checkpoint = std::sync::Arc::new(neuron::weights::Checkpoint::open(&args.model_dir)?);
+    let vb = neuron::weights::builder_in(checkpoint, args.dtype)?;
     let vision = neuron::vision::VisionModel::new(&config.vision_config, vb.pp("model.visual"))?;
     let processed = Processor::from_dir(&args.model_dir)?.process(&[args.image.as_path()], &args.prompt)?;
     let pixels = processed.pixel_values.context("the prompt has an image")?;
@@ -127,9 +133,10 @@ fn decode(
     Ok((json!({ "samples_seconds": samples, "median_seconds": median(&samples) }), tokens))
 }
 
-/// Bytes of f32 weights one decode step reads: every decoder layer, the final norm and the
-/// `lm_head` (the embedding table contributes one row, the vision tower nothing).
-fn decode_weight_bytes(dir: &Path) -> Result<f64> {
+/// Bytes of weights (in the compute dtype) one decode step reads: every decoder layer, the
+/// final norm and the `lm_head` (the embedding table contributes one row, the vision tower
+/// nothing).
+fn decode_weight_bytes(dir: &Path, dtype: candle_core::DType) -> Result<f64> {
     let checkpoint = neuron::weights::Checkpoint::open(dir)?;
     let mut params = 0usize;
     for name in checkpoint.names() {
@@ -139,7 +146,7 @@ fn decode_weight_bytes(dir: &Path) -> Result<f64> {
             params += checkpoint.shape(name)?.iter().product::<usize>();
         }
     }
-    Ok(4.0 * params as f64)
+    Ok(dtype.size_in_bytes() as f64 * params as f64)
 }
 
 /// The machine's memory read bandwidth with this process's threads: the best of five passes

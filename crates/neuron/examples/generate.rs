@@ -8,7 +8,8 @@
 //! ```
 //!
 //! The text goes to stdout, a progress line and the speeds to stderr. `--stream` reads one
-//! layer at a time from the mapped checkpoint (for a 27B checkpoint on an ordinary machine).
+//! layer at a time from the mapped checkpoint (for a 27B checkpoint on an ordinary machine);
+//! `--dtype bf16` computes in bf16.
 
 use std::path::PathBuf;
 
@@ -35,13 +36,16 @@ struct Args {
     /// Stream the layers from the mapped checkpoint instead of holding them in memory.
     #[arg(long)]
     stream: bool,
+    /// The compute dtype: f32, or bf16 as the reference runs with `dtype=torch.bfloat16`.
+    #[arg(long, default_value = "f32", value_parser = neuron::precision::parse_compute_dtype)]
+    dtype: candle_core::DType,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
     let config = Config::from_dir(&args.model)?;
     let residency = if args.stream { Residency::Streamed } else { Residency::Resident };
-    let model = Model::load(&args.model, &config, residency)?;
+    let model = Model::load(&args.model, &config, residency, args.dtype)?;
     let processor = Processor::from_dir(&args.model)?;
     let images: Vec<&std::path::Path> = args.images.iter().map(PathBuf::as_path).collect();
 

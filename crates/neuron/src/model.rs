@@ -8,7 +8,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use anyhow::{ensure, Result};
-use candle_core::{Device, IndexOp, Tensor};
+use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::config::Config;
@@ -114,9 +114,10 @@ pub fn splice_image_embeds(
 /// How a model holds its weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Residency {
-    /// Every tensor read once, in f32, and kept (the iteration model, a resident benchmark).
+    /// Every tensor read once, in the compute dtype, and kept (the iteration model, a resident
+    /// benchmark).
     Resident,
-    /// At most one vision block or decoder layer in f32 at a time, read from the mapped
+    /// At most one vision block or decoder layer in memory at a time, read from the mapped
     /// checkpoint just before it runs (see [`crate::stack`]): a 27B checkpoint in the memory
     /// of one layer plus activations.
     Streamed,
@@ -176,17 +177,21 @@ pub struct Model {
 
 impl Model {
     /// The one way to load a checkpoint folder (`config.json` read by the caller, shards
-    /// found by [`crate::weights::safetensors_files`]), resident or streamed.
-    pub fn load(dir: &std::path::Path, config: &Config, residency: Residency) -> Result<Self> {
+    /// found by [`crate::weights::safetensors_files`]), resident or streamed, computing in
+    /// `dtype`: `DType::F32`, or `DType::BF16` as the reference runs with
+    /// `from_pretrained(dtype=torch.bfloat16)` (see [`crate::precision`]).
+    pub fn load(dir: &std::path::Path, config: &Config, residency: Residency, dtype: DType) -> Result<Self> {
+        let checkpoint = Arc::new(Checkpoint::open(dir)?);
         match residency {
-            Residency::Resident => Model::new(config, crate::weights::var_builder(dir)?),
-            Residency::Streamed => Model::streamed(config, Arc::new(Checkpoint::open(dir)?)),
+            Residency::Resident => Model::new(config, crate::weights::builder_in(checkpoint, dtype)?),
+            Residency::Streamed => Model::streamed(config, checkpoint, dtype),
         }
     }
 
-    /// From any `VarBuilder` rooted at the checkpoint (tensor names as stored); tests hand in
-    /// perturbed weights this way.
+    /// From any `VarBuilder` rooted at the checkpoint (tensor names as stored), computing in
+    /// its dtype; tests hand in perturbed weights this way.
     pub fn new(config: &Config, vb: VarBuilder<'static>) -> Result<Self> {
+        crate::precision::check_compute_dtype(vb.dtype())?;
         Ok(Model {
             vision: VisionModel::new(&config.vision_config, vb.pp("model.visual"))?,
             text: TextModel::new(&config.text_config, config.tie_word_embeddings, vb)?,
@@ -195,13 +200,13 @@ impl Model {
     }
 
     /// The model streamed from a mapped checkpoint: at most one vision block or one decoder
-    /// layer is in f32 at a time (see [`crate::stack`]), so a 27B checkpoint runs in the
+    /// layer is in memory at a time (see [`crate::stack`]), so a 27B checkpoint runs in the
     /// memory of one layer plus activations.
-    pub fn streamed(config: &Config, checkpoint: Arc<Checkpoint>) -> Result<Self> {
-        let vb = crate::weights::builder(checkpoint.clone());
+    pub fn streamed(config: &Config, checkpoint: Arc<Checkpoint>, dtype: DType) -> Result<Self> {
+        let vb = crate::weights::builder_in(checkpoint.clone(), dtype)?;
         Ok(Model {
             vision: VisionModel::load(&config.vision_config, vb.pp("model.visual"), true)?,
-            text: TextModel::streamed(&config.text_config, config.tie_word_embeddings, checkpoint)?,
+            text: TextModel::streamed(&config.text_config, config.tie_word_embeddings, checkpoint, dtype)?,
             config: config.clone(),
         })
     }
@@ -255,7 +260,10 @@ impl Model {
         }
         let mut embeds = self.text.embed(input_ids)?;
         if let Some(image_embeds) = image_embeds {
-            embeds = splice_image_embeds(&embeds, input_ids, image_token, image_embeds)?;
+            // `.to(inputs_embeds.device, inputs_embeds.dtype)`: a reference projector (f32 dump)
+            // fed to a bf16 model is rounded as the model's own would be.
+            let image_embeds = image_embeds.to_dtype(embeds.dtype())?;
+            embeds = splice_image_embeds(&embeds, input_ids, image_token, &image_embeds)?;
             let at: Vec<u32> =
                 input_ids.iter().enumerate().filter(|(_, &id)| id == image_token).map(|(p, _)| p as u32).collect();
             taps.record(|| "lm.image_embeds".into(), &embeds.index_select(&Tensor::new(at, embeds.device())?, 0)?);

@@ -214,6 +214,14 @@ pub fn builder(checkpoint: Arc<Checkpoint>) -> VarBuilder<'static> {
     VarBuilder::from_backend(Box::new(Backend(checkpoint)), DType::F32, Device::Cpu)
 }
 
+/// A `VarBuilder` reading from an already opened checkpoint in a compute dtype (f32 or bf16):
+/// each tensor is converted to it whatever its stored dtype, an f32 one rounded to nearest
+/// even as `from_pretrained(dtype=torch.bfloat16)` rounds it.
+pub fn builder_in(checkpoint: Arc<Checkpoint>, dtype: DType) -> Result<VarBuilder<'static>> {
+    crate::precision::check_compute_dtype(dtype)?;
+    Ok(VarBuilder::from_backend(Box::new(Backend(checkpoint)), dtype, Device::Cpu))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,6 +261,30 @@ mod tests {
         assert!(err.contains("no tensor b"), "{err}");
         let vb = builder(std::sync::Arc::new(checkpoint));
         assert!(vb.contains_tensor("a.f16") && !vb.contains_tensor("b"), "contains_tensor answers from the headers");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// An f32 checkpoint loaded in bf16 is rounded to nearest, ties to even, as
+    /// `from_pretrained(dtype=torch.bfloat16)` rounds it; anything but f32 or bf16 is refused.
+    #[test]
+    fn a_bf16_builder_rounds_f32_tensors_to_nearest_even() {
+        let dir = std::env::temp_dir().join(format!("neuron-weights-bf16-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // 1 + 2^-8 and 1 + 3·2^-8 are ties (to 1 and to 1 + 2^-6), 0.1 is not representable.
+        let values = vec![1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, 0.1, -2.5e-3];
+        let t = Tensor::from_vec(values.clone(), 4, &Device::Cpu).unwrap();
+        candle_core::safetensors::save(&HashMap::from([("w".to_string(), t)]), dir.join("model.safetensors")).unwrap();
+        let checkpoint = Arc::new(Checkpoint::open(&dir).unwrap());
+        let got = builder_in(checkpoint.clone(), DType::BF16).unwrap().get(4, "w").unwrap();
+        assert_eq!(got.dtype(), DType::BF16);
+        let expected: Vec<half::bf16> = values.iter().map(|&v| half::bf16::from_f32(v)).collect();
+        assert_eq!(got.to_vec1::<half::bf16>().unwrap(), expected);
+        assert_eq!(
+            expected[..2].iter().map(|v| v.to_f32()).collect::<Vec<_>>(),
+            [1.0, 1.0 + 1.0 / 64.0],
+            "ties to even"
+        );
+        assert!(builder_in(checkpoint, DType::F16).is_err(), "f16 is not a compute dtype");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

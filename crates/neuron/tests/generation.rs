@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use neuron::config::Config;
 use neuron::model::{argmax, Model, Prompt, Residency};
 use neuron::taps::Taps;
@@ -26,7 +26,7 @@ fn model() -> &'static Model {
     static MODEL: OnceLock<Model> = OnceLock::new();
     MODEL.get_or_init(|| {
         let dir = workspace().join("fixtures/models/tiny-qwen3.6-27b");
-        Model::load(&dir, &Config::from_dir(&dir).unwrap(), Residency::Resident).unwrap()
+        Model::load(&dir, &Config::from_dir(&dir).unwrap(), Residency::Resident, DType::F32).unwrap()
     })
 }
 

@@ -114,7 +114,7 @@ fn a_streamed_model_computes_what_the_resident_model_computes() {
     tensors.insert("mtp.fc.weight".into(), Tensor::ones((4, 8), DType::BF16, &Device::Cpu).unwrap());
     let dir = sharded_copy(&inputs, &tensors, "streamed");
     let checkpoint = std::sync::Arc::new(neuron::weights::Checkpoint::open(&dir).unwrap());
-    let streamed = Model::streamed(&inputs.config, checkpoint).unwrap();
+    let streamed = Model::streamed(&inputs.config, checkpoint, DType::F32).unwrap();
     let resident = replay::load_model(&inputs).unwrap();
 
     let (ids, pixels, positions) = chelsea_request(&inputs);
@@ -158,7 +158,7 @@ fn a_streamed_model_decodes_what_the_resident_model_decodes() {
     let (inputs, tensors) = checkpoint();
     let dir = sharded_copy(&inputs, &tensors, "decode");
     let checkpoint = std::sync::Arc::new(neuron::weights::Checkpoint::open(&dir).unwrap());
-    let streamed = Model::streamed(&inputs.config, checkpoint).unwrap();
+    let streamed = Model::streamed(&inputs.config, checkpoint, DType::F32).unwrap();
     let resident = replay::load_model(&inputs).unwrap();
     let (ids, pixels, positions) = chelsea_request(&inputs);
 

@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use parity::array::{Array, Data};
 use parity::locate::Locator;
-use parity::manifest::{Manifest, Weights};
+use parity::manifest::{CaseDtype, Manifest, Weights};
 pub use parity::mode::Mode;
 use parity::taps::Tap;
 
@@ -42,6 +42,9 @@ pub struct CaseInputs {
     pub config: Config,
     /// Whether the model runs streamed from the mapped checkpoint (the manifest's `stream`).
     pub stream: bool,
+    /// The compute dtype of the replay, the case's `dtype` in the manifest: f32, or bf16 for a
+    /// case whose reference ran with `from_pretrained(dtype=torch.bfloat16)`.
+    pub dtype: DType,
 }
 
 impl CaseInputs {
@@ -62,7 +65,12 @@ impl CaseInputs {
             Weights::Absent(reason) => bail!("case {case}: {reason}"),
         };
         let config = Config::from_dir(&model_dir)?;
-        Ok(CaseInputs { case: case.to_owned(), model_dir, config, stream: manifest.models[&c.model].stream })
+        let stream = manifest.models[&c.model].stream;
+        let dtype = match c.dtype {
+            CaseDtype::F32 => DType::F32,
+            CaseDtype::Bf16 => DType::BF16,
+        };
+        Ok(CaseInputs { case: case.to_owned(), model_dir, config, stream, dtype })
     }
 }
 
@@ -132,12 +140,13 @@ pub fn grids_of(thw: &Array) -> Result<Vec<Grid>> {
     Ok(values.chunks(3).map(|g| Grid { t: g[0] as usize, h: g[1] as usize, w: g[2] as usize }).collect())
 }
 
-/// Loads the model of a case's checkpoint: resident, or streamed layer by layer when the
-/// manifest says `stream = true`.
+/// Loads the model of a case's checkpoint in the case's compute dtype: resident, or streamed
+/// layer by layer when the manifest says `stream = true`.
 pub fn load_model(inputs: &CaseInputs) -> Result<Model> {
     let residency = if inputs.stream { Residency::Streamed } else { Residency::Resident };
-    Model::load(&inputs.model_dir, &inputs.config, residency)
-        .with_context(|| format!("building the {residency:?} model of {}", inputs.model_dir.display()))
+    Model::load(&inputs.model_dir, &inputs.config, residency, inputs.dtype).with_context(|| {
+        format!("building the {residency:?} {:?} model of {}", inputs.dtype, inputs.model_dir.display())
+    })
 }
 
 /// Builds the model from any `VarBuilder` rooted at the checkpoint (tests use this to hand

@@ -1,14 +1,29 @@
 //! The gated full attention of the text model, mirroring `Qwen3_5Attention` (eager path) with
 //! its key/value cache, and its interleaved multimodal rotary embedding
 //! (`Qwen3_5TextRotaryEmbedding`).
+//!
+//! In a bf16 model the projections, the rotary products, the scores, the probabilities and the
+//! cached keys and values are bf16 (see [`crate::precision`] for how each op rounds). The
+//! reference's upcasts, reproduced:
+//! - `eager_attention_forward`: `softmax(attn_weights, dim=-1, dtype=torch.float32)` then
+//!   `.to(query.dtype)` — the bf16 scores (a bf16 matmul, then `* scaling` with the product in
+//!   f32 and rounded once) are widened, the causal mask (`finfo.min` in the reference, −inf
+//!   here: the same zeros after the softmax) is added and the softmax taken in f32, and the
+//!   probabilities are rounded once;
+//! - q_norm and k_norm: see [`super::norm`]; the rotary tables arrive rounded to bf16 (see
+//!   [`super`]) and `apply_rotary_pos_emb` has no upcast: `q·cos + rotate_half(q)·sin` rounds
+//!   after each product and after the sum;
+//! - none in the output gate: `attn_output * torch.sigmoid(gate)` is a sigmoid rounded once and
+//!   a bf16 product.
 
 use anyhow::{ensure, Result};
 use candle_core::{Device, Tensor, D};
-use candle_nn::{linear_b, Linear, Module, VarBuilder};
+use candle_nn::{Module, VarBuilder};
 
 use super::cache::KvState;
 use super::norm::RmsNorm;
 use crate::config::TextConfig;
+use crate::precision::{in_f32, linear_b, Linear};
 
 /// `Qwen3_5TextRotaryEmbedding`: RoPE over the first `head_dim · partial_rotary_factor`
 /// dims, where each frequency takes its position from one of the (t, h, w) axes as laid out
@@ -156,11 +171,11 @@ impl Attention {
         };
         let (k, v) = (repeat(&cached.key)?, repeat(&cached.value)?);
 
-        let scores = (q.matmul(&k.t()?)? * self.scale)?;
-        let scores = scores.broadcast_add(&causal_mask(seq, total - seq, x.device())?)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let scores = crate::precision::scale(&q.matmul(&k.t()?)?, self.scale)?;
+        let mask = causal_mask(seq, total - seq, x.device())?;
+        let probs = in_f32(&scores, |s| Ok(candle_nn::ops::softmax_last_dim(&s.broadcast_add(&mask)?)?))?;
         let out = probs.matmul(&v)?.transpose(0, 1)?.reshape((seq, nh * hd))?;
-        let out = (out * candle_nn::ops::sigmoid(&gate)?)?;
+        let out = (out * crate::precision::sigmoid(&gate)?)?;
         Ok((self.o_proj.forward(&out)?, cached))
     }
 }

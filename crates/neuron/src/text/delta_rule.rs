@@ -23,6 +23,12 @@
 //! the recurrent form) — see `torch_sum.rs`. Matmuls (gemm vs MKL),
 //! the triangular solve and `exp` (libm vs SLEEF) round differently, so the chunked form agrees
 //! with PyTorch's to about 1e-8 on outputs of magnitude 0.03, not bit for bit.
+//!
+//! Precision in a bf16 model: the reference's own upcasts are these functions' prologue and
+//! epilogue, reproduced as written — `x.transpose(1, 2).to(torch.float32)` for q, k, v, β and g
+//! (every computation here is f32), `core_attn_out.to(initial_dtype)` (the output rounded to
+//! the input's dtype once), and the state in f32 (`torch.zeros(..., dtype=new_values.dtype)`,
+//! `initial_state.to(new_values)`), which the cache then keeps in f32.
 
 use anyhow::{ensure, Result};
 use candle_core::{DType, Device, Tensor, D};

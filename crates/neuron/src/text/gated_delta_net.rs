@@ -1,14 +1,27 @@
 //! The linear-attention mixer, mirroring `Qwen3_5GatedDeltaNet.forward` with its cache: the
 //! prefill of a prompt, later chunks of it, and one-token decode steps.
+//!
+//! In a bf16 model the projections, the conv input, output and state, q, k, v, β and the
+//! layer's output are bf16 (see [`crate::precision`]). The reference's upcasts, reproduced:
+//! - `g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias)`: A_log, `a` (the
+//!   bf16 `in_proj_a` output) and dt_bias widened, exp, softplus and the product in f32; g
+//!   stays f32;
+//! - the delta rule: q, k, v, β and g `.to(torch.float32)`, everything in f32, the output
+//!   rounded once by `.to(initial_dtype)`; its state stays f32, and so does the cached
+//!   recurrent state (see [`super::delta_rule`]);
+//! - the conv has none: `F.conv1d` on bf16 (f32 accumulation, one rounding), then SiLU (one
+//!   rounding); the conv state keeps the bf16 `in_proj_qkv` output;
+//! - the gated norm: see [`super::norm`]. `beta = b.sigmoid()` is bf16 (one rounding).
 
 use anyhow::{ensure, Result};
-use candle_core::Tensor;
-use candle_nn::{linear_no_bias, Linear, Module, VarBuilder};
+use candle_core::{DType, Tensor};
+use candle_nn::{Module, VarBuilder};
 
 use super::cache::LinearState;
 use super::delta_rule::{chunk_gated_delta_rule_with, recurrent_gated_delta_rule_with, DeltaRuleConstants, CHUNK_SIZE};
 use super::norm::RmsNormGated;
 use crate::config::TextConfig;
+use crate::precision::{get_f32, linear_no_bias, Linear};
 
 /// `Qwen3_5GatedDeltaNet`: in_proj_qkv → depthwise causal conv1d + SiLU → q, k, v; β =
 /// sigmoid(b); g = −exp(A_log)·softplus(a + dt_bias); the gated delta rule (chunked, or
@@ -21,8 +34,9 @@ pub struct GatedDeltaNet {
     in_proj_a: Linear,
     /// Depthwise kernel [conv_dim, kernel].
     conv_weight: Tensor,
-    /// −exp(A_log), per value head.
+    /// −exp(A_log), per value head, in f32.
     neg_a: Tensor,
+    /// In f32.
     dt_bias: Tensor,
     norm: RmsNormGated,
     out_proj: Linear,
@@ -49,8 +63,8 @@ impl GatedDeltaNet {
             in_proj_b: linear_no_bias(h, nv, vb.pp("in_proj_b"))?,
             in_proj_a: linear_no_bias(h, nv, vb.pp("in_proj_a"))?,
             conv_weight: vb.get((conv_dim, 1, kernel), "conv1d.weight")?.reshape((conv_dim, kernel))?,
-            neg_a: vb.get(nv, "A_log")?.exp()?.neg()?,
-            dt_bias: vb.get(nv, "dt_bias")?,
+            neg_a: get_f32(&vb, nv, "A_log")?.exp()?.neg()?,
+            dt_bias: get_f32(&vb, nv, "dt_bias")?,
             norm: RmsNormGated::new(cfg.linear_value_head_dim, cfg.gated_norm_eps(), vb.pp("norm"))?,
             out_proj: linear_no_bias(value_dim, h, vb.pp("out_proj"))?,
             num_k_heads: cfg.linear_num_key_heads,
@@ -80,13 +94,13 @@ impl GatedDeltaNet {
         let (nk, nv, dk, dv) = (self.num_k_heads, self.num_v_heads, self.head_k_dim, self.head_v_dim);
         let mixed_qkv = self.in_proj_qkv.forward(x)?;
         let (mixed, conv) = causal_conv_with_state(&mixed_qkv, previous.map(|s| &s.conv), &self.conv_weight)?;
-        let mixed = candle_nn::ops::silu(&mixed)?;
+        let mixed = crate::precision::silu(&mixed)?;
         let query = mixed.narrow(1, 0, nk * dk)?.reshape((seq, nk, dk))?;
         let key = mixed.narrow(1, nk * dk, nk * dk)?.reshape((seq, nk, dk))?;
         let value = mixed.narrow(1, 2 * nk * dk, nv * dv)?.reshape((seq, nv, dv))?;
         let z = self.in_proj_z.forward(x)?.reshape((seq, nv, dv))?;
-        let beta = candle_nn::ops::sigmoid(&self.in_proj_b.forward(x)?)?;
-        let a = self.in_proj_a.forward(x)?.broadcast_add(&self.dt_bias)?;
+        let beta = crate::precision::sigmoid(&self.in_proj_b.forward(x)?)?;
+        let a = self.in_proj_a.forward(x)?.to_dtype(DType::F32)?.broadcast_add(&self.dt_bias)?;
         let g = softplus(&a, self.softplus_threshold)?.broadcast_mul(&self.neg_a)?;
 
         let constants = self.delta_rule;
@@ -106,7 +120,8 @@ impl GatedDeltaNet {
 
 /// The depthwise causal conv1d (no activation) over x [seq, channels] with the conv state
 /// `state` [channels, K] of the tokens before it (`None`: no tokens, i.e. zeros), w [channels,
-/// K] → (out [seq, channels], the new state [channels, K]).
+/// K] → (out [seq, channels], the new state [channels, K]). For bf16 inputs the products are
+/// summed in f32 and the output rounded once, as PyTorch's bf16 `F.conv1d`.
 ///
 /// The reference's three paths are one computation on `window = [state ; x]` ([K + seq,
 /// channels], state zeros when none): out[t, c] = Σ_j w[c, j] · window[t + 1 + j, c], and the
@@ -132,12 +147,13 @@ fn causal_conv_with_state(x: &Tensor, state: Option<&Tensor>, w: &Tensor) -> Res
     };
     let window = Tensor::cat(&[&before, x], 0)?;
     let new_state = window.narrow(0, seq, kernel)?.t()?.contiguous()?;
-    let mut out = Tensor::zeros((seq, channels), x.dtype(), x.device())?;
+    let (wide_window, w) = (window.to_dtype(DType::F32)?, w.to_dtype(DType::F32)?);
+    let mut out = Tensor::zeros((seq, channels), DType::F32, x.device())?;
     for j in 0..kernel {
         let tap = w.narrow(1, j, 1)?.squeeze(1)?; // [channels]
-        out = (out + window.narrow(0, j + 1, seq)?.broadcast_mul(&tap)?)?;
+        out = (out + wide_window.narrow(0, j + 1, seq)?.broadcast_mul(&tap)?)?;
     }
-    Ok((out, new_state))
+    Ok((out.to_dtype(x.dtype())?, new_state))
 }
 
 /// `F.softplus` (beta 1, threshold 20 in the model): log1p(exp(x)), and x itself above the
@@ -210,6 +226,42 @@ mod tests {
         let pieces = Tensor::cat(&pieces, 0).unwrap();
         assert_eq!(column(&pieces), column(&whole), "outputs of the pieces vs one pass");
         assert_eq!(column(&state.unwrap()), column(&whole_state), "state after the pieces vs one pass");
+    }
+
+    /// On bf16 input the conv sums its four products in f32 and rounds once (PyTorch's bf16
+    /// `F.conv1d`, measured equal element for element); the state keeps the bf16 inputs.
+    #[test]
+    fn the_bf16_conv_sums_in_f32_and_rounds_once() {
+        use half::bf16;
+        let round = |v: f32| bf16::from_f32(v).to_f32();
+        let (seq, channels) = (9, 64);
+        let x: Vec<f32> = (0..seq * channels).map(|i| round(((i * 29 % 71) as f32 - 35.0) * 0.0937)).collect();
+        let w: Vec<f32> = (0..channels * 4).map(|i| round(((i * 17 % 23) as f32 - 11.0) * 0.113)).collect();
+        let to_bf16 = |v: &[f32], shape: (usize, usize)| {
+            Tensor::from_slice(v, shape, &Device::Cpu).unwrap().to_dtype(candle_core::DType::BF16).unwrap()
+        };
+        let (out, state) =
+            causal_conv_with_state(&to_bf16(&x, (seq, channels)), None, &to_bf16(&w, (channels, 4))).unwrap();
+        assert_eq!((out.dtype(), state.dtype()), (candle_core::DType::BF16, candle_core::DType::BF16));
+        let (mut once, mut stepwise) = (Vec::new(), Vec::new());
+        for t in 0..seq {
+            for c in 0..channels {
+                let window = |j: usize| if t + j >= 3 { x[(t + j - 3) * channels + c] } else { 0.0 };
+                let (mut sum, mut rounded) = (0f32, 0f32);
+                for j in 0..4 {
+                    sum += window(j) * w[c * 4 + j];
+                    rounded = round(rounded + round(window(j) * w[c * 4 + j]));
+                }
+                once.push(round(sum));
+                stepwise.push(rounded);
+            }
+        }
+        let got = column(&out.to_dtype(candle_core::DType::F32).unwrap());
+        assert_eq!(got, once, "rounded once after an f32 sum");
+        assert_ne!(got, stepwise, "the inputs should tell one rounding from a rounding per step");
+        let x = &x;
+        let last: Vec<f32> = (0..channels).flat_map(|c| (seq - 4..seq).map(move |t| x[t * channels + c])).collect();
+        assert_eq!(column(&state.to_dtype(candle_core::DType::F32).unwrap()), last, "the state: the last 4 inputs");
     }
 
     #[test]

@@ -2,6 +2,14 @@
 //! `Qwen3_5ForConditionalGeneration`: decoder layers of Gated DeltaNet (linear attention)
 //! or gated full attention, chosen by `layer_types`, each pre-norm with residuals, reading
 //! and extending a [`Cache`].
+//!
+//! In a bf16 model (see [`crate::precision`]) the embeddings, every layer's input and output, the
+//! residual sums and the logits are bf16. The reference's upcasts at this level, reproduced:
+//! - `Qwen3_5TextRotaryEmbedding`: `position_ids.float() * inv_freq` and `cos`/`sin` in f32, then
+//!   `.to(dtype=x.dtype)`: the tables are rounded to bf16 once, before the rotation (which runs
+//!   in bf16, see [`attention`]);
+//! - the MLP has none: `act_fn(gate_proj(x)) * up_proj(x)` is SiLU rounded once, then a bf16
+//!   product; `lm_head` gives bf16 logits (`generate` widens them to f32 exactly).
 
 pub mod attention;
 pub mod cache;
@@ -13,10 +21,11 @@ mod torch_sum;
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
-use candle_core::Tensor;
-use candle_nn::{linear_no_bias, Linear, Module, VarBuilder};
+use candle_core::{DType, Tensor};
+use candle_nn::{Module, VarBuilder};
 
 use crate::config::{LayerType, TextConfig};
+use crate::precision::{linear_no_bias, Linear};
 use crate::stack::Stack;
 use crate::taps::Taps;
 use crate::weights::Checkpoint;
@@ -43,7 +52,7 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gated = (candle_nn::ops::silu(&self.gate_proj.forward(x)?)? * self.up_proj.forward(x)?)?;
+        let gated = (crate::precision::silu(&self.gate_proj.forward(x)?)? * self.up_proj.forward(x)?)?;
         Ok(self.down_proj.forward(&gated)?)
     }
 }
@@ -117,12 +126,16 @@ enum Head {
 }
 
 /// `lm_head` read from a mapped checkpoint `chunk` vocabulary rows at a time:
-/// x [n, hidden] → [n, vocab].
+/// x [n, hidden] → [n, vocab], in x's dtype (bf16 rows are multiplied with f32 accumulation and
+/// rounded once, as `F.linear`).
 pub fn logits_in_chunks(x: &Tensor, checkpoint: &Checkpoint, name: &str, chunk: usize) -> Result<Tensor> {
     let vocab = checkpoint.shape(name)?[0];
     let chunks = (0..vocab)
         .step_by(chunk)
-        .map(|start| Ok(x.matmul(&checkpoint.rows(name, start, chunk.min(vocab - start))?.t()?)?))
+        .map(|start| {
+            let rows = checkpoint.rows(name, start, chunk.min(vocab - start))?.to_dtype(x.dtype())?;
+            Ok(x.matmul(&rows.t()?)?)
+        })
         .collect::<Result<Vec<_>>>()?;
     Ok(Tensor::cat(&chunks, 1)?)
 }
@@ -141,11 +154,14 @@ pub struct TextModel {
     /// The M-RoPE table; public so tests can perturb it like the vision positions.
     pub rotary: TextRotary,
     layer_types: Vec<LayerType>,
+    /// The compute dtype (f32 or bf16): the embeddings' and so every activation's.
+    dtype: DType,
 }
 
 impl TextModel {
     /// `vb` is rooted at the checkpoint: reads `model.language_model.*` and `lm_head.weight`
-    /// (or the embeddings when `tie_word_embeddings`).
+    /// (or the embeddings when `tie_word_embeddings`), in `vb`'s dtype, which is the compute
+    /// dtype.
     pub fn new(cfg: &TextConfig, tie_word_embeddings: bool, vb: VarBuilder<'static>) -> Result<Self> {
         let lm = vb.pp("model.language_model");
         let embed_tokens = lm.get((cfg.vocab_size, cfg.hidden_size), "embed_tokens.weight")?;
@@ -160,8 +176,13 @@ impl TextModel {
     /// As [`TextModel::new`] but streamed from a mapped checkpoint: each decoder layer is
     /// read when it runs and dropped after, embeddings are gathered row by row, and the
     /// logits are computed in vocabulary chunks.
-    pub fn streamed(cfg: &TextConfig, tie_word_embeddings: bool, checkpoint: Arc<Checkpoint>) -> Result<Self> {
-        let vb = crate::weights::builder(checkpoint.clone());
+    pub fn streamed(
+        cfg: &TextConfig,
+        tie_word_embeddings: bool,
+        checkpoint: Arc<Checkpoint>,
+        dtype: DType,
+    ) -> Result<Self> {
+        let vb = crate::weights::builder_in(checkpoint.clone(), dtype)?;
         let check = |name: &str, shape: [usize; 2]| -> Result<()> {
             let stored = checkpoint.shape(name)?;
             if stored != shape {
@@ -195,6 +216,7 @@ impl TextModel {
             lm_head,
             rotary: TextRotary::new(cfg)?,
             layer_types: cfg.layer_types(),
+            dtype: vb.dtype(),
         })
     }
 
@@ -214,7 +236,9 @@ impl TextModel {
                 let ids = Tensor::new(input_ids, table.device())?;
                 Ok(table.index_select(&ids, 0)?)
             }
-            Embedding::Mapped(checkpoint) => checkpoint.gather_rows(EMBED_TOKENS, input_ids),
+            Embedding::Mapped(checkpoint) => {
+                Ok(checkpoint.gather_rows(EMBED_TOKENS, input_ids)?.to_dtype(self.dtype)?)
+            }
         }
     }
 
@@ -237,8 +261,9 @@ impl TextModel {
     /// position): embeds [seq, hidden] of the tokens after the `cache.len()` already seen, and
     /// their positions [3][seq] (t, h, w) → logits at the last position [vocab]. Every layer
     /// reads its state from `cache` and leaves the state after these tokens; any number of
-    /// tokens may be appended (a whole prompt, a chunk of one, a decode step). Records
-    /// `lm.layer.{i}` [seq, hidden], `lm.norm` and `lm.logits_last`.
+    /// tokens may be appended (a whole prompt, a chunk of one, a decode step). The logits are
+    /// f32 whatever the compute dtype. Records `lm.layer.{i}` [seq, hidden], `lm.norm` and
+    /// `lm.logits_last`.
     pub fn forward_with_cache(
         &self,
         embeds: &Tensor,
@@ -257,6 +282,7 @@ impl TextModel {
             bail!("the cache has {} layers, the model {}", cache.num_layers(), self.layer_types.len());
         }
         let (cos, sin) = self.rotary.cos_sin(positions, embeds.device())?;
+        let (cos, sin) = (cos.to_dtype(embeds.dtype())?, sin.to_dtype(embeds.dtype())?);
         let mut x = embeds.clone();
         self.layers.try_for_each(|i, layer| {
             x = layer.forward(&x, &cos, &sin, cache.layer_mut(i)?)?;
@@ -267,7 +293,8 @@ impl TextModel {
         let x = self.norm.forward(&x)?;
         taps.record(|| "lm.norm".into(), &x);
         let last = x.narrow(0, x.dim(0)? - 1, 1)?;
-        let logits = self.logits(&last)?.squeeze(0)?;
+        // bf16 logits widened to f32 (exactly), as `generate` widens them before choosing.
+        let logits = self.logits(&last)?.squeeze(0)?.to_dtype(DType::F32)?;
         taps.record(|| "lm.logits_last".into(), &logits);
         Ok(logits)
     }

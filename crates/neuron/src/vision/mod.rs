@@ -1,13 +1,29 @@
 //! The vision tower and patch merger, mirroring `Qwen3_5VisionModel`
 //! (`transformers/models/qwen3_5/modeling_qwen3_5.py`), top to bottom in the reference's order.
+//!
+//! In a bf16 model the activations between ops are bf16 (see [`crate::precision`]). The
+//! reference's upcasts and f32 islands, reproduced:
+//! - `pixel_values.type(self.visual.dtype)`: the pixels are rounded to bf16 before the patch
+//!   embedding (a bf16 Conv3d: f32 accumulation with the bias, one rounding);
+//! - the position embedding `(pos_embed(indices) * weights[:, :, None]).sum(1)`: the bf16 table
+//!   times the f32 weights promotes to f32 and the sum is f32 (the `vision.pos_embed` tap), then
+//!   `pos_embeds.to(hidden_states.dtype)` rounds it before the bf16 addition;
+//! - rotary: `cos`/`sin` stay f32, and `apply_rotary_pos_emb_vision` rotates `q.float()` and
+//!   `k.float()` in f32 and rounds them back once (`.to(orig_q_dtype)`);
+//! - attention: `softmax(dim=-1, dtype=torch.float32).to(query.dtype)` over the bf16 scores
+//!   (a bf16 matmul, `* scaling` in f32 rounded once);
+//! - `nn.LayerNorm` and GELU on bf16 tensors compute in f32 and round once (PyTorch's kernels,
+//!   measured; the modeling file writes no cast there): the norms run on widened inputs with
+//!   widened weights.
 
 pub mod positions;
 
 use anyhow::{ensure, Result};
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
-use candle_nn::{layer_norm, linear, LayerNorm, LayerNormConfig, Linear, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
 
 use crate::config::VisionConfig;
+use crate::precision::{get_f32, in_f32, linear, Linear};
 use crate::stack::Stack;
 use crate::taps::Taps;
 use positions::{attention_segments, pos_embed_interpolation, rotary_positions, Grid, Interpolation};
@@ -127,8 +143,8 @@ impl VisionAttention {
     fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, segments: &[usize]) -> Result<Tensor> {
         let n = x.dim(0)?;
         let qkv = self.qkv.forward(x)?.reshape((n, 3, self.num_heads, self.head_dim))?;
-        let q = apply_rotary(&qkv.i((.., 0))?, cos, sin)?;
-        let k = apply_rotary(&qkv.i((.., 1))?, cos, sin)?;
+        let q = in_f32(&qkv.i((.., 0))?, |q| apply_rotary(q, cos, sin))?;
+        let k = in_f32(&qkv.i((.., 1))?, |k| apply_rotary(k, cos, sin))?;
         let v = qkv.i((.., 2))?;
         let scale = self.scale;
         let mut outputs = Vec::with_capacity(segments.len());
@@ -137,8 +153,8 @@ impl VisionAttention {
             // [len, heads, d] → [heads, len, d]
             let seg = |t: &Tensor| -> Result<Tensor> { Ok(t.narrow(0, start, len)?.transpose(0, 1)?.contiguous()?) };
             let (q, k, v) = (seg(&q)?, seg(&k)?, seg(&v)?);
-            let scores = (q.matmul(&k.t()?)? * scale)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let scores = crate::precision::scale(&q.matmul(&k.t()?)?, scale)?;
+            let probs = crate::precision::softmax_last_dim(&scores)?;
             outputs.push(probs.matmul(&v)?.transpose(0, 1)?);
         }
         let out = Tensor::cat(&outputs, 0)?.reshape((n, self.num_heads * self.head_dim))?;
@@ -161,7 +177,7 @@ impl VisionMlp {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.linear_fc2.forward(&gelu_tanh(&self.linear_fc1.forward(x)?)?)?)
+        Ok(self.linear_fc2.forward(&in_f32(&self.linear_fc1.forward(x)?, gelu_tanh)?)?)
     }
 }
 
@@ -184,9 +200,15 @@ fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_vec(values, x.shape(), x.device())?)
 }
 
-/// `nn.LayerNorm(size, eps)`, eps being [`crate::config::VisionConstants::layer_norm_eps`] (1e-6).
+/// `nn.LayerNorm(size, eps)`, eps being [`crate::config::VisionConstants::layer_norm_eps`]
+/// (1e-6), with its weight and bias widened to f32, for [`norm`].
 fn layer_norm_eps(size: usize, cfg: &VisionConfig, vb: VarBuilder) -> Result<LayerNorm> {
-    Ok(layer_norm(size, LayerNormConfig { eps: cfg.constants.layer_norm_eps, ..Default::default() }, vb)?)
+    Ok(LayerNorm::new(get_f32(&vb, size, "weight")?, get_f32(&vb, size, "bias")?, cfg.constants.layer_norm_eps))
+}
+
+/// A LayerNorm as PyTorch runs it on a bf16 tensor: in f32, rounded once.
+fn norm(layer_norm: &LayerNorm, x: &Tensor) -> Result<Tensor> {
+    in_f32(x, |x| Ok(layer_norm.forward(x)?))
 }
 
 /// `Qwen3_5VisionBlock`: pre-norm attention and MLP with residuals (LayerNorm eps 1e-6).
@@ -209,8 +231,8 @@ impl VisionBlock {
 
     /// x [patches, Hv] → [patches, Hv]
     fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, segments: &[usize]) -> Result<Tensor> {
-        let x = (x + self.attn.forward(&self.norm1.forward(x)?, cos, sin, segments)?)?;
-        Ok((&x + self.mlp.forward(&self.norm2.forward(&x)?)?)?)
+        let x = (x + self.attn.forward(&norm(&self.norm1, x)?, cos, sin, segments)?)?;
+        Ok((&x + self.mlp.forward(&norm(&self.norm2, &x)?)?)?)
     }
 }
 
@@ -237,8 +259,9 @@ impl PatchMerger {
 
     /// [patches, Hv] → [patches / merge², out_hidden]
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = self.norm.forward(x)?.reshape(((), self.merged_dim))?;
-        Ok(self.linear_fc2.forward(&self.linear_fc1.forward(&x)?.gelu_erf()?)?)
+        let x = norm(&self.norm, x)?.reshape(((), self.merged_dim))?;
+        let hidden = in_f32(&self.linear_fc1.forward(&x)?, |h| Ok(h.gelu_erf()?))?;
+        Ok(self.linear_fc2.forward(&hidden)?)
     }
 }
 
@@ -250,6 +273,8 @@ pub struct VisionModel {
     blocks: Stack<VisionBlock>,
     merger: PatchMerger,
     cfg: VisionConfig,
+    /// The compute dtype (`self.visual.dtype`).
+    dtype: DType,
 }
 
 impl VisionModel {
@@ -272,6 +297,7 @@ impl VisionModel {
             blocks,
             merger: PatchMerger::new(cfg, vb.pp("merger"))?,
             cfg: cfg.clone(),
+            dtype: vb.dtype(),
         })
     }
 
@@ -279,7 +305,7 @@ impl VisionModel {
         &self.cfg
     }
 
-    /// `(pos_embed(indices) * weights).sum(1)`: [patches, Hv].
+    /// `(pos_embed(indices) * weights).sum(1)`: [patches, Hv], in f32.
     fn interpolated_pos_embed(&self, interp: &Interpolation) -> Result<Tensor> {
         let n = interp.indices.len();
         let device = self.pos_embed.device();
@@ -287,7 +313,8 @@ impl VisionModel {
         let weights: Vec<f32> = interp.weights.iter().flatten().copied().collect();
         let indices = Tensor::from_vec(indices, 4 * n, device)?;
         let weights = Tensor::from_vec(weights, (n, 4, 1), device)?;
-        let gathered = self.pos_embed.index_select(&indices, 0)?.reshape((n, 4, self.cfg.hidden_size))?;
+        let gathered =
+            self.pos_embed.index_select(&indices, 0)?.reshape((n, 4, self.cfg.hidden_size))?.to_dtype(DType::F32)?;
         Ok(gathered.broadcast_mul(&weights)?.sum(1)?)
     }
 
@@ -303,12 +330,12 @@ impl VisionModel {
             positions.grids,
             self.cfg.patch_dim()
         );
-        let pixel_values = pixel_values.to_dtype(DType::F32)?;
+        let pixel_values = pixel_values.to_dtype(self.dtype)?;
         let patches = self.patch_embed.forward(&pixel_values)?;
         taps.record(|| "vision.patch_embed".into(), &patches);
         let pos = self.interpolated_pos_embed(&positions.interpolation)?;
         taps.record(|| "vision.pos_embed".into(), &pos);
-        let mut x = (patches + pos)?;
+        let mut x = (&patches + pos.to_dtype(patches.dtype())?)?;
 
         let (cos, sin) = self.rotary.cos_sin(&positions.rotary, x.device())?;
         self.blocks.try_for_each(|i, block| {

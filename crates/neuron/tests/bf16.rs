@@ -1,0 +1,79 @@
+//! The iteration model computing in bf16 (as checkpoints are served, and as the reference runs
+//! with `from_pretrained(dtype=torch.bfloat16)`): which dtype each activation and state has.
+//!
+//! The numbers themselves are checked against the bf16 reference by the bf16 cases of
+//! `fixtures.toml` (chelsea-bf16, two-images-bf16, text-only-bf16, standin-astronaut-bf16),
+//! tap by tap in every replay mode, with the tolerance calibrated from the reference's own
+//! bf16-vs-f32 noise (README, "bf16").
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use candle_core::{DType, Tensor};
+use neuron::config::Config;
+use neuron::model::{Model, Residency};
+use neuron::preprocess::Processor;
+use neuron::taps::Taps;
+use neuron::text::cache::LayerState;
+use neuron::vision::VisionPositions;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn model_dir() -> PathBuf {
+    workspace().join("fixtures/models/tiny-qwen3.6-27b")
+}
+
+fn model(dtype: DType) -> &'static Model {
+    static F32: OnceLock<Model> = OnceLock::new();
+    static BF16: OnceLock<Model> = OnceLock::new();
+    let cell = if dtype == DType::BF16 { &BF16 } else { &F32 };
+    cell.get_or_init(|| {
+        Model::load(&model_dir(), &Config::from_dir(&model_dir()).unwrap(), Residency::Resident, dtype).unwrap()
+    })
+}
+
+/// A case's request through Rust preprocessing: token ids, pixels and vision positions.
+struct Request {
+    ids: Vec<u32>,
+    pixels: Option<(Tensor, VisionPositions)>,
+}
+
+fn request(images: &[&str], prompt: &str) -> Request {
+    let paths: Vec<PathBuf> = images.iter().map(|i| workspace().join(format!("fixtures/images/{i}"))).collect();
+    let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+    let processed = Processor::from_dir(&model_dir()).unwrap().process(&refs, prompt).unwrap();
+    let positions = VisionPositions::new(&model(DType::F32).config.vision_config, &processed.grids);
+    Request { ids: processed.input_ids, pixels: processed.pixel_values.map(|p| (p, positions)) }
+}
+
+fn chelsea() -> Request {
+    request(&["chelsea.png"], "Describe this image in one sentence.")
+}
+
+#[test]
+fn a_bf16_model_keeps_activations_and_the_attention_and_conv_caches_in_bf16_and_the_delta_rule_state_in_f32() {
+    let r = chelsea();
+    let model = model(DType::BF16);
+    let mut cache = model.new_cache();
+    let mut taps = Taps::recording();
+    let pixels = r.pixels.as_ref().map(|(t, p)| (t, p));
+    let logits = model.prefill(&r.ids, pixels, &mut cache, &mut taps).unwrap();
+    assert_eq!(logits.dtype(), DType::F32, "logits are widened to f32, as generate widens them");
+    for tap in ["vision.patch_embed", "vision.tower", "vision.projector", "lm.layer.0", "lm.layer.3", "lm.norm"] {
+        assert_eq!(taps.get(tap).unwrap().dtype(), DType::BF16, "{tap}");
+    }
+    assert_eq!(taps.get("vision.pos_embed").unwrap().dtype(), DType::F32, "the interpolated table before its cast");
+    for i in 0..cache.num_layers() {
+        match cache.layer(i).unwrap() {
+            LayerState::Linear(Some(s)) => {
+                assert_eq!((s.conv.dtype(), s.recurrent.dtype()), (DType::BF16, DType::F32), "layer {i}: conv, state");
+            }
+            LayerState::Full(Some(s)) => {
+                assert_eq!((s.key.dtype(), s.value.dtype()), (DType::BF16, DType::BF16), "layer {i}: keys, values");
+            }
+            other => panic!("layer {i} has no state after the prefill: {other:?}"),
+        }
+    }
+}
