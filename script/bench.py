@@ -110,7 +110,7 @@ def bench(args: argparse.Namespace) -> dict:
 
     started = time.perf_counter()
     model = Qwen3_5ForConditionalGeneration.from_pretrained(
-        args.model_dir, dtype=torch.float32, attn_implementation="eager"
+        args.model_dir, dtype={"f32": torch.float32, "bf16": torch.bfloat16}[args.dtype], attn_implementation="eager"
     )
     model.eval()
     load_seconds = time.perf_counter() - started
@@ -182,6 +182,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="timed runs per stage (after one warm-up)")
     parser.add_argument("--decode-steps", type=int, default=8, help="cached decode steps per round (0: none)")
     parser.add_argument("--out", required=True, type=Path, help="JSON file for the results")
+    parser.add_argument("--dtype", choices=["f32", "bf16"], default="f32", help="from_pretrained(dtype=...)")
     args = parser.parse_args()
 
     report = bench(args)

@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 
 
-def best_of_five(batch: int, m: int, k: int, n: int) -> float:
+def best_of_five(batch: int, m: int, k: int, n: int, dtype: torch.dtype) -> float:
     """Seconds of the fastest of five products after one warm-up."""
     if batch > 1:
-        x, w = torch.randn(batch, m, k), torch.randn(batch, n, k)
+        x, w = torch.randn(batch, m, k, dtype=dtype), torch.randn(batch, n, k, dtype=dtype)
     else:
-        x, w = torch.randn(m, k), torch.randn(n, k)
+        x, w = torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype)
     with torch.no_grad():
         torch.matmul(x, w.transpose(-1, -2))
         best = float("inf")
@@ -38,12 +38,14 @@ def main() -> None:
     parser.add_argument("--shapes", required=True, type=Path, help="JSON list of {batch, m, k, n}")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--out", required=True, type=Path, help="JSON file for the rates")
+    parser.add_argument("--dtype", choices=["f32", "bf16"], default="f32", help="operand dtype")
     args = parser.parse_args()
+    dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     torch.set_num_threads(args.threads)
     rates = []
     for shape in json.loads(args.shapes.read_text()):
         batch, m, k, n = (int(shape[key]) for key in ("batch", "m", "k", "n"))
-        seconds = best_of_five(batch, m, k, n)
+        seconds = best_of_five(batch, m, k, n, dtype)
         gflops = 2 * batch * m * k * n / seconds / 1e9
         print(f"torch {batch} × {m}×{k} · {k}×{n}: {gflops:.1f} GFLOP/s", file=sys.stderr)
         rates.append({"batch": batch, "m": m, "k": k, "n": n, "seconds": seconds, "gflops": gflops})

@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: the Rust model against transformers on the full-width stand-in.
 //!
-//! Both sides hold the checkpoint resident in float32 on the CPU, use the same thread count,
+//! Both sides hold the checkpoint resident in float32 (or, with `--dtype bf16`, in bf16) on the CPU, use the same thread count,
 //! the same 448×448 image and the same 64-token user text, and time the vision tower (with
 //! the projector), the text prefill (the decoder over the spliced embeddings, logits at the
 //! last position), the whole forward pass and cached greedy decoding (time per generated
@@ -46,6 +46,25 @@ pub struct Args {
     /// Where the JSON of each side and the report go.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
+    /// The dtype both sides load and compute in: f32, or bf16 (transformers with
+    /// `from_pretrained(dtype=torch.bfloat16)`, Rust with `Model::load(.., DType::BF16)`).
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    dtype: Dtype,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Dtype {
+    F32,
+    Bf16,
+}
+
+impl Dtype {
+    fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::Bf16 => "bf16",
+        }
+    }
 }
 
 /// The image both sides see: 448×448, kept as is by Qwen3.6's preprocessing.
@@ -93,7 +112,8 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
     let (shapes_json, py_gemms, rs_gemms) =
         (out.join("gemm_shapes.json"), out.join("transformers_gemms.json"), out.join("rust_gemms.json"));
 
-    eprintln!("transformers: loading the stand-in in float32 and timing {runs} runs per stage");
+    let dtype = args.dtype.name();
+    eprintln!("transformers: loading the stand-in in {dtype} and timing {runs} runs per stage");
     harness::run_python(
         sh,
         "bench.py",
@@ -112,6 +132,8 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
             steps.clone(),
             "--out".into(),
             py_json.display().to_string(),
+            "--dtype".into(),
+            dtype.into(),
         ],
     )?;
     let python = read(&py_json)?;
@@ -141,6 +163,8 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
             threads.clone(),
             "--out".into(),
             py_gemms.display().to_string(),
+            "--dtype".into(),
+            dtype.into(),
         ],
     )?;
 
@@ -154,17 +178,19 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
     let (bench, gemm_rates) = (examples.join("bench"), examples.join("gemm_rates"));
     let dir_arg = dir.display().to_string();
     let rs_arg = rs_json.display().to_string();
-    cmd!(sh, "{bench} --model-dir {dir_arg} --image {IMAGE} --prompt {prompt} --runs {runs} --decode-steps {steps} --out {rs_arg}")
+    cmd!(sh, "{bench} --model-dir {dir_arg} --image {IMAGE} --prompt {prompt} --runs {runs} --decode-steps {steps} --out {rs_arg} --dtype {dtype}")
         .env("RAYON_NUM_THREADS", &threads)
         .run()?;
     let rust = read(&rs_json)?;
     loads.push(("after Rust", load_average()));
     eprintln!("rust: candle's matmul at the same shapes");
-    cmd!(sh, "{gemm_rates} --shapes {shapes_json} --out {rs_gemms}").env("RAYON_NUM_THREADS", &threads).run()?;
+    cmd!(sh, "{gemm_rates} --shapes {shapes_json} --out {rs_gemms} --dtype {dtype}")
+        .env("RAYON_NUM_THREADS", &threads)
+        .run()?;
 
     let rates = Rates { rust: read_rates(&rs_gemms)?, python: read_rates(&py_gemms)? };
     let loads: Vec<(&str, f64)> = loads.into_iter().filter_map(|(when, load)| Some((when, load?))).collect();
-    let report = render(&host, &loads, &inventory, &rates, &rust, &python);
+    let report = render(&host, args.dtype, &loads, &inventory, &rates, &rust, &python);
     print!("{report}");
     std::fs::write(out.join("report.md"), &report)?;
     eprintln!("written: {}", out.join("report.md").display());
@@ -193,21 +219,33 @@ fn read_rates(path: &std::path::Path) -> Result<Vec<Rate>> {
 
 /// The report as Markdown: the host and its peaks, inputs, one row per stage (medians, ratio,
 /// GEMM rate at the stage's shapes, time outside GEMMs), the rate at every shape, memory.
-fn render(host: &Host, loads: &[(&str, f64)], inventory: &[Gemm], rates: &Rates, rust: &Side, python: &Side) -> String {
+fn render(
+    host: &Host,
+    dtype: Dtype,
+    loads: &[(&str, f64)],
+    inventory: &[Gemm],
+    rates: &Rates,
+    rust: &Side,
+    python: &Side,
+) -> String {
     let threads = python.threads;
     let cores = threads.min(host.logical_cpus.max(1));
-    let peak = host.f32_peak_gflops(cores);
+    let (peak, dtype_name) = match dtype {
+        Dtype::F32 => (host.f32_peak_gflops(cores), "f32"),
+        Dtype::Bf16 => (host.bf16_peak_gflops(cores), "bf16"),
+    };
     let of_peak = |g: f64| format!("{g:.0} GFLOP/s ({:.0} %)", 100.0 * g / peak);
     let mut s = String::new();
     s.push_str(&format!(
         "# Rust vs transformers on the full-width stand-in\n\n{}\n\
-         {} prompt tokens ({} image tokens from {} patches), {} threads on each side, float32, CPU.\n\
+         {} prompt tokens ({} image tokens from {} patches), {} threads on each side, {}, CPU.\n\
          Loading: Rust {:.1} s, transformers {:.1} s.\n{}\n",
         host.describe(cores),
         python.prompt_tokens,
         python.image_tokens,
         python.patches,
         threads,
+        dtype_name,
         rust.load_seconds,
         python.load_seconds,
         load_line(loads, threads),
@@ -221,7 +259,7 @@ fn render(host: &Host, loads: &[(&str, f64)], inventory: &[Gemm], rates: &Rates,
     }
     s.push_str(
         "| stage | GEMM work | Rust median | transformers median | Rust / transformers | Rust GEMM rate at the \
-         stage's shapes (of f32 peak) | torch GEMM rate (of f32 peak) | Rust outside GEMMs | transformers outside \
+         stage's shapes (of the peak) | torch GEMM rate (of the peak) | Rust outside GEMMs | transformers outside \
          GEMMs |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     for stage in STAGES {
@@ -252,8 +290,8 @@ fn render(host: &Host, loads: &[(&str, f64)], inventory: &[Gemm], rates: &Rates,
          embeddings, softmax, the DeltaNet's convolution and recurrence, copies), with its share of the median. \
          The estimate assumes a product runs in the model as fast as alone with fresh operands (a negative \
          figure says it ran faster).\n\n\
-         | product (rows × k · k × n) | matrices | uses (vision, prefill) | GFLOP each | Rust (of f32 peak) | \
-         torch (of f32 peak) |\n|---|---|---|---|---|---|\n",
+         | product (rows × k · k × n) | matrices | uses (vision, prefill) | GFLOP each | Rust (of the peak) | \
+         torch (of the peak) |\n|---|---|---|---|---|---|\n",
     );
     for gemm in inventory {
         let at =
@@ -371,7 +409,7 @@ mod tests {
             python: vec![Rate { shape, seconds: 0.0, gflops: 200.0 }],
         };
         let loads = [("before transformers", 0.4), ("after Rust", 3.2)];
-        let report = render(&host, &loads, &inventory, &rates, &side(0.05), &side(0.04));
+        let report = render(&host, Dtype::F32, &loads, &inventory, &rates, &side(0.05), &side(0.04));
         for expected in [
             "Host: Test CPU @ 2.00GHz (2 logical CPUs, 2 used), 2.00 GHz",
             "f32 256 GFLOP/s",

@@ -3,12 +3,14 @@
 //! weights), one warm-up and the best of five, as `script/gemm_rates.py` times torch. The
 //! right operand is stored n × k and transposed, as `Linear` holds its weight and as QKᵀ reads
 //! the keys. Threads from `RAYON_NUM_THREADS`. Writes the list back with `seconds` and `gflops`.
+//! With `--dtype bf16` the operands are bf16 and a product runs as the bf16 model runs its
+//! linear layers (`neuron::precision::Linear`: widened to f32, one rounding).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use clap::Parser;
 use serde_json::{json, Value};
 
@@ -19,6 +21,9 @@ struct Args {
     shapes: PathBuf,
     #[arg(long)]
     out: PathBuf,
+    /// The operand dtype: f32 or bf16.
+    #[arg(long, default_value = "f32", value_parser = neuron::precision::parse_compute_dtype)]
+    dtype: DType,
 }
 
 fn main() -> Result<()> {
@@ -32,7 +37,7 @@ fn main() -> Result<()> {
             Ok(shape[key].as_u64().with_context(|| format!("shape {shape} has no integer {key}"))? as usize)
         };
         let (batch, m, k, n) = (dim("batch")?, dim("m")?, dim("k")?, dim("n")?);
-        let seconds = best_of_five(batch, m, k, n)?;
+        let seconds = best_of_five(batch, m, k, n, args.dtype)?;
         let gflops = 2.0 * (batch * m * k * n) as f64 / seconds / 1e9;
         eprintln!("candle {batch} × {m}×{k} · {k}×{n}: {gflops:.1} GFLOP/s");
         rates.push(json!({ "batch": batch, "m": m, "k": k, "n": n, "seconds": seconds, "gflops": gflops }));
@@ -47,17 +52,27 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn best_of_five(batch: usize, m: usize, k: usize, n: usize) -> Result<f64> {
+fn best_of_five(batch: usize, m: usize, k: usize, n: usize, dtype: DType) -> Result<f64> {
     let (x, w) = if batch > 1 {
         (Tensor::randn(0f32, 1.0, (batch, m, k), &Device::Cpu)?, Tensor::randn(0f32, 1.0, (batch, n, k), &Device::Cpu)?)
     } else {
         (Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?, Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu)?)
     };
-    std::hint::black_box(x.matmul(&w.t()?)?);
+    let (x, w) = (x.to_dtype(dtype)?, w.to_dtype(dtype)?);
+    // A weight-shaped product runs through the model's Linear (bf16: widened, one rounding);
+    // batched ones (attention) through matmul, as the model runs them.
+    let linear = (batch == 1).then(|| neuron::precision::Linear::new(w.clone(), None));
+    let product = || -> Result<Tensor> {
+        Ok(match &linear {
+            Some(l) => l.forward(&x)?,
+            None => x.matmul(&w.t()?)?,
+        })
+    };
+    std::hint::black_box(product()?);
     let mut best = f64::INFINITY;
     for _ in 0..5 {
         let t = Instant::now();
-        std::hint::black_box(x.matmul(&w.t()?)?);
+        std::hint::black_box(product()?);
         best = best.min(t.elapsed().as_secs_f64());
     }
     Ok(best)
