@@ -54,11 +54,14 @@ impl Run {
             }
         };
         let parsed = Tap::parse(tap);
-        // In bf16, logits closer than the rounding noise may swap ranks, so a bf16 case keeps
-        // the rule logits keep everywhere: the same argmax and the same top-5 set per step.
+        // In bf16 a step's ranking below the top is not decidable: logits 64 apart in a
+        // 248 320-word vocabulary sit one bf16 step (0.0625 near 8) apart or tie exactly (the
+        // stand-in's 5th and 6th logits of step 1 are both 8.0625). A bf16 case keeps the
+        // argmax of each step exactly; gen.top_logits bounds Rust's logits at the reference's
+        // top ids by k × noise.
         let expected = reference(manifest, case, tap)?;
         let (expected, actual) = if tap == "gen.top_ids" && manifest.cases[case].dtype == CaseDtype::Bf16 {
-            (argmax_and_top5_set(&expected)?, Cow::Owned(argmax_and_top5_set(actual)?))
+            (first_column(&expected)?, Cow::Owned(first_column(actual)?))
         } else {
             (expected, Cow::Borrowed(actual))
         };
@@ -168,21 +171,13 @@ fn reference_margin(manifest: &Manifest, case: &str, step: usize, token: i64, ot
 /// Compares a tap with its reference: whole, or on one row of `actual` when the case keeps
 /// one row of the tap (the first patch, the last position). Also gives the index of the
 /// largest absolute difference in the whole tap, so the place is named by its row in the run.
-/// Each row of top-k ids [steps, k ≥ 5] as [argmax, the top 5 in ascending id order]
-/// ([steps, 6]): equal views mean the same argmax and the same top-5 set.
-fn argmax_and_top5_set(ids: &Array) -> Result<Array> {
+/// The first column of top-k ids [steps, k]: the argmax of each step, [steps, 1].
+fn first_column(ids: &Array) -> Result<Array> {
     let (Some(values), [steps, k]) = (ids.as_i64(), ids.shape.as_slice()) else {
         bail!("top-k ids are a [steps, k] i64 array, not {:?}", ids.shape)
     };
-    ensure!(*k >= 5, "top-k ids keep {k} per step; the argmax-and-top-5 rule needs 5");
-    let mut view = Vec::with_capacity(steps * 6);
-    for row in values.chunks(*k) {
-        let mut top5 = row[..5].to_vec();
-        top5.sort_unstable();
-        view.push(row[0]);
-        view.extend(top5);
-    }
-    Ok(Array::i64(vec![*steps, 6], view))
+    ensure!(*k >= 1, "top-k ids keep no id per step");
+    Ok(Array::i64(vec![*steps, 1], values.chunks(*k).map(|row| row[0]).collect()))
 }
 
 fn compare_picked(
@@ -218,18 +213,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bf16_top_ids_agree_when_the_argmax_and_the_top_5_set_agree_whatever_the_order_below() {
-        let reference = Array::i64(vec![2, 6], vec![7, 1, 2, 3, 4, 9, 5, 6, 7, 8, 9, 1]);
-        let reordered = Array::i64(vec![2, 6], vec![7, 3, 2, 1, 4, 0, 5, 9, 8, 7, 6, 2]);
-        let view = |a: &Array| argmax_and_top5_set(a).unwrap();
-        assert_eq!(view(&reference), view(&reordered), "ranks 2-5 swapped, rank 6 differs: still agree");
-        assert_eq!(view(&reference).shape, vec![2, 6]);
-        let other_argmax = Array::i64(vec![2, 6], vec![1, 7, 2, 3, 4, 9, 5, 6, 7, 8, 9, 1]);
-        assert_ne!(view(&reference), view(&other_argmax), "the argmax must agree");
-        let other_set = Array::i64(vec![2, 6], vec![7, 1, 2, 3, 4, 9, 5, 6, 7, 8, 0, 1]);
-        assert_ne!(view(&reference), view(&other_set), "the top-5 set must agree");
-        let too_few = Array::i64(vec![1, 4], vec![1, 2, 3, 4]);
-        assert!(argmax_and_top5_set(&too_few).unwrap_err().to_string().contains("needs 5"));
+    fn bf16_top_ids_are_judged_by_the_argmax_of_each_step() {
+        let reference = Array::i64(vec![2, 3], vec![7, 1, 2, 5, 6, 7]);
+        let reordered = Array::i64(vec![2, 3], vec![7, 2, 9, 5, 7, 6]);
+        let column = |a: &Array| first_column(a).unwrap();
+        assert_eq!(column(&reference), Array::i64(vec![2, 1], vec![7, 5]));
+        assert_eq!(column(&reference), column(&reordered), "ranks below the first may swap");
+        assert_ne!(column(&reference), column(&Array::i64(vec![2, 3], vec![7, 1, 2, 6, 5, 7])), "step 1's argmax");
+        assert!(first_column(&Array::i64(vec![3], vec![1, 2, 3])).is_err(), "not [steps, k]");
     }
     use crate::replay::workspace_manifest;
 
