@@ -6,8 +6,9 @@
 (`script/probe_bf16.py`); `--rust` holds Rust's bf16 taps (`cargo run --example dtype_taps`).
 Per tap: max |Δ|, RMS(Δ) and cosine of reference bf16 vs reference f32 ("noise") and of Rust bf16
 vs reference bf16, and the ratios Rust / noise of the max and the RMS. A tap passes at `--k`
-when both ratios are at most k (the proposed tolerance scheme for bf16 cases); logits also
-report whether the argmax and the top-5 set agree. Integer taps are compared exactly.
+when both ratios are at most k (the proposed tolerance scheme for bf16 cases); logits must also
+keep the argmax and the top-5 set, except across a near tie of the reference (its k-th and
+(k+1)-th logits within twice its noise max). Integer taps are compared exactly.
 """
 
 from __future__ import annotations
@@ -75,19 +76,21 @@ def main() -> None:
         notes = []
         if name in ("lm.logits_last", "gen.logits"):
             # The argmax and the top-5 set must agree, except across a near tie of the reference:
-            # its k-th and (k+1)-th logits closer than the reference's own noise (max |Δ| of its
-            # bf16 run vs its f32 run), which rounding may order either way (the reference's f32
-            # run then often orders them differently too).
+            # its k-th and (k+1)-th logits within twice the reference's own noise (max |Δ| of its
+            # bf16 run vs its f32 run; each of the two may move by that much, in opposite
+            # directions), which rounding may order either way (the reference's f32 run then
+            # often orders them differently too). The `generate` verdict's near tie is the same
+            # rule with twice the tolerance.
             for i, (r, x, f) in enumerate(zip(np.atleast_2d(ref), np.atleast_2d(rust), np.atleast_2d(f32))):
                 for k in (1, 5):
                     if set(top(r, k)) == set(top(x, k)):
                         continue
                     order = top(r, k + 1)
                     margin = float(r[order[k - 1]] - r[order[k]])
-                    tie = margin <= noise["max"]
+                    tie = margin <= 2 * noise["max"]
                     f32_agrees = set(top(f, k)) == set(top(r, k))
                     notes.append(f"step {i}: top-{k} {sorted(top(x, k))} vs reference {sorted(top(r, k))}, reference "
-                                 f"margin {margin:.3g} {'≤' if tie else '>'} noise max"
+                                 f"margin {margin:.3g} {'≤' if tie else '>'} 2 × noise max"
                                  f"{'' if f32_agrees else ', reference f32 run also differs'}")
                     if not tie:
                         verdict = "FAIL"

@@ -16,7 +16,9 @@ are taken from are the contract's; every floating tap is cast to float32 when re
 
 writes /tmp/bf16-ref/<case>/<tap>.npy (bf16 run) and /tmp/bf16-ref/<case>/f32/<tap>.npy (the f32
 run of the same inputs; byte-identical to fixtures/dumps/<case>/ on the machine that captured
-them).
+them). Every tap is kept whole, whatever the case's `taps`, `rows` and `gen_top_k` say. The
+full-width stand-in: `--case standin-astronaut --weights DIR --stream-f32` (bf16 resident, 9 GB;
+f32 streamed as capture.py streams it).
 """
 
 from __future__ import annotations
@@ -35,38 +37,55 @@ from transformers import AutoProcessor, Qwen3_5ForConditionalGeneration
 from transformers.image_utils import load_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from capture import Recorder, attach_hooks, build_messages, pipeline_rank, record_generation  # noqa: E402
+from capture import (  # noqa: E402
+    Recorder,
+    attach_hooks,
+    build_messages,
+    pipeline_rank,
+    record_generation,
+    streamed_model,
+)
 
 DTYPES = {"bf16": torch.bfloat16, "f32": torch.float32}
 
 
-def case_spec(manifest_path: Path, case: str) -> dict:
-    """The case as `cargo xtask capture` hands it to capture.py (in-repository models only)."""
+def case_spec(manifest_path: Path, case: str, weights: Path | None) -> dict:
+    """The case as `cargo xtask capture` hands it to capture.py, every tap kept whole (the
+    case's `taps` and `rows` are not applied) and the generated logits whole (`gen_top_k`
+    ignored). A model outside the repository is read from `weights`."""
     manifest = tomllib.loads(manifest_path.read_text())
     root = manifest_path.parent
     c = manifest["cases"][case]
     model = manifest["models"][c["model"]]
-    if "path" not in model:
-        sys.exit(f"error: case {case}: model {c['model']} is not in the repository")
+    if "path" in model:
+        model_dir = root / model["path"]
+    elif weights is not None:
+        model_dir = weights
+    else:
+        sys.exit(f"error: case {case}: model {c['model']} is not in the repository; name it with --weights")
     return {
-        "model_dir": root / model["path"],
+        "model_dir": model_dir,
         "images": [root / manifest["images"][i]["path"] for i in c.get("images", [])],
         "prompt": c["prompt"],
         "loader": c.get("loader", "processor"),
         "generate": c.get("generate"),
-        "gen_top_k": c.get("gen_top_k"),
     }
 
 
-def run(case: dict, dtype: torch.dtype, out: Path, threads: int) -> None:
+def run(case: dict, dtype: torch.dtype, out: Path, threads: int, stream: bool) -> None:
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model_dir = Path(case["model_dir"])
     processor = AutoProcessor.from_pretrained(model_dir)
-    model = Qwen3_5ForConditionalGeneration.from_pretrained(model_dir, dtype=dtype, attn_implementation="eager")
-    model.eval()
+    if stream:
+        # capture.py's float32 model read block by block (a 27B-width checkpoint in bounded memory).
+        assert dtype == torch.float32, "only the float32 run streams"
+        model = streamed_model(model_dir)
+    else:
+        model = Qwen3_5ForConditionalGeneration.from_pretrained(model_dir, dtype=dtype, attn_implementation="eager")
+        model.eval()
     if case["loader"] == "processor":
         images = [Image.open(p) for p in case["images"]]
     else:
@@ -83,12 +102,13 @@ def run(case: dict, dtype: torch.dtype, out: Path, threads: int) -> None:
         rec.put("input.pixel_values", inputs["pixel_values"])
     handles = attach_hooks(model, rec, model.config.image_token_id, inputs["input_ids"])
     with torch.no_grad():
-        output = model(**inputs, use_cache=False)
+        # The streamed head computes the last position only, as capture.py --stream does.
+        output = model(**inputs, use_cache=False, **({"logits_to_keep": 1} if stream else {}))
     for h in handles:
         h.remove()
     rec.put("lm.logits_last", output.logits[0, -1])
     if case.get("generate"):
-        record_generation(model, inputs, rec, case["generate"], case.get("gen_top_k"))
+        record_generation(model, inputs, rec, case["generate"], None)
 
     out.mkdir(parents=True, exist_ok=True)
     listing = []
@@ -106,12 +126,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/bf16-ref"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dtype", choices=["both", *DTYPES], default="both")
+    parser.add_argument("--weights", type=Path, help="the checkpoint of a model outside the repository")
+    parser.add_argument(
+        "--stream-f32", action="store_true", help="run the float32 side streamed, as capture.py --stream does"
+    )
     args = parser.parse_args()
     for case in args.case:
-        spec = case_spec(args.manifest, case)
+        spec = case_spec(args.manifest, case, args.weights)
         for name in DTYPES if args.dtype == "both" else [args.dtype]:
             folder = args.out / case if name == "bf16" else args.out / case / "f32"
-            run(spec, DTYPES[name], folder, args.threads)
+            run(spec, DTYPES[name], folder, args.threads, args.stream_f32 and name == "f32")
             print(f"{case} {name}: {folder}", file=sys.stderr)
 
 

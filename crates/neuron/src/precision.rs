@@ -27,8 +27,8 @@
 //! places in its header. In f32 every helper here is the identity on the computation: the f32
 //! path is bit for bit what it was before the compute dtype existed.
 
-use anyhow::{ensure, Result};
-use candle_core::{DType, Module, Tensor};
+use anyhow::{ensure, Context, Result};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
 /// The compute dtypes a model can be built in.
@@ -98,15 +98,180 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let dtype = self.inner.weight().dtype();
-        if dtype == DType::F32 {
+        if self.inner.weight().dtype() == DType::F32 {
             return self.inner.forward(x);
         }
-        // bf16 × bf16 products are exact in f32, so widening both and multiplying in f32 is
-        // PyTorch's f32 accumulation (candle's own bf16 matmul widens the same way).
-        let wide = |t: &Tensor| t.to_dtype(DType::F32);
-        let f32_layer = candle_nn::Linear::new(wide(self.inner.weight())?, self.inner.bias().map(wide).transpose()?);
-        f32_layer.forward(&wide(x)?)?.to_dtype(dtype)
+        linear_bf16(x, self.inner.weight(), self.inner.bias()).map_err(|e| candle_core::Error::Msg(format!("{e:#}")))
+    }
+}
+
+/// Rows of x at most this many go through [`dot_rows`], which reads the bf16 weight as it is;
+/// more rows are multiplied by candle's f32 `gemm` against the weight widened once.
+const STREAMED_ROWS: usize = 16;
+
+/// `F.linear(x, w, b)` for a bf16 weight [out, in]: x [..., in] (any float dtype, taken as its
+/// bf16 values) → [..., out] in bf16, each output the f32 sum of the products (bf16 × bf16 is
+/// exact in f32) plus the bias in f32, rounded once. The summation order is not MKL's, which
+/// moves an output only where the f32 sum sits next to a rounding tie.
+///
+/// A decode step (a few rows) streams the bf16 weight once through [`dot_rows`], converting as
+/// it goes: half the bytes of an f32 weight, which is what a memory-bound step costs. More rows
+/// widen the weight to f32 block by block on all cores and multiply each block with `gemm`,
+/// whose blocking a prefill needs.
+pub fn linear_bf16(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    linear_bf16_in_blocks(x, w, bias, WIDE_BLOCK_FLOATS)
+}
+
+/// [`linear_bf16`] with the widened blocks of `block_floats` floats (tests use small ones).
+fn linear_bf16_in_blocks(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, block_floats: usize) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let (out_dim, in_dim) = w.dims2()?;
+    let dims = x.dims().to_vec();
+    ensure!(dims.last() == Some(&in_dim), "linear of {in_dim} inputs applied to {dims:?}");
+    let rows = x.elem_count() / in_dim.max(1);
+    let x32 = x.to_dtype(DType::BF16)?.to_dtype(DType::F32)?.reshape((rows, in_dim))?;
+    let w = w.to_dtype(DType::BF16)?.contiguous()?;
+    let out = if rows <= STREAMED_ROWS {
+        let xs = x32.flatten_all()?.to_vec1::<f32>()?;
+        let (storage, layout) = w.storage_and_layout();
+        let candle_core::Storage::Cpu(cpu) = &*storage else { anyhow::bail!("linear_bf16 runs on the CPU") };
+        let (start, end) = layout.contiguous_offsets().context("a contiguous weight")?;
+        let weights = &cpu.as_slice::<half::bf16>()?[start..end];
+        // Output features in blocks, each block's [features, rows] written by one task.
+        const BLOCK: usize = 32;
+        let mut out_t = vec![0f32; out_dim * rows];
+        out_t.par_chunks_mut(BLOCK * rows).enumerate().for_each(|(b, dst)| {
+            for (f, dst_row) in dst.chunks_mut(rows).enumerate() {
+                let j = b * BLOCK + f;
+                dot_rows(&xs, &weights[j * in_dim..(j + 1) * in_dim], dst_row);
+            }
+        });
+        Tensor::from_vec(out_t, (out_dim, rows), &Device::Cpu)?.t()?.contiguous()?
+    } else {
+        let xs = x32.flatten_all()?.to_vec1::<f32>()?;
+        let (storage, layout) = w.storage_and_layout();
+        let candle_core::Storage::Cpu(cpu) = &*storage else { anyhow::bail!("linear_bf16 runs on the CPU") };
+        let (start, end) = layout.contiguous_offsets().context("a contiguous weight")?;
+        let weights = &cpu.as_slice::<half::bf16>()?[start..end];
+        let mut out = vec![0f32; rows * out_dim];
+        // Blocks of weight rows (output features) widened into a buffer kept per thread, about
+        // 16 MB: the widened block is still in cache when gemm packs it, and no page is faulted in
+        // per call (a whole widened 27B MLP matrix would be 356 MB).
+        let block = (block_floats / in_dim.max(1)).clamp(16, out_dim.max(16));
+        WIDE.with_borrow_mut(|wide| {
+            for j0 in (0..out_dim).step_by(block) {
+                let cols = block.min(out_dim - j0);
+                wide.resize(cols * in_dim, 0.0);
+                wide.par_chunks_mut(1 << 14)
+                    .zip(weights[j0 * in_dim..(j0 + cols) * in_dim].par_chunks(1 << 14))
+                    .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, s)| *d = widen(*s)));
+                let threads = candle_core::utils::get_num_threads();
+                let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+                // SAFETY: dst is rows × out_dim (row stride out_dim) and columns j0..j0 + cols
+                // are inside it; lhs is rows × in_dim row-major; rhs is the transposed block,
+                // element (k, j) at wide[j · in_dim + k]. All three live through the call.
+                unsafe {
+                    gemm::gemm(
+                        rows,
+                        cols,
+                        in_dim,
+                        out.as_mut_ptr().add(j0),
+                        1,
+                        out_dim as isize,
+                        false,
+                        xs.as_ptr(),
+                        1,
+                        in_dim as isize,
+                        wide.as_ptr(),
+                        in_dim as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        parallelism,
+                    )
+                };
+            }
+        });
+        drop(storage);
+        Tensor::from_vec(out, (rows, out_dim), &Device::Cpu)?
+    };
+    let out = match bias {
+        Some(b) => out.broadcast_add(&b.to_dtype(DType::BF16)?.to_dtype(DType::F32)?)?,
+        None => out,
+    };
+    let mut shape = dims;
+    *shape.last_mut().unwrap() = out_dim;
+    Ok(out.to_dtype(DType::BF16)?.reshape(shape)?)
+}
+
+/// The size of a widened block of weight rows, in floats (16 MB).
+const WIDE_BLOCK_FLOATS: usize = 1 << 22;
+
+thread_local! {
+    /// The buffer a block of bf16 weight rows is widened into (see [`linear_bf16`]).
+    static WIDE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A bf16 value widened to f32 (exactly: its bits are the f32's upper half).
+#[inline(always)]
+fn widen(v: half::bf16) -> f32 {
+    f32::from_bits(u32::from(v.to_bits()) << 16)
+}
+
+/// `out[i] = Σ_k xs[i·K + k] · w[k]` for each row i of xs (row length K = `w.len()`), in f32:
+/// 64 interleaved partial sums (4 × 16 lanes, so that AVX-512 keeps four independent chains),
+/// added in a fixed order, then the tail. The order is the same whatever instruction set runs
+/// it (the lanes are explicit, nothing is reassociated), so results do not depend on the machine.
+fn dot_rows(xs: &[f32], w: &[half::bf16], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked above).
+            return unsafe { dot_rows_avx512(xs, w, out) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked above).
+            return unsafe { dot_rows_avx2(xs, w, out) };
+        }
+    }
+    dot_rows_generic(xs, w, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_rows_avx512(xs: &[f32], w: &[half::bf16], out: &mut [f32]) {
+    dot_rows_generic(xs, w, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_rows_avx2(xs: &[f32], w: &[half::bf16], out: &mut [f32]) {
+    dot_rows_generic(xs, w, out)
+}
+
+#[inline(always)]
+fn dot_rows_generic(xs: &[f32], w: &[half::bf16], out: &mut [f32]) {
+    const LANES: usize = 64;
+    let k = w.len();
+    let body = k - k % LANES;
+    for (x, o) in xs.chunks_exact(k).zip(out.iter_mut()) {
+        let mut acc = [0f32; LANES];
+        for (xc, wc) in x[..body].chunks_exact(LANES).zip(w[..body].chunks_exact(LANES)) {
+            for l in 0..LANES {
+                acc[l] += xc[l] * widen(wc[l]);
+            }
+        }
+        let mut sum = 0f32;
+        for a in acc {
+            sum += a;
+        }
+        for (xv, wv) in x[body..].iter().zip(&w[body..]) {
+            sum += xv * widen(*wv);
+        }
+        *o = sum;
     }
 }
 
@@ -180,6 +345,35 @@ mod tests {
         let product = x.matmul(&bf(&[1.0, 1.0]).reshape((2, 1)).unwrap()).unwrap();
         let twice = values(&product.broadcast_add(&bf(&[1.0 / 256.0])).unwrap());
         assert_eq!(twice, [1.0], "rounded after the product, then after the bias");
+    }
+
+    /// Both ways of multiplying (the weight streamed for a few rows, widened for more) give the
+    /// exact sum plus bias rounded once, on inputs whose every partial sum is exact in f32 (so
+    /// the summation order cannot matter); 3-D inputs keep their leading dimensions.
+    #[test]
+    fn a_bf16_linear_streams_a_few_rows_and_widens_for_many_with_the_same_rounding() {
+        let (k, n) = (200, 40);
+        let grid = |i: usize, m: usize| ((i * m % 127) as f32 - 63.0) / 8.0;
+        let w: Vec<f32> = (0..n * k).map(|i| grid(i, 31)).collect();
+        let b: Vec<f32> = (0..n).map(|i| grid(i, 7) / 64.0).collect();
+        let linear = Linear::new(bf(&w).reshape((n, k)).unwrap(), Some(bf(&b)));
+        for rows in [1, 3, 16, 17, 40] {
+            let x: Vec<f32> = (0..rows * k).map(|i| grid(i, 53)).collect();
+            let x = bf(&x).reshape((1, rows, k)).unwrap();
+            let got = values(&linear.forward(&x).unwrap());
+            // Blocks of 16 weight rows: 16 + 16 + 8.
+            let blocked = linear_bf16_in_blocks(&x, linear.inner.weight(), linear.inner.bias(), 16 * k).unwrap();
+            assert_eq!(values(&blocked), got, "{rows} rows in blocks");
+            let x: Vec<f32> = values(&x);
+            let mut expected = Vec::new();
+            for i in 0..rows {
+                for j in 0..n {
+                    let exact: f64 = (0..k).map(|c| f64::from(x[i * k + c]) * f64::from(w[j * k + c])).sum();
+                    expected.push(bf16::from_f64(exact + f64::from(b[j])).to_f32());
+                }
+            }
+            assert_eq!(got, expected, "{rows} rows");
+        }
     }
 
     #[test]

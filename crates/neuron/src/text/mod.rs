@@ -134,7 +134,7 @@ pub fn logits_in_chunks(x: &Tensor, checkpoint: &Checkpoint, name: &str, chunk: 
         .step_by(chunk)
         .map(|start| {
             let rows = checkpoint.rows(name, start, chunk.min(vocab - start))?.to_dtype(x.dtype())?;
-            Ok(x.matmul(&rows.t()?)?)
+            Ok(Linear::new(rows, None).forward(x)?)
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Tensor::cat(&chunks, 1)?)
