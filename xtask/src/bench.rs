@@ -101,7 +101,9 @@ struct Stage {
 }
 
 pub fn run(sh: &Shell, args: Args) -> Result<()> {
-    let host = Host::detect()?;
+    let mut host = Host::detect()?;
+    // Before anything else runs, so the loops have the cores to themselves.
+    host.measure(args.threads.min(host.logical_cpus.max(1)));
     let mut loads = vec![("before transformers", load_average())];
     let (dir, _) = standin::ensure(sh, args.dir.clone())?;
     let out = sh.current_dir().join(&args.out);

@@ -55,6 +55,9 @@ enum Command {
     /// For the bf16 cases: the reference's own bf16-vs-f32 noise per tap, Rust's deviation
     /// and their ratio; proposes `tap_k` lines for taps beyond their k.
     Calibrate(calibrate::Args),
+    /// This machine's CPU, its measured clock and vector rates, and the theoretical f32 and
+    /// bf16 peaks that `bench` divides GEMM rates by (a few seconds).
+    Host(host::Args),
 }
 
 fn main() {
@@ -72,6 +75,7 @@ fn main() {
             Command::Standin(args) => standin::run(&sh, args),
             Command::Bench(args) => bench::run(&sh, args),
             Command::Calibrate(args) => calibrate::run(&sh, args),
+            Command::Host(args) => host::run(args),
         }
     })();
     if let Err(e) = result {
