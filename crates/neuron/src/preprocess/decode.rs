@@ -538,6 +538,51 @@ mod tests {
         assert!((126..=128).contains(&out[6]), "half-transparent black over white is mid grey, got {}", out[6]);
     }
 
+    /// A GIF whose first frame covers only part of the screen: the frame's pixels land at its
+    /// left and top offsets, the rest keeps index 0 (no transparent index).
+    #[test]
+    fn a_gif_frame_smaller_than_the_screen_is_placed_at_its_offsets() {
+        let palette = [0, 0, 0, 10, 20, 30, 40, 50, 60, 70, 80, 90];
+        let mut bytes = Vec::new();
+        {
+            let mut encoder = gif::Encoder::new(&mut bytes, 4, 3, &palette).unwrap();
+            let mut frame = gif::Frame { left: 1, top: 1, width: 3, height: 1, ..gif::Frame::default() };
+            frame.buffer = std::borrow::Cow::Owned(vec![1, 2, 3]);
+            encoder.write_frame(&frame).unwrap();
+        }
+        let decoded = decode_gif(&bytes).unwrap();
+        assert_eq!((decoded.width, decoded.height, decoded.channels), (4, 3, 3));
+        let pixels: Vec<[u8; 3]> = decoded.data.chunks_exact(3).map(|p| [p[0], p[1], p[2]]).collect();
+        let (black, one, two, three) = ([0, 0, 0], [10, 20, 30], [40, 50, 60], [70, 80, 90]);
+        let expected = [[black; 4], [black, one, two, three], [black; 4]].concat();
+        assert_eq!(pixels, expected, "rows of the 4×3 screen, the 3×1 frame at (1, 1)");
+    }
+
+    /// PLTE and tRNS may follow long ancillary chunks (text, ICC profiles): the header walk goes
+    /// on to the image data, however far that is.
+    #[test]
+    fn a_png_palette_after_a_long_text_chunk_is_still_read() {
+        let chunk = |kind: &[u8; 4], data: &[u8]| -> Vec<u8> {
+            // The CRC is not checked by the header walk; zero is enough.
+            [&(data.len() as u32).to_be_bytes()[..], kind, data, &[0; 4]].concat()
+        };
+        let ihdr = [&3u32.to_be_bytes()[..], &2u32.to_be_bytes(), &[8, 3, 0, 0, 0]].concat();
+        let bytes = [
+            &b"\x89PNG\r\n\x1a\n"[..],
+            &chunk(b"IHDR", &ihdr),
+            &chunk(b"tEXt", &[b'x'; 4000]),
+            &chunk(b"PLTE", &[1, 2, 3, 4, 5, 6]),
+            &chunk(b"tRNS", &[0]),
+            &chunk(b"IDAT", &[]),
+            &chunk(b"IEND", &[]),
+        ]
+        .concat();
+        let header = png_header(&bytes).unwrap();
+        assert_eq!((header.width, header.height, header.bit_depth, header.color_type), (3, 2, 8, 3));
+        assert_eq!(header.palette, [1, 2, 3, 4, 5, 6], "PLTE after 4000 bytes of tEXt");
+        assert_eq!(header.trns, Some(vec![0]), "tRNS after it");
+    }
+
     #[test]
     fn a_size_beyond_pils_bomb_limit_is_refused_with_its_message() {
         let err = check_size(100_000, 100_000).unwrap_err().to_string();
