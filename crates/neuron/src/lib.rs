@@ -3,6 +3,7 @@
 //! taps for parity checks.
 
 pub mod config;
+pub mod gemm_bf16;
 pub mod generate;
 pub mod model;
 pub mod precision;
