@@ -18,17 +18,17 @@ use neuron::gemm_bf16::{kernel_name, PackedBf16};
 
 /// (k, n) of the model's linear layers, and the row counts each is timed at.
 const SHAPES: &[(usize, usize, &[usize])] = &[
-    (5120, 17408, &[1, 277]),
-    (17408, 5120, &[1, 277]),
-    (5120, 10240, &[1, 277]),
-    (5120, 6144, &[1, 277]),
-    (6144, 5120, &[1, 277]),
-    (5120, 8192, &[1, 277]),
-    (1152, 3456, &[1, 277, 784]),
-    (1152, 4304, &[1, 277, 784]),
-    (4304, 1152, &[1, 277, 784]),
+    (5120, 17408, &[1, 16, 277]),
+    (17408, 5120, &[1, 16, 277]),
+    (5120, 10240, &[1, 16, 277]),
+    (5120, 6144, &[1, 16, 277]),
+    (6144, 5120, &[1, 16, 277]),
+    (5120, 8192, &[1, 16, 277]),
+    (1152, 3456, &[1, 16, 277, 784]),
+    (1152, 4304, &[1, 16, 277, 784]),
+    (4304, 1152, &[1, 16, 277, 784]),
     // One chunk of the 248320-wide output head.
-    (5120, 16384, &[1, 277]),
+    (5120, 16384, &[1, 16, 277]),
 ];
 
 /// Cycles per second of one core: a loop of 16 dependent `add r64, 1` (1 cycle each).
@@ -102,7 +102,10 @@ fn main() -> Result<()> {
         kernel_name(),
         peak / 2.0
     );
-    println!("{:>5} {:>6} {:>6} | {:>16} | {:>16} | {:>7} | {:>8}", "rows", "k", "n", "packed GFLOP/s", "candle GFLOP/s", "speedup", "max diff");
+    println!(
+        "{:>5} {:>6} {:>6} | {:>16} | {:>16} | {:>7} | {:>8}",
+        "rows", "k", "n", "packed GFLOP/s", "candle GFLOP/s", "speedup", "max diff"
+    );
     for &(k, n, row_counts) in SHAPES {
         if !only.is_empty() && !only.iter().any(|s| **s == format!("{k}x{n}")) {
             continue;
@@ -111,7 +114,8 @@ fn main() -> Result<()> {
         let t = Instant::now();
         let packed = PackedBf16::pack(&w, n, k);
         let pack_s = t.elapsed().as_secs_f64();
-        let w32 = if with_candle { Some(Tensor::from_vec(w, (n, k), &Device::Cpu)?.to_dtype(DType::F32)?) } else { None };
+        let w32 =
+            if with_candle { Some(Tensor::from_vec(w, (n, k), &Device::Cpu)?.to_dtype(DType::F32)?) } else { None };
         for &rows in row_counts {
             let x = random_bf16(rows * k, rows as u64);
             let mut out = vec![0f32; rows * n];
@@ -131,7 +135,8 @@ fn main() -> Result<()> {
                     })?;
                     let theirs: Vec<f32> = result.expect("ran").flatten_all()?.to_vec1()?;
                     // Both are f32 sums of the same exact products: they differ by rounding only.
-                    let diff = out.iter().zip(&theirs).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0.0, f32::max);
+                    let diff =
+                        out.iter().zip(&theirs).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0.0, f32::max);
                     (Some(flop / s / 1e9), Some(diff))
                 }
                 None => (None, None),
