@@ -156,6 +156,85 @@ impl Module for Linear {
     }
 }
 
+/// `torch.matmul(a, b)` of two batches as attention multiplies them: a [B, m, k] · b [B, k, n]
+/// → [B, m, n] in a's dtype (any strides; `k.t()` is read as it is). In bf16, f32 sums
+/// rounded once, as PyTorch's CPU `bmm` and as candle's do.
+///
+/// Why not candle's `matmul`: it runs one multi-threaded `gemm` per batch entry, and at
+/// attention's shapes (16 heads × 784×72 · 72×784 in the vision tower) the threads spend more
+/// time meeting than multiplying (81 GFLOP/s measured); here the batch entries are shared out
+/// between the threads and each runs single-threaded (352 GFLOP/s for the same product, in
+/// the GEMM-options study). In bf16, candle's `gemm` has no bf16 kernel (14 GFLOP/s for the
+/// vision tower's P·V); here each entry's right operand is packed for [`PackedBf16`].
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (batch, m, k) = a.dims3()?;
+    let (batch_b, k_b, n) = b.dims3()?;
+    ensure!(batch == batch_b && k == k_b, "matmul of {:?} and {:?}", a.dims(), b.dims());
+    match a.dtype() {
+        DType::F32 => matmul_f32(a, &b.to_dtype(DType::F32)?, batch, m, k, n),
+        DType::BF16 => {
+            // Each entry of b, transposed to [n, k], is a linear layer's weight.
+            let bt = b.to_dtype(DType::BF16)?.transpose(1, 2)?.contiguous()?.flatten_all()?.to_vec1::<half::bf16>()?;
+            let a = a.contiguous()?.flatten_all()?.to_vec1::<half::bf16>()?;
+            let mut out = vec![half::bf16::ZERO; batch * m * n];
+            let mut sums = vec![0f32; m * n];
+            for i in 0..batch {
+                let weight = PackedBf16::pack(&bt[i * n * k..(i + 1) * n * k], n, k);
+                weight.matmul(&a[i * m * k..(i + 1) * m * k], m, &mut sums);
+                for (o, s) in out[i * m * n..(i + 1) * m * n].iter_mut().zip(&sums) {
+                    *o = half::bf16::from_f32(*s);
+                }
+            }
+            Ok(Tensor::from_vec(out, (batch, m, n), &Device::Cpu)?)
+        }
+        _ => Ok(a.matmul(b)?),
+    }
+}
+
+/// [`matmul`] in f32: one single-threaded `gemm` per batch entry, the entries on all cores.
+fn matmul_f32(a: &Tensor, b: &Tensor, batch: usize, m: usize, k: usize, n: usize) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let (a_storage, a_layout) = a.storage_and_layout();
+    let (b_storage, b_layout) = b.storage_and_layout();
+    let (candle_core::Storage::Cpu(a_cpu), candle_core::Storage::Cpu(b_cpu)) = (&*a_storage, &*b_storage) else {
+        anyhow::bail!("matmul runs on the CPU")
+    };
+    let (a_all, b_all) = (a_cpu.as_slice::<f32>()?, b_cpu.as_slice::<f32>()?);
+    let (sa, sb) = (a_layout.stride(), b_layout.stride());
+    let (a0, b0) = (a_layout.start_offset(), b_layout.start_offset());
+    let mut out = vec![0f32; batch * m * n];
+    out.par_chunks_mut((m * n).max(1)).enumerate().for_each(|(i, dst)| {
+        // SAFETY: dst is this entry's m × n (row stride n); lhs element (r, p) is at
+        // a0 + i·sa0 + r·sa1 + p·sa2 and rhs element (p, j) at b0 + i·sb0 + p·sb1 + j·sb2, both
+        // inside their storages since the layouts describe [batch, m, k] and [batch, k, n].
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a_all.as_ptr().add(a0 + i * sa[0]),
+                sa[2] as isize,
+                sa[1] as isize,
+                b_all.as_ptr().add(b0 + i * sb[0]),
+                sb[2] as isize,
+                sb[1] as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
+    });
+    drop((a_storage, b_storage));
+    Ok(Tensor::from_vec(out, (batch, m, n), &Device::Cpu)?)
+}
+
 /// A bf16 weight [out, in] packed for [`PackedBf16`].
 fn packed(w: &Tensor) -> Result<PackedBf16> {
     let (n, k) = w.dims2()?;
@@ -334,6 +413,30 @@ mod tests {
                 wrong.map(|i| expected[i])
             );
         }
+    }
+
+    /// The attention matmul against candle's: f32 to summation error with a transposed right
+    /// operand (`k.t()`) and a narrowed left one; bf16 as the exact f32 sum rounded once, on
+    /// grid inputs where the summation order cannot matter.
+    #[test]
+    fn the_attention_matmul_computes_what_candles_matmul_computes_in_f32_and_bf16() {
+        let q = Tensor::randn(0f32, 1.0, (3, 20, 72), &Device::Cpu).unwrap();
+        let keys = Tensor::randn(0f32, 1.0, (3, 33, 72), &Device::Cpu).unwrap();
+        let q_part = q.narrow(1, 3, 17).unwrap();
+        for (a, b) in [(&q_part, keys.t().unwrap()), (&keys, keys.t().unwrap().contiguous().unwrap())] {
+            let (got, expected) = (matmul(a, &b).unwrap(), a.matmul(&b).unwrap());
+            assert_eq!(got.dims(), expected.dims());
+            let worst = values(&got).iter().zip(values(&expected)).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(worst <= 1e-5, "f32 {:?} · {:?}: off by {worst:e}", a.dims(), b.dims());
+        }
+        let grid =
+            |len: usize, m: usize| -> Vec<f32> { (0..len).map(|i| ((i * m % 61) as f32 - 30.0) / 8.0).collect() };
+        let a = bf(&grid(2 * 5 * 40, 7)).reshape((2, 5, 40)).unwrap();
+        let b = bf(&grid(2 * 40 * 9, 13)).reshape((2, 40, 9)).unwrap();
+        let got = matmul(&a, &b).unwrap();
+        assert_eq!((got.dims(), got.dtype()), (&[2, 5, 9][..], DType::BF16));
+        let exact = a.to_dtype(DType::F32).unwrap().matmul(&b.to_dtype(DType::F32).unwrap()).unwrap();
+        assert_eq!(values(&got), values(&exact.to_dtype(DType::BF16).unwrap()), "bf16: the exact sums rounded once");
     }
 
     #[test]

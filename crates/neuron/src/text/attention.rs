@@ -171,10 +171,10 @@ impl Attention {
         };
         let (k, v) = (repeat(&cached.key)?, repeat(&cached.value)?);
 
-        let scores = crate::precision::scale(&q.matmul(&k.t()?)?, self.scale)?;
+        let scores = crate::precision::scale(&crate::precision::matmul(&q, &k.t()?)?, self.scale)?;
         let mask = causal_mask(seq, total - seq, x.device())?;
         let probs = in_f32(&scores, |s| Ok(candle_nn::ops::softmax_last_dim(&s.broadcast_add(&mask)?)?))?;
-        let out = probs.matmul(&v)?.transpose(0, 1)?.reshape((seq, nh * hd))?;
+        let out = crate::precision::matmul(&probs, &v)?.transpose(0, 1)?.reshape((seq, nh * hd))?;
         let out = (out * crate::precision::sigmoid(&gate)?)?;
         Ok((self.o_proj.forward(&out)?, cached))
     }

@@ -153,9 +153,9 @@ impl VisionAttention {
             // [len, heads, d] → [heads, len, d]
             let seg = |t: &Tensor| -> Result<Tensor> { Ok(t.narrow(0, start, len)?.transpose(0, 1)?.contiguous()?) };
             let (q, k, v) = (seg(&q)?, seg(&k)?, seg(&v)?);
-            let scores = crate::precision::scale(&q.matmul(&k.t()?)?, scale)?;
+            let scores = crate::precision::scale(&crate::precision::matmul(&q, &k.t()?)?, scale)?;
             let probs = crate::precision::softmax_last_dim(&scores)?;
-            outputs.push(probs.matmul(&v)?.transpose(0, 1)?);
+            outputs.push(crate::precision::matmul(&probs, &v)?.transpose(0, 1)?);
         }
         let out = Tensor::cat(&outputs, 0)?.reshape((n, self.num_heads * self.head_dim))?;
         Ok(self.proj.forward(&out)?)
