@@ -60,6 +60,11 @@ enum Command {
     Host(host::Args),
 }
 
+/// mimalloc, as the examples use (see crates/neuron/examples/bench.rs): verify runs the model
+/// here, and glibc's malloc would fault in fresh pages for every activation.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = Cli::parse();
     let result = (|| -> Result<()> {
