@@ -3,8 +3,10 @@
 //! weights), one warm-up and the best of five, as `script/gemm_rates.py` times torch. The
 //! right operand is stored n × k and transposed, as `Linear` holds its weight and as QKᵀ reads
 //! the keys. Threads from `RAYON_NUM_THREADS`. Writes the list back with `seconds` and `gflops`.
-//! With `--dtype bf16` the operands are bf16 and a product runs as the bf16 model runs its
-//! linear layers (`neuron::precision::Linear`: widened to f32, one rounding).
+//! Each product runs as the model runs it: a weight-shaped one through `neuron::precision::Linear`
+//! (f32: the weight stored transposed; bf16: packed for the VDPBF16PS kernel, one rounding), a
+//! batched one (attention) through `neuron::precision::matmul`. With `--dtype bf16` the
+//! operands are bf16.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -59,13 +61,14 @@ fn best_of_five(batch: usize, m: usize, k: usize, n: usize, dtype: DType) -> Res
         (Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?, Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu)?)
     };
     let (x, w) = (x.to_dtype(dtype)?, w.to_dtype(dtype)?);
-    // A weight-shaped product runs through the model's Linear (bf16: widened, one rounding);
-    // batched ones (attention) through matmul, as the model runs them.
+    // A weight-shaped product runs through the model's Linear (packing or transposing the weight
+    // once, outside the timing, as loading does); batched ones (attention) through the
+    // model's matmul.
     let linear = (batch == 1).then(|| neuron::precision::Linear::new(w.clone(), None));
     let product = || -> Result<Tensor> {
         Ok(match &linear {
             Some(l) => l.forward(&x)?,
-            None => x.matmul(&w.t()?)?,
+            None => neuron::precision::matmul(&x, &w.t()?)?,
         })
     };
     std::hint::black_box(product()?);
