@@ -65,7 +65,13 @@ enum Command {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay` of mimalloc.h (v2 and v3), which libmimalloc-sys does not name.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 fn main() {
+    // As the examples do (crates/neuron/examples/bench.rs): keep freed pages rather than fault
+    // them in again. SAFETY: sets an option of this binary's allocator before threads start.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     let cli = Cli::parse();
     let result = (|| -> Result<()> {
         let sh = Shell::new()?;
