@@ -176,15 +176,18 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             // Each entry of b, transposed to [n, k], is a linear layer's weight.
             let bt = b.to_dtype(DType::BF16)?.transpose(1, 2)?.contiguous()?.flatten_all()?.to_vec1::<half::bf16>()?;
             let a = a.contiguous()?.flatten_all()?.to_vec1::<half::bf16>()?;
+            // The entries on all cores, each packed and multiplied inside its own task: one
+            // entry is too small to split between threads without them waiting on each other.
+            use rayon::prelude::*;
             let mut out = vec![half::bf16::ZERO; batch * m * n];
-            let mut sums = vec![0f32; m * n];
-            for i in 0..batch {
+            out.par_chunks_mut((m * n).max(1)).enumerate().for_each(|(i, out)| {
                 let weight = PackedBf16::pack(&bt[i * n * k..(i + 1) * n * k], n, k);
+                let mut sums = vec![0f32; m * n];
                 weight.matmul(&a[i * m * k..(i + 1) * m * k], m, &mut sums);
-                for (o, s) in out[i * m * n..(i + 1) * m * n].iter_mut().zip(&sums) {
+                for (o, s) in out.iter_mut().zip(&sums) {
                     *o = half::bf16::from_f32(*s);
                 }
-            }
+            });
             Ok(Tensor::from_vec(out, (batch, m, n), &Device::Cpu)?)
         }
         _ => Ok(a.matmul(b)?),
