@@ -533,7 +533,7 @@ mod tests {
         assert!(check_compute_dtype(DType::F16).is_err() && check_compute_dtype(DType::BF16).is_ok());
     }
 
-    /// The f32 linear stores its weight transposed; products of 1, 17 and 277 rows (2-D and
+    /// The f32 linear stores its weight transposed; products of 1, 15, 17, 277 and 784 rows (2-D and
     /// 3-D inputs, ragged weight shapes that cross the 64 × 64 transpose tiles) equal candle's
     /// own `Linear` over the untransposed weight to f32 rounding (gemm takes another path for a
     /// contiguous right operand, so the summation order may differ).
@@ -547,7 +547,7 @@ mod tests {
             assert!(inner.weight().t().unwrap().is_contiguous(), "{out_dim}×{in_dim}: the weight is stored [in, out]");
             assert_eq!(values(inner.weight()), values(&w), "{out_dim}×{in_dim}: the weight as [out, in]");
             let plain = candle_nn::Linear::new(w, Some(b));
-            for rows in [1, 17, 277] {
+            for rows in [1, 15, 17, 277, 784] {
                 let x = Tensor::randn(0f32, 1.0, (1, rows, in_dim), &Device::Cpu).unwrap();
                 let (got, expected) = (ours.forward(&x).unwrap(), plain.forward(&x).unwrap());
                 assert_eq!(got.dims(), [1, rows, out_dim], "{rows} rows of {in_dim}");
