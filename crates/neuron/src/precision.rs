@@ -556,6 +556,8 @@ mod tests {
                 // f32 summation error only (terms ~1, sums ~√in): a wrong index or a lost
                 // bias is off by about 1.
                 assert!(worst <= 1e-6 * in_dim as f32, "{rows}×{in_dim} · {in_dim}×{out_dim}: off by {worst:e}");
+                let flat = values(&ours.forward(&x.squeeze(0).unwrap()).unwrap());
+                assert_eq!(flat, got, "{rows} rows as a 2-D input give what the 3-D input gives");
             }
         }
     }
