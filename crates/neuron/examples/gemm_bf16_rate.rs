@@ -2,12 +2,11 @@
 //! linear shapes, against the path the bf16 model has used so far: candle's
 //! `x.to_dtype(F32).matmul(&w_f32.t())` with the weight widened to f32 once.
 //!
-//! Each rate is the best of 5 runs after a warm-up, in GFLOP/s (2·rows·k·n flop), and as a
-//! percentage of this host's bf16 peak: threads × clock × 128 flop per cycle (two `VDPBF16PS`
-//! zmm per cycle per core, 32 products = 64 flop each). The clock is measured with a chain of
-//! dependent `add`s (one per cycle).
+//! Each rate is the best of 5 runs after a warm-up, in GFLOP/s (2·rows·k·n flop), and with
+//! `--peak G` as a percentage of a bf16 peak of G GFLOP/s: `cargo xtask host` measures this
+//! host's clock and prints its peak (threads × clock × 128 flop per cycle with AVX-512 BF16).
 //!
-//! `RAYON_NUM_THREADS=2 cargo run -p neuron --release --example gemm_bf16_rate [-- --no-candle] [K×N ...]`
+//! `RAYON_NUM_THREADS=2 cargo run -p neuron --release --example gemm_bf16_rate [-- --no-candle] [--peak G] [K×N ...]`
 
 use std::time::Instant;
 
@@ -30,33 +29,6 @@ const SHAPES: &[(usize, usize, &[usize])] = &[
     // One chunk of the 248320-wide output head.
     (5120, 16384, &[1, 16, 277]),
 ];
-
-/// Cycles per second of one core: a loop of 16 dependent `add r64, 1` (1 cycle each).
-#[cfg(target_arch = "x86_64")]
-fn clock_ghz() -> f64 {
-    const ITERS: u64 = 20_000_000;
-    let run = || {
-        let t = Instant::now();
-        // SAFETY: registers only.
-        unsafe {
-            std::arch::asm!(
-                "xor {x}, {x}",
-                "2:",
-                "add {x}, 1", "add {x}, 1", "add {x}, 1", "add {x}, 1",
-                "add {x}, 1", "add {x}, 1", "add {x}, 1", "add {x}, 1",
-                "add {x}, 1", "add {x}, 1", "add {x}, 1", "add {x}, 1",
-                "add {x}, 1", "add {x}, 1", "add {x}, 1", "add {x}, 1",
-                "dec {n}",
-                "jnz 2b",
-                n = inout(reg) ITERS => _,
-                x = out(reg) _,
-                options(nostack, nomem),
-            );
-        }
-        (ITERS * 16) as f64 / t.elapsed().as_secs_f64() / 1e9
-    };
-    (0..7).map(|_| run()).fold(0.0, f64::max)
-}
 
 /// Best of 5 seconds after one warm-up run.
 fn best_of_five(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
@@ -87,20 +59,28 @@ fn random_bf16(len: usize, seed: u64) -> Vec<bf16> {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let with_candle = !args.iter().any(|a| a == "--no-candle");
-    let only: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
+    let peak = match args.iter().position(|a| a == "--peak") {
+        Some(i) => Some(
+            args.get(i + 1)
+                .and_then(|v| v.parse::<f64>().ok())
+                .ok_or_else(|| anyhow::anyhow!("--peak wants GFLOP/s (cargo xtask host prints the bf16 peak)"))?,
+        ),
+        None => None,
+    };
+    let only: Vec<&String> = args
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| !a.starts_with("--") && args.get(i.wrapping_sub(1)).map(String::as_str) != Some("--peak"))
+        .map(|(_, a)| a)
+        .collect();
     if std::env::var("RAYON_NUM_THREADS").is_err() {
         eprintln!("note: RAYON_NUM_THREADS is not set (the reference numbers use 2)");
     }
     let threads = rayon::current_num_threads();
-    #[cfg(target_arch = "x86_64")]
-    let clock = clock_ghz();
-    #[cfg(not(target_arch = "x86_64"))]
-    let clock = f64::NAN;
-    let peak = threads as f64 * clock * 128.0;
     println!(
-        "kernel {}, {threads} threads, clock {clock:.2} GHz, bf16 peak {peak:.0} GFLOP/s (f32 FMA peak {:.0})",
+        "kernel {}, {threads} threads, bf16 peak {}",
         kernel_name(),
-        peak / 2.0
+        peak.map_or("not given (--peak)".to_string(), |p| format!("{p:.0} GFLOP/s"))
     );
     println!(
         "{:>5} {:>6} {:>6} | {:>16} | {:>16} | {:>7} | {:>8}",
@@ -141,8 +121,11 @@ fn main() -> Result<()> {
                 }
                 None => (None, None),
             };
-            let pct = |r: f64| 100.0 * r / peak;
-            let cell = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:7.1} ({:4.1} %)", pct(r)));
+            let cell = |r: Option<f64>| match (r, peak) {
+                (Some(r), Some(p)) => format!("{r:7.1} ({:4.1} %)", 100.0 * r / p),
+                (Some(r), None) => format!("{r:7.1}"),
+                (None, _) => "-".to_string(),
+            };
             println!(
                 "{rows:>5} {k:>6} {n:>6} | {:>16} | {:>16} | {:>7} | {:>8}",
                 cell(Some(rate)),
