@@ -121,6 +121,12 @@ def bench(args: argparse.Namespace) -> dict:
     lm = model.model.language_model
 
     with torch.no_grad():
+        # The first forward pass, before anything else touches the weights: from_pretrained
+        # maps a bf16 checkpoint and reads its pages here, so load + this is the time to a
+        # first answer on either side.
+        started = time.perf_counter()
+        model(**inputs, use_cache=False, logits_to_keep=1)
+        first_forward_seconds = time.perf_counter() - started
         embeds, position_ids = prefill_inputs(model, inputs)
         stages = {
             "vision": lambda: model.model.visual(
@@ -158,6 +164,7 @@ def bench(args: argparse.Namespace) -> dict:
         "threads": args.threads,
         "runs": args.runs,
         "load_seconds": load_seconds,
+        "first_forward_seconds": first_forward_seconds,
         "stages": timings,
         "decode_steps": args.decode_steps,
         "decode_tokens": decode_tokens,
