@@ -505,6 +505,11 @@ mod tests {
             widened.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits()),
             "bf16 → f32 differs from candle's"
         );
+        // A strided view (a transpose) of the same size goes through candle's strided copy.
+        let strided = x.reshape((7, xs.len() / 7)).unwrap().t().unwrap();
+        let got: Vec<bf16> = cast(&strided, DType::BF16).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let expected: Vec<bf16> = strided.to_dtype(DType::BF16).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        assert!(got == expected, "a transposed f32 view cast to bf16 differs from candle's conversion");
         let nan = Tensor::new(&[f32::NAN; 40_000], &Device::Cpu).unwrap();
         let nan: Vec<f32> = cast(&cast(&nan, DType::BF16).unwrap(), DType::F32).unwrap().to_vec1().unwrap();
         assert!(nan.iter().all(|v| v.is_nan()), "NaN stays NaN through both casts");
