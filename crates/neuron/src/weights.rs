@@ -1,8 +1,9 @@
 //! Finding and memory-mapping a checkpoint's safetensors files.
 //!
 //! Tensors are read by their checkpoint names (`model.visual.*`, `model.language_model.*`,
-//! `lm_head.*`) and converted to f32 on load whatever their stored dtype (bf16, f16, f32);
-//! tensors the forward pass never asks for (`mtp.*`) are never read.
+//! `lm_head.*`) and converted on load, on all cores, to the compute dtype (f32 or bf16)
+//! whatever their stored dtype (bf16, f16, f32); tensors the forward pass never asks for
+//! (`mtp.*`) are never read.
 //!
 //! A 27B checkpoint is 55 GB of bf16: the pages of a tensor are released from the process
 //! (`MADV_DONTNEED`) as soon as it has been converted, so that reading a layer costs its f32
@@ -59,7 +60,7 @@ struct Entry {
     shape: Vec<usize>,
 }
 
-/// The memory-mapped shards of a checkpoint and the table of its tensors; hands out f32
+/// The memory-mapped shards of a checkpoint and the table of its tensors; hands out f32 or bf16
 /// tensors, whole or by rows, releasing the pages it read.
 pub struct Checkpoint {
     dir: PathBuf,
