@@ -60,8 +60,8 @@ struct Entry {
     shape: Vec<usize>,
 }
 
-/// The memory-mapped shards of a checkpoint and the table of its tensors; hands out f32 or bf16
-/// tensors, whole or by rows, releasing the pages it read.
+/// The memory-mapped shards of a checkpoint and the table of its tensors; hands out tensors
+/// whole (f32 or bf16) or by rows (f32), releasing the pages it read.
 pub struct Checkpoint {
     dir: PathBuf,
     shards: Vec<(PathBuf, Mmap)>,
