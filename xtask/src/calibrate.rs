@@ -4,14 +4,13 @@
 //! ratio exceeds the case's `k`.
 
 use anyhow::{bail, Result};
-use neuron::replay::{self, CaseInputs, Mode, Perturbations};
+use contract::{ComputeDtype, Tap};
 use parity::compare::Comparison;
-use parity::manifest::CaseDtype;
 use parity::report::sci;
+use replay::{Loaded, Mode, Perturbations};
 use xshell::Shell;
 
-use crate::verify::{load, Loaded};
-use crate::ManifestArg;
+use crate::cli::ManifestArg;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -27,40 +26,41 @@ pub struct Args {
 
 /// The worst Rust deviation of one tap over the modes that check it.
 struct Measured {
-    tap: String,
+    tap: Tap,
     mode: &'static str,
     comparison: Comparison,
 }
 
 pub fn run(sh: &Shell, args: Args) -> Result<()> {
     let manifest = args.manifest.load(sh)?;
-    let cases: Vec<String> = crate::select_cases(&manifest, None, args.case.as_deref())?
+    let cases: Vec<_> = manifest
+        .select(None, args.case.as_deref())
+        .map_err(anyhow::Error::msg)?
         .into_iter()
-        .filter(|c| manifest.cases[c].dtype == CaseDtype::Bf16)
+        .filter(|c| c.case.dtype == ComputeDtype::Bf16)
         .collect();
     if cases.is_empty() {
         bail!("no bf16 case selected: calibration applies to cases with dtype = \"bf16\"");
     }
     let mut proposals = Vec::new();
-    for case in &cases {
-        let model = match load(&manifest, case, args.weights.as_deref()) {
-            Loaded::Model(m) => m,
+    for &case in &cases {
+        let (setup, model) = match replay::load_case(case, args.weights.as_deref()) {
+            Loaded::Model { setup, model } => (setup, model),
             Loaded::Skip(why) => {
                 println!("case {case}: skipped, {why}");
                 continue;
             }
             Loaded::Fail(why) => bail!("case {case}: {why}"),
         };
-        let inputs = CaseInputs::with_weights(&manifest, case, args.weights.as_deref())?;
         let mut worst: Vec<Measured> = Vec::new();
         for &mode in Mode::ALL {
-            let taps = replay::taps_checked(&manifest, case, mode);
+            let taps = case.taps_checked(mode);
             if taps.is_empty() {
                 continue;
             }
-            let run = replay::run_with(&manifest, &inputs, mode, &model, &Perturbations::default())?;
+            let run = replay::run_with(&setup, mode, &model, &Perturbations::default())?;
             for tap in taps {
-                let comparison = run.check(&manifest, case, &tap)?.comparison;
+                let comparison = run.check(case, tap)?.comparison;
                 let ratio = comparison.noise_ratio().unwrap_or(0.0);
                 match worst.iter_mut().find(|m| m.tap == tap) {
                     Some(m) if m.comparison.noise_ratio().unwrap_or(0.0) >= ratio => {}
@@ -77,7 +77,8 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
         for m in &worst {
             let c = &m.comparison;
             let Some(cal) = c.calibration.filter(|_| c.noise_ratio().is_some()) else {
-                println!("{:<20} exact (integer tap): {}", m.tap, if c.passed() { "equal" } else { "DIFFERENT" });
+                let tap = m.tap.to_string();
+                println!("{tap:<20} exact (integer tap): {}", if c.passed() { "equal" } else { "DIFFERENT" });
                 continue;
             };
             let rust_max = c.max_abs.as_ref().map_or(0.0, |w| w.value);
@@ -87,7 +88,7 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
             let logits_ok = c.logits.is_none_or(|l| l.argmax_agrees() && l.overlap == l.k);
             println!(
                 "{:<20} {:>10} {:>10} {:>10} {:>10} {:>8.2} {:>8.2} {:>5}  {}{}",
-                m.tap,
+                m.tap.to_string(),
                 sci(Some(cal.noise.max_abs)),
                 sci(Some(cal.noise.rms)),
                 sci(Some(rust_max)),
@@ -132,7 +133,7 @@ mod tests {
     #[test]
     fn calibrating_an_f32_only_selection_is_refused_naming_the_dtype() {
         let sh = Shell::new().unwrap();
-        sh.change_dir(crate::project_root());
+        sh.change_dir(crate::cli::project_root());
         let f32_case = "chelsea".to_owned();
         let args =
             Args { case: Some(f32_case), weights: None, manifest: ManifestArg { manifest: "fixtures.toml".into() } };

@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use parity::manifest::{Manifest, DUMPS_DIR};
 use xshell::Shell;
 
-use crate::ManifestArg;
+use crate::cli::ManifestArg;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -19,12 +19,12 @@ pub struct Args {
 
 pub fn run(sh: &Shell, args: Args) -> Result<()> {
     let manifest = args.manifest.load(sh)?;
-    for (name, case) in &manifest.cases {
-        let model = &manifest.models[&case.model];
-        if model.is_external() && case.dumps.is_empty() {
+    for case in manifest.case_refs() {
+        let model = case.model();
+        if model.is_external() && case.case.dumps.is_empty() {
             println!(
-                "note: cases.{name} is not captured yet; its checkpoint lives outside the repository ({})",
-                model.absent_reason(&case.model)
+                "note: cases.{case} is not captured yet; its checkpoint lives outside the repository ({})",
+                model.absent_reason(case.model_name())
             );
         }
     }
@@ -47,9 +47,9 @@ fn problems(manifest: &Manifest) -> Vec<String> {
             problems.push(format!("models.\"{name}\": no files recorded; run `cargo xtask make-model --model {name}`"));
         }
     }
-    for (name, case) in &manifest.cases {
-        if case.dumps.is_empty() && !manifest.models[&case.model].is_external() {
-            problems.push(format!("cases.{name}: never captured; run `cargo xtask capture --case {name}`"));
+    for case in manifest.case_refs() {
+        if case.case.dumps.is_empty() && !case.model().is_external() {
+            problems.push(format!("cases.{case}: never captured; run `cargo xtask capture --case {case}`"));
         }
     }
     for file in manifest.recorded_files() {
@@ -57,9 +57,9 @@ fn problems(manifest: &Manifest) -> Vec<String> {
             problems.push(format!("{} ({})", e, file.entry));
         }
     }
-    for (case, c) in &manifest.cases {
-        for (tap, dump) in &c.dumps {
-            let path = manifest.root.join(Manifest::dump_path(case, tap));
+    for case in manifest.case_refs() {
+        for (tap, dump) in case.dumps_in_order() {
+            let path = manifest.root.join(case.dump_path(tap));
             // A digest mismatch is already reported; only a readable file's header is checked.
             if let Ok(array) = parity::npy::read_npy(&path) {
                 if array.shape != dump.shape || array.dtype() != dump.dtype {

@@ -159,7 +159,7 @@ mod tests {
 
     /// The stand-in's configuration (Qwen3.6-27B's widths, 4 layers each side).
     fn standin_config() -> Config {
-        let text = std::fs::read_to_string(crate::project_root().join("script/qwen3.6-27b.config.json")).unwrap();
+        let text = std::fs::read_to_string(crate::cli::project_root().join("script/qwen3.6-27b.config.json")).unwrap();
         let mut cfg: Config = serde_json::from_str(&text).unwrap();
         cfg.text_config.num_hidden_layers = 4;
         cfg.vision_config.depth = 4;

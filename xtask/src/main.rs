@@ -2,12 +2,14 @@
 //! mutants, standin, bench, calibrate).
 //!
 //! A plain binary in the rust-analyzer style: one small clap enum, one module per command,
-//! one `xshell::Shell` rooted at the project root.
+//! one `xshell::Shell` rooted at the project root. This file only dispatches; what commands
+//! share (the `--manifest` flag, progress bars, the project root) is in [`cli`].
 
 mod bench;
 mod calibrate;
 mod capture;
 mod check;
+mod cli;
 mod gemms;
 mod harness;
 mod host;
@@ -18,8 +20,6 @@ mod screenshot;
 mod standin;
 mod status;
 mod verify;
-
-use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -72,11 +72,11 @@ fn main() {
     // As the examples do (crates/neuron/examples/bench.rs): keep freed pages rather than fault
     // them in again. SAFETY: sets an option of this binary's allocator before threads start.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-    let cli = Cli::parse();
+    let args = Cli::parse();
     let result = (|| -> Result<()> {
         let sh = Shell::new()?;
-        sh.change_dir(project_root());
-        match cli.command {
+        sh.change_dir(cli::project_root());
+        match args.command {
             Command::MakeModel(args) => make_model::run(&sh, args),
             Command::Capture(args) => capture::run(&sh, args),
             Command::Check(args) => check::run(&sh, args),
@@ -93,98 +93,4 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
-}
-
-/// The workspace root (the folder holding `fixtures.toml`).
-fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace root").to_owned()
-}
-
-/// `--manifest PATH`, resolved against the project root.
-#[derive(clap::Args, Debug, Clone)]
-struct ManifestArg {
-    /// The manifest to read (and, for capture and make-model, update in place).
-    #[arg(long, default_value = "fixtures.toml")]
-    manifest: PathBuf,
-}
-
-impl ManifestArg {
-    fn path(&self, sh: &Shell) -> PathBuf {
-        sh.current_dir().join(&self.manifest)
-    }
-
-    fn load(&self, sh: &Shell) -> Result<parity::manifest::Manifest> {
-        Ok(parity::manifest::Manifest::load(&self.path(sh))?)
-    }
-}
-
-/// The cases chosen by `--model` / `--case` (all when neither is given).
-fn select_cases(manifest: &parity::manifest::Manifest, model: Option<&str>, case: Option<&str>) -> Result<Vec<String>> {
-    use anyhow::ensure;
-    if let Some(m) = model {
-        ensure!(
-            manifest.models.contains_key(m),
-            "no model \"{m}\" in the manifest; known models: {}",
-            manifest.models.keys().cloned().collect::<Vec<_>>().join(", ")
-        );
-    }
-    if let Some(c) = case {
-        ensure!(
-            manifest.cases.contains_key(c),
-            "no case \"{c}\" in the manifest; known cases: {}",
-            manifest.cases.keys().cloned().collect::<Vec<_>>().join(", ")
-        );
-    }
-    let cases: Vec<String> = manifest
-        .cases
-        .iter()
-        .filter(|(name, c)| case.is_none_or(|want| want == name.as_str()) && model.is_none_or(|m| m == c.model))
-        .map(|(name, _)| name.clone())
-        .collect();
-    ensure!(!cases.is_empty(), "no case matches --model {model:?} --case {case:?}");
-    Ok(cases)
-}
-
-/// A progress bar on stderr for long loops; hidden in CI and when stderr is not a terminal,
-/// so logs stay clean.
-fn progress(len: usize, what: &str) -> indicatif::ProgressBar {
-    if std::env::var_os("CI").is_some() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(&format!("{what} {{bar:30}} {{pos}}/{{len}} {{msg}}"))
-            .expect("a valid template"),
-    );
-    bar
-}
-
-/// `--weights DIR` names one checkpoint: refuse it when the selected cases use several
-/// external models, or none (it would be silently ignored).
-fn check_weights_flag(manifest: &parity::manifest::Manifest, cases: &[String], weights: Option<&Path>) -> Result<()> {
-    let Some(dir) = weights else { return Ok(()) };
-    let mut external: Vec<&str> =
-        cases.iter().map(|c| manifest.cases[c].model.as_str()).filter(|m| manifest.models[*m].is_external()).collect();
-    external.sort();
-    external.dedup();
-    match external.len() {
-        1 => Ok(()),
-        0 => anyhow::bail!(
-            "--weights {} given, but none of the selected cases uses a checkpoint outside the repository",
-            dir.display()
-        ),
-        _ => anyhow::bail!(
-            "--weights {} is ambiguous: the selected cases use the external models {}; choose one with --model",
-            dir.display(),
-            external.join(", ")
-        ),
-    }
-}
-
-/// Peak resident memory of this process (`VmHWM`), on Linux.
-fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Context, Result};
 use xshell::Shell;
 
-use crate::{harness, manifest_edit::ManifestDoc, ManifestArg};
+use crate::cli::ManifestArg;
+use crate::{harness, manifest_edit::ManifestDoc};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use contract::Tap;
 use parity::manifest::{Dump, Manifest, Reference};
 use toml_edit::{value, Array, DocumentMut, InlineTable, Item, Table};
 
@@ -67,7 +68,7 @@ impl ManifestDoc {
     }
 
     /// Replaces a case's recorded dumps (in the given order) and its inputs digest.
-    pub fn set_case_capture(&mut self, case: &str, inputs_sha256: &str, dumps: &[(String, Dump)]) {
+    pub fn set_case_capture(&mut self, case: &str, inputs_sha256: &str, dumps: &[(Tap, Dump)]) {
         let case_table = self.doc["cases"][case].as_table_mut().expect("cases are tables (validated)");
         case_table["inputs_sha256"] = value(inputs_sha256);
         let table = fresh_subtable(case_table, "dumps");
@@ -85,7 +86,7 @@ impl ManifestDoc {
                 n.insert("cosine", ((noise.cosine * 1e9).round() / 1e9).into());
                 entry.insert("noise", n.into());
             }
-            table.insert(tap, Item::Value(entry.into()));
+            table.insert(&tap.to_string(), Item::Value(entry.into()));
         }
     }
 

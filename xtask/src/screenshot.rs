@@ -235,6 +235,7 @@ mod tests {
             case: case.into(),
             mode: mode.into(),
             tap: tap.into(),
+            stage: contract::Tap::parse(tap),
             status: if fail { Status::Fail } else { Status::Pass },
             atol: Some(atol),
             rtol: Some(1e-3),
@@ -367,8 +368,8 @@ mod tests {
         rows.push(compared(case, "from-image-files", "input.input_ids", 0.0, 1.0, 0.0, false));
         rows.push(Row::skipped(
             case,
-            "from-image-files",
-            "input.image_grid_thw",
+            replay::Mode::FromImageFiles,
+            contract::Stage::ImageGridThw.tap(),
             "not recorded by this reference version".into(),
         ));
         rows.push(compared(case, "from-image-files", "input.pixel_values", 3e-3, 0.99999, 1e-2, false));
@@ -413,8 +414,8 @@ mod tests {
             case: "large-checkpoint".into(),
             rows: vec![Row::skipped(
                 "large-checkpoint",
-                "from-image-files",
-                "vision.patch_embed",
+                replay::Mode::FromImageFiles,
+                contract::Stage::VisionPatchEmbed.tap(),
                 "checkpoint not on this machine".into(),
             )],
             heatmaps: vec![],

@@ -3,10 +3,11 @@
 //! captured, or a dump is gone) or failing (a recorded file no longer has its digest).
 
 use anyhow::{bail, Result};
-use parity::manifest::Manifest;
+use parity::manifest::{CaseRef, Manifest};
 use xshell::Shell;
 
-use crate::{harness, ManifestArg};
+use crate::cli::ManifestArg;
+use crate::harness;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -72,14 +73,13 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
 
 /// The state of every case, in manifest order.
 pub fn case_states(manifest: &Manifest, harness_sha: &str) -> Vec<(String, State)> {
-    manifest.cases.keys().map(|case| (case.clone(), case_state(manifest, case, harness_sha))).collect()
+    manifest.case_refs().map(|case| (case.name.to_owned(), case_state(case, harness_sha))).collect()
 }
 
-fn case_state(manifest: &Manifest, case: &str, harness_sha: &str) -> State {
-    let c = &manifest.cases[case];
-    let model = &manifest.models[&c.model];
+fn case_state(case: CaseRef, harness_sha: &str) -> State {
+    let (manifest, c, model) = (case.manifest, case.case, case.model());
     if c.dumps.is_empty() && model.is_external() {
-        return State::External(model.absent_reason(&c.model));
+        return State::External(model.absent_reason(case.model_name()));
     }
     if c.dumps.is_empty() || c.inputs_sha256.is_none() {
         return State::Missing(vec!["never captured".into()]);
@@ -87,7 +87,7 @@ fn case_state(manifest: &Manifest, case: &str, harness_sha: &str) -> State {
     let gone: Vec<String> = c
         .dumps
         .keys()
-        .map(|tap| Manifest::dump_path(case, tap))
+        .map(|&tap| case.dump_path(tap))
         .filter(|p| !manifest.root.join(p).is_file())
         .map(|p| format!("{} is gone", p.display()))
         .collect();
@@ -97,9 +97,7 @@ fn case_state(manifest: &Manifest, case: &str, harness_sha: &str) -> State {
     let failing: Vec<String> = c
         .dumps
         .iter()
-        .filter_map(|(tap, d)| {
-            parity::digest::verify_file(&manifest.root.join(Manifest::dump_path(case, tap)), &d.sha256).err()
-        })
+        .filter_map(|(tap, d)| parity::digest::verify_file(&manifest.root.join(case.dump_path(*tap)), &d.sha256).err())
         .map(|e| e.to_string().lines().next().unwrap_or_default().to_owned())
         .collect();
     if !failing.is_empty() {
@@ -108,7 +106,7 @@ fn case_state(manifest: &Manifest, case: &str, harness_sha: &str) -> State {
 
     let mut stale = Vec::new();
     // An external checkpoint is compared only when it is named (its config.json digest).
-    if let Err(e) = manifest.weights(&c.model, None) {
+    if let Err(e) = case.weights(None) {
         stale.push(e);
     }
     for (file, recorded) in &model.files {
@@ -119,12 +117,12 @@ fn case_state(manifest: &Manifest, case: &str, harness_sha: &str) -> State {
     }
     let mut image_shas = Vec::new();
     for name in &c.images {
-        let image = &manifest.images[name];
+        let image = &manifest.images[name.as_str()];
         let now = parity::digest::sha256_file(&manifest.root.join(&image.path)).unwrap_or_default();
         if image.sha256.as_deref() != Some(now.as_str()) {
             stale.push(format!("image {name} ({}) changed", image.path));
         }
-        image_shas.push((name.clone(), image.sha256.clone().unwrap_or_default()));
+        image_shas.push((name.to_string(), image.sha256.clone().unwrap_or_default()));
     }
     let recorded_harness = manifest.reference.as_ref().map(|r| r.harness_sha256.as_str());
     if recorded_harness != Some(harness_sha) {
@@ -133,7 +131,7 @@ fn case_state(manifest: &Manifest, case: &str, harness_sha: &str) -> State {
     let recorded_harness = recorded_harness.unwrap_or_default();
     if stale.is_empty()
         && c.inputs_sha256.as_deref()
-            != Some(&manifest.inputs_digest(case, model.config_sha256.as_deref(), &image_shas, recorded_harness))
+            != Some(&case.inputs_digest(model.config_sha256.as_deref(), &image_shas, recorded_harness))
     {
         stale.push("the prompt, the images listed, the tap or row selection or the generation settings changed".into());
     }
@@ -150,7 +148,7 @@ mod tests {
     use std::path::Path;
 
     fn shipped() -> (String, std::path::PathBuf) {
-        let root = crate::project_root();
+        let root = crate::cli::project_root();
         (std::fs::read_to_string(root.join("fixtures.toml")).unwrap(), root)
     }
 
@@ -193,10 +191,14 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         let shipped = Manifest::parse(&text, Path::new("fixtures.toml"), &root).unwrap();
         assert!(
-            states.iter().filter(|(case, _)| shipped.cases[case].images.contains(&"chelsea".to_owned())).count() >= 2
+            states
+                .iter()
+                .filter(|(case, _)| shipped.cases[case].images.iter().any(|i| i.as_str() == "chelsea"))
+                .count()
+                >= 2
         );
         for (case, state) in &states {
-            let uses_chelsea = shipped.cases[case].images.iter().any(|i| i == "chelsea");
+            let uses_chelsea = shipped.cases[case].images.iter().any(|i| i.as_str() == "chelsea");
             let reasons = state.reasons().join("; ");
             assert_eq!(
                 matches!(state, State::Stale(_)) && reasons.contains("image chelsea"),

@@ -2,14 +2,13 @@
 //! tap with its reference dump; one row per tap, the first failing tap named per case.
 
 use anyhow::{bail, Context, Result};
-use neuron::model::Model;
-use neuron::replay::{self, CaseInputs, Mode, Perturbations};
-use parity::manifest::{Manifest, Weights};
+use contract::Tap;
+use parity::manifest::CaseRef;
 use parity::report::{self, CaseReport, Heatmap, Row, Status};
-use parity::taps::Tap;
+use replay::{Loaded, Mode, Perturbations};
 use xshell::Shell;
 
-use crate::ManifestArg;
+use crate::cli::ManifestArg;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -45,22 +44,21 @@ enum Format {
 
 pub fn run(sh: &Shell, args: Args) -> Result<()> {
     let manifest = args.manifest.load(sh)?;
-    let cases = crate::select_cases(&manifest, args.model.as_deref(), args.case.as_deref())?;
-    crate::check_weights_flag(&manifest, &cases, args.weights.as_deref())?;
+    let cases = manifest.select(args.model.as_deref(), args.case.as_deref()).map_err(anyhow::Error::msg)?;
+    manifest.check_weights_flag(&cases, args.weights.as_deref()).map_err(anyhow::Error::msg)?;
     let mut rows = Vec::new();
     let mut reports = Vec::new();
-    let bar = crate::progress(cases.len() * Mode::ALL.len(), "verifying");
-    for case in &cases {
-        let mut report = CaseReport { case: case.clone(), rows: Vec::new(), heatmaps: Vec::new() };
+    let bar = crate::cli::progress(cases.len() * Mode::ALL.len(), "verifying");
+    for &case in &cases {
+        let mut report = CaseReport { case: case.name.to_owned(), rows: Vec::new(), heatmaps: Vec::new() };
         // One model per case, shared by its modes.
-        let model = load(&manifest, case, args.weights.as_deref());
-        if manifest.cases[case].dumps.is_empty() {
+        let model = replay::load_case(case, args.weights.as_deref());
+        if case.case.dumps.is_empty() {
             report.rows.push(uncaptured(case, &model));
         }
         for &mode in Mode::ALL {
             bar.set_message(format!("{case} · {}", mode.name()));
-            let (case_rows, heatmaps) =
-                verify_case(&manifest, case, mode, &model, args.weights.as_deref(), args.report.is_some());
+            let (case_rows, heatmaps) = verify_case(case, mode, &model, args.report.is_some());
             report.rows.extend(case_rows);
             report.heatmaps.extend(heatmaps);
             bar.inc(1);
@@ -86,7 +84,8 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
     // The summary goes to stderr so `--format json` stays parseable.
     for case in &cases {
         for &mode in Mode::ALL {
-            let group: Vec<Row> = rows.iter().filter(|r| &r.case == case && r.mode == mode.name()).cloned().collect();
+            let group: Vec<Row> =
+                rows.iter().filter(|r| r.case == case.name && r.mode == mode.name()).cloned().collect();
             if let Some(first) = report::first_failure(&group) {
                 let upstream: Vec<&str> =
                     group.iter().take_while(|r| r.status == Status::Pass).map(|r| r.tap.as_str()).collect();
@@ -101,7 +100,7 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
         }
     }
     eprintln!("\n{passed} passed, {failed} failed, {skipped} skipped");
-    if let Some(peak) = crate::peak_rss_bytes() {
+    if let Some(peak) = crate::cli::peak_rss_bytes() {
         eprintln!("peak resident memory of this process: {:.2} GB", peak as f64 / 1e9);
     }
     if failed > 0 {
@@ -121,103 +120,58 @@ fn write_report(dir: &std::path::Path, reports: &[CaseReport]) -> Result<()> {
     Ok(())
 }
 
-/// The model of a case's checkpoint, or why it cannot run here.
-pub(crate) enum Loaded {
-    Model(Box<Model>),
-    Skip(String),
-    Fail(String),
-}
-
-pub(crate) fn load(manifest: &Manifest, case: &str, weights: Option<&std::path::Path>) -> Loaded {
-    match manifest.weights(&manifest.cases[case].model, weights) {
-        Ok(Weights::Found(dir)) if !dir.join("config.json").is_file() => {
-            return Loaded::Skip(format!("checkpoint not on this machine: {} has no config.json", dir.display()));
-        }
-        Ok(Weights::Found(_)) => {}
-        Ok(Weights::Absent(why)) => return Loaded::Skip(why),
-        Err(e) => return Loaded::Fail(e),
-    }
-    match CaseInputs::with_weights(manifest, case, weights).and_then(|inputs| replay::load_model(&inputs)) {
-        Ok(m) => Loaded::Model(Box::new(m)),
-        Err(e) => Loaded::Fail(format!("loading the model failed: {e:#}")),
-    }
-}
-
 /// The row of a case that has no dumps yet: skipped without the checkpoint, failed with it
 /// (there is nothing to compare until it is captured).
-fn uncaptured(case: &str, model: &Loaded) -> Row {
+fn uncaptured(case: CaseRef, model: &Loaded) -> Row {
     match model {
-        Loaded::Skip(why) => Row::skipped(case, "-", "(not captured)", why.clone()),
-        Loaded::Fail(why) => Row::failed(case, "-", "(not captured)", why.clone()),
-        Loaded::Model(_) => Row::failed(
-            case,
-            "-",
-            "(not captured)",
+        Loaded::Skip(why) => Row::uncaptured(case.name, Status::Skip, why.clone()),
+        Loaded::Fail(why) => Row::uncaptured(case.name, Status::Fail, why.clone()),
+        Loaded::Model { .. } => Row::uncaptured(
+            case.name,
+            Status::Fail,
             format!("case {case} has no recorded dumps: run `cargo xtask capture --case {case}` (with --weights DIR)"),
         ),
     }
 }
 
-fn verify_case(
-    manifest: &Manifest,
-    case: &str,
-    mode: Mode,
-    model: &Loaded,
-    weights: Option<&std::path::Path>,
-    with_heatmaps: bool,
-) -> (Vec<Row>, Vec<Heatmap>) {
-    let taps = replay::taps_checked(manifest, case, mode);
+fn verify_case(case: CaseRef, mode: Mode, model: &Loaded, with_heatmaps: bool) -> (Vec<Row>, Vec<Heatmap>) {
+    let taps = case.taps_checked(mode);
+    let every = |f: &dyn Fn(Tap) -> Row| (taps.iter().map(|&t| f(t)).collect(), Vec::new());
+    let (setup, model) = match model {
+        Loaded::Model { setup, model } => (setup, model),
+        Loaded::Skip(why) => return every(&|t| Row::skipped(case.name, mode, t, why.clone())),
+        Loaded::Fail(why) => return every(&|t| Row::failed(case.name, mode, t, why.clone())),
+    };
     if taps.is_empty() {
         return (Vec::new(), Vec::new());
     }
-    let model = match model {
-        Loaded::Model(m) => m,
-        Loaded::Skip(why) => {
-            return (taps.iter().map(|t| Row::skipped(case, mode.name(), t, why.clone())).collect(), Vec::new());
-        }
-        Loaded::Fail(why) => {
-            return (taps.iter().map(|t| Row::failed(case, mode.name(), t, why.clone())).collect(), Vec::new());
-        }
-    };
-    let inputs = match CaseInputs::with_weights(manifest, case, weights) {
-        Ok(inputs) => inputs,
-        Err(e) => {
-            return (taps.iter().map(|t| Row::failed(case, mode.name(), t, format!("{e:#}"))).collect(), Vec::new())
-        }
-    };
-    let run = match replay::run_with(manifest, &inputs, mode, model, &Perturbations::default()) {
+    let run = match replay::run_with(setup, mode, model, &Perturbations::default()) {
         Ok(run) => run,
         Err(e) => {
             let why = format!("the {} run failed: {e:#}", mode.name());
-            return (taps.iter().map(|t| Row::failed(case, mode.name(), t, why.clone())).collect(), Vec::new());
+            return every(&|t| Row::failed(case.name, mode, t, why.clone()));
         }
     };
     let rows = taps
         .iter()
-        .map(|tap| match run.check(manifest, case, tap) {
-            Ok(r) => Row::compared(case, mode.name(), tap, &r.comparison, r.location.clone(), r.message()),
-            Err(e) => Row::failed(case, mode.name(), tap, format!("{e:#}")),
+        .map(|&tap| match run.check(case, tap) {
+            Ok(r) => Row::compared(case.name, mode, tap, &r.comparison, r.location.clone(), r.message()),
+            Err(e) => Row::failed(case.name, mode, tap, format!("{e:#}")),
         })
         .collect();
-    let heatmaps = if with_heatmaps {
-        taps.iter().flat_map(|tap| heatmaps(manifest, case, &run, tap)).collect()
-    } else {
-        Vec::new()
-    };
+    let heatmaps =
+        if with_heatmaps { taps.iter().flat_map(|&tap| heatmaps(case, &run, tap)).collect() } else { Vec::new() };
     (rows, heatmaps)
 }
 
 /// The per-image error maps of an image tap the case recorded whole (a tap cut to one row
 /// has no grid to draw); none for other taps, or when the dump cannot be read.
-fn heatmaps(manifest: &Manifest, case: &str, run: &replay::Run, tap: &str) -> Vec<Heatmap> {
-    let Some(parsed) = Tap::parse(tap) else { return Vec::new() };
-    let (Some(actual), true, None) =
-        (run.taps.get(tap), parsed.layout().on_image_grid(), manifest.row_pick(case, parsed))
-    else {
+fn heatmaps(case: CaseRef, run: &replay::Run, tap: Tap) -> Vec<Heatmap> {
+    let (Some(actual), true, None) = (run.taps.get(&tap), tap.layout().on_image_grid(), case.row_pick(tap)) else {
         return Vec::new();
     };
-    match replay::reference(manifest, case, tap) {
-        Ok(expected) => run.locator().heatmaps(run.mode.name(), parsed, &expected, actual),
+    match replay::reference(case, tap) {
+        Ok(expected) => run.locator().heatmaps(run.mode.name(), tap, &expected, actual),
         Err(_) => Vec::new(),
     }
 }
@@ -225,6 +179,7 @@ fn heatmaps(manifest: &Manifest, case: &str, run: &replay::Run, tap: &str) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+    use parity::manifest::Manifest;
 
     /// Runs `cargo xtask verify --manifest <broken>` in-process and returns its error.
     fn verify_error(name: &str, text: &str) -> String {
@@ -251,7 +206,7 @@ mod tests {
     }
 
     fn shipped() -> String {
-        std::fs::read_to_string(crate::project_root().join("fixtures.toml")).unwrap()
+        std::fs::read_to_string(crate::cli::project_root().join("fixtures.toml")).unwrap()
     }
 
     #[test]
@@ -297,29 +252,29 @@ mod tests {
 
     #[test]
     fn an_external_checkpoint_nobody_named_is_skipped_with_the_flag_and_variable() {
-        let m = Manifest::load(&crate::project_root().join("fixtures.toml")).unwrap();
-        let model = &m.cases["standin-astronaut"].model;
-        let var = m.models[model].weights_env.clone().unwrap();
+        let m = Manifest::load(&crate::cli::project_root().join("fixtures.toml")).unwrap();
+        let case = m.case("standin-astronaut").unwrap();
+        let var = case.model().weights_env.clone().unwrap();
         if std::env::var_os(&var).is_some() {
             eprintln!("skipped: {var} is set, so the stand-in is named and will be verified instead");
             return;
         }
-        let loaded = load(&m, "standin-astronaut", None);
+        let loaded = replay::load_case(case, None);
         let Loaded::Skip(why) = &loaded else { panic!("the stand-in case should be skipped without its checkpoint") };
         assert!(why.contains("--weights DIR") && why.contains(&var), "{why}");
-        let (rows, _) = verify_case(&m, "standin-astronaut", Mode::FromImageFiles, &loaded, None, false);
+        let (rows, _) = verify_case(case, Mode::FromImageFiles, &loaded, false);
         assert!(!rows.is_empty() && rows.iter().all(|r| r.status == Status::Skip), "every row of the case is a skip");
     }
 
     #[test]
     fn weights_given_for_a_selection_without_one_external_model_is_refused() {
-        let m = Manifest::load(&crate::project_root().join("fixtures.toml")).unwrap();
+        let m = Manifest::load(&crate::cli::project_root().join("fixtures.toml")).unwrap();
         let dir = std::path::Path::new("/somewhere");
-        let all: Vec<String> = m.cases.keys().cloned().collect();
-        let err = crate::check_weights_flag(&m, &all, Some(dir)).unwrap_err().to_string();
+        let all: Vec<CaseRef> = m.case_refs().collect();
+        let err = m.check_weights_flag(&all, Some(dir)).unwrap_err();
         assert!(err.contains("ambiguous") && err.contains("qwen3.6-27b-standin"), "{err}");
-        let err = crate::check_weights_flag(&m, &["chelsea".to_string()], Some(dir)).unwrap_err().to_string();
+        let err = m.check_weights_flag(&[m.case("chelsea").unwrap()], Some(dir)).unwrap_err();
         assert!(err.contains("none of the selected cases"), "{err}");
-        crate::check_weights_flag(&m, &["standin-astronaut".to_string()], Some(dir)).unwrap();
+        m.check_weights_flag(&[m.case("standin-astronaut").unwrap()], Some(dir)).unwrap();
     }
 }

@@ -38,8 +38,8 @@ struct Args {
     #[arg(long)]
     vision_only: bool,
     /// The compute dtype: f32 or bf16.
-    #[arg(long, default_value = "f32", value_parser = neuron::precision::parse_compute_dtype)]
-    dtype: candle_core::DType,
+    #[arg(long, default_value = "f32")]
+    dtype: neuron::ComputeDtype,
 }
 
 #[path = "common/allocator.rs"]
@@ -81,7 +81,7 @@ fn main() -> Result<()> {
     let report = json!({
         "side": "rust",
         "threads": candle_core::utils::get_num_threads(),
-        "dtype": format!("{:?}", args.dtype),
+        "dtype": args.dtype.name(),
         "load_seconds": load_seconds,
         "first_forward_seconds": first_forward_seconds,
         "prompt_tokens": ids.len(),
@@ -146,7 +146,7 @@ fn decode(
 /// Bytes of weights (in the compute dtype) one decode step reads: every decoder layer, the
 /// final norm and the `lm_head` (the embedding table contributes one row, the vision tower
 /// nothing).
-fn decode_weight_bytes(dir: &Path, dtype: candle_core::DType) -> Result<f64> {
+fn decode_weight_bytes(dir: &Path, dtype: neuron::ComputeDtype) -> Result<f64> {
     let checkpoint = neuron::weights::Checkpoint::open(dir)?;
     let mut params = 0usize;
     for name in checkpoint.names() {
@@ -156,7 +156,7 @@ fn decode_weight_bytes(dir: &Path, dtype: candle_core::DType) -> Result<f64> {
             params += checkpoint.shape(name)?.iter().product::<usize>();
         }
     }
-    Ok(dtype.size_in_bytes() as f64 * params as f64)
+    Ok(neuron::precision::candle_dtype(dtype).size_in_bytes() as f64 * params as f64)
 }
 
 /// The machine's memory read bandwidth with this process's threads: the best of five passes

@@ -1,4 +1,4 @@
-//! Rates of `neuron::gemm_bf16` (bf16 × bf16 → f32, weight packed at load) at the model's
+//! Rates of `neuron::kernels::gemm_bf16` (bf16 × bf16 → f32, weight packed at load) at the model's
 //! linear shapes, against the path the bf16 model has used so far: candle's
 //! `x.to_dtype(F32).matmul(&w_f32.t())` with the weight widened to f32 once.
 //!
@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use half::bf16;
-use neuron::gemm_bf16::{kernel_name, PackedBf16};
+use neuron::kernels::gemm_bf16::{kernel_name, PackedBf16};
 
 /// (k, n) of the model's linear layers, and the row counts each is timed at.
 const SHAPES: &[(usize, usize, &[usize])] = &[

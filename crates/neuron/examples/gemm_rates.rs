@@ -3,16 +3,16 @@
 //! weights), one warm-up and the best of five, as `script/gemm_rates.py` times torch. The
 //! right operand is stored n × k and transposed, as `Linear` holds its weight and as QKᵀ reads
 //! the keys. Threads from `RAYON_NUM_THREADS`. Writes the list back with `seconds` and `gflops`.
-//! Each product runs as the model runs it: a weight-shaped one through `neuron::precision::Linear`
+//! Each product runs as the model runs it: a weight-shaped one through `neuron::linear::Linear`
 //! (f32: the weight stored transposed; bf16: packed for the VDPBF16PS kernel, one rounding), a
-//! batched one (attention) through `neuron::precision::matmul`. With `--dtype bf16` the
+//! batched one (attention) through `neuron::linear::matmul`. With `--dtype bf16` the
 //! operands are bf16.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{Device, Module, Tensor};
 use clap::Parser;
 use serde_json::{json, Value};
 
@@ -24,8 +24,8 @@ struct Args {
     #[arg(long)]
     out: PathBuf,
     /// The operand dtype: f32 or bf16.
-    #[arg(long, default_value = "f32", value_parser = neuron::precision::parse_compute_dtype)]
-    dtype: DType,
+    #[arg(long, default_value = "f32")]
+    dtype: neuron::ComputeDtype,
 }
 
 fn main() -> Result<()> {
@@ -54,7 +54,8 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn best_of_five(batch: usize, m: usize, k: usize, n: usize, dtype: DType) -> Result<f64> {
+fn best_of_five(batch: usize, m: usize, k: usize, n: usize, dtype: neuron::ComputeDtype) -> Result<f64> {
+    let dtype = neuron::precision::candle_dtype(dtype);
     let (x, w) = if batch > 1 {
         (Tensor::randn(0f32, 1.0, (batch, m, k), &Device::Cpu)?, Tensor::randn(0f32, 1.0, (batch, n, k), &Device::Cpu)?)
     } else {
@@ -64,11 +65,11 @@ fn best_of_five(batch: usize, m: usize, k: usize, n: usize, dtype: DType) -> Res
     // A weight-shaped product runs through the model's Linear (packing or transposing the weight
     // once, outside the timing, as loading does); batched ones (attention) through the
     // model's matmul.
-    let linear = (batch == 1).then(|| neuron::precision::Linear::new(w.clone(), None));
+    let linear = (batch == 1).then(|| neuron::linear::Linear::new(w.clone(), None));
     let product = || -> Result<Tensor> {
         Ok(match &linear {
             Some(l) => l.forward(&x)?,
-            None => neuron::precision::matmul(&x, &w.t()?)?,
+            None => neuron::linear::matmul(&x, &w.t()?)?,
         })
     };
     std::hint::black_box(product()?);

@@ -37,8 +37,8 @@ struct Args {
     #[arg(long)]
     stream: bool,
     /// The compute dtype: f32, or bf16 as the reference runs with `dtype=torch.bfloat16`.
-    #[arg(long, default_value = "f32", value_parser = neuron::precision::parse_compute_dtype)]
-    dtype: candle_core::DType,
+    #[arg(long, default_value = "f32")]
+    dtype: neuron::ComputeDtype,
 }
 
 #[path = "common/allocator.rs"]

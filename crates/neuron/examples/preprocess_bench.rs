@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use neuron::preprocess::decode::{load_rgb_with, Loader};
+use neuron::preprocess::image_file::{load_rgb_with, Loader};
 use neuron::preprocess::image_processor::{pixel_values_at, target_size};
 use neuron::preprocess::ImageProcessorConfig;
 

@@ -15,7 +15,7 @@ use crate::vision::VisionPositions;
 
 /// What a generation produced, and how fast.
 #[derive(Debug, Clone)]
-pub struct Generated {
+pub struct Reply {
     /// The greedy tokens, an end-of-sequence token included if one stopped the run.
     pub tokens: Vec<u32>,
     /// The tokens as text, special tokens left out.
@@ -27,13 +27,13 @@ pub struct Generated {
     pub decode_seconds: f64,
 }
 
-impl Generated {
+impl Reply {
     /// Prompt tokens per second of the prefill.
     pub fn prefill_tokens_per_second(&self) -> f64 {
         self.prompt_tokens as f64 / self.prefill_seconds
     }
 
-    /// Generated tokens per second of the decode steps (the first token comes from the prefill).
+    /// Reply tokens per second of the decode steps (the first token comes from the prefill).
     pub fn decode_tokens_per_second(&self) -> Option<f64> {
         let steps = self.tokens.len().checked_sub(1).filter(|&s| s > 0)?;
         Some(steps as f64 / self.decode_seconds)
@@ -49,7 +49,7 @@ pub fn generate(
     prompt: &str,
     max_new_tokens: usize,
     mut on_token: impl FnMut(usize, u32),
-) -> Result<Generated> {
+) -> Result<Reply> {
     let processed = processor.process(images, prompt)?;
     let positions = VisionPositions::new(&model.config.vision_config, &processed.grids);
     let pixels = processed.pixel_values.as_ref().map(|p| (p, &positions));
@@ -73,7 +73,7 @@ pub fn generate(
     )?;
     let decode_seconds = started.elapsed().as_secs_f64() - prefill_seconds;
     let tokens = generation.tokens;
-    Ok(Generated {
+    Ok(Reply {
         text: processor.prompt.decode(&tokens)?,
         tokens,
         prompt_tokens: processed.input_ids.len(),
@@ -86,8 +86,8 @@ pub fn generate(
 mod tests {
     use super::*;
 
-    fn generated(tokens: usize) -> Generated {
-        Generated {
+    fn generated(tokens: usize) -> Reply {
+        Reply {
             tokens: vec![7; tokens],
             text: String::new(),
             prompt_tokens: 40,

@@ -8,11 +8,14 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use anyhow::{ensure, Result};
-use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_core::{Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::config::Config;
 use crate::taps::Taps;
+use contract::{ComputeDtype, Stage};
+
+pub use crate::stack::Residency;
 use crate::text::cache::Cache;
 use crate::text::TextModel;
 use crate::vision::positions::Grid;
@@ -111,21 +114,9 @@ pub fn splice_image_embeds(
     Ok(Tensor::cat(&pieces, 0)?)
 }
 
-/// How a model holds its weights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Residency {
-    /// Every tensor read once, in the compute dtype, and kept (the iteration model, a resident
-    /// benchmark).
-    Resident,
-    /// At most one vision block or decoder layer in memory at a time, read from the mapped
-    /// checkpoint just before it runs (see [`crate::stack`]): a 27B checkpoint in the memory
-    /// of one layer plus activations.
-    Streamed,
-}
-
 /// A prompt ready for the text model: what `Qwen3_5Model.forward` computes before
 /// `language_model` runs.
-pub struct Prompt {
+pub struct EmbeddedPrompt {
     /// The token embeddings with the image rows spliced in: [seq, hidden].
     pub embeds: Tensor,
     /// The multimodal positions (t, h, w): [3][seq].
@@ -134,7 +125,7 @@ pub struct Prompt {
     pub rope_delta: i64,
 }
 
-impl Prompt {
+impl EmbeddedPrompt {
     /// The number of tokens.
     pub fn len(&self) -> usize {
         self.positions[0].len()
@@ -178,9 +169,9 @@ pub struct Model {
 impl Model {
     /// The one way to load a checkpoint folder (`config.json` read by the caller, shards
     /// found by [`crate::weights::safetensors_files`]), resident or streamed, computing in
-    /// `dtype`: `DType::F32`, or `DType::BF16` as the reference runs with
-    /// `from_pretrained(dtype=torch.bfloat16)` (see [`crate::precision`]).
-    pub fn load(dir: &std::path::Path, config: &Config, residency: Residency, dtype: DType) -> Result<Self> {
+    /// `dtype`: f32, or bf16 as the reference runs with `from_pretrained(dtype=torch.bfloat16)`
+    /// (see [`crate::precision`]).
+    pub fn load(dir: &std::path::Path, config: &Config, residency: Residency, dtype: ComputeDtype) -> Result<Self> {
         let checkpoint = Arc::new(Checkpoint::open(dir)?);
         match residency {
             Residency::Resident => Model::new(config, crate::weights::builder_in(checkpoint, dtype)?),
@@ -202,10 +193,10 @@ impl Model {
     /// The model streamed from a mapped checkpoint: at most one vision block or one decoder
     /// layer is in memory at a time (see [`crate::stack`]), so a 27B checkpoint runs in the
     /// memory of one layer plus activations.
-    pub fn streamed(config: &Config, checkpoint: Arc<Checkpoint>, dtype: DType) -> Result<Self> {
+    pub fn streamed(config: &Config, checkpoint: Arc<Checkpoint>, dtype: ComputeDtype) -> Result<Self> {
         let vb = crate::weights::builder_in(checkpoint.clone(), dtype)?;
         Ok(Model {
-            vision: VisionModel::load(&config.vision_config, vb.pp("model.visual"), true)?,
+            vision: VisionModel::load(&config.vision_config, vb.pp("model.visual"), Residency::Streamed)?,
             text: TextModel::streamed(&config.text_config, config.tie_word_embeddings, checkpoint, dtype)?,
             config: config.clone(),
         })
@@ -217,7 +208,7 @@ impl Model {
     }
 
     /// input_ids [seq] and, for a prompt with images, pixel_values [patches, C·T·P·P] with
-    /// the images' vision positions → the [`Prompt`]: the
+    /// the images' vision positions → the [`EmbeddedPrompt`]: the
     /// vision tower runs, its rows are spliced into the embeddings, the positions and rope delta
     /// are computed. Records `vision.*`, `input.position_ids` and `lm.image_embeds`.
     pub fn prompt(
@@ -225,7 +216,7 @@ impl Model {
         input_ids: &[u32],
         pixel_values: Option<(&Tensor, &VisionPositions)>,
         taps: &mut Taps,
-    ) -> Result<Prompt> {
+    ) -> Result<EmbeddedPrompt> {
         ensure!(!input_ids.is_empty(), "the prompt has no tokens");
         let grids = pixel_values.map_or(&[][..], |(_, p)| &p.grids);
         let positions = self.positions(input_ids, grids)?;
@@ -234,7 +225,7 @@ impl Model {
             None => None,
         };
         let embeds = self.prompt_embeds(input_ids, image_embeds.as_ref(), &positions, taps)?;
-        Ok(Prompt { embeds, rope_delta: rope_delta(&positions), positions })
+        Ok(EmbeddedPrompt { embeds, rope_delta: rope_delta(&positions), positions })
     }
 
     /// The embeddings of input_ids [seq] with the rows of `image_embeds` spliced in → [seq,
@@ -256,7 +247,7 @@ impl Model {
         );
         if taps.enabled() {
             let flat: Vec<i64> = positions.iter().flatten().copied().collect();
-            taps.record(|| "input.position_ids".into(), &Tensor::from_vec(flat, (3, input_ids.len()), &Device::Cpu)?);
+            taps.record(Stage::PositionIds.tap(), &Tensor::from_vec(flat, (3, input_ids.len()), &Device::Cpu)?);
         }
         let mut embeds = self.text.embed(input_ids)?;
         if let Some(image_embeds) = image_embeds {
@@ -266,7 +257,7 @@ impl Model {
             embeds = splice_image_embeds(&embeds, input_ids, image_token, &image_embeds)?;
             let at: Vec<u32> =
                 input_ids.iter().enumerate().filter(|(_, &id)| id == image_token).map(|(p, _)| p as u32).collect();
-            taps.record(|| "lm.image_embeds".into(), &embeds.index_select(&Tensor::new(at, embeds.device())?, 0)?);
+            taps.record(Stage::LmImageEmbeds.tap(), &embeds.index_select(&Tensor::new(at, embeds.device())?, 0)?);
         }
         Ok(embeds)
     }
@@ -324,7 +315,7 @@ impl Model {
     /// and the cache after it (`cache.{i}.*`).
     pub fn prefill_chunk(
         &self,
-        prompt: &Prompt,
+        prompt: &EmbeddedPrompt,
         tokens: Range<usize>,
         cache: &mut Cache,
         taps: &mut Taps,
@@ -404,9 +395,9 @@ impl Model {
             logits = self.decode_step(token, &mut cache)?;
         }
         if taps.enabled() {
-            taps.record(|| "gen.logits".into(), &Tensor::stack(&generation.logits, 0)?);
+            taps.record(Stage::GenLogits.tap(), &Tensor::stack(&generation.logits, 0)?);
             let tokens: Vec<i64> = generation.tokens.iter().map(|&t| t as i64).collect();
-            taps.record(|| "gen.tokens".into(), &Tensor::new(tokens, &Device::Cpu)?);
+            taps.record(Stage::GenTokens.tap(), &Tensor::new(tokens, &Device::Cpu)?);
         }
         Ok(generation)
     }
@@ -472,7 +463,7 @@ mod tests {
 
     #[test]
     fn a_prompt_counts_its_embedding_rows() {
-        let prompt = |rows: usize| Prompt {
+        let prompt = |rows: usize| EmbeddedPrompt {
             embeds: Tensor::zeros((rows, 4), candle_core::DType::F32, &Device::Cpu).unwrap(),
             positions: [vec![0; rows], vec![0; rows], vec![0; rows]],
             rope_delta: 0,

@@ -7,6 +7,18 @@
 
 use anyhow::Result;
 
+/// How a model holds its weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Residency {
+    /// Every tensor read once, in the compute dtype, and kept (the iteration model, a resident
+    /// benchmark).
+    Resident,
+    /// At most one vision block or decoder layer in memory at a time, read from the mapped
+    /// checkpoint just before it runs: a 27B checkpoint in the memory of one layer plus
+    /// activations.
+    Streamed,
+}
+
 /// Builds layer `i` (from a `VarBuilder` the closure owns).
 type Build<T> = Box<dyn Fn(usize) -> Result<T> + Send + Sync>;
 
@@ -16,12 +28,15 @@ pub enum Stack<T> {
 }
 
 impl<T> Stack<T> {
-    /// All `len` layers built now (`streamed == false`) or on use.
-    pub fn new(len: usize, streamed: bool, build: impl Fn(usize) -> Result<T> + Send + Sync + 'static) -> Result<Self> {
-        Ok(if streamed {
-            Stack::Streamed { len, build: Box::new(build) }
-        } else {
-            Stack::Resident((0..len).map(build).collect::<Result<_>>()?)
+    /// All `len` layers built now ([`Residency::Resident`]) or on use ([`Residency::Streamed`]).
+    pub fn new(
+        len: usize,
+        residency: Residency,
+        build: impl Fn(usize) -> Result<T> + Send + Sync + 'static,
+    ) -> Result<Self> {
+        Ok(match residency {
+            Residency::Streamed => Stack::Streamed { len, build: Box::new(build) },
+            Residency::Resident => Stack::Resident((0..len).map(build).collect::<Result<_>>()?),
         })
     }
 

@@ -1,15 +1,16 @@
-//! Recording named intermediate tensors ("taps", the names of ARCHITECTURE.md).
+//! Recording intermediate tensors under their [`Tap`]s (the contract of ARCHITECTURE.md).
 
 use std::collections::BTreeMap;
 
 use candle_core::Tensor;
+use contract::Tap;
 
-/// Collects taps during a forward pass when enabled; when disabled, `record` does nothing —
-/// not even build the tap's name — so production runs pay nothing for it.
+/// Collects taps during a forward pass when enabled; when disabled, `record` does nothing, so
+/// production runs pay nothing for it.
 #[derive(Debug, Default)]
 pub struct Taps {
     enabled: bool,
-    tensors: BTreeMap<String, Tensor>,
+    tensors: BTreeMap<Tap, Tensor>,
 }
 
 impl Taps {
@@ -28,20 +29,20 @@ impl Taps {
         self.enabled
     }
 
-    /// Keeps `tensor` under the name `name()` (tensors are reference-counted: no copy).
-    pub fn record(&mut self, name: impl FnOnce() -> String, tensor: &Tensor) {
+    /// Keeps `tensor` as `tap` (tensors are reference-counted: no copy).
+    pub fn record(&mut self, tap: Tap, tensor: &Tensor) {
         if self.enabled {
-            self.tensors.insert(name(), tensor.clone());
+            self.tensors.insert(tap, tensor.clone());
         }
     }
 
-    /// The recorded tap `name`, if any.
-    pub fn get(&self, name: &str) -> Option<&Tensor> {
-        self.tensors.get(name)
+    /// The recorded `tap`, if any.
+    pub fn get(&self, tap: Tap) -> Option<&Tensor> {
+        self.tensors.get(&tap)
     }
 
-    /// All recorded taps by name.
-    pub fn into_map(self) -> BTreeMap<String, Tensor> {
+    /// All recorded taps, in pipeline order.
+    pub fn into_map(self) -> BTreeMap<Tap, Tensor> {
         self.tensors
     }
 }
@@ -49,21 +50,22 @@ impl Taps {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use contract::Stage;
 
     #[test]
-    fn a_disabled_recorder_keeps_nothing_and_never_builds_a_name() {
+    fn a_disabled_recorder_keeps_nothing() {
         let mut taps = Taps::disabled();
         let t = Tensor::zeros(3, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
-        taps.record(|| panic!("the name of a tap was built although taps are disabled"), &t);
+        taps.record(Stage::VisionTower.tap(), &t);
         assert!(!taps.enabled());
         assert!(taps.into_map().is_empty());
     }
 
     #[test]
-    fn a_recording_recorder_keeps_every_tap_by_name() {
+    fn a_recording_recorder_keeps_every_tap() {
         let mut taps = Taps::recording();
         let t = Tensor::ones(2, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
-        taps.record(|| "vision.tower".into(), &t);
-        assert_eq!(taps.get("vision.tower").map(|t| t.dims().to_vec()), Some(vec![2]));
+        taps.record(Stage::VisionTower.tap(), &t);
+        assert_eq!(taps.get(Stage::VisionTower.tap()).map(|t| t.dims().to_vec()), Some(vec![2]));
     }
 }

@@ -16,6 +16,7 @@ use neuron::preprocess::Processor;
 use neuron::taps::Taps;
 use neuron::text::cache::LayerState;
 use neuron::vision::VisionPositions;
+use neuron::{ComputeDtype, Stage};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -25,10 +26,10 @@ fn model_dir() -> PathBuf {
     workspace().join("fixtures/models/tiny-qwen3.6-27b")
 }
 
-fn model(dtype: DType) -> &'static Model {
+fn model(dtype: ComputeDtype) -> &'static Model {
     static F32: OnceLock<Model> = OnceLock::new();
     static BF16: OnceLock<Model> = OnceLock::new();
-    let cell = if dtype == DType::BF16 { &BF16 } else { &F32 };
+    let cell = if dtype == ComputeDtype::Bf16 { &BF16 } else { &F32 };
     cell.get_or_init(|| {
         Model::load(&model_dir(), &Config::from_dir(&model_dir()).unwrap(), Residency::Resident, dtype).unwrap()
     })
@@ -44,7 +45,7 @@ fn request(images: &[&str], prompt: &str) -> Request {
     let paths: Vec<PathBuf> = images.iter().map(|i| workspace().join(format!("fixtures/images/{i}"))).collect();
     let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
     let processed = Processor::from_dir(&model_dir()).unwrap().process(&refs, prompt).unwrap();
-    let positions = VisionPositions::new(&model(DType::F32).config.vision_config, &processed.grids);
+    let positions = VisionPositions::new(&model(ComputeDtype::F32).config.vision_config, &processed.grids);
     Request { ids: processed.input_ids, pixels: processed.pixel_values.map(|p| (p, positions)) }
 }
 
@@ -55,16 +56,25 @@ fn chelsea() -> Request {
 #[test]
 fn a_bf16_model_keeps_activations_and_the_attention_and_conv_caches_in_bf16_and_the_delta_rule_state_in_f32() {
     let r = chelsea();
-    let model = model(DType::BF16);
+    let model = model(ComputeDtype::Bf16);
     let mut cache = model.new_cache();
     let mut taps = Taps::recording();
     let pixels = r.pixels.as_ref().map(|(t, p)| (t, p));
     let logits = model.prefill(&r.ids, pixels, &mut cache, &mut taps).unwrap();
     assert_eq!(logits.dtype(), DType::F32, "logits are widened to f32, as generate widens them");
-    for tap in ["vision.patch_embed", "vision.tower", "vision.projector", "lm.layer.0", "lm.layer.3", "lm.norm"] {
+    let bf16_taps = [
+        Stage::VisionPatchEmbed.tap(),
+        Stage::VisionTower.tap(),
+        Stage::VisionProjector.tap(),
+        Stage::LmLayer.at(0),
+        Stage::LmLayer.at(3),
+        Stage::LmNorm.tap(),
+    ];
+    for tap in bf16_taps {
         assert_eq!(taps.get(tap).unwrap().dtype(), DType::BF16, "{tap}");
     }
-    assert_eq!(taps.get("vision.pos_embed").unwrap().dtype(), DType::F32, "the interpolated table before its cast");
+    let pos_embed = taps.get(Stage::VisionPosEmbed.tap()).unwrap();
+    assert_eq!(pos_embed.dtype(), DType::F32, "the interpolated table before its cast");
     for i in 0..cache.num_layers() {
         match cache.layer(i).unwrap() {
             LayerState::Linear(Some(s)) => {

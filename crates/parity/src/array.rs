@@ -3,9 +3,9 @@
 //! Only these two element types exist because they are the only ones the parity dumps use:
 //! activations and logits are compared as `f32`, token ids and positions as `i64`.
 
-use std::fmt;
 use std::ops::Range;
-use std::str::FromStr;
+
+use contract::ArrayDtype;
 
 /// A dense C-order (row-major) tensor read from or written to a `.npy` dump.
 ///
@@ -28,48 +28,6 @@ pub enum Data {
     F32(Vec<f32>),
     /// Integer tensors (token ids, positions), stored as numpy `'<i8'`.
     I64(Vec<i64>),
-}
-
-/// The element type of an [`Array`].
-///
-/// Displays as `f32` / `i64` and parses from the same spelling, so it can appear in
-/// manifests and reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DType {
-    /// 32-bit IEEE float.
-    F32,
-    /// 64-bit signed integer.
-    I64,
-}
-
-impl fmt::Display for DType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            DType::F32 => "f32",
-            DType::I64 => "i64",
-        })
-    }
-}
-
-/// Returned when a string names no supported [`DType`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown dtype '{found}' (expected 'f32' or 'i64')")]
-pub struct ParseDTypeError {
-    /// The string that was not recognised.
-    pub found: String,
-}
-
-impl FromStr for DType {
-    type Err = ParseDTypeError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "f32" => Ok(DType::F32),
-            "i64" => Ok(DType::I64),
-            other => Err(ParseDTypeError { found: other.to_owned() }),
-        }
-    }
 }
 
 /// Why [`Array::select_rows`] could not select the requested rows.
@@ -132,10 +90,10 @@ impl Data {
     }
 
     /// The element type.
-    pub fn dtype(&self) -> DType {
+    pub fn dtype(&self) -> ArrayDtype {
         match self {
-            Data::F32(_) => DType::F32,
-            Data::I64(_) => DType::I64,
+            Data::F32(_) => ArrayDtype::F32,
+            Data::I64(_) => ArrayDtype::I64,
         }
     }
 }
@@ -171,7 +129,7 @@ impl Array {
     }
 
     /// The element type.
-    pub fn dtype(&self) -> DType {
+    pub fn dtype(&self) -> ArrayDtype {
         self.data.dtype()
     }
 
@@ -252,7 +210,7 @@ mod tests {
     #[test]
     fn scalar_shape_holds_one_element() {
         let a = Array::i64(vec![], vec![7]);
-        assert_eq!((a.len(), a.dtype(), a.as_i64()), (1, DType::I64, Some(&[7i64][..])));
+        assert_eq!((a.len(), a.dtype(), a.as_i64()), (1, ArrayDtype::I64, Some(&[7i64][..])));
         assert_eq!(a.as_f32(), None, "an i64 array has no f32 view");
     }
 
@@ -291,14 +249,5 @@ mod tests {
     fn select_rows_of_malformed_array_errors_instead_of_panicking() {
         let malformed = Array { shape: vec![3, 2], data: Data::F32(vec![0.0; 4]) };
         assert_eq!(malformed.select_rows(&[2]), Err(SelectRowsError::OutOfRange { row: 2, shape: vec![3, 2] }));
-    }
-
-    #[test]
-    fn dtype_displays_and_parses_as_f32_and_i64() {
-        for dtype in [DType::F32, DType::I64] {
-            assert_eq!(dtype.to_string().parse::<DType>(), Ok(dtype));
-        }
-        assert_eq!(DType::F32.to_string(), "f32");
-        assert_eq!("f64".parse::<DType>(), Err(ParseDTypeError { found: "f64".into() }));
     }
 }

@@ -13,7 +13,8 @@
 use std::collections::HashSet;
 use std::fmt;
 
-use crate::array::{unravel_index, Array, DType, Data};
+use crate::array::{unravel_index, Array, Data};
+use contract::ArrayDtype;
 
 /// Absolute and relative tolerance of the assert_close rule.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -164,9 +165,9 @@ pub struct Comparison {
     /// Shape of the port's output.
     pub actual_shape: Vec<usize>,
     /// Element type of the reference.
-    pub dtype: DType,
+    pub dtype: ArrayDtype,
     /// `Some((expected, actual))` when the element types differ.
-    pub dtype_mismatch: Option<(DType, DType)>,
+    pub dtype_mismatch: Option<(ArrayDtype, ArrayDtype)>,
     /// The tolerance applied: the requested one for `f32`, [`Tolerance::EXACT`] for `i64`.
     pub tolerance: Tolerance,
     /// Number of elements compared.
@@ -207,7 +208,7 @@ impl Comparison {
     /// Under a [`Calibration`]: the RMS of the difference within its bound, and for logits the
     /// same argmax and the same top-k set. Always true without one.
     fn calibrated_checks_pass(&self) -> bool {
-        let Some(cal) = self.calibration.filter(|_| self.dtype == DType::F32) else { return true };
+        let Some(cal) = self.calibration.filter(|_| self.dtype == ArrayDtype::F32) else { return true };
         let rms_ok = self.rms.is_some_and(|rms| rms <= cal.rms_bound());
         let logits_ok = self.logits.is_none_or(|l| l.argmax_agrees() && l.overlap == l.k);
         rms_ok && logits_ok
@@ -216,7 +217,7 @@ impl Comparison {
     /// The port's deviation in units of the reference's own (the larger of the max and RMS
     /// ratios; a tap passes at ratios up to `k`). `None` without a calibration.
     pub fn noise_ratio(&self) -> Option<f64> {
-        let cal = self.calibration.filter(|_| self.dtype == DType::F32)?;
+        let cal = self.calibration.filter(|_| self.dtype == ArrayDtype::F32)?;
         let ratio = |ours: f64, noise: f64| if ours == 0.0 { 0.0 } else { ours / noise };
         let max = ratio(self.max_abs.as_ref().map_or(0.0, |w| w.value), cal.noise.max_abs);
         let rms = ratio(self.rms.unwrap_or(0.0), cal.noise.rms);
@@ -425,9 +426,9 @@ pub fn compare(expected: &Array, actual: &Array, opts: &CompareOptions) -> Compa
         dtype: expected.dtype(),
         dtype_mismatch: (expected.dtype() != actual.dtype()).then_some((expected.dtype(), actual.dtype())),
         tolerance: match (expected.dtype(), opts.calibration) {
-            (DType::F32, Some(cal)) => cal.tolerance(),
-            (DType::F32, None) => opts.tolerance,
-            (DType::I64, _) => Tolerance::EXACT,
+            (ArrayDtype::F32, Some(cal)) => cal.tolerance(),
+            (ArrayDtype::F32, None) => opts.tolerance,
+            (ArrayDtype::I64, _) => Tolerance::EXACT,
         },
         total: 0,
         mismatched: 0,
@@ -666,7 +667,7 @@ mod tests {
         let expected = Array::f32(vec![2], vec![1.0, 2.0]);
         let actual = Array::i64(vec![2], vec![1, 2]);
         let c = compare(&expected, &actual, &CompareOptions::default());
-        assert_eq!(c.dtype_mismatch, Some((DType::F32, DType::I64)), "{c}");
+        assert_eq!(c.dtype_mismatch, Some((ArrayDtype::F32, ArrayDtype::I64)), "{c}");
         assert!(!c.passed(), "{c}");
         assert_eq!(c.to_string(), "The values for attribute 'dtype' do not match: i64 != f32.");
     }

@@ -11,4 +11,3 @@ pub mod manifest;
 pub mod mode;
 pub mod npy;
 pub mod report;
-pub mod taps;

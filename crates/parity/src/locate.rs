@@ -10,7 +10,7 @@
 
 use crate::array::Array;
 use crate::report::Heatmap;
-use crate::taps::{Layout, Tap};
+use contract::{Layout, Tap};
 
 /// What naming a place needs to know about one run, as plain data.
 #[derive(Debug, Clone, Default)]

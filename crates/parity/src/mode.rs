@@ -3,7 +3,7 @@
 //! Feeding a stage the reference's own input (teacher forcing) isolates that stage; feeding
 //! it the Rust upstream output (end to end) shows how errors accumulate. Reports show both.
 
-use crate::taps::Tap;
+use contract::{Family, Stage, Tap};
 
 /// Which inputs a run takes from the reference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -61,20 +61,22 @@ impl Mode {
     /// generation run: `DecodeTeacherForced` checks the cache and each step's logits,
     /// `Generate` the tokens.
     pub fn taps(self, recorded: &[Tap], whole: &[Tap]) -> Vec<Tap> {
-        let has = |name: &str| whole.iter().any(|t| t.to_string() == name);
-        let text_side = |t: &Tap| t.is_lm() || t.to_string() == "input.position_ids";
-        let has_images = recorded.iter().any(|t| t.to_string() == "input.pixel_values");
-        let pixels = has("input.pixel_values");
+        let has = |stage: Stage| whole.iter().any(|t| t.stage() == stage);
+        let text_side = |t: &Tap| t.family() == Family::Lm || t.stage() == Stage::PositionIds;
+        let has_images = recorded.iter().any(|t| t.stage() == Stage::PixelValues);
+        let pixels = has(Stage::PixelValues);
         recorded
             .iter()
             .copied()
             .filter(|t| match self {
-                Mode::VisionTeacherForced => pixels && t.is_vision(),
-                Mode::LmTeacherForced => (!has_images || has("vision.projector")) && text_side(t),
+                Mode::VisionTeacherForced => pixels && t.family() == Family::Vision,
+                Mode::LmTeacherForced => (!has_images || has(Stage::VisionProjector)) && text_side(t),
                 Mode::FromPixelValues => pixels && text_side(t),
-                Mode::FromImageFiles => !t.is_cache() && !t.is_gen(),
-                Mode::DecodeTeacherForced => t.is_cache() || (t.is_gen() && t.stem() != "gen.tokens"),
-                Mode::Generate => t.stem() == "gen.tokens",
+                Mode::FromImageFiles => !matches!(t.family(), Family::Cache | Family::Gen),
+                Mode::DecodeTeacherForced => {
+                    t.family() == Family::Cache || (t.family() == Family::Gen && t.stage() != Stage::GenTokens)
+                }
+                Mode::Generate => t.stage() == Stage::GenTokens,
             })
             .collect()
     }

@@ -20,7 +20,8 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::array::{element_count, Array, DType, Data};
+use crate::array::{element_count, Array, Data};
+use contract::ArrayDtype;
 
 /// Why a `.npy` file could not be read or written. Every message names the file.
 #[derive(Debug, thiserror::Error)]
@@ -134,10 +135,10 @@ pub fn write_npy_bytes(a: &Array, name: &str) -> Result<Vec<u8>, NpyError> {
 }
 
 /// The NumPy type string and element size in bytes of `dtype`.
-fn numpy_type(dtype: DType) -> (&'static str, usize) {
+fn numpy_type(dtype: ArrayDtype) -> (&'static str, usize) {
     match dtype {
-        DType::F32 => ("<f4", 4),
-        DType::I64 => ("<i8", 8),
+        ArrayDtype::F32 => ("<f4", 4),
+        ArrayDtype::I64 => ("<i8", 8),
     }
 }
 
@@ -148,7 +149,7 @@ fn invalid(path: &Path, reason: impl Into<String>) -> NpyError {
 fn decode(bytes: &[u8], path: &Path) -> Result<Array, NpyError> {
     let (text, data) = split_header(bytes).map_err(|reason| invalid(path, reason))?;
     let header = parse_header(text).map_err(|reason| invalid(path, reason))?;
-    let dtype = [DType::F32, DType::I64]
+    let dtype = [ArrayDtype::F32, ArrayDtype::I64]
         .into_iter()
         .find(|&dtype| matches!(header.descr, Literal::Str(s) if s == numpy_type(dtype).0))
         .ok_or_else(|| NpyError::UnsupportedDType { path: path.to_owned(), found: header.descr_text.to_owned() })?;
@@ -169,8 +170,10 @@ fn decode(bytes: &[u8], path: &Path) -> Result<Array, NpyError> {
         ));
     }
     let data = match dtype {
-        DType::F32 => Data::F32(data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
-        DType::I64 => Data::I64(
+        ArrayDtype::F32 => {
+            Data::F32(data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        }
+        ArrayDtype::I64 => Data::I64(
             data.chunks_exact(8)
                 .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
                 .collect(),

@@ -5,7 +5,10 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use contract::Tap;
+
 use crate::compare::Comparison;
+use crate::mode::Mode;
 
 /// Outcome of one (case, mode, tap).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,12 +31,40 @@ impl Status {
     }
 }
 
-/// One line of the report.
+/// What produced a row: a replay mode, or a new capture compared with the checked-in dumps
+/// (`cargo xtask capture --check`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    Replay(Mode),
+    Recapture,
+}
+
+impl Check {
+    /// The name in the report's mode column.
+    pub fn name(self) -> &'static str {
+        match self {
+            Check::Replay(mode) => mode.name(),
+            Check::Recapture => "recapture",
+        }
+    }
+}
+
+impl From<Mode> for Check {
+    fn from(mode: Mode) -> Check {
+        Check::Replay(mode)
+    }
+}
+
+/// One line of the report, as printed: the case, the mode's and the tap's names (`-` and
+/// `(not captured)` for a case that has nothing to compare yet) and the metrics.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
     pub case: String,
     pub mode: String,
     pub tap: String,
+    /// The tap compared, when the row is about one (the plots place it in the pipeline).
+    #[serde(skip)]
+    pub stage: Option<Tap>,
     pub status: Status,
     pub atol: Option<f64>,
     pub rtol: Option<f64>,
@@ -66,8 +97,8 @@ impl Row {
     /// A compared tap.
     pub fn compared(
         case: &str,
-        mode: &str,
-        tap: &str,
+        check: impl Into<Check>,
+        tap: Tap,
         c: &Comparison,
         location: Option<String>,
         detail: String,
@@ -75,8 +106,9 @@ impl Row {
         let passed = c.passed();
         Row {
             case: case.into(),
-            mode: mode.into(),
-            tap: tap.into(),
+            mode: check.into().name().into(),
+            tap: tap.to_string(),
+            stage: Some(tap),
             status: if passed { Status::Pass } else { Status::Fail },
             atol: Some(c.tolerance.atol),
             rtol: Some(c.tolerance.rtol),
@@ -99,13 +131,19 @@ impl Row {
     }
 
     /// A tap that could not be compared (the run failed, or the tap was not produced).
-    pub fn failed(case: &str, mode: &str, tap: &str, why: String) -> Row {
-        Row { status: Status::Fail, ..Row::empty(case, mode, tap, why) }
+    pub fn failed(case: &str, check: impl Into<Check>, tap: Tap, why: String) -> Row {
+        Row { status: Status::Fail, ..Row::empty(case, check.into().name(), Some(tap), why) }
     }
 
     /// A tap that was not run here, with the reason.
-    pub fn skipped(case: &str, mode: &str, tap: &str, why: String) -> Row {
-        Row { status: Status::Skip, ..Row::empty(case, mode, tap, why) }
+    pub fn skipped(case: &str, check: impl Into<Check>, tap: Tap, why: String) -> Row {
+        Row { status: Status::Skip, ..Row::empty(case, check.into().name(), Some(tap), why) }
+    }
+
+    /// A case with no recorded dumps: skipped without its checkpoint, failed with it (there is
+    /// nothing to compare until it is captured).
+    pub fn uncaptured(case: &str, status: Status, why: String) -> Row {
+        Row { status, ..Row::empty(case, "-", None, why) }
     }
 
     /// Where the largest |Δ| is: in model terms when the location is known, else its index.
@@ -117,11 +155,12 @@ impl Row {
         }
     }
 
-    fn empty(case: &str, mode: &str, tap: &str, why: String) -> Row {
+    fn empty(case: &str, mode: &str, tap: Option<Tap>, why: String) -> Row {
         Row {
             case: case.into(),
             mode: mode.into(),
-            tap: tap.into(),
+            tap: tap.map_or_else(|| "(not captured)".into(), |t| t.to_string()),
+            stage: tap,
             status: Status::Skip,
             atol: None,
             rtol: None,
@@ -165,37 +204,57 @@ pub fn sci(v: Option<f64>) -> String {
 }
 
 /// The console table: one row per tap, in the order given (pipeline order per case/mode).
+/// Consecutive skipped rows of one case for one reason are one line, followed by the reason
+/// (the flag and the variable that would name the checkpoint) once.
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     let header = ["case", "mode", "tap", "status", "mismatch", "max |Δ|", "at", "max rel Δ", "×noise", "cosine"];
-    let cells: Vec<[String; 10]> = rows
-        .iter()
-        .map(|r| {
-            let at = r.at().unwrap_or_else(|| "-".into());
-            let mut cosine = r.cosine.map_or("-".into(), |c| format!("{c:.7}"));
-            if let (Some(e), Some(a), Some(k)) = (r.argmax_expected, r.argmax_actual, r.top_k_overlap) {
-                cosine.push_str(&format!(" argmax {e}/{a} top-k {:.0}%", 100.0 * k));
-            }
-            [
-                r.case.clone(),
-                r.mode.clone(),
-                r.tap.clone(),
-                r.status.word().into(),
-                if r.status == Status::Skip { "-".into() } else { format!("{:.2}%", r.mismatched_pct) },
-                sci(r.max_abs),
-                at,
-                sci(r.max_rel),
-                // bf16 taps: how many times the reference's own bf16-vs-f32 deviation, of k.
-                match (r.noise_ratio, r.k) {
-                    (Some(ratio), Some(k)) => format!("{ratio:.2}/{k}"),
-                    _ => "-".into(),
-                },
-                cosine,
-            ]
-        })
-        .collect();
+    // Each line of the table, and the reason printed under it (skips only).
+    let mut lines: Vec<([String; 10], Option<String>)> = Vec::new();
+    let mut i = 0;
+    while i < rows.len() {
+        let r = &rows[i];
+        if r.status == Status::Skip {
+            let run =
+                rows[i..].iter().take_while(|o| o.status == Status::Skip && o.case == r.case && o.detail == r.detail);
+            let group: Vec<&Row> = run.collect();
+            let mut modes: Vec<&str> = group.iter().map(|g| g.mode.as_str()).collect();
+            modes.dedup();
+            let mode = if modes.len() == 1 { modes[0].to_string() } else { format!("{} modes", modes.len()) };
+            let tap = if group.len() == 1 { r.tap.clone() } else { format!("{} taps", group.len()) };
+            let dash = || "-".to_string();
+            let cells =
+                [r.case.clone(), mode, tap, r.status.word().into(), dash(), dash(), dash(), dash(), dash(), dash()];
+            lines.push((cells, r.detail.clone()));
+            i += group.len();
+            continue;
+        }
+        let at = r.at().unwrap_or_else(|| "-".into());
+        let mut cosine = r.cosine.map_or("-".into(), |c| format!("{c:.7}"));
+        if let (Some(e), Some(a), Some(k)) = (r.argmax_expected, r.argmax_actual, r.top_k_overlap) {
+            cosine.push_str(&format!(" argmax {e}/{a} top-k {:.0}%", 100.0 * k));
+        }
+        let cells = [
+            r.case.clone(),
+            r.mode.clone(),
+            r.tap.clone(),
+            r.status.word().into(),
+            format!("{:.2}%", r.mismatched_pct),
+            sci(r.max_abs),
+            at,
+            sci(r.max_rel),
+            // bf16 taps: how many times the reference's own bf16-vs-f32 deviation, of k.
+            match (r.noise_ratio, r.k) {
+                (Some(ratio), Some(k)) => format!("{ratio:.2}/{k}"),
+                _ => "-".into(),
+            },
+            cosine,
+        ];
+        lines.push((cells, None));
+        i += 1;
+    }
     let mut widths = header.map(str::len);
-    for row in &cells {
+    for (row, _) in &lines {
         for (w, c) in widths.iter_mut().zip(row) {
             *w = (*w).max(c.chars().count());
         }
@@ -205,8 +264,11 @@ pub fn table(rows: &[Row]) -> String {
         writeln!(out, "{}", padded.join("  ").trim_end()).unwrap();
     };
     line(&mut out, &header.map(String::from));
-    for row in &cells {
+    for (row, why) in &lines {
         line(&mut out, row);
+        if let Some(why) = why {
+            writeln!(out, "{:indent$}why: {why}", "", indent = widths[0] + 2).unwrap();
+        }
     }
     out
 }
@@ -249,6 +311,7 @@ pub struct CaseReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use contract::Stage;
 
     #[test]
     fn sci_keeps_three_significant_digits_and_spells_out_zero_and_non_finite_values() {
@@ -268,13 +331,32 @@ mod tests {
     }
 
     #[test]
-    fn the_console_table_spells_each_status_with_its_word() {
+    fn skipped_rows_of_a_case_are_one_line_with_their_reason_once() {
+        let why = "the checkpoint of big is not in the repository: pass --weights DIR or set BIG_DIR to its folder";
         let rows = [
-            Row::skipped("c", "m", "lm.norm", "absent".into()),
-            Row::failed("c", "m", "lm.layer.0", "panicked".into()),
+            Row::skipped("big-case", Mode::VisionTeacherForced, Stage::VisionTower.tap(), why.into()),
+            Row::skipped("big-case", Mode::FromImageFiles, Stage::LmNorm.tap(), why.into()),
+            Row::skipped("big-case", Mode::FromImageFiles, Stage::LmLogitsLast.tap(), why.into()),
+            Row::failed("small", Mode::Generate, Stage::GenTokens.tap(), "panicked".into()),
         ];
         let table = table(&rows);
-        for (row, line) in rows.iter().zip(table.lines().skip(1)) {
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "the header, one skip line, its reason, the failure:\n{table}");
+        let skip: Vec<&str> = lines[1].split("  ").filter(|c| !c.trim().is_empty()).map(str::trim).collect();
+        assert_eq!(&skip[..4], ["big-case", "2 modes", "3 taps", "skip"], "{table}");
+        assert_eq!(lines[2].trim(), format!("why: {why}"), "the reason, once:\n{table}");
+        assert_eq!(table.matches("--weights DIR").count(), 1, "{table}");
+    }
+
+    #[test]
+    fn the_console_table_spells_each_status_with_its_word() {
+        let rows = [
+            Row::skipped("c", Mode::Generate, Stage::LmNorm.tap(), "absent".into()),
+            Row::failed("c", Mode::Generate, Stage::LmLayer.at(0), "panicked".into()),
+        ];
+        let table = table(&rows);
+        let lines: Vec<&str> = table.lines().filter(|l| !l.trim_start().starts_with("why:")).skip(1).collect();
+        for (row, line) in rows.iter().zip(&lines) {
             let status = line.split_whitespace().nth(3);
             assert_eq!(status, Some(row.status.word()), "line {line:?}");
         }

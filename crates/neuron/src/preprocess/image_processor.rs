@@ -1,6 +1,6 @@
 //! Image file → pixel_values, mirroring transformers' `Qwen2VLImageProcessor` (torchvision
-//! backend, `transformers/models/qwen2_vl/image_processing_qwen2_vl.py`): decode and convert
-//! to RGB (`decode.rs`, as the case's loader does), `smart_resize`,
+//! backend, `transformers/models/qwen2_vl/image_processing_qwen2_vl.py`): read and convert
+//! to RGB (`image_file.rs`, as the case's loader does), `smart_resize`,
 //! the uint8 bicubic antialiased resize, fused rescale + normalise, and the patch layout in
 //! spatial-merge-block order.
 
@@ -9,29 +9,22 @@ use std::path::Path;
 use anyhow::{ensure, Result};
 use image::DynamicImage;
 
-use super::decode::{self, Loader};
+pub use super::image_file::RgbImage;
+use super::image_file::{self, Loader};
 use super::resize::resize_bicubic_antialias_u8;
 use super::ImageProcessorConfig;
 use crate::vision::positions::Grid;
 
-/// An 8-bit RGB image, rows top to bottom, pixels interleaved (HWC).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RgbImage {
-    pub width: usize,
-    pub height: usize,
-    pub data: Vec<u8>,
-}
-
 /// Decodes an image file and converts it to RGB as the image processor does when handed the
-/// PIL image (`loader = "processor"`): see [`super::decode`] for formats and loaders.
+/// PIL image (`loader = "processor"`): see [`super::image_file`] for formats and loaders.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    decode::load_rgb_with(path, Loader::Processor)
+    image_file::load_rgb_with(path, Loader::Processor)
 }
 
 /// The conversion half of [`load_rgb`] for pixels the `image` crate decoded: alpha
 /// composited onto white, grayscale replicated, 16-bit samples as PIL reads them.
 pub fn to_rgb(decoded: DynamicImage) -> Result<RgbImage> {
-    Ok(decode::convert(decode::from_dynamic(decoded)?, Loader::Processor))
+    Ok(image_file::convert(image_file::from_dynamic(decoded)?, Loader::Processor))
 }
 
 /// `smart_resize`: the size nearest the original whose sides are multiples of `factor`

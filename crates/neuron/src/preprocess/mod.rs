@@ -1,7 +1,7 @@
 //! Preprocessing: image files and a prompt → the model's inputs (`input_ids`,
 //! `pixel_values`, image grids). Kept apart from the model: tensors are the only interface.
 
-pub mod decode;
+pub mod image_file;
 pub mod image_processor;
 pub mod prompt;
 pub mod resize;
@@ -137,14 +137,14 @@ pub struct Processor {
     pub prompt: PromptProcessor,
     /// How image files are opened and converted to RGB, as the reference's loader does
     /// (`loader` of a case; the image processor's own conversion by default).
-    pub loader: decode::Loader,
+    pub loader: image_file::Loader,
 }
 
 impl Processor {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let image = ImageProcessorConfig::from_dir(dir)?;
         let prompt = PromptProcessor::from_dir(dir, image.merge_size)?;
-        Ok(Processor { image, prompt, loader: decode::Loader::default() })
+        Ok(Processor { image, prompt, loader: image_file::Loader::default() })
     }
 
     /// One user message: the images (in order), then the prompt text.
@@ -158,7 +158,7 @@ impl Processor {
         let mut values = Vec::new();
         let mut grids = Vec::new();
         for path in images {
-            let rgb = decode::load_rgb_with(path, self.loader)?;
+            let rgb = image_file::load_rgb_with(path, self.loader)?;
             let mut size =
                 image_processor::target_size(&rgb, &self.image).with_context(|| format!("{}", path.display()))?;
             if let Some(hook) = hooks.target_size {

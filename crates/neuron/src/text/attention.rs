@@ -23,7 +23,8 @@ use candle_nn::{Module, VarBuilder};
 use super::cache::KvState;
 use super::norm::RmsNorm;
 use crate::config::TextConfig;
-use crate::precision::{in_f32, linear_b, Linear};
+use crate::linear::{linear_b, Linear};
+use crate::precision::in_f32;
 
 /// `Qwen3_5TextRotaryEmbedding`: RoPE over the first `head_dim · partial_rotary_factor`
 /// dims, where each frequency takes its position from one of the (t, h, w) axes as laid out
@@ -171,10 +172,10 @@ impl Attention {
         };
         let (k, v) = (repeat(&cached.key)?, repeat(&cached.value)?);
 
-        let scores = crate::precision::scale(&crate::precision::matmul(&q, &k.t()?)?, self.scale)?;
+        let scores = crate::precision::scale(&crate::linear::matmul(&q, &k.t()?)?, self.scale)?;
         let mask = causal_mask(seq, total - seq, x.device())?;
         let probs = in_f32(&scores, |s| Ok(candle_nn::ops::softmax_last_dim(&s.broadcast_add(&mask)?)?))?;
-        let out = crate::precision::matmul(&probs, &v)?.transpose(0, 1)?.reshape((seq, nh * hd))?;
+        let out = crate::linear::matmul(&probs, &v)?.transpose(0, 1)?.reshape((seq, nh * hd))?;
         let out = (out * crate::precision::sigmoid(&gate)?)?;
         Ok((self.o_proj.forward(&out)?, cached))
     }

@@ -11,6 +11,7 @@ use candle_core::Tensor;
 
 use crate::config::{LayerType, TextConfig};
 use crate::taps::Taps;
+use contract::{Stage, Tap};
 
 /// The state of a Gated DeltaNet layer after the tokens seen (`LinearAttentionLayer`'s
 /// `conv_states` and `recurrent_states`, batch dimension dropped).
@@ -105,19 +106,19 @@ impl Cache {
         self.layers.get(i)
     }
 
-    /// Every state by its tap name, in the tap contract's order (by layer; conv before
-    /// recurrent, key before value): `cache.0.conv`, `cache.0.recurrent`, …, `cache.3.key`, …
-    pub fn states(&self) -> Vec<(String, Tensor)> {
+    /// Every state by its tap, in the tap contract's order (by layer; conv before recurrent,
+    /// key before value): `cache.0.conv`, `cache.0.recurrent`, …, `cache.3.key`, …
+    pub fn states(&self) -> Vec<(Tap, Tensor)> {
         let mut states = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
             match layer {
                 LayerState::Linear(Some(s)) => {
-                    states.push((format!("cache.{i}.conv"), s.conv.clone()));
-                    states.push((format!("cache.{i}.recurrent"), s.recurrent.clone()));
+                    states.push((Stage::CacheConv.at(i), s.conv.clone()));
+                    states.push((Stage::CacheRecurrent.at(i), s.recurrent.clone()));
                 }
                 LayerState::Full(Some(s)) => {
-                    states.push((format!("cache.{i}.key"), s.key.clone()));
-                    states.push((format!("cache.{i}.value"), s.value.clone()));
+                    states.push((Stage::CacheKey.at(i), s.key.clone()));
+                    states.push((Stage::CacheValue.at(i), s.value.clone()));
                 }
                 LayerState::Linear(None) | LayerState::Full(None) => {}
             }
@@ -128,8 +129,8 @@ impl Cache {
     /// Records every state as a tap (`cache.{i}.*`).
     pub fn record(&self, taps: &mut Taps) {
         if taps.enabled() {
-            for (name, tensor) in self.states() {
-                taps.record(|| name, &tensor);
+            for (tap, tensor) in self.states() {
+                taps.record(tap, &tensor);
             }
         }
     }

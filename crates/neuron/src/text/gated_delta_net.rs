@@ -21,7 +21,8 @@ use super::cache::LinearState;
 use super::delta_rule::{chunk_gated_delta_rule_with, recurrent_gated_delta_rule_with, DeltaRuleConstants, CHUNK_SIZE};
 use super::norm::RmsNormGated;
 use crate::config::TextConfig;
-use crate::precision::{get_f32, linear_no_bias, Linear};
+use crate::linear::{linear_no_bias, Linear};
+use crate::precision::get_f32;
 
 /// `Qwen3_5GatedDeltaNet`: in_proj_qkv → depthwise causal conv1d + SiLU → q, k, v; β =
 /// sigmoid(b); g = −exp(A_log)·softplus(a + dt_bias); the gated delta rule (chunked, or

@@ -25,12 +25,13 @@ use candle_core::{DType, Tensor};
 use candle_nn::{Module, VarBuilder};
 
 use crate::config::{LayerType, TextConfig};
-use crate::precision::{linear_no_bias, Linear};
-use crate::stack::Stack;
+use crate::linear::{linear_no_bias, Linear};
+use crate::stack::{Residency, Stack};
 use crate::taps::Taps;
 use crate::weights::Checkpoint;
 use attention::{Attention, TextRotary};
 use cache::{Cache, LayerState};
+use contract::{ComputeDtype, Stage};
 use gated_delta_net::GatedDeltaNet;
 use norm::RmsNorm;
 
@@ -170,7 +171,7 @@ impl TextModel {
         } else {
             linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?
         };
-        Self::assemble(cfg, vb, Embedding::Resident(embed_tokens), Head::Resident(lm_head), false)
+        Self::assemble(cfg, vb, Embedding::Resident(embed_tokens), Head::Resident(lm_head), Residency::Resident)
     }
 
     /// As [`TextModel::new`] but streamed from a mapped checkpoint: each decoder layer is
@@ -180,7 +181,7 @@ impl TextModel {
         cfg: &TextConfig,
         tie_word_embeddings: bool,
         checkpoint: Arc<Checkpoint>,
-        dtype: DType,
+        dtype: ComputeDtype,
     ) -> Result<Self> {
         let vb = crate::weights::builder_in(checkpoint.clone(), dtype)?;
         let check = |name: &str, shape: [usize; 2]| -> Result<()> {
@@ -194,7 +195,7 @@ impl TextModel {
         let head = if tie_word_embeddings { EMBED_TOKENS } else { "lm_head.weight" };
         check(head, [cfg.vocab_size, cfg.hidden_size])?;
         let lm_head = Head::Mapped { checkpoint: checkpoint.clone(), name: head.to_string() };
-        Self::assemble(cfg, vb, Embedding::Mapped(checkpoint), lm_head, true)
+        Self::assemble(cfg, vb, Embedding::Mapped(checkpoint), lm_head, Residency::Streamed)
     }
 
     fn assemble(
@@ -202,12 +203,14 @@ impl TextModel {
         vb: VarBuilder<'static>,
         embed_tokens: Embedding,
         lm_head: Head,
-        streamed: bool,
+        residency: Residency,
     ) -> Result<Self> {
         let lm = vb.pp("model.language_model");
         let layers = {
             let (cfg, lm, types) = (cfg.clone(), lm.clone(), cfg.layer_types());
-            Stack::new(types.len(), streamed, move |i| DecoderLayer::new(&cfg, types[i], lm.pp(format!("layers.{i}"))))?
+            Stack::new(types.len(), residency, move |i| {
+                DecoderLayer::new(&cfg, types[i], lm.pp(format!("layers.{i}")))
+            })?
         };
         Ok(TextModel {
             embed_tokens,
@@ -286,16 +289,16 @@ impl TextModel {
         let mut x = embeds.clone();
         self.layers.try_for_each(|i, layer| {
             x = layer.forward(&x, &cos, &sin, cache.layer_mut(i)?)?;
-            taps.record(|| format!("lm.layer.{i}"), &x);
+            taps.record(Stage::LmLayer.at(i), &x);
             Ok(())
         })?;
         cache.advance(seq);
         let x = self.norm.forward(&x)?;
-        taps.record(|| "lm.norm".into(), &x);
+        taps.record(Stage::LmNorm.tap(), &x);
         let last = x.narrow(0, x.dim(0)? - 1, 1)?;
         // bf16 logits widened to f32 (exactly), as `generate` widens them before choosing.
         let logits = self.logits(&last)?.squeeze(0)?.to_dtype(DType::F32)?;
-        taps.record(|| "lm.logits_last".into(), &logits);
+        taps.record(Stage::LmLogitsLast.tap(), &logits);
         Ok(logits)
     }
 }

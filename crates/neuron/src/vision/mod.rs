@@ -23,9 +23,11 @@ use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 
 use crate::config::VisionConfig;
-use crate::precision::{get_f32, in_f32, linear, Linear};
-use crate::stack::Stack;
+use crate::linear::{linear, Linear};
+use crate::precision::{get_f32, in_f32};
+use crate::stack::{Residency, Stack};
 use crate::taps::Taps;
+use contract::Stage;
 use positions::{attention_segments, pos_embed_interpolation, rotary_positions, Grid, Interpolation};
 
 /// The position-dependent inputs of the tower for a set of image grids. Built by
@@ -153,9 +155,9 @@ impl VisionAttention {
             // [len, heads, d] → [heads, len, d]
             let seg = |t: &Tensor| -> Result<Tensor> { Ok(t.narrow(0, start, len)?.transpose(0, 1)?.contiguous()?) };
             let (q, k, v) = (seg(&q)?, seg(&k)?, seg(&v)?);
-            let scores = crate::precision::scale(&crate::precision::matmul(&q, &k.t()?)?, scale)?;
+            let scores = crate::precision::scale(&crate::linear::matmul(&q, &k.t()?)?, scale)?;
             let probs = crate::precision::softmax_last_dim(&scores)?;
-            outputs.push(crate::precision::matmul(&probs, &v)?.transpose(0, 1)?);
+            outputs.push(crate::linear::matmul(&probs, &v)?.transpose(0, 1)?);
         }
         let out = Tensor::cat(&outputs, 0)?.reshape((n, self.num_heads * self.head_dim))?;
         Ok(self.proj.forward(&out)?)
@@ -280,15 +282,15 @@ pub struct VisionModel {
 impl VisionModel {
     /// Builds the tower from `model.visual.*` (pass `vb.pp("model.visual")`).
     pub fn new(cfg: &VisionConfig, vb: VarBuilder<'static>) -> Result<Self> {
-        Self::load(cfg, vb, false)
+        Self::load(cfg, vb, Residency::Resident)
     }
 
-    /// As [`VisionModel::new`]; with `streamed`, each block is read from `vb` when it runs
-    /// and dropped after (the patch embedding, position table and merger stay loaded).
-    pub fn load(cfg: &VisionConfig, vb: VarBuilder<'static>, streamed: bool) -> Result<Self> {
+    /// As [`VisionModel::new`]; streamed, each block is read from `vb` when it runs and dropped
+    /// after (the patch embedding, position table and merger stay loaded).
+    pub fn load(cfg: &VisionConfig, vb: VarBuilder<'static>, residency: Residency) -> Result<Self> {
         let blocks = {
             let (cfg, vb) = (cfg.clone(), vb.clone());
-            Stack::new(cfg.depth, streamed, move |i| VisionBlock::new(&cfg, vb.pp(format!("blocks.{i}"))))?
+            Stack::new(cfg.depth, residency, move |i| VisionBlock::new(&cfg, vb.pp(format!("blocks.{i}"))))?
         };
         Ok(VisionModel {
             patch_embed: PatchEmbed::new(cfg, vb.pp("patch_embed"))?,
@@ -332,20 +334,20 @@ impl VisionModel {
         );
         let pixel_values = pixel_values.to_dtype(self.dtype)?;
         let patches = self.patch_embed.forward(&pixel_values)?;
-        taps.record(|| "vision.patch_embed".into(), &patches);
+        taps.record(Stage::VisionPatchEmbed.tap(), &patches);
         let pos = self.interpolated_pos_embed(&positions.interpolation)?;
-        taps.record(|| "vision.pos_embed".into(), &pos);
+        taps.record(Stage::VisionPosEmbed.tap(), &pos);
         let mut x = (&patches + pos.to_dtype(patches.dtype())?)?;
 
         let (cos, sin) = self.rotary.cos_sin(&positions.rotary, x.device())?;
         self.blocks.try_for_each(|i, block| {
             x = block.forward(&x, &cos, &sin, &positions.segments)?;
-            taps.record(|| format!("vision.block.{i}"), &x);
+            taps.record(Stage::VisionBlock.at(i), &x);
             Ok(())
         })?;
-        taps.record(|| "vision.tower".into(), &x);
+        taps.record(Stage::VisionTower.tap(), &x);
         let merged = self.merger.forward(&x)?;
-        taps.record(|| "vision.projector".into(), &merged);
+        taps.record(Stage::VisionProjector.tap(), &merged);
         Ok(merged)
     }
 }

@@ -100,12 +100,14 @@ mod tests {
 
     use super::*;
     use crate::report::{self, Heatmap, Status};
+    use contract::Stage;
 
     fn row(mode: &str, tap: &str, status: Status, max_abs: Option<f64>, cosine: Option<f64>) -> Row {
         Row {
             case: "case-a".into(),
             mode: mode.into(),
             tap: tap.into(),
+            stage: contract::Tap::parse(tap),
             status,
             atol: Some(1e-4),
             rtol: Some(1e-3),
@@ -129,7 +131,7 @@ mod tests {
 
     fn sample_case() -> CaseReport {
         let mut rows = vec![
-            Row::skipped("case-a", "from-image-files", "input.input_ids", "no tokenizer here".into()),
+            Row::skipped("case-a", Mode::FromImageFiles, Stage::InputIds.tap(), "no tokenizer here".into()),
             row("vision-teacher-forced", "vision.patch_embed", Status::Pass, Some(0.0), Some(1.0)),
             row("vision-teacher-forced", "vision.block.0", Status::Pass, Some(2e-6), Some(0.9999999)),
             row("vision-teacher-forced", "vision.block.1", Status::Fail, Some(3e-2), Some(0.999)),
@@ -234,8 +236,18 @@ mod tests {
         let case = CaseReport {
             case: "nothing-here".into(),
             rows: vec![
-                Row::skipped("nothing-here", "from-image-files", "vision.patch_embed", "checkpoint absent".into()),
-                Row::skipped("nothing-here", "from-image-files", "lm.logits_last", "checkpoint absent".into()),
+                Row::skipped(
+                    "nothing-here",
+                    Mode::FromImageFiles,
+                    Stage::VisionPatchEmbed.tap(),
+                    "checkpoint absent".into(),
+                ),
+                Row::skipped(
+                    "nothing-here",
+                    Mode::FromImageFiles,
+                    Stage::LmLogitsLast.tap(),
+                    "checkpoint absent".into(),
+                ),
             ],
             heatmaps: vec![],
         };
@@ -252,7 +264,7 @@ mod tests {
         case.rows.push(row("from-image-files", "vision.patch_embed", Status::Fail, Some(f64::NAN), Some(f64::NAN)));
         case.rows.push(row("from-image-files", "vision.block.0", Status::Fail, Some(f64::INFINITY), None));
         case.rows.push(row("from-image-files", "vision.block.1", Status::Fail, None, Some(f64::NEG_INFINITY)));
-        case.rows.push(Row::failed("case-a", "from-image-files", "lm.layer.0", "the run panicked".into()));
+        case.rows.push(Row::failed("case-a", Mode::FromImageFiles, Stage::LmLayer.at(0), "the run panicked".into()));
         case.heatmaps.push(Heatmap {
             mode: "from-image-files".into(),
             tap: "vision.block.0".into(),

@@ -8,9 +8,9 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::Serialize;
 
 use super::{mode_colour, modes_in_order, RenderError};
-use crate::array::DType;
 use crate::report::{CaseReport, Row, Status};
-use crate::taps::Tap;
+use contract::ArrayDtype;
+use contract::{Family, Tap};
 
 /// Values at or below this are drawn at it on the log axes (a log axis has no 0, and
 /// 1 − cosine can come out slightly negative by rounding).
@@ -28,9 +28,9 @@ fn decade_label(v: f64) -> String {
     }
 }
 
-/// The tap as a plotted stage: float activations from `vision.patch_embed` on.
-fn float_stage(tap: &str) -> Option<Tap> {
-    Tap::parse(tap).filter(|t| !t.is_input() && t.dtype() == DType::F32)
+/// The row's tap as a plotted stage: float activations from `vision.patch_embed` on.
+fn float_stage(row: &Row) -> Option<Tap> {
+    row.stage.filter(|t| t.family() != Family::Input && t.dtype() == ArrayDtype::F32)
 }
 
 /// A compact stage name for the x axis (the table has the full names).
@@ -73,7 +73,7 @@ fn plot_data(rows: &[Row], stages: &[Tap], metric: &Metric) -> PlotData {
     for mode in modes_in_order(rows) {
         let mut segments: Vec<Vec<Point>> = vec![Vec::new()];
         for r in rows.iter().filter(|r| r.mode == mode) {
-            let Some(x) = float_stage(&r.tap).and_then(|t| stages.iter().position(|s| *s == t)) else {
+            let Some(x) = float_stage(r).and_then(|t| stages.iter().position(|s| *s == t)) else {
                 continue;
             };
             let value = if r.status == Status::Skip { None } else { (metric.what)(r) };
@@ -118,7 +118,7 @@ fn atol_reference(rows: &[Row], stages: &[Tap]) -> Option<Reference> {
     for mode in modes_in_order(rows) {
         let mut line = Vec::new();
         for r in rows.iter().filter(|r| r.mode == mode && r.status != Status::Skip) {
-            let (Some(x), Some(atol)) = (float_stage(&r.tap).and_then(|t| stages.iter().position(|s| *s == t)), r.atol)
+            let (Some(x), Some(atol)) = (float_stage(r).and_then(|t| stages.iter().position(|s| *s == t)), r.atol)
             else {
                 continue;
             };
@@ -177,7 +177,7 @@ struct Figure {
 /// The plots of case number `n`.
 pub(super) fn plots(n: usize, case: &CaseReport) -> Result<Plots, RenderError> {
     let stages: Vec<Tap> =
-        case.rows.iter().filter_map(|r| float_stage(&r.tap)).collect::<BTreeSet<_>>().into_iter().collect();
+        case.rows.iter().filter_map(float_stage).collect::<BTreeSet<_>>().into_iter().collect();
     let metrics = [
         Metric { name: "max |Δ|", what: |r| r.max_abs },
         Metric { name: "1 − cosine", what: |r| r.cosine.map(|c| 1.0 - c) },
@@ -202,7 +202,7 @@ pub(super) fn plots(n: usize, case: &CaseReport) -> Result<Plots, RenderError> {
     Ok(Plots {
         figures,
         modes: modes_in_order(&case.rows).into_iter().map(String::from).collect(),
-        vision_stages: stages.iter().any(|t| t.is_vision()),
+        vision_stages: stages.iter().any(|t| t.family() == Family::Vision),
         floor: decade_label(LOG_FLOOR),
         clamped: data.iter().map(|d| d.clamped).sum(),
         atol: match reference {
@@ -317,9 +317,9 @@ fn stage_plot(
         // tower hands over to the language model.
         let grey = RGBColor(0x77, 0x77, 0x77);
         let bracket_y = bottom + x_label_area as i32 - 26;
-        for (name, part) in [("vision tower", Tap::is_vision as fn(Tap) -> bool), ("language model", Tap::is_lm)] {
+        for (name, part) in [("vision tower", Family::Vision), ("language model", Family::Lm)] {
             let (Some(first), Some(last)) =
-                (stages.iter().position(|t| part(*t)), stages.iter().rposition(|t| part(*t)))
+                (stages.iter().position(|t| t.family() == part), stages.iter().rposition(|t| t.family() == part))
             else {
                 continue;
             };
@@ -330,7 +330,7 @@ fn stage_plot(
             let style = ("sans-serif", 14).into_font().color(&grey).pos(Pos::new(HPos::Center, VPos::Top));
             root.draw(&Text::new(name, ((x0 + x1) / 2, bracket_y + 4), style)).map_err(|e| err(&e))?;
         }
-        if let Some(first_lm) = stages.iter().position(|t| t.is_lm()).filter(|i| *i > 0) {
+        if let Some(first_lm) = stages.iter().position(|t| t.family() == Family::Lm).filter(|i| *i > 0) {
             let xb = first_lm as f64 - 0.5;
             chart
                 .draw_series(DashedLineSeries::new(
@@ -406,13 +406,11 @@ fn stage_plot(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use contract::Stage;
 
     #[test]
     fn many_stages_get_labels_that_do_not_overlap() {
-        let stages: Vec<Tap> = (0..40)
-            .map(|i| Tap::parse(&format!("lm.layer.{i}")).unwrap())
-            .chain([Tap::parse("lm.norm").unwrap()])
-            .collect();
+        let stages: Vec<Tap> = (0..40).map(|i| Stage::LmLayer.at(i)).chain([Stage::LmNorm.tap()]).collect();
         let shown = shown_labels(&stages, 6.0);
         let idx: Vec<usize> = shown.iter().enumerate().filter(|(_, s)| **s).map(|(i, _)| i).collect();
         assert!(idx.windows(2).all(|w| w[1] - w[0] >= 3), "{idx:?}");

@@ -4,12 +4,13 @@
 use std::borrow::Cow;
 
 use anyhow::{bail, ensure, Result};
+use contract::{ComputeDtype, Family, Stage, Tap};
 use parity::array::Array;
 use parity::compare::{compare, CompareOptions, Comparison};
-use parity::manifest::{CaseDtype, Manifest, RowPick};
-use parity::taps::Tap;
+use parity::manifest::{CaseRef, RowPick};
+use parity::mode::Mode;
 
-use super::{reference, Mode, Run};
+use crate::run::{reference, token_texts, Run};
 
 /// How many top logits are compared for `lm.logits_last`.
 pub const TOP_K: usize = 5;
@@ -19,7 +20,7 @@ pub struct TapResult {
     /// The case the run replayed.
     pub case: String,
     /// The tap compared.
-    pub tap: String,
+    pub tap: Tap,
     /// The mode of the run.
     pub mode: Mode,
     /// The metrics of the comparison with the reference dump.
@@ -46,41 +47,39 @@ impl TapResult {
 
 impl Run {
     /// Compares the run's tap with the recorded dump under the manifest's tolerance.
-    pub fn check(&self, manifest: &Manifest, case: &str, tap: &str) -> Result<TapResult> {
-        let Some(actual) = self.taps.get(tap) else {
+    pub fn check(&self, case: CaseRef, tap: Tap) -> Result<TapResult> {
+        let Some(actual) = self.taps.get(&tap) else {
             match &self.failure {
                 Some(why) => bail!("the {} run of case {case} stopped before {tap}: {why}", self.mode.name()),
                 None => bail!("the {} run of case {case} produced no {tap}", self.mode.name()),
             }
         };
-        let parsed = Tap::parse(tap);
         // In bf16 a step's ranking below the top is not decidable: logits 64 apart in a
         // 248 320-word vocabulary sit one bf16 step (0.0625 near 8) apart or tie exactly (the
         // stand-in's 5th and 6th logits of step 1 are both 8.0625). A bf16 case keeps the
         // argmax of each step exactly; gen.top_logits bounds Rust's logits at the reference's
         // top ids by k × noise.
-        let expected = reference(manifest, case, tap)?;
-        let (expected, actual) = if tap == "gen.top_ids" && manifest.cases[case].dtype == CaseDtype::Bf16 {
+        let expected = reference(case, tap)?;
+        let (expected, actual) = if tap.stage() == Stage::GenTopIds && case.case.dtype == ComputeDtype::Bf16 {
             (first_column(&expected)?, Cow::Owned(first_column(actual)?))
         } else {
             (expected, Cow::Borrowed(actual))
         };
         let actual = actual.as_ref();
-        let opts = manifest
-            .compare_options(case, tap, (tap == "lm.logits_last").then_some(TOP_K))
+        let opts = case
+            .compare_options(tap, (tap.stage() == Stage::LmLogitsLast).then_some(TOP_K))
             .map_err(anyhow::Error::msg)?;
-        let (comparison, worst) =
-            compare_picked(&expected, actual, parsed.and_then(|t| manifest.row_pick(case, t)), &opts)?;
-        let mut location = worst.and_then(|index| self.locator().locate(parsed?, &index));
-        if !comparison.passed() && parsed.is_some_and(|t| t.is_gen()) {
-            if let Some(divergence) = self.first_diverging_step(manifest, case, tap, &expected, actual, &opts) {
+        let (comparison, worst) = compare_picked(&expected, actual, case.row_pick(tap), &opts)?;
+        let mut location = worst.and_then(|index| self.locator().locate(tap, &index));
+        if !comparison.passed() && tap.family() == Family::Gen {
+            if let Some(divergence) = self.first_diverging_step(case, tap, &expected, actual, &opts) {
                 location = Some(match location {
                     Some(worst) => format!("{divergence}; the worst element: {worst}"),
                     None => divergence,
                 });
             }
         }
-        Ok(TapResult { case: case.to_owned(), tap: tap.to_owned(), mode: self.mode, comparison, location })
+        Ok(TapResult { case: case.name.to_owned(), tap, mode: self.mode, comparison, location })
     }
 }
 
@@ -91,9 +90,8 @@ impl Run {
     /// tokens whose logits differ by less than their tolerance — is told apart from a bug.
     fn first_diverging_step(
         &self,
-        manifest: &Manifest,
-        case: &str,
-        tap: &str,
+        case: CaseRef,
+        tap: Tap,
         expected: &Array,
         actual: &Array,
         opts: &CompareOptions,
@@ -117,20 +115,16 @@ impl Run {
                  (one run stopped at an end-of-sequence token, or the step count differs)"
             ));
         };
-        if tap != "gen.tokens" {
+        if tap.stage() != Stage::GenTokens {
             return Some(format!("first diverging step: {step}"));
         }
         let (e, a) = (expected.as_i64()?[step], actual.as_i64()?[step]);
-        let texts = super::token_texts(&self.model_dir, &[e as u32, a as u32]).unwrap_or_default();
+        let texts = token_texts(&self.model_dir, &[e as u32, a as u32]).unwrap_or_default();
         let text = |i: usize, id: i64| texts.get(i).map_or(format!("id {id}"), |t| format!("{t:?} (id {id})"));
-        let margin = reference_margin(manifest, case, step, e, a).map_or_else(
+        let margin = reference_margin(case, step, e, a).map_or_else(
             || "the reference's logits of that step are not recorded".to_owned(),
             |(margin, scale)| {
-                let t = manifest
-                    .compare_options(case, "gen.logits", None)
-                    .map_or(manifest.tolerance(case, "gen.logits"), |o| {
-                        o.calibration.map_or(o.tolerance, |c| c.tolerance())
-                    });
+                let t = case.effective_tolerance(Stage::GenLogits.tap());
                 let noise = t.atol + t.rtol * scale.abs();
                 let verdict = if margin <= 2.0 * noise {
                     "a near tie: within twice the logits' tolerance, rounding can swap them"
@@ -147,18 +141,17 @@ impl Run {
 /// The reference's logit of its own token minus that of `other` at `step`, with the size of
 /// the logit (for the relative tolerance): from `gen.logits`, or from the top-k record when
 /// `other` is among the top k (a lower bound, the top-1 minus the k-th, when it is not).
-fn reference_margin(manifest: &Manifest, case: &str, step: usize, token: i64, other: i64) -> Option<(f64, f64)> {
-    let dumps = &manifest.cases[case].dumps;
-    if dumps.contains_key("gen.logits") {
-        let logits = reference(manifest, case, "gen.logits").ok()?;
+fn reference_margin(case: CaseRef, step: usize, token: i64, other: i64) -> Option<(f64, f64)> {
+    if case.records(Stage::GenLogits.tap()) {
+        let logits = reference(case, Stage::GenLogits.tap()).ok()?;
         let vocab = *logits.shape.get(1)?;
         let row = logits.as_f32()?.get(step * vocab..(step + 1) * vocab)?;
         let at = |id: i64| usize::try_from(id).ok().and_then(|i| row.get(i)).map(|&v| f64::from(v));
         let own = at(token)?;
         return Some((own - at(other)?, own));
     }
-    let ids = reference(manifest, case, "gen.top_ids").ok()?;
-    let values = reference(manifest, case, "gen.top_logits").ok()?;
+    let ids = reference(case, Stage::GenTopIds.tap()).ok()?;
+    let values = reference(case, Stage::GenTopLogits.tap()).ok()?;
     let k = *ids.shape.get(1)?;
     let ids = ids.as_i64()?.get(step * k..(step + 1) * k)?;
     let values = values.as_f32()?.get(step * k..(step + 1) * k)?;
@@ -222,7 +215,12 @@ mod tests {
         assert_ne!(column(&reference), column(&Array::i64(vec![2, 3], vec![7, 1, 2, 6, 5, 7])), "step 1's argmax");
         assert!(first_column(&Array::i64(vec![3], vec![1, 2, 3])).is_err(), "not [steps, k]");
     }
-    use crate::replay::workspace_manifest;
+    use crate::run::workspace_manifest;
+    use parity::manifest::Manifest;
+
+    fn tap(name: &str) -> Tap {
+        Tap::parse(name).unwrap_or_else(|| panic!("{name} is a contract tap"))
+    }
 
     fn options() -> CompareOptions {
         CompareOptions { tolerance: Tolerance { atol: 1e-6, rtol: 0.0 }, top_k: None, calibration: None }
@@ -274,9 +272,9 @@ mod tests {
     }
 
     /// A run that produced `taps`, with the token ids of `case`'s reference.
-    fn run_of(case: &str, taps: BTreeMap<String, Array>, failure: Option<&str>) -> Run {
+    fn run_of(case: &str, taps: BTreeMap<Tap, Array>, failure: Option<&str>) -> Run {
         let manifest = workspace_manifest().unwrap();
-        let ids = reference(&manifest, case, "input.input_ids").unwrap();
+        let ids = reference(manifest.case(case).unwrap(), Stage::InputIds.tap()).unwrap();
         let input_ids = ids.as_i64().expect("integer token ids").iter().map(|&i| i as u32).collect();
         Run {
             mode: Mode::FromImageFiles,
@@ -295,15 +293,15 @@ mod tests {
     fn a_changed_element_of_a_one_row_case_is_named_by_its_token_position_in_the_whole_run() {
         // standin-astronaut keeps the last position of each lm tap: lm.norm is [1, hidden] of 220 tokens.
         let manifest = workspace_manifest().unwrap();
-        let kept = reference(&manifest, "standin-astronaut", "lm.norm").unwrap();
+        let kept = reference(manifest.case("standin-astronaut").unwrap(), tap("lm.norm")).unwrap();
         let mut row = kept.as_f32().expect("f32 lm.norm").to_vec();
         row[7] += 1.0;
         let hidden = row.len();
         let mut whole = vec![0.0; 219 * hidden];
         whole.extend(row);
-        let taps = BTreeMap::from([("lm.norm".to_owned(), Array::f32(vec![220, hidden], whole))]);
+        let taps = BTreeMap::from([(tap("lm.norm"), Array::f32(vec![220, hidden], whole))]);
         let run = run_of("standin-astronaut", taps, None);
-        let result = run.check(&manifest, "standin-astronaut", "lm.norm").unwrap();
+        let result = run.check(manifest.case("standin-astronaut").unwrap(), tap("lm.norm")).unwrap();
         assert!(!result.passed(), "a changed element passed:\n{}", result.message());
         assert_eq!(result.comparison.total, hidden, "only the kept row is compared");
         let id = run.input_ids[219];
@@ -319,16 +317,16 @@ mod tests {
     #[test]
     fn the_last_logits_are_compared_on_their_top_k_and_other_taps_are_not() {
         let manifest = workspace_manifest().unwrap();
-        let taps: BTreeMap<String, Array> = ["lm.logits_last", "lm.norm"]
+        let taps: BTreeMap<Tap, Array> = ["lm.logits_last", "lm.norm"]
             .into_iter()
-            .map(|tap| (tap.to_owned(), reference(&manifest, "chelsea", tap).unwrap()))
+            .map(|name| (tap(name), reference(manifest.case("chelsea").unwrap(), tap(name)).unwrap()))
             .collect();
         let run = run_of("chelsea", taps, None);
-        let logits = run.check(&manifest, "chelsea", "lm.logits_last").unwrap();
+        let logits = run.check(manifest.case("chelsea").unwrap(), tap("lm.logits_last")).unwrap();
         assert!(logits.passed(), "the reference logits against themselves:\n{}", logits.message());
         assert!(logits.comparison.logits.is_some(), "lm.logits_last is compared on its top {TOP_K}");
         assert_eq!(logits.location, None, "the last position's logits name no place");
-        let norm = run.check(&manifest, "chelsea", "lm.norm").unwrap();
+        let norm = run.check(manifest.case("chelsea").unwrap(), tap("lm.norm")).unwrap();
         assert!(norm.comparison.logits.is_none(), "lm.norm has no top-k comparison");
         assert!(norm.location.is_some(), "a tap per token names its worst element even when it passes");
     }
@@ -337,10 +335,14 @@ mod tests {
     fn a_tap_the_run_did_not_produce_is_an_error_saying_why() {
         let manifest = workspace_manifest().unwrap();
         let stopped = run_of("chelsea", BTreeMap::new(), Some("out of memory"));
-        let err = format!("{:#}", stopped.check(&manifest, "chelsea", "lm.norm").err().expect("no lm.norm"));
+        let err = format!(
+            "{:#}",
+            stopped.check(manifest.case("chelsea").unwrap(), tap("lm.norm")).err().expect("no lm.norm")
+        );
         assert_eq!(err, "the from-image-files run of case chelsea stopped before lm.norm: out of memory", "stopped");
         let silent = run_of("chelsea", BTreeMap::new(), None);
-        let err = format!("{:#}", silent.check(&manifest, "chelsea", "lm.norm").err().expect("no lm.norm"));
+        let err =
+            format!("{:#}", silent.check(manifest.case("chelsea").unwrap(), tap("lm.norm")).err().expect("no lm.norm"));
         assert_eq!(err, "the from-image-files run of case chelsea produced no lm.norm", "not produced");
     }
 
@@ -350,7 +352,7 @@ mod tests {
         let (comparison, _) = compare_picked(&expected, &expected, None, &options()).unwrap();
         let result = TapResult {
             case: "c".into(),
-            tap: "lm.logits_last".into(),
+            tap: tap("lm.logits_last"),
             mode: Mode::LmTeacherForced,
             comparison,
             location: None,
@@ -363,8 +365,8 @@ mod tests {
 
     /// chelsea's greedy tokens with step `step` replaced by the reference's `rank`-th choice there.
     fn tokens_with_runner_up(manifest: &Manifest, step: usize, rank: usize) -> (Array, i64, i64) {
-        let tokens = reference(manifest, "chelsea", "gen.tokens").unwrap();
-        let logits = reference(manifest, "chelsea", "gen.logits").unwrap();
+        let tokens = reference(manifest.case("chelsea").unwrap(), tap("gen.tokens")).unwrap();
+        let logits = reference(manifest.case("chelsea").unwrap(), tap("gen.logits")).unwrap();
         let vocab = logits.shape[1];
         let row = &logits.as_f32().unwrap()[step * vocab..(step + 1) * vocab];
         let mut order: Vec<usize> = (0..vocab).collect();
@@ -380,14 +382,14 @@ mod tests {
     fn a_different_generated_token_is_named_by_its_step_both_texts_and_the_references_margin() {
         let manifest = workspace_manifest().unwrap();
         let (tokens, chosen, other) = tokens_with_runner_up(&manifest, 3, 1);
-        let mut run = run_of("chelsea", BTreeMap::from([("gen.tokens".to_owned(), tokens)]), None);
+        let mut run = run_of("chelsea", BTreeMap::from([(tap("gen.tokens"), tokens)]), None);
         run.mode = Mode::Generate;
         run.model_dir = manifest.root.join("fixtures/models/tiny-qwen3.6-27b");
-        let result = run.check(&manifest, "chelsea", "gen.tokens").unwrap();
+        let result = run.check(manifest.case("chelsea").unwrap(), tap("gen.tokens")).unwrap();
         let message = result.message();
         assert!(!result.passed(), "a changed token passed:\n{message}");
-        let texts = super::super::token_texts(&run.model_dir, &[chosen as u32, other as u32]).unwrap();
-        let logits = reference(&manifest, "chelsea", "gen.logits").unwrap();
+        let texts = token_texts(&run.model_dir, &[chosen as u32, other as u32]).unwrap();
+        let logits = reference(manifest.case("chelsea").unwrap(), tap("gen.logits")).unwrap();
         let vocab = logits.shape[1];
         let row = &logits.as_f32().unwrap()[3 * vocab..4 * vocab];
         let margin = f64::from(row[chosen as usize]) - f64::from(row[other as usize]);
@@ -406,11 +408,12 @@ mod tests {
     /// reference's second choice, with the logits' tolerance set to `atol` and `rtol`.
     fn runner_up_at_step_5_under(manifest: &mut Manifest, atol: f64, rtol: f64) -> String {
         let tolerance = parity::manifest::ToleranceSpec { atol, rtol };
-        manifest.cases.get_mut("chelsea").unwrap().tap_tolerance.insert("gen.logits".into(), tolerance);
+        let pattern = parity::manifest::TapPattern::parse("gen.logits").unwrap();
+        manifest.cases.get_mut("chelsea").unwrap().tap_tolerance.insert(pattern, tolerance);
         let (tokens, _, _) = tokens_with_runner_up(manifest, 5, 1);
-        let mut run = run_of("chelsea", BTreeMap::from([("gen.tokens".to_owned(), tokens)]), None);
+        let mut run = run_of("chelsea", BTreeMap::from([(tap("gen.tokens"), tokens)]), None);
         run.model_dir = manifest.root.join("fixtures/models/tiny-qwen3.6-27b");
-        run.check(manifest, "chelsea", "gen.tokens").unwrap().message()
+        run.check(manifest.case("chelsea").unwrap(), tap("gen.tokens")).unwrap().message()
     }
 
     #[test]
@@ -425,12 +428,12 @@ mod tests {
     #[test]
     fn a_generation_that_stops_early_is_named_by_the_steps_both_runs_made() {
         let manifest = workspace_manifest().unwrap();
-        let tokens = reference(&manifest, "chelsea", "gen.tokens").unwrap();
+        let tokens = reference(manifest.case("chelsea").unwrap(), tap("gen.tokens")).unwrap();
         let ids = tokens.as_i64().unwrap();
         let short = Array::i64(vec![5], ids[..5].to_vec());
-        let mut run = run_of("chelsea", BTreeMap::from([("gen.tokens".to_owned(), short)]), None);
+        let mut run = run_of("chelsea", BTreeMap::from([(tap("gen.tokens"), short)]), None);
         run.model_dir = manifest.root.join("fixtures/models/tiny-qwen3.6-27b");
-        let result = run.check(&manifest, "chelsea", "gen.tokens").unwrap();
+        let result = run.check(manifest.case("chelsea").unwrap(), tap("gen.tokens")).unwrap();
         let message = result.message();
         assert!(!result.passed(), "a shorter run passed:\n{message}");
         assert!(
@@ -453,19 +456,19 @@ mod tests {
     fn a_top_k_cases_margin_is_read_at_its_step_and_bounded_below_past_the_kept_ids() {
         // standin-astronaut keeps the reference's top 64 ids and logits of each step.
         let manifest = workspace_manifest().unwrap();
-        let ids = reference(&manifest, "standin-astronaut", "gen.top_ids").unwrap();
-        let values = reference(&manifest, "standin-astronaut", "gen.top_logits").unwrap();
+        let ids = reference(manifest.case("standin-astronaut").unwrap(), tap("gen.top_ids")).unwrap();
+        let values = reference(manifest.case("standin-astronaut").unwrap(), tap("gen.top_logits")).unwrap();
         let k = ids.shape[1];
         let (ids, values) = (&ids.as_i64().unwrap()[2 * k..3 * k], &values.as_f32().unwrap()[2 * k..3 * k]);
         let (first, fourth) = (f64::from(values[0]), f64::from(values[3]));
         assert_eq!(
-            reference_margin(&manifest, "standin-astronaut", 2, ids[0], ids[3]),
+            reference_margin(manifest.case("standin-astronaut").unwrap(), 2, ids[0], ids[3]),
             Some((first - fourth, first)),
             "step 2: its first id against its fourth"
         );
         let absent = (0..).find(|id| !ids.contains(id)).unwrap();
         assert_eq!(
-            reference_margin(&manifest, "standin-astronaut", 2, ids[0], absent),
+            reference_margin(manifest.case("standin-astronaut").unwrap(), 2, ids[0], absent),
             Some((first - f64::from(values[k - 1]), first)),
             "an id outside the kept 64: at least the first minus the 64th"
         );

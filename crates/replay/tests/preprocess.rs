@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use neuron::preprocess::image_processor::RgbImage;
 use neuron::preprocess::{Hooks, Processor};
-use neuron::replay::{self, CaseInputs, Mode, Perturbations};
 use parity::manifest::Manifest;
+use replay::{CaseSetup, Mode, Perturbations};
 
 const CASE: &str = "chelsea";
 
@@ -17,7 +17,7 @@ fn manifest() -> Manifest {
 }
 
 fn model_dir(manifest: &Manifest) -> PathBuf {
-    neuron::replay::CaseInputs::new(manifest, CASE).unwrap().model_dir
+    CaseSetup::new(manifest.case(CASE).unwrap(), None).unwrap().model_dir
 }
 
 /// A fresh scratch folder for one test.
@@ -158,16 +158,16 @@ fn a_checkpoint_without_tokenizer_or_chat_template_is_an_error_naming_what_is_mi
 /// Runs the end-to-end mode with preprocessing hooks and returns the first failing tap.
 fn first_failing_tap(hooks: Hooks) -> Result<String, String> {
     let manifest = manifest();
-    let inputs = CaseInputs::new(&manifest, CASE).unwrap();
+    let inputs = CaseSetup::new(manifest.case(CASE).unwrap(), None).unwrap();
     let model = replay::load_model(&inputs).unwrap();
     let perturb = Perturbations { preprocess: hooks, ..Default::default() };
-    let run =
-        replay::run_with(&manifest, &inputs, Mode::FromImageFiles, &model, &perturb).map_err(|e| format!("{e:#}"))?;
-    for tap in replay::taps_checked(&manifest, CASE, Mode::FromImageFiles) {
-        let result = run.check(&manifest, CASE, &tap).unwrap();
+    let run = replay::run_with(&inputs, Mode::FromImageFiles, &model, &perturb).map_err(|e| format!("{e:#}"))?;
+    let case = manifest.case(CASE).unwrap();
+    for tap in case.taps_checked(Mode::FromImageFiles) {
+        let result = run.check(case, tap).unwrap();
         if !result.passed() {
             println!("{}", result.message());
-            return Ok(tap);
+            return Ok(tap.to_string());
         }
     }
     Ok("(none)".into())

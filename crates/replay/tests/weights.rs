@@ -5,12 +5,18 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use contract::{ComputeDtype, Stage};
 use neuron::model::Model;
-use neuron::replay::{self, CaseInputs};
+use parity::manifest::Manifest;
+use replay::CaseSetup;
 
-fn checkpoint() -> (CaseInputs, HashMap<String, Tensor>) {
-    let manifest = replay::workspace_manifest().unwrap();
-    let inputs = CaseInputs::new(&manifest, "chelsea").unwrap();
+fn manifest() -> &'static Manifest {
+    static MANIFEST: std::sync::OnceLock<Manifest> = std::sync::OnceLock::new();
+    MANIFEST.get_or_init(|| replay::workspace_manifest().unwrap())
+}
+
+fn checkpoint() -> (CaseSetup<'static>, HashMap<String, Tensor>) {
+    let inputs = CaseSetup::new(manifest().case("chelsea").unwrap(), None).unwrap();
     let mut tensors = HashMap::new();
     for file in neuron::weights::safetensors_files(&inputs.model_dir).unwrap() {
         tensors.extend(candle_core::safetensors::load(&file, &Device::Cpu).unwrap());
@@ -18,7 +24,7 @@ fn checkpoint() -> (CaseInputs, HashMap<String, Tensor>) {
     (inputs, tensors)
 }
 
-fn build_error(inputs: &CaseInputs, tensors: HashMap<String, Tensor>) -> String {
+fn build_error(inputs: &CaseSetup<'_>, tensors: HashMap<String, Tensor>) -> String {
     let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
     match Model::new(&inputs.config, vb) {
         Ok(_) => panic!("the model built from a broken checkpoint"),
@@ -59,7 +65,7 @@ fn a_misshaped_tensor_is_an_error_naming_it_and_both_shapes() {
 
 /// The tiny checkpoint rewritten as two shards plus `model.safetensors.index.json`, like the
 /// published releases.
-fn sharded_copy(inputs: &CaseInputs, tensors: &HashMap<String, Tensor>, name: &str) -> std::path::PathBuf {
+fn sharded_copy(inputs: &CaseSetup<'_>, tensors: &HashMap<String, Tensor>, name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("neuron-shards-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -114,7 +120,7 @@ fn a_streamed_model_computes_what_the_resident_model_computes() {
     tensors.insert("mtp.fc.weight".into(), Tensor::ones((4, 8), DType::BF16, &Device::Cpu).unwrap());
     let dir = sharded_copy(&inputs, &tensors, "streamed");
     let checkpoint = std::sync::Arc::new(neuron::weights::Checkpoint::open(&dir).unwrap());
-    let streamed = Model::streamed(&inputs.config, checkpoint, DType::F32).unwrap();
+    let streamed = Model::streamed(&inputs.config, checkpoint, ComputeDtype::F32).unwrap();
     let resident = replay::load_model(&inputs).unwrap();
 
     let (ids, pixels, positions) = chelsea_request(&inputs);
@@ -139,11 +145,11 @@ fn a_streamed_model_computes_what_the_resident_model_computes() {
 }
 
 /// The chelsea case's token ids, pixel values and vision positions.
-fn chelsea_request(inputs: &CaseInputs) -> (Vec<u32>, Tensor, neuron::vision::VisionPositions) {
-    let manifest = replay::workspace_manifest().unwrap();
-    let ids: Vec<u32> = replay::reference_input_ids(&manifest, "chelsea").unwrap();
-    let grids = replay::grids_of(&replay::reference(&manifest, "chelsea", "input.image_grid_thw").unwrap()).unwrap();
-    let pixels = replay::reference(&manifest, "chelsea", "input.pixel_values").unwrap();
+fn chelsea_request(inputs: &CaseSetup<'_>) -> (Vec<u32>, Tensor, neuron::vision::VisionPositions) {
+    let case = manifest().case("chelsea").unwrap();
+    let ids: Vec<u32> = replay::reference_input_ids(case).unwrap();
+    let grids = replay::grids_of(&replay::reference(case, Stage::ImageGridThw.tap()).unwrap()).unwrap();
+    let pixels = replay::reference(case, Stage::PixelValues.tap()).unwrap();
     let pixels = Tensor::from_slice(pixels.as_f32().unwrap(), pixels.shape.as_slice(), &Device::Cpu).unwrap();
     (ids, pixels, neuron::vision::VisionPositions::new(&inputs.config.vision_config, &grids))
 }
@@ -158,7 +164,7 @@ fn a_streamed_model_decodes_what_the_resident_model_decodes() {
     let (inputs, tensors) = checkpoint();
     let dir = sharded_copy(&inputs, &tensors, "decode");
     let checkpoint = std::sync::Arc::new(neuron::weights::Checkpoint::open(&dir).unwrap());
-    let streamed = Model::streamed(&inputs.config, checkpoint, DType::F32).unwrap();
+    let streamed = Model::streamed(&inputs.config, checkpoint, ComputeDtype::F32).unwrap();
     let resident = replay::load_model(&inputs).unwrap();
     let (ids, pixels, positions) = chelsea_request(&inputs);
 
@@ -169,7 +175,7 @@ fn a_streamed_model_decodes_what_the_resident_model_decodes() {
             let token = argmax(&logits.to_vec1::<f32>().unwrap()).unwrap();
             logits = model.decode_step(token, &mut cache).unwrap();
         }
-        let mut states = cache.states();
+        let mut states: Vec<(String, Tensor)> = cache.states().into_iter().map(|(t, s)| (t.to_string(), s)).collect();
         states.push(("logits".into(), logits));
         (cache.len(), states)
     };

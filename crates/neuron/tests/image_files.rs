@@ -6,12 +6,11 @@
 
 use std::path::{Path, PathBuf};
 
-use neuron::preprocess::decode::{decode, load_rgb_with, Loader};
+use neuron::preprocess::image_file::{load_rgb_with, read_image, Loader};
 use neuron::preprocess::Processor;
-use neuron::replay;
-
+/// The workspace root: the fixtures live there.
 fn root() -> PathBuf {
-    replay::workspace_manifest().unwrap_or_else(|e| panic!("{e:#}")).root
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 fn formats() -> PathBuf {
@@ -19,9 +18,7 @@ fn formats() -> PathBuf {
 }
 
 fn processor() -> Processor {
-    let manifest = replay::workspace_manifest().unwrap_or_else(|e| panic!("{e:#}"));
-    let dir = replay::CaseInputs::new(&manifest, "chelsea").unwrap().model_dir;
-    Processor::from_dir(&dir).unwrap()
+    Processor::from_dir(&root().join("fixtures/models/tiny-qwen3.6-27b")).unwrap()
 }
 
 /// A fresh scratch folder for one test.
@@ -189,7 +186,7 @@ fn decompression_bombs_are_refused_from_the_header() {
         if let Some(dir) = &out {
             std::fs::write(dir.join(format!("bomb.{ext}")), &bytes).unwrap();
         }
-        let err = match decode(&bytes) {
+        let err = match read_image(&bytes) {
             Ok(d) => panic!("the {ext} bomb decoded to {}×{}", d.width, d.height),
             Err(e) => format!("{e:#}"),
         };

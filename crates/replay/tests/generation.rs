@@ -7,9 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
+use contract::{ComputeDtype, Stage, Tap};
 use neuron::config::Config;
-use neuron::model::{argmax, Model, Prompt, Residency};
+use neuron::model::{argmax, EmbeddedPrompt, Model, Residency};
 use neuron::taps::Taps;
 use neuron::text::cache::Cache;
 use neuron::vision::positions::Grid;
@@ -26,16 +27,16 @@ fn model() -> &'static Model {
     static MODEL: OnceLock<Model> = OnceLock::new();
     MODEL.get_or_init(|| {
         let dir = workspace().join("fixtures/models/tiny-qwen3.6-27b");
-        Model::load(&dir, &Config::from_dir(&dir).unwrap(), Residency::Resident, DType::F32).unwrap()
+        Model::load(&dir, &Config::from_dir(&dir).unwrap(), Residency::Resident, ComputeDtype::F32).unwrap()
     })
 }
 
-fn dump(case: &str, tap: &str) -> parity::array::Array {
+fn dump(case: &str, tap: Tap) -> parity::array::Array {
     parity::npy::read_npy(&workspace().join(parity::manifest::Manifest::dump_path(case, tap))).unwrap()
 }
 
 fn ids(case: &str) -> Vec<u32> {
-    dump(case, "input.input_ids").as_i64().unwrap().iter().map(|&i| i as u32).collect()
+    dump(case, Stage::InputIds.tap()).as_i64().unwrap().iter().map(|&i| i as u32).collect()
 }
 
 /// A case's request: token ids, and pixel values with their vision positions if it has an image.
@@ -51,9 +52,9 @@ impl Request {
     }
 
     fn image(case: &'static str) -> Request {
-        let pixels = dump(case, "input.pixel_values");
+        let pixels = dump(case, Stage::PixelValues.tap());
         let pixels = Tensor::from_slice(pixels.as_f32().unwrap(), pixels.shape.as_slice(), &Device::Cpu).unwrap();
-        let thw = dump(case, "input.image_grid_thw");
+        let thw = dump(case, Stage::ImageGridThw.tap());
         let grids: Vec<Grid> = thw
             .as_i64()
             .unwrap()
@@ -68,7 +69,7 @@ impl Request {
         self.pixels.as_ref().map(|(t, p)| (t, p))
     }
 
-    fn prompt(&self) -> Prompt {
+    fn prompt(&self) -> EmbeddedPrompt {
         model().prompt(&self.ids, self.pixels(), &mut Taps::disabled()).unwrap()
     }
 
@@ -84,7 +85,7 @@ struct Prefilled {
 }
 
 /// Prefills `prompt` in chunks ending at each of `splits` (sorted, inside the prompt) and at its end.
-fn prefill_in_chunks(prompt: &Prompt, splits: &[usize]) -> Prefilled {
+fn prefill_in_chunks(prompt: &EmbeddedPrompt, splits: &[usize]) -> Prefilled {
     let mut cache = model().new_cache();
     let mut logits = None;
     let mut start = 0;
@@ -126,16 +127,16 @@ fn assert_same_prefill(label: &str, expected: &Prefilled, actual: &Prefilled) {
     };
     check("logits", &expected.logits, &actual.logits);
     let (es, as_) = (e.states(), a.states());
-    let names = |s: &[(String, Tensor)]| s.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
-    assert_eq!(names(&as_), names(&es), "{label}: the cache states present");
-    for ((name, x), (_, y)) in es.iter().zip(&as_) {
-        check(name, x, y);
+    let taps = |s: &[(Tap, Tensor)]| s.iter().map(|(t, _)| *t).collect::<Vec<_>>();
+    assert_eq!(taps(&as_), taps(&es), "{label}: the cache states present");
+    for ((tap, x), (_, y)) in es.iter().zip(&as_) {
+        check(&tap.to_string(), x, y);
     }
     println!("{label}: {}", report.join(", "));
     assert!(failures.is_empty(), "{label} differs from one pass beyond {TOLERANCE:e}:\n{}", failures.join("\n"));
 }
 
-fn one_pass(prompt: &Prompt) -> Prefilled {
+fn one_pass(prompt: &EmbeddedPrompt) -> Prefilled {
     prefill_in_chunks(prompt, &[])
 }
 
@@ -255,11 +256,14 @@ fn greedy_generation_takes_the_argmax_of_a_forward_pass_over_everything_before_e
         assert_eq!(Some(token), argmax(&logits.to_vec1::<f32>().unwrap()), "step {step}: the token is the argmax");
         ids.push(token);
     }
-    let recorded = taps.get("gen.logits").expect("gen.logits is recorded");
+    let recorded = taps.get(Stage::GenLogits.tap()).expect("gen.logits is recorded");
     assert_eq!(recorded.dims(), [4, model().config.text_config.vocab_size], "gen.logits [steps, vocab]");
-    let tokens: Vec<i64> = taps.get("gen.tokens").expect("gen.tokens is recorded").to_vec1().unwrap();
+    let tokens: Vec<i64> = taps.get(Stage::GenTokens.tap()).expect("gen.tokens is recorded").to_vec1().unwrap();
     assert_eq!(tokens, generated.tokens.iter().map(|&t| t as i64).collect::<Vec<_>>(), "gen.tokens");
-    assert!(taps.get("cache.3.key").is_some() && taps.get("lm.logits_last").is_some(), "the prefill's taps");
+    assert!(
+        taps.get(Stage::CacheKey.at(3)).is_some() && taps.get(Stage::LmLogitsLast.tap()).is_some(),
+        "the prefill's taps"
+    );
 }
 
 #[test]
@@ -297,7 +301,8 @@ fn a_chunk_out_of_order_or_past_the_prompt_is_an_error_naming_the_tokens_and_cac
 fn the_generate_example_writes_transformers_greedy_text_for_chelsea() {
     let dir = workspace().join("fixtures/models/tiny-qwen3.6-27b");
     let processor = neuron::preprocess::Processor::from_dir(&dir).unwrap();
-    let expected: Vec<u32> = dump("chelsea", "gen.tokens").as_i64().unwrap().iter().map(|&t| t as u32).collect();
+    let expected: Vec<u32> =
+        dump("chelsea", Stage::GenTokens.tap()).as_i64().unwrap().iter().map(|&t| t as u32).collect();
     let image = workspace().join("fixtures/images/chelsea.png");
     let mut seen = Vec::new();
     let started = std::time::Instant::now();

@@ -11,9 +11,10 @@
 //! cheapest case that catches all of them: the text constants with the text model teacher
 //! forced, the vision constants with the tower teacher forced.
 
+use contract::Tap;
 use neuron::config::Config;
-use neuron::replay::{self, CaseInputs, Mode, Perturbations};
 use parity::manifest::Manifest;
+use replay::{CaseSetup, Mode, Perturbations};
 
 const CASE: &str = "chelsea";
 
@@ -28,16 +29,16 @@ fn manifest() -> Manifest {
 /// deviation from the reference seen.
 fn assert_a_tap_fails(constant: &str, mode: Mode, change: impl FnOnce(&mut Config)) {
     let manifest = manifest();
-    let mut inputs = CaseInputs::new(&manifest, CASE).unwrap();
+    let mut inputs = CaseSetup::new(manifest.case(CASE).unwrap(), None).unwrap();
     change(&mut inputs.config);
     let model = replay::load_model(&inputs).unwrap();
-    let run = replay::run_with(&manifest, &inputs, mode, &model, &Perturbations::default()).unwrap();
-    let taps = replay::taps_checked(&manifest, CASE, mode);
+    let run = replay::run_with(&inputs, mode, &model, &Perturbations::default()).unwrap();
+    let taps = manifest.case(CASE).unwrap().taps_checked(mode);
     assert!(!taps.is_empty(), "case {CASE} records no tap that a {} run checks", mode.name());
     // (max |Δ|, the tolerance at that element, the tap) of the worst tap so far.
-    let mut largest = (0f64, 0f64, String::new());
-    for tap in &taps {
-        let result = run.check(&manifest, CASE, tap).unwrap_or_else(|e| panic!("{constant}: {e:#}"));
+    let mut largest = (0f64, 0f64, None);
+    for &tap in &taps {
+        let result = run.check(manifest.case(CASE).unwrap(), tap).unwrap_or_else(|e| panic!("{constant}: {e:#}"));
         if !result.passed() {
             assert_passes_unchanged(&manifest, mode, tap);
             println!("{constant} is caught at {tap}:\n{}", result.message());
@@ -46,11 +47,12 @@ fn assert_a_tap_fails(constant: &str, mode: Mode, change: impl FnOnce(&mut Confi
         if let Some(worst) = &result.comparison.max_abs {
             if worst.value > largest.0 {
                 let tolerance = &result.comparison.tolerance;
-                largest = (worst.value, tolerance.atol + tolerance.rtol * worst.expected.abs(), tap.clone());
+                largest = (worst.value, tolerance.atol + tolerance.rtol * worst.expected.abs(), Some(tap));
             }
         }
     }
     let (deviation, allowed, at) = largest;
+    let at = at.map_or_else(|| "no tap".to_string(), |t| t.to_string());
     panic!(
         "{constant} survived: all {} taps of {CASE} passed in {}; the largest deviation from the reference \
          was max |Δ| {deviation:.3e} at {at} (the tolerance there {allowed:.3e})",
@@ -60,11 +62,11 @@ fn assert_a_tap_fails(constant: &str, mode: Mode, change: impl FnOnce(&mut Confi
 }
 
 /// The tap passes when the model is built with transformers' values.
-fn assert_passes_unchanged(manifest: &Manifest, mode: Mode, tap: &str) {
-    let inputs = CaseInputs::new(manifest, CASE).unwrap();
+fn assert_passes_unchanged(manifest: &Manifest, mode: Mode, tap: Tap) {
+    let inputs = CaseSetup::new(manifest.case(CASE).unwrap(), None).unwrap();
     let model = replay::load_model(&inputs).unwrap();
-    let run = replay::run_with(manifest, &inputs, mode, &model, &Perturbations::default()).unwrap();
-    let result = run.check(manifest, CASE, tap).unwrap();
+    let run = replay::run_with(&inputs, mode, &model, &Perturbations::default()).unwrap();
+    let result = run.check(manifest.case(CASE).unwrap(), tap).unwrap();
     assert!(result.passed(), "{tap} fails without any change, so it cannot show one:\n{}", result.message());
 }
 

@@ -1,6 +1,6 @@
 //! Replaying a manifest case through the Rust implementation, for the generated tests and
-//! `cargo xtask verify`: this module runs a case in a [`Mode`] and keeps its taps;
-//! [`check`] compares them with the reference dumps; `parity::locate` names the worst
+//! `cargo xtask verify`: runs a case in a [`Mode`] and keeps its taps;
+//! [`crate::check`] compares them with the reference dumps; `parity::locate` names the worst
 //! element of a tap in model terms.
 //!
 //! A stage can be fed the reference's own input (teacher forcing: the reference
@@ -14,63 +14,48 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use contract::{ComputeDtype, Stage, Tap};
+use neuron::config::Config;
+use neuron::model::{Model, Residency};
+use neuron::preprocess::image_file::Loader;
+use neuron::preprocess::{Hooks, Processed, Processor};
+use neuron::taps::Taps;
+use neuron::text::cache::Cache;
+use neuron::vision::positions::Grid;
+use neuron::vision::VisionPositions;
 use parity::array::{Array, Data};
 use parity::locate::Locator;
-use parity::manifest::{CaseDtype, Manifest, Weights};
-pub use parity::mode::Mode;
-use parity::taps::Tap;
+use parity::manifest::{CaseRef, ImageLoader, Manifest, Weights};
+use parity::mode::Mode;
 
-use crate::config::Config;
-use crate::model::{Model, Residency};
-use crate::preprocess::{Hooks, Processed, Processor};
-use crate::taps::Taps;
-use crate::text::cache::Cache;
-use crate::vision::positions::Grid;
-use crate::vision::VisionPositions;
-
-pub mod check;
-
-pub use check::{TapResult, TOP_K};
-
-/// The inputs of one case as the manifest names them.
-pub struct CaseInputs {
-    /// The case's name in the manifest.
-    pub case: String,
+/// A case and what building its model takes: where its checkpoint is, its config (tests may
+/// alter it before building the model), how it holds its weights and what it computes in.
+pub struct CaseSetup<'m> {
+    /// The case in its manifest.
+    pub case: CaseRef<'m>,
     /// The folder of the case's checkpoint.
     pub model_dir: PathBuf,
-    /// The checkpoint's config (tests may alter it before building the model).
+    /// The checkpoint's config.
     pub config: Config,
-    /// Whether the model runs streamed from the mapped checkpoint (the manifest's `stream`).
-    pub stream: bool,
-    /// The compute dtype of the replay, the case's `dtype` in the manifest: f32, or bf16 for a
-    /// case whose reference ran with `from_pretrained(dtype=torch.bfloat16)`.
-    pub dtype: DType,
+    /// Streamed when the manifest's model says `stream = true`.
+    pub residency: Residency,
+    /// The case's `dtype`: f32, or bf16 for a case whose reference ran with
+    /// `from_pretrained(dtype=torch.bfloat16)`.
+    pub dtype: ComputeDtype,
 }
 
-impl CaseInputs {
-    /// The case's checkpoint from the repository, or from the folder its model's
-    /// `weights_env` variable names.
-    pub fn new(manifest: &Manifest, case: &str) -> Result<CaseInputs> {
-        Self::with_weights(manifest, case, None)
-    }
-
-    /// As [`CaseInputs::new`], with `--weights DIR` for a checkpoint outside the repository.
-    /// A checkpoint nobody named is an error saying how to name it.
-    pub fn with_weights(manifest: &Manifest, case: &str, weights: Option<&Path>) -> Result<CaseInputs> {
-        let Some(c) = manifest.cases.get(case) else {
-            bail!("no case \"{case}\"; known cases: {}", manifest.cases.keys().cloned().collect::<Vec<_>>().join(", "));
-        };
-        let model_dir = match manifest.weights(&c.model, weights).map_err(anyhow::Error::msg)? {
+impl<'m> CaseSetup<'m> {
+    /// The case's checkpoint from the repository, from `--weights DIR` (`weights`), or from the
+    /// folder its model's `weights_env` variable names. A checkpoint nobody named is an error
+    /// saying how to name it.
+    pub fn new(case: CaseRef<'m>, weights: Option<&Path>) -> Result<CaseSetup<'m>> {
+        let model_dir = match case.weights(weights).map_err(anyhow::Error::msg)? {
             Weights::Found(dir) => dir,
             Weights::Absent(reason) => bail!("case {case}: {reason}"),
         };
         let config = Config::from_dir(&model_dir)?;
-        let stream = manifest.models[&c.model].stream;
-        let dtype = match c.dtype {
-            CaseDtype::F32 => DType::F32,
-            CaseDtype::Bf16 => DType::BF16,
-        };
-        Ok(CaseInputs { case: case.to_owned(), model_dir, config, stream, dtype })
+        let residency = if case.model().stream { Residency::Streamed } else { Residency::Resident };
+        Ok(CaseSetup { case, model_dir, config, residency, dtype: case.case.dtype })
     }
 }
 
@@ -78,8 +63,8 @@ impl CaseInputs {
 pub struct Run {
     /// Which inputs the run took from the reference.
     pub mode: Mode,
-    /// Every tap the run recorded, by name.
-    pub taps: BTreeMap<String, Array>,
+    /// Every tap the run recorded.
+    pub taps: BTreeMap<Tap, Array>,
     /// The patch grid of each image.
     pub grids: Vec<Grid>,
     /// The (row, col) rotary position of every patch, images one after the other.
@@ -97,18 +82,14 @@ pub struct Run {
 }
 
 /// Reads a recorded reference dump of a case.
-pub fn reference(manifest: &Manifest, case: &str, tap: &str) -> Result<Array> {
-    ensure!(
-        manifest.cases[case].dumps.contains_key(tap),
-        "case {case} has no recorded {tap}; run `cargo xtask capture --case {case}`"
-    );
-    let path = manifest.root.join(Manifest::dump_path(case, tap));
-    Ok(parity::npy::read_npy(&path)?)
+pub fn reference(case: CaseRef, tap: Tap) -> Result<Array> {
+    case.dump(tap).map_err(anyhow::Error::msg)?;
+    Ok(parity::npy::read_npy(&case.manifest.root.join(case.dump_path(tap)))?)
 }
 
 /// The token ids the reference recorded for a case (`input.input_ids`).
-pub fn reference_input_ids(manifest: &Manifest, case: &str) -> Result<Vec<u32>> {
-    let ids = reference(manifest, case, "input.input_ids")?;
+pub fn reference_input_ids(case: CaseRef) -> Result<Vec<u32>> {
+    let ids = reference(case, Stage::InputIds.tap())?;
     let Some(ids) = ids.as_i64() else { bail!("input.input_ids is not an integer array") };
     ids.iter().map(|&id| u32::try_from(id).with_context(|| format!("token id {id} out of range"))).collect()
 }
@@ -140,19 +121,56 @@ pub fn grids_of(thw: &Array) -> Result<Vec<Grid>> {
     Ok(values.chunks(3).map(|g| Grid { t: g[0] as usize, h: g[1] as usize, w: g[2] as usize }).collect())
 }
 
+/// The loader Rust preprocessing follows for a case's `loader` in the manifest.
+pub fn loader(loader: ImageLoader) -> Loader {
+    match loader {
+        ImageLoader::Processor => Loader::Processor,
+        ImageLoader::LoadImage => Loader::LoadImage,
+    }
+}
+
 /// Loads the model of a case's checkpoint in the case's compute dtype: resident, or streamed
 /// layer by layer when the manifest says `stream = true`.
-pub fn load_model(inputs: &CaseInputs) -> Result<Model> {
-    let residency = if inputs.stream { Residency::Streamed } else { Residency::Resident };
-    Model::load(&inputs.model_dir, &inputs.config, residency, inputs.dtype).with_context(|| {
-        format!("building the {residency:?} {:?} model of {}", inputs.dtype, inputs.model_dir.display())
+pub fn load_model(setup: &CaseSetup) -> Result<Model> {
+    Model::load(&setup.model_dir, &setup.config, setup.residency, setup.dtype).with_context(|| {
+        format!("building the {:?} {} model of {}", setup.residency, setup.dtype, setup.model_dir.display())
     })
+}
+
+/// A case's model ready to replay, or why it cannot run here.
+pub enum Loaded<'m> {
+    Model {
+        setup: Box<CaseSetup<'m>>,
+        model: Box<Model>,
+    },
+    /// The checkpoint is outside the repository and nobody named it: the reason names the flag
+    /// and the variable that would. Never a pass.
+    Skip(String),
+    /// The checkpoint is named but cannot be used.
+    Fail(String),
+}
+
+/// Loads the model of a case as [`load_model`] does, telling an absent checkpoint (skipped)
+/// from a broken one (failed).
+pub fn load_case<'m>(case: CaseRef<'m>, weights: Option<&Path>) -> Loaded<'m> {
+    match case.weights(weights) {
+        Ok(Weights::Found(dir)) if !dir.join("config.json").is_file() => {
+            return Loaded::Skip(format!("checkpoint not on this machine: {} has no config.json", dir.display()));
+        }
+        Ok(Weights::Found(_)) => {}
+        Ok(Weights::Absent(why)) => return Loaded::Skip(why),
+        Err(e) => return Loaded::Fail(e),
+    }
+    match CaseSetup::new(case, weights).and_then(|setup| Ok((load_model(&setup)?, setup))) {
+        Ok((model, setup)) => Loaded::Model { setup: Box::new(setup), model: Box::new(model) },
+        Err(e) => Loaded::Fail(format!("loading the model failed: {e:#}")),
+    }
 }
 
 /// Builds the model from any `VarBuilder` rooted at the checkpoint (tests use this to hand
 /// in perturbed weights) and the case's config (which tests may have altered).
-pub fn model_from(inputs: &CaseInputs, vb: VarBuilder<'static>) -> Result<Model> {
-    Model::new(&inputs.config, vb).with_context(|| format!("building the model of {}", inputs.model_dir.display()))
+pub fn model_from(setup: &CaseSetup, vb: VarBuilder<'static>) -> Result<Model> {
+    Model::new(&setup.config, vb).with_context(|| format!("building the model of {}", setup.model_dir.display()))
 }
 
 /// Multimodal positions: (t, h, w) rows of one position per token.
@@ -181,10 +199,10 @@ pub struct Perturbations<'a> {
 }
 
 /// Runs a case in one mode, as the model would.
-pub fn run(manifest: &Manifest, case: &str, mode: Mode) -> Result<Run> {
-    let inputs = CaseInputs::new(manifest, case)?;
-    let model = load_model(&inputs)?;
-    run_with(manifest, &inputs, mode, &model, &Perturbations::default())
+pub fn run(case: CaseRef, mode: Mode) -> Result<Run> {
+    let setup = CaseSetup::new(case, None)?;
+    let model = load_model(&setup)?;
+    run_with(&setup, mode, &model, &Perturbations::default())
 }
 
 /// Runs a case in one mode on a given model.
@@ -192,43 +210,36 @@ pub fn run(manifest: &Manifest, case: &str, mode: Mode) -> Result<Run> {
 /// A stage that fails keeps the taps recorded before it: the run still comes back, so the
 /// report can name the first tap that is wrong and say why the later ones are missing
 /// ([`Run::failure`]). Failing to prepare the inputs is an error.
-pub fn run_with(
-    manifest: &Manifest,
-    inputs: &CaseInputs,
-    mode: Mode,
-    model: &Model,
-    perturb: &Perturbations,
-) -> Result<Run> {
+pub fn run_with(setup: &CaseSetup, mode: Mode, model: &Model, perturb: &Perturbations) -> Result<Run> {
     let mut taps = Taps::recording();
-    let prompt = Prompt::prepare(manifest, inputs, mode, model, perturb, &mut taps)?;
+    let inputs = Inputs::prepare(setup, mode, model, perturb, &mut taps)?;
     let stages = match mode {
-        Mode::VisionTeacherForced => vision_teacher_forced(&prompt, &mut taps),
-        Mode::LmTeacherForced => lm_teacher_forced(&prompt, &mut taps),
-        Mode::FromPixelValues | Mode::FromImageFiles => end_to_end(&prompt, &mut taps),
-        Mode::DecodeTeacherForced => decode_teacher_forced(&prompt, &mut taps),
-        Mode::Generate => generate(&prompt, &mut taps),
+        Mode::VisionTeacherForced => vision_teacher_forced(&inputs, &mut taps),
+        Mode::LmTeacherForced => lm_teacher_forced(&inputs, &mut taps),
+        Mode::FromPixelValues | Mode::FromImageFiles => end_to_end(&inputs, &mut taps),
+        Mode::DecodeTeacherForced => decode_teacher_forced(&inputs, &mut taps),
+        Mode::Generate => generate(&inputs, &mut taps),
     };
     let failure = stages.err().map(|e| format!("{e:#}"));
-    let taps = taps.into_map().iter().map(|(k, v)| Ok((k.clone(), to_array(v)?))).collect::<Result<_>>()?;
-    let token_texts = token_texts(&inputs.model_dir, &prompt.input_ids);
+    let taps = taps.into_map().iter().map(|(tap, t)| Ok((*tap, to_array(t)?))).collect::<Result<_>>()?;
+    let token_texts = token_texts(&setup.model_dir, &inputs.input_ids);
     Ok(Run {
         mode,
         taps,
-        grids: prompt.grids,
-        rotary: prompt.positions.rotary,
+        grids: inputs.grids,
+        rotary: inputs.positions.rotary,
         merge: model.config.vision_config.spatial_merge_size,
-        input_ids: prompt.input_ids,
+        input_ids: inputs.input_ids,
         token_texts,
-        model_dir: inputs.model_dir.clone(),
+        model_dir: setup.model_dir.clone(),
         failure,
     })
 }
 
 /// What a run starts from, and what its stages need: the case, the model, the test's
 /// perturbations and the prompt's inputs.
-struct Prompt<'a> {
-    manifest: &'a Manifest,
-    case: &'a str,
+struct Inputs<'a> {
+    case: CaseRef<'a>,
     model: &'a Model,
     perturb: &'a Perturbations<'a>,
     input_ids: Vec<u32>,
@@ -238,43 +249,39 @@ struct Prompt<'a> {
     positions: VisionPositions,
 }
 
-impl<'a> Prompt<'a> {
+impl<'a> Inputs<'a> {
     /// The inputs from the reference dumps, or in `FromImageFiles` from the image files and
     /// the prompt through Rust preprocessing (recorded as the `input.*` taps).
     fn prepare(
-        manifest: &'a Manifest,
-        inputs: &'a CaseInputs,
+        setup: &CaseSetup<'a>,
         mode: Mode,
         model: &'a Model,
         perturb: &'a Perturbations<'a>,
         taps: &mut Taps,
-    ) -> Result<Prompt<'a>> {
-        let case = inputs.case.as_str();
+    ) -> Result<Inputs<'a>> {
+        let case = setup.case;
         let from_files = match mode {
             Mode::FromImageFiles | Mode::Generate => true,
             // Teacher forcing needs the reference inputs whole; a case that keeps one row of
             // its pixels (a 27B-size case) prefills from the files instead.
-            Mode::DecodeTeacherForced => {
-                Tap::parse("input.pixel_values").and_then(|t| manifest.row_pick(case, t)).is_some()
-            }
+            Mode::DecodeTeacherForced => case.row_pick(Stage::PixelValues.tap()).is_some(),
             _ => false,
         };
         let (input_ids, grids, pixels) = if from_files {
-            let c = &manifest.cases[case];
-            let images: Vec<PathBuf> = c.images.iter().map(|i| manifest.root.join(&manifest.images[i].path)).collect();
+            let images: Vec<PathBuf> = case.image_paths().iter().map(|p| case.manifest.root.join(p)).collect();
             let image_refs: Vec<&Path> = images.iter().map(PathBuf::as_path).collect();
-            let mut processor = Processor::from_dir(&inputs.model_dir)?;
-            processor.loader = c.loader;
-            let processed = processor.process_with(&image_refs, &c.prompt, &perturb.preprocess)?;
+            let mut processor = Processor::from_dir(&setup.model_dir)?;
+            processor.loader = loader(case.case.loader);
+            let processed = processor.process_with(&image_refs, &case.case.prompt, &perturb.preprocess)?;
             record_inputs(taps, &processed)?;
             (processed.input_ids, processed.grids, processed.pixel_values)
         } else {
-            let ids = reference_input_ids(manifest, case)?;
-            let grids = match recorded(manifest, case, "input.image_grid_thw")? {
+            let ids = reference_input_ids(case)?;
+            let grids = match recorded(case, Stage::ImageGridThw.tap())? {
                 Some(thw) => grids_of(&thw)?,
                 None => Vec::new(),
             };
-            let pixels = recorded(manifest, case, "input.pixel_values")?.map(|p| to_tensor(&p)).transpose()?;
+            let pixels = recorded(case, Stage::PixelValues.tap())?.map(|p| to_tensor(&p)).transpose()?;
             (ids, grids, pixels)
         };
         let positions = VisionPositions::new(&model.config.vision_config, &grids);
@@ -282,7 +289,7 @@ impl<'a> Prompt<'a> {
             Some(f) => f(positions),
             None => positions,
         };
-        Ok(Prompt { manifest, case, model, perturb, input_ids, grids, pixels, positions })
+        Ok(Inputs { case, model, perturb, input_ids, grids, pixels, positions })
     }
 
     /// The text model's (t, h, w) positions of the prompt (after the test's perturbation).
@@ -301,39 +308,47 @@ impl<'a> Prompt<'a> {
             None => bail!("case {} has no recorded input.pixel_values", self.case),
         }
     }
+
+    /// The reference's greedy tokens, which the decode modes cannot do without.
+    fn reference_tokens(&self) -> Result<Array> {
+        match recorded(self.case, Stage::GenTokens.tap())? {
+            Some(tokens) => Ok(tokens),
+            None => bail!("case {} has no recorded gen.tokens: set `generate` and capture it", self.case),
+        }
+    }
 }
 
 /// A reference dump of a case when the case recorded it.
-fn recorded(manifest: &Manifest, case: &str, tap: &str) -> Result<Option<Array>> {
-    if manifest.cases[case].dumps.contains_key(tap) {
-        reference(manifest, case, tap).map(Some)
+fn recorded(case: CaseRef, tap: Tap) -> Result<Option<Array>> {
+    if case.records(tap) {
+        reference(case, tap).map(Some)
     } else {
         Ok(None)
     }
 }
 
 /// The vision tower alone, fed the reference pixels.
-fn vision_teacher_forced(prompt: &Prompt, taps: &mut Taps) -> Result<()> {
-    prompt.model.vision.forward(prompt.pixels()?, &prompt.positions, taps)?;
+fn vision_teacher_forced(inputs: &Inputs, taps: &mut Taps) -> Result<()> {
+    inputs.model.vision.forward(inputs.pixels()?, &inputs.positions, taps)?;
     Ok(())
 }
 
 /// The text model alone, fed the reference projector rows as its image embeddings.
-fn lm_teacher_forced(prompt: &Prompt, taps: &mut Taps) -> Result<()> {
-    let projector = recorded(prompt.manifest, prompt.case, "vision.projector")?.map(|p| to_tensor(&p)).transpose()?;
-    let text = prompt.text_positions()?;
-    prompt.model.forward_from_image_embeds(&prompt.input_ids, projector.as_ref(), &text, taps)?;
+fn lm_teacher_forced(inputs: &Inputs, taps: &mut Taps) -> Result<()> {
+    let projector = recorded(inputs.case, Stage::VisionProjector.tap())?.map(|p| to_tensor(&p)).transpose()?;
+    let text = inputs.text_positions()?;
+    inputs.model.forward_from_image_embeds(&inputs.input_ids, projector.as_ref(), &text, taps)?;
     Ok(())
 }
 
 /// The Rust vision tower into the Rust text model, as a request runs.
-fn end_to_end(prompt: &Prompt, taps: &mut Taps) -> Result<()> {
-    let image_embeds = match &prompt.pixels {
-        Some(pixels) => Some(prompt.model.vision.forward(pixels, &prompt.positions, taps)?),
+fn end_to_end(inputs: &Inputs, taps: &mut Taps) -> Result<()> {
+    let image_embeds = match &inputs.pixels {
+        Some(pixels) => Some(inputs.model.vision.forward(pixels, &inputs.positions, taps)?),
         None => None,
     };
-    let text = prompt.text_positions()?;
-    prompt.model.forward_from_image_embeds(&prompt.input_ids, image_embeds.as_ref(), &text, taps)?;
+    let text = inputs.text_positions()?;
+    inputs.model.forward_from_image_embeds(&inputs.input_ids, image_embeds.as_ref(), &text, taps)?;
     Ok(())
 }
 
@@ -342,59 +357,53 @@ fn end_to_end(prompt: &Prompt, taps: &mut Taps) -> Result<()> {
 /// (`cache.*`) and the logits of every step, as `gen.logits` or, for a case that keeps the
 /// reference's top k, as the Rust logits at the reference's top ids (`gen.top_logits`) and
 /// Rust's own top-k ids (`gen.top_ids`).
-fn decode_teacher_forced(prompt: &Prompt, taps: &mut Taps) -> Result<()> {
-    let Some(tokens) = recorded(prompt.manifest, prompt.case, "gen.tokens")? else {
-        bail!("case {} has no recorded gen.tokens: set `generate` and capture it", prompt.case)
-    };
-    let tokens: Vec<u32> = tokens.as_i64().unwrap_or_default().iter().map(|&t| t as u32).collect();
-    let model = prompt.model;
+fn decode_teacher_forced(inputs: &Inputs, taps: &mut Taps) -> Result<()> {
+    let tokens: Vec<u32> = inputs.reference_tokens()?.as_i64().unwrap_or_default().iter().map(|&t| t as u32).collect();
+    let model = inputs.model;
     let mut cache = model.new_cache();
-    let pixels = prompt.pixels.as_ref().map(|p| (p, &prompt.positions));
-    let mut logits = vec![model.prefill(&prompt.input_ids, pixels, &mut cache, &mut Taps::disabled())?];
-    if let Some(hook) = prompt.perturb.cache_after_prefill {
+    let pixels = inputs.pixels.as_ref().map(|p| (p, &inputs.positions));
+    let mut logits = vec![model.prefill(&inputs.input_ids, pixels, &mut cache, &mut Taps::disabled())?];
+    if let Some(hook) = inputs.perturb.cache_after_prefill {
         hook(&mut cache);
     }
     cache.record(taps);
     for &token in tokens.iter().take(tokens.len().saturating_sub(1)) {
-        let before = prompt.perturb.cache_after_step.map(|_| cache.clone());
+        let before = inputs.perturb.cache_after_step.map(|_| cache.clone());
         logits.push(model.decode_step(token, &mut cache)?);
-        if let (Some(hook), Some(before)) = (prompt.perturb.cache_after_step, before) {
+        if let (Some(hook), Some(before)) = (inputs.perturb.cache_after_step, before) {
             hook(&before, &mut cache);
         }
     }
-    record_step_logits(prompt, &Tensor::stack(&logits, 0)?, taps)
+    record_step_logits(inputs, &Tensor::stack(&logits, 0)?, taps)
 }
 
 /// Rust's own greedy generation from its own prefill, for as many steps as the reference
 /// made (stopping early at an end-of-sequence token, as the reference would): `gen.tokens`.
-fn generate(prompt: &Prompt, taps: &mut Taps) -> Result<()> {
-    let Some(reference_tokens) = recorded(prompt.manifest, prompt.case, "gen.tokens")? else {
-        bail!("case {} has no recorded gen.tokens: set `generate` and capture it", prompt.case)
-    };
-    let steps = reference_tokens.shape.first().copied().unwrap_or(0);
-    let eos = prompt.model.config.text_config.eos_token_id.as_ref().map(|e| e.ids()).unwrap_or_default();
-    let pixels = prompt.pixels.as_ref().map(|p| (p, &prompt.positions));
+fn generate(inputs: &Inputs, taps: &mut Taps) -> Result<()> {
+    let steps = inputs.reference_tokens()?.shape.first().copied().unwrap_or(0);
+    let eos = inputs.model.config.text_config.eos_token_id.as_ref().map(|e| e.ids()).unwrap_or_default();
+    let pixels = inputs.pixels.as_ref().map(|p| (p, &inputs.positions));
     let mut recorder = Taps::recording();
-    let generation = prompt.model.generate_greedy(&prompt.input_ids, pixels, steps, &eos, &mut recorder)?;
+    let generation = inputs.model.generate_greedy(&inputs.input_ids, pixels, steps, &eos, &mut recorder)?;
     let tokens: Vec<i64> = generation.tokens.iter().map(|&t| i64::from(t)).collect();
-    taps.record(|| "gen.tokens".into(), &Tensor::new(tokens, &Device::Cpu)?);
+    taps.record(Stage::GenTokens.tap(), &Tensor::new(tokens, &Device::Cpu)?);
     Ok(())
 }
 
 /// Records each step's logits [steps, vocab] as the case keeps them: whole (`gen.logits`), or
 /// for a case with `gen_top_k`, Rust's logits at the reference's top ids (`gen.top_logits`,
 /// compared value for value) and Rust's own top-k ids (`gen.top_ids`, compared exactly).
-fn record_step_logits(prompt: &Prompt, logits: &Tensor, taps: &mut Taps) -> Result<()> {
-    let Some(top_ids) = recorded(prompt.manifest, prompt.case, "gen.top_ids")? else {
-        taps.record(|| "gen.logits".into(), logits);
+fn record_step_logits(inputs: &Inputs, logits: &Tensor, taps: &mut Taps) -> Result<()> {
+    let Some(top_ids) = recorded(inputs.case, Stage::GenTopIds.tap())? else {
+        taps.record(Stage::GenLogits.tap(), logits);
         return Ok(());
     };
     let k = top_ids.shape.get(1).copied().unwrap_or(0);
     let rows: Vec<Vec<f32>> = logits.to_vec2()?;
     let (at_reference_ids, own_ids) = top_k_record(&rows, top_ids.as_i64().unwrap_or_default(), k);
     let steps = rows.len();
-    taps.record(|| "gen.top_logits".into(), &Tensor::from_vec(at_reference_ids, (steps, k), &Device::Cpu)?);
-    taps.record(|| "gen.top_ids".into(), &Tensor::from_vec(own_ids, (steps, k), &Device::Cpu)?);
+    taps.record(Stage::GenTopLogits.tap(), &Tensor::from_vec(at_reference_ids, (steps, k), &Device::Cpu)?);
+    taps.record(Stage::GenTopIds.tap(), &Tensor::from_vec(own_ids, (steps, k), &Device::Cpu)?);
     Ok(())
 }
 
@@ -428,21 +437,16 @@ pub(crate) fn token_texts(model_dir: &Path, ids: &[u32]) -> Option<Vec<String>> 
     ids.iter().map(|&id| tokenizer.decode(&[id], false).ok()).collect()
 }
 
-/// Records what preprocessing produced under the `input.*` tap names.
+/// Records what preprocessing produced under the `input.*` taps.
 fn record_inputs(taps: &mut Taps, p: &Processed) -> Result<()> {
     let ids: Vec<i64> = p.input_ids.iter().map(|&i| i64::from(i)).collect();
-    taps.record(|| "input.input_ids".into(), &Tensor::new(ids, &Device::Cpu)?);
+    taps.record(Stage::InputIds.tap(), &Tensor::new(ids, &Device::Cpu)?);
     if let Some(pixels) = &p.pixel_values {
         let thw: Vec<i64> = p.grids.iter().flat_map(|g| [g.t as i64, g.h as i64, g.w as i64]).collect();
-        taps.record(|| "input.image_grid_thw".into(), &Tensor::from_vec(thw, (p.grids.len(), 3), &Device::Cpu)?);
-        taps.record(|| "input.pixel_values".into(), pixels);
+        taps.record(Stage::ImageGridThw.tap(), &Tensor::from_vec(thw, (p.grids.len(), 3), &Device::Cpu)?);
+        taps.record(Stage::PixelValues.tap(), pixels);
     }
     Ok(())
-}
-
-/// The recorded taps of a case that a mode checks, in pipeline order.
-pub fn taps_checked(manifest: &Manifest, case: &str, mode: Mode) -> Vec<String> {
-    manifest.taps_checked(case, mode).iter().map(Tap::to_string).collect()
 }
 
 impl Run {
@@ -511,8 +515,8 @@ mod tests {
     #[test]
     fn tokens_are_decoded_one_by_one_with_the_checkpoints_tokenizer() {
         let manifest = workspace_manifest().unwrap();
-        let inputs = CaseInputs::new(&manifest, "chelsea").unwrap();
-        let texts = token_texts(&inputs.model_dir, &[609, 613, 198]);
+        let setup = CaseSetup::new(manifest.case("chelsea").unwrap(), None).unwrap();
+        let texts = token_texts(&setup.model_dir, &[609, 613, 198]);
         assert_eq!(texts, Some(["<|im_start|>", "<|image_pad|>", "\n"].map(String::from).to_vec()), "three tokens");
         assert_eq!(
             token_texts(&manifest.root.join("fixtures/images"), &[609]),

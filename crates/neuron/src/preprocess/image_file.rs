@@ -11,7 +11,7 @@
 //!   `convert_to_rgb` that follows turns every pixel of exactly that colour white.
 //!
 //! Formats, and what PIL does that a port must follow (each checked byte for byte against
-//! Pillow 13.0.0, see README "Image formats"):
+//! Pillow 13.0.0, see docs/IMAGE_FORMATS.md):
 //! - PNG: 16-bit RGB and RGBA keep the high byte; 16-bit grayscale opens as `I;16`, whose
 //!   conversion to RGB clips at 255 (it does not scale); palette and `tRNS` transparency.
 //! - JPEG: libjpeg-turbo's code (mozjpeg); CMYK is inverted as Pillow's `CMYK;I` raw mode
@@ -29,9 +29,36 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use image::{DynamicImage, ImageFormat};
-pub use parity::manifest::Loader;
 
-use super::image_processor::RgbImage;
+/// How the reference turned an image file into RGB pixels (a case's `loader` in the harness).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Loader {
+    /// `PIL.Image.open`, then `image_transforms.convert_to_rgb`: EXIF orientation ignored,
+    /// transparency composited onto white.
+    #[default]
+    Processor,
+    /// `image_utils.load_image`: `ImageOps.exif_transpose`, then `convert("RGB")` (alpha
+    /// dropped, not composited).
+    LoadImage,
+}
+
+impl Loader {
+    /// The name of the reference's function (`processor`, `load_image`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Loader::Processor => "processor",
+            Loader::LoadImage => "load_image",
+        }
+    }
+}
+
+/// An 8-bit RGB image, rows top to bottom, pixels interleaved (HWC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RgbImage {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<u8>,
+}
 
 /// `PIL.Image.MAX_IMAGE_PIXELS`: above it PIL warns, above twice it `Image.open` raises
 /// `DecompressionBombError`.
@@ -40,7 +67,7 @@ pub const MAX_IMAGE_PIXELS: u64 = 89_478_485;
 /// A decoded image before the loader's conversion: straight (not premultiplied) 8-bit
 /// samples, 3 (RGB) or 4 (RGBA) per pixel, rows top to bottom.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decoded {
+pub struct RawImage {
     pub width: usize,
     pub height: usize,
     /// 3 or 4.
@@ -57,31 +84,31 @@ pub struct Decoded {
 /// Reads and decodes an image file, then converts it to RGB as `loader` does.
 pub fn load_rgb_with(path: &Path, loader: Loader) -> Result<RgbImage> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read the image", path.display()))?;
-    decode(&bytes).map(|d| convert(d, loader)).with_context(|| format!("{}", path.display()))
+    read_image(&bytes).map(|d| convert(d, loader)).with_context(|| format!("{}", path.display()))
 }
 
 /// Decodes an image by its content (the file name's extension is not consulted, as PIL
 /// does not consult it).
-pub fn decode(bytes: &[u8]) -> Result<Decoded> {
+pub fn read_image(bytes: &[u8]) -> Result<RawImage> {
     ensure!(!bytes.is_empty(), "the file is empty (0 bytes): not an image");
     let format = image::guess_format(bytes).map_err(|_| {
         anyhow!("not an image in a known format (PNG, JPEG, GIF, WebP, BMP and TIFF are read; the content decides)")
     })?;
     let mut decoded = match format {
-        ImageFormat::Jpeg => decode_jpeg(bytes)?,
-        ImageFormat::Gif => decode_gif(bytes)?,
-        ImageFormat::Png => decode_png(bytes)?,
+        ImageFormat::Jpeg => read_jpeg(bytes)?,
+        ImageFormat::Gif => read_gif(bytes)?,
+        ImageFormat::Png => read_png(bytes)?,
         ImageFormat::WebP => {
             check_webp_size(bytes)?;
-            decode_with_image_crate(bytes, format)?
+            read_with_image_crate(bytes, format)?
         }
         ImageFormat::Tiff => {
             if let Some((w, h)) = tiff_size(bytes) {
                 check_size(w, h)?;
             }
-            decode_with_image_crate(bytes, format)?
+            read_with_image_crate(bytes, format)?
         }
-        ImageFormat::Bmp => decode_with_image_crate(bytes, format)?,
+        ImageFormat::Bmp => read_with_image_crate(bytes, format)?,
         other => bail!("{other:?} images are not read (PNG, JPEG, GIF, WebP, BMP and TIFF are)"),
     };
     decoded.orientation = exif_orientation(bytes);
@@ -98,10 +125,10 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded> {
 }
 
 /// The loader's conversion of a decoded image to RGB (see the module documentation).
-pub fn convert(decoded: Decoded, loader: Loader) -> RgbImage {
+pub fn convert(decoded: RawImage, loader: Loader) -> RgbImage {
     match loader {
         Loader::Processor => {
-            let Decoded { width, height, channels, data, .. } = decoded;
+            let RawImage { width, height, channels, data, .. } = decoded;
             let data = if channels == 4 {
                 composite_on_white(data.chunks_exact(4).map(|p| [p[0], p[1], p[2], p[3]]))
             } else {
@@ -111,7 +138,7 @@ pub fn convert(decoded: Decoded, loader: Loader) -> RgbImage {
         }
         Loader::LoadImage => {
             let orientation = decoded.orientation;
-            let Decoded { width, height, channels, data, transparent_rgb, .. } = decoded;
+            let RawImage { width, height, channels, data, transparent_rgb, .. } = decoded;
             let mut rgb: Vec<u8> =
                 if channels == 4 { data.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect() } else { data };
             if let Some(colour) = transparent_rgb {
@@ -206,9 +233,9 @@ fn check_size(width: u64, height: u64) -> Result<()> {
 /// (Pillow's `CMYK;I`), then Pillow's `cmyk2rgb`. libjpeg reports fatal errors by
 /// unwinding, which becomes an error here; a missing end-of-image marker (a truncated file,
 /// which PIL refuses) is an error too.
-fn decode_jpeg(bytes: &[u8]) -> Result<Decoded> {
+fn read_jpeg(bytes: &[u8]) -> Result<RawImage> {
     ensure!(bytes.windows(2).any(|w| w == [0xFF, 0xD9]), "the JPEG is truncated (no end-of-image marker)");
-    let decoded = std::panic::catch_unwind(|| -> Result<Decoded> {
+    let decoded = std::panic::catch_unwind(|| -> Result<RawImage> {
         let header = mozjpeg::Decompress::new_mem(bytes)?;
         let (width, height) = (header.width(), header.height());
         check_size(width as u64, height as u64)?;
@@ -226,7 +253,7 @@ fn decode_jpeg(bytes: &[u8]) -> Result<Decoded> {
         };
         ensure!(data.len() == width * height * channels, "the JPEG decoded to fewer rows than its header promises");
         let data = if cmyk { data.chunks_exact(4).flat_map(cmyk_inverted_to_rgb).collect() } else { data };
-        Ok(Decoded { width, height, channels: 3, data, transparent_rgb: None, orientation: 1 })
+        Ok(RawImage { width, height, channels: 3, data, transparent_rgb: None, orientation: 1 })
     });
     match decoded {
         Ok(result) => result.context("cannot decode the JPEG"),
@@ -253,7 +280,7 @@ fn cmyk_inverted_to_rgb(p: &[u8]) -> [u8; 3] {
 /// The first frame of a GIF as PIL opens it: a palette image of the logical screen's size,
 /// filled with the transparent index (or 0) where the frame does not cover it; the palette
 /// index that the graphic control extension names transparent is transparent.
-fn decode_gif(bytes: &[u8]) -> Result<Decoded> {
+fn read_gif(bytes: &[u8]) -> Result<RawImage> {
     let mut options = gif::DecodeOptions::new();
     options.set_color_output(gif::ColorOutput::Indexed);
     let mut decoder = options.read_info(Cursor::new(bytes)).context("cannot decode the GIF")?;
@@ -284,7 +311,7 @@ fn decode_gif(bytes: &[u8]) -> Result<Decoded> {
     };
     let Some(t) = transparent else {
         let data = indices.iter().flat_map(|&i| colour(i)).collect();
-        return Ok(Decoded { width, height, channels: 3, data, transparent_rgb: None, orientation: 1 });
+        return Ok(RawImage { width, height, channels: 3, data, transparent_rgb: None, orientation: 1 });
     };
     let data = indices
         .iter()
@@ -293,7 +320,7 @@ fn decode_gif(bytes: &[u8]) -> Result<Decoded> {
             [r, g, b, if i == t { 0 } else { 255 }]
         })
         .collect();
-    Ok(Decoded { width, height, channels: 4, data, transparent_rgb: Some(colour(t)), orientation: 1 })
+    Ok(RawImage { width, height, channels: 4, data, transparent_rgb: Some(colour(t)), orientation: 1 })
 }
 
 /// What the PNG's header chunks say about transparency, for PIL's `info["transparency"]`.
@@ -333,7 +360,7 @@ fn png_header(bytes: &[u8]) -> Result<PngHeader> {
 /// PNG through the `image` crate (which expands palettes and `tRNS` into alpha as PIL's
 /// `convert("RGBA")` does), with PIL's mode rules: 16-bit RGB, RGBA, gray + alpha keep the
 /// high byte; 16-bit gray (`I;16`) clips at 255.
-fn decode_png(bytes: &[u8]) -> Result<Decoded> {
+fn read_png(bytes: &[u8]) -> Result<RawImage> {
     let header = png_header(bytes)?;
     check_size(header.width as u64, header.height as u64)?;
     let trns = header.trns.as_deref();
@@ -377,13 +404,13 @@ fn load_limited(bytes: &[u8], format: ImageFormat) -> Result<DynamicImage> {
     Ok(r.decode()?)
 }
 
-fn decode_with_image_crate(bytes: &[u8], format: ImageFormat) -> Result<Decoded> {
+fn read_with_image_crate(bytes: &[u8], format: ImageFormat) -> Result<RawImage> {
     let image = load_limited(bytes, format).with_context(|| format!("cannot decode the {format:?} image"))?;
     from_dynamic(image)
 }
 
 /// The `image` crate's pixels in PIL's 8-bit modes.
-pub(crate) fn from_dynamic(image: DynamicImage) -> Result<Decoded> {
+pub(crate) fn from_dynamic(image: DynamicImage) -> Result<RawImage> {
     let (width, height) = (image.width() as usize, image.height() as usize);
     check_size(width as u64, height as u64)?;
     let hi = |v: u16| (v >> 8) as u8;
@@ -407,7 +434,7 @@ pub(crate) fn from_dynamic(image: DynamicImage) -> Result<Decoded> {
             other.color()
         ),
     };
-    Ok(Decoded { width, height, channels, data, transparent_rgb: None, orientation: 1 })
+    Ok(RawImage { width, height, channels, data, transparent_rgb: None, orientation: 1 })
 }
 
 /// A simple lossless WebP (`VP8L` first) declares 14-bit width − 1 and height − 1. image-webp
@@ -519,7 +546,7 @@ mod tests {
 
     #[test]
     fn load_image_whitens_exactly_the_transparent_colour_and_drops_alpha() {
-        let decoded = Decoded {
+        let decoded = RawImage {
             width: 3,
             height: 1,
             channels: 4,
@@ -550,7 +577,7 @@ mod tests {
             frame.buffer = std::borrow::Cow::Owned(vec![1, 2, 3]);
             encoder.write_frame(&frame).unwrap();
         }
-        let decoded = decode_gif(&bytes).unwrap();
+        let decoded = read_gif(&bytes).unwrap();
         assert_eq!((decoded.width, decoded.height, decoded.channels), (4, 3, 3));
         let pixels: Vec<[u8; 3]> = decoded.data.chunks_exact(3).map(|p| [p[0], p[1], p[2]]).collect();
         let (black, one, two, three) = ([0, 0, 0], [10, 20, 30], [40, 50, 60], [70, 80, 90]);

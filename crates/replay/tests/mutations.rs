@@ -7,17 +7,18 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use contract::{Stage, Tap};
 use neuron::model::Model;
-use neuron::replay::{self, CaseInputs, Mode, Perturbations, Run};
 use neuron::vision::VisionPositions;
 use parity::manifest::Manifest;
+use replay::{CaseSetup, Mode, Perturbations, Run};
 
 fn manifest() -> Manifest {
     replay::workspace_manifest().unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Every tensor of the checkpoint, in f32, so a test can alter one before building.
-fn all_tensors(inputs: &CaseInputs) -> HashMap<String, Tensor> {
+fn all_tensors(inputs: &CaseSetup<'_>) -> HashMap<String, Tensor> {
     let files = neuron::weights::safetensors_files(&inputs.model_dir).unwrap();
     let mut map = HashMap::new();
     for f in files {
@@ -28,23 +29,24 @@ fn all_tensors(inputs: &CaseInputs) -> HashMap<String, Tensor> {
     map
 }
 
-fn model_with(inputs: &CaseInputs, tensors: HashMap<String, Tensor>) -> Model {
+fn model_with(inputs: &CaseSetup<'_>, tensors: HashMap<String, Tensor>) -> Model {
     replay::model_from(inputs, VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu)).unwrap()
 }
 
 /// Runs `case` in `mode` with the positions the model would compute.
 fn run(manifest: &Manifest, case: &str, mode: Mode, model: &Model) -> Run {
-    let inputs = CaseInputs::new(manifest, case).unwrap();
-    replay::run_with(manifest, &inputs, mode, model, &Perturbations::default()).unwrap()
+    let inputs = CaseSetup::new(manifest.case(case).unwrap(), None).unwrap();
+    replay::run_with(&inputs, mode, model, &Perturbations::default()).unwrap()
 }
 
 /// Checks the run's taps in pipeline order and asserts that the first failure is
 /// `expected_tap`, that every tap before it passes, and that the message names case, tap
 /// and metrics.
-fn assert_first_failure_at(manifest: &Manifest, case: &str, run: &Run, expected_tap: &str) {
+fn assert_first_failure_at(manifest: &Manifest, case: &str, run: &Run, expected_tap: Tap) {
     let mut upstream = Vec::new();
-    for tap in replay::taps_checked(manifest, case, run.mode) {
-        let result = run.check(manifest, case, &tap).unwrap();
+    let case_ref = manifest.case(case).unwrap();
+    for tap in case_ref.taps_checked(run.mode) {
+        let result = run.check(case_ref, tap).unwrap();
         if result.passed() {
             upstream.push(tap);
             continue;
@@ -54,7 +56,8 @@ fn assert_first_failure_at(manifest: &Manifest, case: &str, run: &Run, expected_
             tap, expected_tap,
             "the fault should first show at {expected_tap}, but it showed at {tap} (taps passing before it: {upstream:?}):\n{message}"
         );
-        for needle in [case, expected_tap, "Mismatched elements", "Greatest absolute difference", "Cosine"] {
+        for needle in [case, &expected_tap.to_string(), "Mismatched elements", "Greatest absolute difference", "Cosine"]
+        {
             assert!(message.contains(needle), "the failure message does not mention {needle:?}:\n{message}");
         }
         println!("caught at {tap} as expected:\n{message}");
@@ -67,7 +70,7 @@ const IMAGE_CASE: &str = "chelsea";
 
 /// The index of the first decoder layer with full attention (the first to use positions and
 /// the first with a KV cache).
-fn first_full_attention_layer(inputs: &CaseInputs) -> usize {
+fn first_full_attention_layer(inputs: &CaseSetup<'_>) -> usize {
     let types = inputs.config.text_config.layer_types();
     types.iter().position(|t| *t == neuron::config::LayerType::FullAttention).expect("a full-attention layer")
 }
@@ -75,19 +78,19 @@ fn first_full_attention_layer(inputs: &CaseInputs) -> usize {
 #[test]
 fn a_zeroed_merger_bias_fails_at_the_projector() {
     let manifest = manifest();
-    let inputs = CaseInputs::new(&manifest, IMAGE_CASE).unwrap();
+    let inputs = CaseSetup::new(manifest.case(IMAGE_CASE).unwrap(), None).unwrap();
     let mut tensors = all_tensors(&inputs);
     let bias = tensors.get_mut("model.visual.merger.linear_fc2.bias").expect("the checkpoint has the merger bias");
     *bias = bias.zeros_like().unwrap();
     let model = model_with(&inputs, tensors);
     let run = run(&manifest, IMAGE_CASE, Mode::VisionTeacherForced, &model);
-    assert_first_failure_at(&manifest, IMAGE_CASE, &run, "vision.projector");
+    assert_first_failure_at(&manifest, IMAGE_CASE, &run, Stage::VisionProjector.tap());
 }
 
 #[test]
 fn position_embedding_indices_shifted_by_one_row_fail_at_the_position_embedding() {
     let manifest = manifest();
-    let inputs = CaseInputs::new(&manifest, IMAGE_CASE).unwrap();
+    let inputs = CaseSetup::new(manifest.case(IMAGE_CASE).unwrap(), None).unwrap();
     let model = replay::load_model(&inputs).unwrap();
     let cfg = inputs.config.vision_config.clone();
     let side = cfg.num_grid_per_side() as u32;
@@ -101,25 +104,25 @@ fn position_embedding_indices_shifted_by_one_row_fail_at_the_position_embedding(
         positions
     };
     let perturb = Perturbations { vision_positions: Some(&shift), ..Default::default() };
-    let run = replay::run_with(&manifest, &inputs, Mode::VisionTeacherForced, &model, &perturb).unwrap();
-    assert_first_failure_at(&manifest, IMAGE_CASE, &run, "vision.pos_embed");
+    let run = replay::run_with(&inputs, Mode::VisionTeacherForced, &model, &perturb).unwrap();
+    assert_first_failure_at(&manifest, IMAGE_CASE, &run, Stage::VisionPosEmbed.tap());
 }
 
 #[test]
 fn a_doubled_vision_rotary_base_fails_at_the_first_block() {
     let manifest = manifest();
-    let mut inputs = CaseInputs::new(&manifest, IMAGE_CASE).unwrap();
+    let mut inputs = CaseSetup::new(manifest.case(IMAGE_CASE).unwrap(), None).unwrap();
     let theta = inputs.config.vision_config.rope_theta();
     inputs.config.vision_config.rope_parameters.rope_theta = 2.0 * theta;
     let model = replay::load_model(&inputs).unwrap();
     let run = run(&manifest, IMAGE_CASE, Mode::VisionTeacherForced, &model);
-    assert_first_failure_at(&manifest, IMAGE_CASE, &run, "vision.block.0");
+    assert_first_failure_at(&manifest, IMAGE_CASE, &run, Stage::VisionBlock.at(0));
 }
 
 #[test]
 fn swapped_h_and_w_mrope_sections_fail_at_the_first_full_attention_layer() {
     let manifest = manifest();
-    let inputs = CaseInputs::new(&manifest, IMAGE_CASE).unwrap();
+    let inputs = CaseSetup::new(manifest.case(IMAGE_CASE).unwrap(), None).unwrap();
     let mut model = replay::load_model(&inputs).unwrap();
     for axis in model.text.rotary.axis.iter_mut() {
         *axis = [0, 2, 1][*axis];
@@ -127,13 +130,13 @@ fn swapped_h_and_w_mrope_sections_fail_at_the_first_full_attention_layer() {
     let run = run(&manifest, IMAGE_CASE, Mode::LmTeacherForced, &model);
     let first_full = first_full_attention_layer(&inputs);
     // The linear-attention layers before it use no positions: they must still pass.
-    assert_first_failure_at(&manifest, IMAGE_CASE, &run, &format!("lm.layer.{first_full}"));
+    assert_first_failure_at(&manifest, IMAGE_CASE, &run, Stage::LmLayer.at(first_full));
 }
 
 #[test]
 fn rms_norms_without_the_one_plus_w_offset_fail_at_the_first_layer() {
     let manifest = manifest();
-    let inputs = CaseInputs::new(&manifest, IMAGE_CASE).unwrap();
+    let inputs = CaseSetup::new(manifest.case(IMAGE_CASE).unwrap(), None).unwrap();
     let mut tensors = all_tensors(&inputs);
     // A port that scales by w instead of (1 + w) is the reference with every zero-centred
     // norm weight shifted by −1.
@@ -150,16 +153,16 @@ fn rms_norms_without_the_one_plus_w_offset_fail_at_the_first_layer() {
     assert!(touched > 0, "no zero-centred norm weights found to perturb");
     let model = model_with(&inputs, tensors);
     let run = run(&manifest, IMAGE_CASE, Mode::LmTeacherForced, &model);
-    assert_first_failure_at(&manifest, IMAGE_CASE, &run, "lm.layer.0");
+    assert_first_failure_at(&manifest, IMAGE_CASE, &run, Stage::LmLayer.at(0));
 }
 
 #[test]
 fn text_after_an_image_not_resumed_at_max_plus_one_fails_at_the_position_ids() {
     let manifest = manifest();
-    let inputs = CaseInputs::new(&manifest, IMAGE_CASE).unwrap();
+    let inputs = CaseSetup::new(manifest.case(IMAGE_CASE).unwrap(), None).unwrap();
     let model = replay::load_model(&inputs).unwrap();
     let image_token = inputs.config.image_token_id;
-    let ids: Vec<u32> = replay::reference_input_ids(&manifest, IMAGE_CASE).unwrap();
+    let ids: Vec<u32> = replay::reference_input_ids(manifest.case(IMAGE_CASE).unwrap()).unwrap();
     let last_image_token = ids.iter().rposition(|&i| i == image_token).expect("the case has an image");
     let resume_at_max = |mut p: [Vec<i64>; 3]| {
         // Resume at the image's largest position instead of one past it.
@@ -171,15 +174,15 @@ fn text_after_an_image_not_resumed_at_max_plus_one_fails_at_the_position_ids() {
         p
     };
     let perturb = Perturbations { text_positions: Some(&resume_at_max), ..Default::default() };
-    let run = replay::run_with(&manifest, &inputs, Mode::LmTeacherForced, &model, &perturb).unwrap();
-    assert_first_failure_at(&manifest, IMAGE_CASE, &run, "input.position_ids");
+    let run = replay::run_with(&inputs, Mode::LmTeacherForced, &model, &perturb).unwrap();
+    assert_first_failure_at(&manifest, IMAGE_CASE, &run, Stage::PositionIds.tap());
 }
 
 #[test]
 fn a_flipped_sign_of_a_log_fails_at_the_first_layer() {
     let manifest = manifest();
     let case = "text-only";
-    let inputs = CaseInputs::new(&manifest, case).unwrap();
+    let inputs = CaseSetup::new(manifest.case(case).unwrap(), None).unwrap();
     let mut tensors = all_tensors(&inputs);
     let mut touched = 0;
     for (name, t) in tensors.iter_mut() {
@@ -191,7 +194,7 @@ fn a_flipped_sign_of_a_log_fails_at_the_first_layer() {
     assert!(touched > 0, "no A_log tensors found to perturb");
     let model = model_with(&inputs, tensors);
     let run = run(&manifest, case, Mode::LmTeacherForced, &model);
-    assert_first_failure_at(&manifest, case, &run, "lm.layer.0");
+    assert_first_failure_at(&manifest, case, &run, Stage::LmLayer.at(0));
 }
 
 // Generation faults: each is injected into the cache between the steps of a
@@ -201,14 +204,14 @@ use neuron::text::cache::{Cache, LayerState};
 
 /// The first failing tap of a decode-teacher-forced run of chelsea must be `expected_tap`, and
 /// for the step logits the message must name `step` as the first diverging step.
-fn assert_decode_fault_at(perturb: &Perturbations, expected_tap: &str, step: Option<usize>) {
+fn assert_decode_fault_at(perturb: &Perturbations, expected_tap: Tap, step: Option<usize>) {
     let manifest = manifest();
-    let inputs = CaseInputs::new(&manifest, IMAGE_CASE).unwrap();
+    let inputs = CaseSetup::new(manifest.case(IMAGE_CASE).unwrap(), None).unwrap();
     let model = replay::load_model(&inputs).unwrap();
-    let run = replay::run_with(&manifest, &inputs, Mode::DecodeTeacherForced, &model, perturb).unwrap();
+    let run = replay::run_with(&inputs, Mode::DecodeTeacherForced, &model, perturb).unwrap();
     assert_first_failure_at(&manifest, IMAGE_CASE, &run, expected_tap);
     if let Some(step) = step {
-        let message = run.check(&manifest, IMAGE_CASE, expected_tap).unwrap().message();
+        let message = run.check(manifest.case(IMAGE_CASE).unwrap(), expected_tap).unwrap().message();
         assert!(
             message.contains(&format!("first diverging step: {step}")),
             "the fault enters at step {step}; the message should name it:\n{message}"
@@ -238,7 +241,7 @@ fn a_conv_state_not_shifted_by_a_decode_step_fails_at_the_step_after_it() {
         for_each_linear(after, |i, state| state.conv = old_windows[&i].clone());
     };
     let perturb = Perturbations { cache_after_step: Some(&keep_old_window), ..Default::default() };
-    assert_decode_fault_at(&perturb, "gen.logits", Some(2));
+    assert_decode_fault_at(&perturb, Stage::GenLogits.tap(), Some(2));
 }
 
 #[test]
@@ -247,7 +250,7 @@ fn a_recurrent_state_reset_between_decode_steps_fails_at_the_step_after_the_rese
         for_each_linear(after, |_, state| state.recurrent = state.recurrent.zeros_like().unwrap());
     };
     let perturb = Perturbations { cache_after_step: Some(&reset), ..Default::default() };
-    assert_decode_fault_at(&perturb, "gen.logits", Some(2));
+    assert_decode_fault_at(&perturb, Stage::GenLogits.tap(), Some(2));
 }
 
 #[test]
@@ -259,16 +262,18 @@ fn decode_positions_without_the_rope_delta_fail_at_the_first_decode_step() {
         cache.set_rope_delta(0);
     };
     let perturb = Perturbations { cache_after_prefill: Some(&forget_delta), ..Default::default() };
-    assert_decode_fault_at(&perturb, "gen.logits", Some(1));
+    assert_decode_fault_at(&perturb, Stage::GenLogits.tap(), Some(1));
 }
 
 #[test]
 fn keys_cached_before_their_rotary_fail_at_the_cached_keys() {
     let manifest = manifest();
-    let inputs = CaseInputs::new(&manifest, IMAGE_CASE).unwrap();
+    let inputs = CaseSetup::new(manifest.case(IMAGE_CASE).unwrap(), None).unwrap();
     let model = replay::load_model(&inputs).unwrap();
-    let ids: Vec<u32> = replay::reference_input_ids(&manifest, IMAGE_CASE).unwrap();
-    let grids = replay::grids_of(&replay::reference(&manifest, IMAGE_CASE, "input.image_grid_thw").unwrap()).unwrap();
+    let ids: Vec<u32> = replay::reference_input_ids(manifest.case(IMAGE_CASE).unwrap()).unwrap();
+    let grids =
+        replay::grids_of(&replay::reference(manifest.case(IMAGE_CASE).unwrap(), Stage::ImageGridThw.tap()).unwrap())
+            .unwrap();
     let positions = model.positions(&ids, &grids).unwrap();
     let (cos, sin) = model.text.rotary.cos_sin(&positions, &Device::Cpu).unwrap();
     // Undo the rotary of each cached key: rotating by −θ (cos θ, −sin θ) over the rotated dims.
@@ -287,7 +292,7 @@ fn keys_cached_before_their_rotary_fail_at_the_cached_keys() {
         }
     };
     let perturb = Perturbations { cache_after_prefill: Some(&unrotate), ..Default::default() };
-    let run = replay::run_with(&manifest, &inputs, Mode::DecodeTeacherForced, &model, &perturb).unwrap();
+    let run = replay::run_with(&inputs, Mode::DecodeTeacherForced, &model, &perturb).unwrap();
     let first_full = first_full_attention_layer(&inputs);
-    assert_first_failure_at(&manifest, IMAGE_CASE, &run, &format!("cache.{first_full}.key"));
+    assert_first_failure_at(&manifest, IMAGE_CASE, &run, Stage::CacheKey.at(first_full));
 }

@@ -1,0 +1,398 @@
+//! The fields of `fixtures.toml`, as serde reads them (`deny_unknown_fields` everywhere: a
+//! misspelt key is an error that names its line). Tap names and patterns are parsed here, as
+//! they are read, into [`Tap`]s and [`TapPattern`]s; entries whose references are checked
+//! across the file keep their place ([`At`]) so that [`super::validate`] can name the line.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::{Deref, Range};
+use std::path::PathBuf;
+
+use contract::{known_taps, ArrayDtype, ComputeDtype, Family, Tap};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::compare::{Noise, Tolerance};
+
+/// A value of `fixtures.toml` and the byte range it was read from (`toml::Spanned`), so that a
+/// check made after parsing can still name the line. Reads as the value itself.
+#[derive(Debug, Clone)]
+pub struct At<T> {
+    value: T,
+    span: Range<usize>,
+}
+
+impl<T> At<T> {
+    /// A value that was not read from a file (tests, edits): it has no line.
+    pub fn new(value: T) -> At<T> {
+        At { value, span: 0..0 }
+    }
+
+    /// Where in the manifest's text the value was read from.
+    pub fn span(&self) -> Range<usize> {
+        self.span.clone()
+    }
+}
+
+impl<T: Default> Default for At<T> {
+    fn default() -> Self {
+        At::new(T::default())
+    }
+}
+
+impl<T> Deref for At<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T> std::ops::DerefMut for At<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.value
+    }
+}
+
+impl<T: fmt::Display> fmt::Display for At<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.value.fmt(f)
+    }
+}
+
+impl<T: PartialEq> PartialEq for At<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.value == other.value
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for At<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let spanned = toml::Spanned::<T>::deserialize(deserializer)?;
+        Ok(At { span: spanned.span(), value: spanned.into_inner() })
+    }
+}
+
+impl<T: Serialize> Serialize for At<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.value.serialize(serializer)
+    }
+}
+
+/// The whole manifest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// The reference the dumps came from; written by capture.
+    #[serde(default)]
+    pub reference: Option<Reference>,
+    /// Tolerance for every comparison that nothing narrower overrides.
+    #[serde(default)]
+    pub tolerance: At<ToleranceSpec>,
+    /// The bf16 rule's default multiple of the reference's own noise (`[calibration] k`).
+    #[serde(default)]
+    pub calibration: At<CalibrationSpec>,
+    pub models: BTreeMap<String, At<Model>>,
+    #[serde(default)]
+    pub images: BTreeMap<String, At<Image>>,
+    #[serde(default)]
+    pub cases: BTreeMap<String, At<Case>>,
+    /// The folder the manifest lives in: every path in it is relative to this.
+    #[serde(skip)]
+    pub root: PathBuf,
+}
+
+/// Versions of the reference stack and the digest of the harness that produced the dumps.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Reference {
+    pub transformers: String,
+    pub torch: String,
+    pub numpy: String,
+    pub pillow: String,
+    pub python: String,
+    /// torch threads used by the capture (results are bit-stable only for a fixed count).
+    pub threads: u32,
+    /// SHA-256 over `script/capture.py`, `script/uv.lock` and `script/pyproject.toml`.
+    pub harness_sha256: String,
+}
+
+/// `atol`/`rtol` as written in the manifest.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ToleranceSpec {
+    pub atol: f64,
+    pub rtol: f64,
+}
+
+impl Default for ToleranceSpec {
+    /// ARCHITECTURE.md: "Default `atol = rtol = 1e-3`".
+    fn default() -> Self {
+        ToleranceSpec { atol: 1e-3, rtol: 1e-3 }
+    }
+}
+
+impl From<ToleranceSpec> for Tolerance {
+    fn from(t: ToleranceSpec) -> Self {
+        Tolerance { atol: t.atol, rtol: t.rtol }
+    }
+}
+
+/// `[calibration]`: how many times the reference's own bf16-vs-f32 deviation a bf16 tap may
+/// deviate (see [`crate::compare::Calibration`]); a case narrows it per tap with `tap_k`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CalibrationSpec {
+    pub k: f64,
+}
+
+impl Default for CalibrationSpec {
+    /// Without a `[calibration]` table: the port may deviate twice as much as the reference
+    /// moves between bf16 and f32.
+    fn default() -> Self {
+        CalibrationSpec { k: 2.0 }
+    }
+}
+
+/// A checkpoint in HuggingFace layout: inside the repository (`path`), or outside it in a
+/// folder the user names (`weights_env`, or `--weights DIR`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Model {
+    /// Folder of the checkpoint, relative to the manifest.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// For a checkpoint outside the repository: the environment variable that names its
+    /// folder (`--weights DIR` overrides it).
+    #[serde(default)]
+    pub weights_env: Option<String>,
+    /// Where the checkpoint is published (`Qwen/Qwen3.6-27B`); informative.
+    #[serde(default)]
+    pub hf_repo: Option<String>,
+    /// The published revision (commit) the dumps were captured from; written by capture.
+    #[serde(default)]
+    pub revision: Option<String>,
+    /// SHA-256 of the checkpoint's `config.json` as of the capture; a checkpoint whose
+    /// config differs is refused. Written by capture.
+    #[serde(default)]
+    pub config_sha256: Option<String>,
+    /// Run layer by layer from the mapped checkpoint (one layer at a time), on both the Python
+    /// and the Rust side.
+    #[serde(default)]
+    pub stream: bool,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The script (relative to the manifest) that writes this checkpoint from a fixed seed;
+    /// only such models can be regenerated by `cargo xtask make-model`.
+    #[serde(default)]
+    pub generated_by: Option<String>,
+    /// Overrides the global tolerance for every case of this model.
+    #[serde(default)]
+    pub tolerance: Option<ToleranceSpec>,
+    /// File name (inside `path`) → SHA-256; written by `cargo xtask make-model`.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+}
+
+impl Model {
+    /// Why an external checkpoint cannot be used: the flag and the variable that name it.
+    pub fn absent_reason(&self, name: &str) -> String {
+        let var = self.weights_env.as_deref().unwrap_or("(none)");
+        let what = self.hf_repo.as_deref().map_or(String::new(), |r| format!(" (a local snapshot of {r})"));
+        format!(
+            "the checkpoint of {name} is not in the repository: pass --weights DIR or set {var} to its folder{what}"
+        )
+    }
+
+    /// Whether the checkpoint lives outside the repository.
+    pub fn is_external(&self) -> bool {
+        self.path.is_none()
+    }
+}
+
+/// One of the known images.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    pub path: String,
+    /// Written by capture.
+    #[serde(default)]
+    pub sha256: Option<String>,
+}
+
+/// One captured request: a model, some images and a prompt.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    pub model: At<String>,
+    /// Image names (keys of `[images]`), placed before the prompt in one user message.
+    #[serde(default)]
+    pub images: Vec<At<String>>,
+    pub prompt: String,
+    /// How the reference opened the images (see [`ImageLoader`]). Rust preprocessing follows it.
+    #[serde(default)]
+    pub loader: ImageLoader,
+    /// The dtype the reference and the port compute in: `"f32"` (the default) or `"bf16"`
+    /// (weights as stored, `from_pretrained(dtype=torch.bfloat16)`). A bf16 case's float taps
+    /// are judged by [`crate::compare::Calibration`], not by `tolerance`.
+    #[serde(default)]
+    pub dtype: ComputeDtype,
+    /// For a bf16 case: per-tap multiples of the reference's noise (a tap name or a stem
+    /// ending in `*`), overriding `[calibration] k`; each carries a comment with its cause.
+    #[serde(default)]
+    pub tap_k: BTreeMap<TapPattern, f64>,
+    /// Overrides the model's tolerance for every tap of this case.
+    #[serde(default)]
+    pub tolerance: Option<ToleranceSpec>,
+    /// Per-tap overrides: a tap name, or a stem ending in `*` (`"vision.block.*"`).
+    #[serde(default)]
+    pub tap_tolerance: BTreeMap<TapPattern, ToleranceSpec>,
+    /// Which taps capture keeps (tap names or stems ending in `*`); all by default. Cases
+    /// that exist to test one stage keep the fixtures small this way.
+    #[serde(default)]
+    pub taps: Option<Vec<TapPattern>>,
+    /// Which rows of a tap capture keeps (tap pattern → `"first"` or `"last"` row of the
+    /// leading axis: the first patch, the last position); whole taps by default. Keeps the
+    /// dumps of a large model small. Taps without rows ([`Tap::has_rows`]) are always whole.
+    #[serde(default)]
+    pub rows: BTreeMap<TapPattern, RowPick>,
+    /// Greedy generation: the reference also runs `generate(do_sample=False,
+    /// max_new_tokens=N)` with its cache on, and the case gains the `cache.*` taps (the state
+    /// after the prefill) and the `gen.*` taps (each step's logits and token), checked by the
+    /// `decode-teacher-forced` and `generate` modes.
+    #[serde(default)]
+    pub generate: Option<usize>,
+    /// With `generate`: keep the reference's top-k ids and logits of each step (`gen.top_ids`,
+    /// `gen.top_logits`, [steps, k]) instead of whole rows of logits (`gen.logits`, [steps,
+    /// vocab]): 4 steps of a 248 320-word vocabulary are 4 MB, their top 64 are 3 KB.
+    #[serde(default)]
+    pub gen_top_k: Option<usize>,
+    /// Digest of everything the dumps depend on (model files, images, prompt, harness), as of
+    /// the capture; written by capture, compared by `status` to find stale dumps.
+    #[serde(default)]
+    pub inputs_sha256: Option<String>,
+    /// Tap → recorded dump; written by capture.
+    #[serde(default)]
+    pub dumps: BTreeMap<Tap, Dump>,
+}
+
+/// How the reference turned an image file into RGB pixels (a case's `loader`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageLoader {
+    /// `PIL.Image.open`, then `image_transforms.convert_to_rgb`: EXIF orientation ignored,
+    /// transparency composited onto white.
+    #[default]
+    Processor,
+    /// `image_utils.load_image`: `ImageOps.exif_transpose`, then `convert("RGB")` (alpha
+    /// dropped, not composited).
+    LoadImage,
+}
+
+impl ImageLoader {
+    pub fn is_processor(&self) -> bool {
+        *self == ImageLoader::Processor
+    }
+
+    /// The name used in `fixtures.toml` and passed to the harness.
+    pub fn name(self) -> &'static str {
+        match self {
+            ImageLoader::Processor => "processor",
+            ImageLoader::LoadImage => "load_image",
+        }
+    }
+}
+
+/// One row of a tap's leading axis.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RowPick {
+    First,
+    Last,
+}
+
+impl RowPick {
+    /// The row index in a leading axis of `len` rows.
+    pub fn index(self, len: usize) -> usize {
+        match self {
+            RowPick::First => 0,
+            RowPick::Last => len.saturating_sub(1),
+        }
+    }
+}
+
+/// What capture recorded for one `.npy` dump.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Dump {
+    pub sha256: String,
+    pub shape: Vec<usize>,
+    pub dtype: ArrayDtype,
+    /// A float tap of a bf16 case: the reference's own deviation between its bf16 and f32
+    /// runs (of the kept rows), measured by the same capture.
+    #[serde(default)]
+    pub noise: Option<Noise>,
+}
+
+/// A selection of taps in the manifest: a tap name, or a stem ending in `*` that some tap of
+/// the contract starts with (`"vision.*"`, `"vision.block.*"`, `"*"`). Parsed as it is read;
+/// sorts as its text does, so maps keyed by patterns serialise in the order they always did.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TapPattern {
+    text: String,
+}
+
+impl TapPattern {
+    /// Parses a pattern; `None` when it selects no tap of the contract.
+    pub fn parse(text: &str) -> Option<TapPattern> {
+        let ok = match text.strip_suffix('*') {
+            Some(stem) => stem_selects_some_tap(stem),
+            None => Tap::parse(text).is_some(),
+        };
+        ok.then(|| TapPattern { text: text.to_owned() })
+    }
+
+    /// Whether the pattern selects `tap`.
+    pub fn matches(&self, tap: Tap) -> bool {
+        let name = tap.to_string();
+        match self.text.strip_suffix('*') {
+            Some(stem) => name.starts_with(stem),
+            None => self.text == name,
+        }
+    }
+
+    /// How specific the pattern is: of several that match, the longest wins.
+    pub fn specificity(&self) -> usize {
+        self.text.len()
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+/// "vision.*", "vision.block.*", "lm.layer.*", "*": the stem must lie in a family and be a
+/// prefix of some tap name.
+fn stem_selects_some_tap(stem: &str) -> bool {
+    Family::ALL.iter().any(|f| stem.starts_with(f.prefix()) || f.prefix().starts_with(stem))
+        && (stem.ends_with('.') || Tap::parse(&format!("{stem}0")).is_some() || stem.is_empty())
+}
+
+impl fmt::Display for TapPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Serialize for TapPattern {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for TapPattern {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        TapPattern::parse(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown tap \"{text}\"; known taps: {}", known_taps())))
+    }
+}

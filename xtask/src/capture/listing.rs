@@ -1,0 +1,151 @@
+//! One run of `script/capture.py`: the case handed to it as JSON, and `capture.json`, the list
+//! of taps it wrote, read back and checked against the tap contract.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{ensure, Context, Result};
+use contract::{ArrayDtype, ComputeDtype, Tap};
+use parity::manifest::CaseRef;
+use serde::Deserialize;
+use xshell::Shell;
+
+use crate::harness;
+
+/// `capture.json`, written by `script/capture.py` next to the dumps.
+#[derive(Deserialize)]
+pub(super) struct CaptureListing {
+    pub taps: Vec<CapturedTap>,
+    pub versions: Versions,
+    pub threads: u32,
+    /// Peak resident memory of the Python process.
+    #[serde(default)]
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// One tap the harness wrote; a name outside the contract is refused as the listing is read.
+#[derive(Deserialize)]
+pub(super) struct CapturedTap {
+    pub tap: Tap,
+    pub shape: Vec<usize>,
+    pub dtype: ArrayDtype,
+    #[serde(default)]
+    pub mean_abs: Option<f64>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct Versions {
+    pub transformers: String,
+    pub torch: String,
+    pub numpy: String,
+    pub pillow: String,
+    pub python: String,
+}
+
+impl CaptureListing {
+    /// Parses `capture.json`; every tap must be a contract tap with the contract's dtype.
+    pub(super) fn parse(text: &str) -> Result<CaptureListing> {
+        let listing: CaptureListing =
+            serde_json::from_str(text).context("the harness wrote a listing out of contract")?;
+        for t in &listing.taps {
+            ensure!(
+                t.tap.dtype() == t.dtype,
+                "the harness wrote {} as {} but the contract says {}",
+                t.tap,
+                t.dtype,
+                t.tap.dtype()
+            );
+        }
+        Ok(listing)
+    }
+}
+
+/// The case as `capture.py --case-json` reads it: the checkpoint, the image files, the prompt,
+/// the loader, the dtype and the generation settings.
+pub(super) fn case_spec(case: CaseRef, dtype: ComputeDtype, model_dir: &Path) -> serde_json::Value {
+    let c = case.case;
+    let images: Vec<PathBuf> = case.image_paths().iter().map(|p| case.manifest.root.join(p)).collect();
+    serde_json::json!({
+        "model_dir": model_dir,
+        "images": images,
+        "prompt": c.prompt,
+        "loader": c.loader.name(),
+        "dtype": dtype.name(),
+        "generate": c.generate,
+        "gen_top_k": c.gen_top_k,
+    })
+}
+
+/// Runs the reference on one case in `dtype`, writing `<tap>.npy` and `capture.json` into `out`.
+pub(super) fn capture_case(
+    sh: &Shell,
+    case: CaseRef,
+    dtype: ComputeDtype,
+    model_dir: &Path,
+    out: &Path,
+    threads: u32,
+) -> Result<CaptureListing> {
+    let mut script_args = vec![
+        "--case-json".to_string(),
+        case_spec(case, dtype, model_dir).to_string(),
+        "--out".into(),
+        out.display().to_string(),
+        "--threads".into(),
+        threads.to_string(),
+    ];
+    if case.model().stream {
+        script_args.push("--stream".into());
+    }
+    harness::run_python(sh, "capture.py", &script_args)?;
+    let listing_path = out.join("capture.json");
+    let text = std::fs::read_to_string(&listing_path).with_context(|| format!("reading {}", listing_path.display()))?;
+    CaptureListing::parse(&text).with_context(|| format!("parsing {}", listing_path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing(taps: &str) -> String {
+        format!(
+            r#"{{"taps": [{taps}], "threads": 1, "versions": {{"transformers": "5.23.0", "torch": "2.15.0",
+            "numpy": "2.4.6", "pillow": "13.0.0", "python": "3.11.7"}}}}"#
+        )
+    }
+
+    #[test]
+    fn a_listing_of_contract_taps_is_read_with_their_shapes() {
+        let text = listing(
+            r#"{"tap": "lm.layer.3", "shape": [5, 128], "dtype": "f32", "mean_abs": 0.5},
+                                {"tap": "input.input_ids", "shape": [5], "dtype": "i64"}"#,
+        );
+        let l = CaptureListing::parse(&text).unwrap();
+        let taps: Vec<String> = l.taps.iter().map(|t| t.tap.to_string()).collect();
+        assert_eq!(taps, ["lm.layer.3", "input.input_ids"]);
+        assert_eq!((l.taps[0].shape.as_slice(), l.taps[0].mean_abs), (&[5, 128][..], Some(0.5)));
+        assert_eq!((l.threads, l.versions.transformers.as_str()), (1, "5.23.0"));
+    }
+
+    #[test]
+    fn a_tap_outside_the_contract_or_of_the_wrong_dtype_is_refused_by_name() {
+        let unknown = listing(r#"{"tap": "lm.layers.3", "shape": [5], "dtype": "f32"}"#);
+        let err = format!("{:#}", CaptureListing::parse(&unknown).err().expect("an unknown tap"));
+        assert!(err.contains("unknown tap \"lm.layers.3\""), "{err}");
+        let wrong = listing(r#"{"tap": "input.input_ids", "shape": [5], "dtype": "f32"}"#);
+        let err = format!("{:#}", CaptureListing::parse(&wrong).err().expect("a float token id"));
+        assert!(err.contains("input.input_ids as f32 but the contract says i64"), "{err}");
+    }
+
+    #[test]
+    fn the_harness_is_handed_the_cases_request_with_absolute_image_paths() {
+        let manifest = parity::manifest::Manifest::load(&crate::cli::project_root().join("fixtures.toml")).unwrap();
+        let case = manifest.case("chelsea-bf16").unwrap();
+        let spec = case_spec(case, ComputeDtype::F32, Path::new("/models/tiny"));
+        assert_eq!(spec["model_dir"], "/models/tiny");
+        assert_eq!(spec["dtype"], "f32", "the dtype asked for, not the case's (the f32 half of a bf16 capture)");
+        assert_eq!(spec["prompt"], case.case.prompt.as_str());
+        assert_eq!(spec["loader"], "processor");
+        let image = spec["images"][0].as_str().unwrap();
+        assert!(Path::new(image).is_absolute() && image.ends_with("fixtures/images/chelsea.png"), "{image}");
+        assert_eq!(spec["generate"], serde_json::json!(case.case.generate));
+    }
+}
