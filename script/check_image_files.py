@@ -1,7 +1,7 @@
-"""Compares Rust's decoding (crates/neuron/examples/decode.rs) with PIL's, byte for byte.
+"""Compares Rust's decoding (crates/neuron/examples/read_images.rs) with PIL's, byte for byte.
 
-    cargo run --release --example decode -- /tmp/rust-rgb fixtures/images/formats/*
-    script/.venv/bin/python script/check_decode.py /tmp/rust-rgb fixtures/images/formats/*
+    cargo run --release --example read_images -- /tmp/rust-rgb fixtures/images/formats/*
+    script/.venv/bin/python script/check_image_files.py /tmp/rust-rgb fixtures/images/formats/*
 
 For each image and loader it prints the share of bytes that differ and the largest
 difference, or the error either side gave. The reference RGB is what the image processor

@@ -31,9 +31,9 @@ Weight scales (why activations stay of order one and every tensor is visible in 
   decided by more than rounding.
 
 Constants made visible (`expose_constants`, applied after the draw, so `init_tensor` and the
-stand-in that reuses it are unchanged). crates/neuron/tests/constants.rs changes each numerical
-constant of the forward pass tenfold and fails if no tap notices (README "Every constant
-observable" lists them). With the scales above no activation came near the regime where four
+stand-in that reuses it are unchanged). crates/replay/tests/constants.rs changes each numerical
+constant of the forward pass tenfold and fails if no tap notices (docs/CONSTANTS.md lists
+them). With the scales above no activation came near the regime where four
 of them matter: the l2norm eps and the softplus threshold moved no tap beyond the tolerance,
 the RMSNorm and vision LayerNorm eps one or two elements of one tap, by at most 1.3 times
 the tolerance. A few weights are changed so that one head or one input sits in that regime;

@@ -19,6 +19,8 @@ mod mutants;
 mod screenshot;
 mod standin;
 mod status;
+#[cfg(test)]
+mod tidy;
 mod verify;
 
 use anyhow::Result;

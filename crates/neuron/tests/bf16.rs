@@ -4,7 +4,7 @@
 //! The numbers themselves are checked against the bf16 reference by the bf16 cases of
 //! `fixtures.toml` (chelsea-bf16, two-images-bf16, text-only-bf16, standin-astronaut-bf16),
 //! tap by tap in every replay mode, with the tolerance calibrated from the reference's own
-//! bf16-vs-f32 noise (README, "bf16").
+//! bf16-vs-f32 noise (docs/BF16.md).
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

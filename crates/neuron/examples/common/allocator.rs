@@ -1,11 +1,11 @@
 //! The allocator of the examples (`#[path]`-included by bench.rs, generate.rs, decode.rs):
-//! mimalloc with freed pages kept. See README, "Allocator".
+//! mimalloc with freed pages kept. See docs/BENCHMARKS.md, "Allocator".
 
 /// mimalloc, not glibc's malloc: a model's activations are tensors of megabytes, allocated
 /// and freed once per op; glibc maps each one afresh (above its mmap threshold) and returns it
 /// on free, so every op pays page faults on new memory. Measured on the stand-in's vision
 /// tower (2 threads): f32 0.63 → 0.41-0.47 s, bf16 0.84 → 0.42-0.44 s. Freed pages are kept
-/// ([`keep_freed_pages`]). See README, "Allocator".
+/// ([`keep_freed_pages`]). See docs/BENCHMARKS.md, "Allocator".
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
