@@ -62,7 +62,8 @@ its factor:
   at 1/8 of its former weight against the attention's output).
 
 The tokenizer is a byte-level BPE trained on a fixed corpus (below) with Qwen's
-pre-tokenizer, normalizer and special tokens; the chat template is a Qwen-style template.
+pre-tokenizer, normalizer and special tokens; the chat template is a Qwen3.6-style template (system message, thinking on and off, the
+reasoning of earlier turns dropped).
 Everything is derived from a fixed seed, and the safetensors file is written with sorted
 keys, so running the generator twice writes the same bytes.
 """
@@ -80,7 +81,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 SEED = 20261129
 
@@ -114,26 +115,69 @@ as a failure at the stage where it enters. The linear attention layers keep a re
 that decays over time, and the full attention layers look at every earlier token.
 """
 
-CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
-    "{%- if message['content'] is string -%}"
-    "{{- message['content'] -}}"
-    "{%- else -%}"
-    "{%- for content in message['content'] -%}"
-    "{%- if content['type'] == 'image' -%}"
-    "{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
-    "{%- elif content['type'] == 'text' -%}"
-    "{{- content['text'] -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- endif -%}"
-    "{{- '<|im_end|>\\n' -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}"
-    "{{- '<|im_start|>assistant\\n' -}}"
-    "{%- endif -%}"
-)
+# Added (not special) tokens of the Qwen3.5 / Qwen3.6 tokenizers that the chat template writes.
+THINK_TOKENS = ["<think>", "</think>"]
+
+# A Qwen3.6-style chat template, written for this model from the published template's documented
+# behaviour (transformers renders it with jinja2, trim_blocks and lstrip_blocks; Rust with minijinja):
+# - a system message, and content as a string or a list of text / image / video items, in order;
+# - the reasoning of an assistant turn is its `reasoning_content`, or the part of its content
+#   before `</think>`; it is kept only for assistant turns after the last user message (a turn
+#   being continued), and dropped from earlier turns of the history;
+# - the generation prompt opens the assistant turn; `enable_thinking=False` closes an empty
+#   think block, `enable_thinking=True` opens one (`<think>\n`), as Qwen3.6 does in thinking mode.
+#   Without the argument the prompt is left open, as this model's first template left it, so the
+#   single-message cases render as before.
+CHAT_TEMPLATE = """\
+{%- macro render(content) -%}
+    {%- if content is string -%}
+        {{- content -}}
+    {%- else -%}
+        {%- for item in content -%}
+            {%- if item.type == 'image' -%}
+                {{- '<|vision_start|><|image_pad|><|vision_end|>' -}}
+            {%- elif item.type == 'video' -%}
+                {{- '<|vision_start|><|video_pad|><|vision_end|>' -}}
+            {%- elif item.type == 'text' -%}
+                {{- item.text -}}
+            {%- endif -%}
+        {%- endfor -%}
+    {%- endif -%}
+{%- endmacro -%}
+{%- set ns = namespace(last_query=-1) -%}
+{%- for message in messages -%}
+    {%- if message.role == 'user' -%}
+        {%- set ns.last_query = loop.index0 -%}
+    {%- endif -%}
+{%- endfor -%}
+{%- for message in messages -%}
+    {%- set content = render(message.content) -%}
+    {%- if message.role == 'assistant' -%}
+        {%- set reasoning = '' -%}
+        {%- if message.reasoning_content is string -%}
+            {%- set reasoning = message.reasoning_content -%}
+        {%- elif '</think>' in content -%}
+            {%- set reasoning = content.split('</think>')[0].split('<think>')[-1] -%}
+            {%- set content = content.split('</think>')[-1] -%}
+        {%- endif -%}
+        {{- '<|im_start|>assistant\n' -}}
+        {%- if loop.index0 > ns.last_query -%}
+            {{- '<think>\n' + reasoning.strip('\n') + '\n</think>\n\n' -}}
+        {%- endif -%}
+        {{- content.lstrip('\n') + '<|im_end|>\n' -}}
+    {%- else -%}
+        {{- '<|im_start|>' + message.role + '\n' + content + '<|im_end|>\n' -}}
+    {%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{- '<|im_start|>assistant\n' -}}
+    {%- if enable_thinking is defined and enable_thinking is false -%}
+        {{- '<think>\n\n</think>\n\n' -}}
+    {%- elif enable_thinking is defined and enable_thinking -%}
+        {{- '<think>\n' -}}
+    {%- endif -%}
+{%- endif -%}
+"""
 
 
 def build_tokenizer() -> Tokenizer:
@@ -155,6 +199,7 @@ def build_tokenizer() -> Tokenizer:
     )
     tok.train_from_iterator([CORPUS] * 4, trainer=trainer)
     tok.add_special_tokens(SPECIAL_TOKENS)
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in THINK_TOKENS])
     return tok
 
 

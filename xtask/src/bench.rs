@@ -16,6 +16,7 @@
 //! the f32 peak, and each stage's time outside GEMMs: its median minus its GEMMs' flop at
 //! that side's rates.
 
+use contract::ComputeDtype;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -47,24 +48,9 @@ pub struct Args {
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
     /// The dtype both sides load and compute in: f32, or bf16 (transformers with
-    /// `from_pretrained(dtype=torch.bfloat16)`, Rust with `Model::load(.., DType::BF16)`).
-    #[arg(long, value_enum, default_value_t = Dtype::F32)]
-    dtype: Dtype,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum Dtype {
-    F32,
-    Bf16,
-}
-
-impl Dtype {
-    fn name(self) -> &'static str {
-        match self {
-            Dtype::F32 => "f32",
-            Dtype::Bf16 => "bf16",
-        }
-    }
+    /// `from_pretrained(dtype=torch.bfloat16)`, Rust with `Model::load(.., ComputeDtype::Bf16)`).
+    #[arg(long, default_value = "f32")]
+    dtype: ComputeDtype,
 }
 
 /// Reads every shard of the checkpoint once, so that each side's load starts from the page
@@ -251,7 +237,7 @@ fn read_rates(path: &std::path::Path) -> Result<Vec<Rate>> {
 /// GEMM rate at the stage's shapes, time outside GEMMs), the rate at every shape, memory.
 fn render(
     host: &Host,
-    dtype: Dtype,
+    dtype: ComputeDtype,
     loads: &[(&str, f64)],
     inventory: &[Gemm],
     rates: &Rates,
@@ -261,8 +247,8 @@ fn render(
     let threads = python.threads;
     let cores = threads.min(host.logical_cpus.max(1));
     let (peak, dtype_name) = match dtype {
-        Dtype::F32 => (host.f32_peak_gflops(cores), "f32"),
-        Dtype::Bf16 => (host.bf16_peak_gflops(cores), "bf16"),
+        ComputeDtype::F32 => (host.f32_peak_gflops(cores), "f32"),
+        ComputeDtype::Bf16 => (host.bf16_peak_gflops(cores), "bf16"),
     };
     let of_peak = |g: f64| format!("{g:.0} GFLOP/s ({:.0} %)", 100.0 * g / peak);
     let mut s = String::new();
@@ -441,7 +427,7 @@ mod tests {
             python: vec![Rate { shape, seconds: 0.0, gflops: 200.0 }],
         };
         let loads = [("before transformers", 0.4), ("after Rust", 3.2)];
-        let report = render(&host, Dtype::F32, &loads, &inventory, &rates, &side(0.05), &side(0.04));
+        let report = render(&host, ComputeDtype::F32, &loads, &inventory, &rates, &side(0.05), &side(0.04));
         for expected in [
             "Host: Test CPU @ 2.00GHz (2 logical CPUs, 2 used), 2.00 GHz",
             "f32 256 GFLOP/s",

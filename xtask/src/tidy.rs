@@ -107,10 +107,15 @@ fn every_source_file_is_in_the_layout() {
 #[test]
 fn a_file_missing_from_the_layout_is_named() {
     let sections = layout_sections("## Layout\n\n```\ncrates/x/src/   the crate\n  a.rs   one\n  text/   b.rs\n```\n");
-    let files: Vec<PathBuf> =
-        ["crates/x/src/a.rs", "crates/x/src/c.rs", "crates/x/src/text/b.rs", "crates/x/src/other/b.rs", "crates/y/d.rs"]
-            .map(PathBuf::from)
-            .to_vec();
+    let files: Vec<PathBuf> = [
+        "crates/x/src/a.rs",
+        "crates/x/src/c.rs",
+        "crates/x/src/text/b.rs",
+        "crates/x/src/other/b.rs",
+        "crates/y/d.rs",
+    ]
+    .map(PathBuf::from)
+    .to_vec();
     assert_eq!(
         missing_from_layout(&sections, &files),
         [

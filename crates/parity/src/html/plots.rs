@@ -176,8 +176,7 @@ struct Figure {
 
 /// The plots of case number `n`.
 pub(super) fn plots(n: usize, case: &CaseReport) -> Result<Plots, RenderError> {
-    let stages: Vec<Tap> =
-        case.rows.iter().filter_map(float_stage).collect::<BTreeSet<_>>().into_iter().collect();
+    let stages: Vec<Tap> = case.rows.iter().filter_map(float_stage).collect::<BTreeSet<_>>().into_iter().collect();
     let metrics = [
         Metric { name: "max |Δ|", what: |r| r.max_abs },
         Metric { name: "1 − cosine", what: |r| r.cosine.map(|c| 1.0 - c) },

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 pub use files::{RecordedFile, DUMPS_DIR};
 pub use resolve::Weights;
 pub use schema::{
-    At, CalibrationSpec, Case, Dump, Image, ImageLoader, Manifest, Model, Reference, RowPick, TapPattern, ToleranceSpec,
+    At, CalibrationSpec, Case, Dump, Image, ImageLoader, Manifest, ModelEntry, Reference, RowPick, TapPattern, ToleranceSpec,
 };
 
 /// A manifest that cannot be used, with the file and the entry at fault.
@@ -102,7 +102,7 @@ pub struct CaseRef<'m> {
 
 impl<'m> CaseRef<'m> {
     /// The case's model entry (validated to exist when the manifest loaded).
-    pub fn model(&self) -> &'m Model {
+    pub fn model(&self) -> &'m ModelEntry {
         &self.manifest.models[self.case.model.as_str()]
     }
 

@@ -91,7 +91,7 @@ pub struct Manifest {
     /// The bf16 rule's default multiple of the reference's own noise (`[calibration] k`).
     #[serde(default)]
     pub calibration: At<CalibrationSpec>,
-    pub models: BTreeMap<String, At<Model>>,
+    pub models: BTreeMap<String, At<ModelEntry>>,
     #[serde(default)]
     pub images: BTreeMap<String, At<Image>>,
     #[serde(default)]
@@ -157,7 +157,7 @@ impl Default for CalibrationSpec {
 /// folder the user names (`weights_env`, or `--weights DIR`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Model {
+pub struct ModelEntry {
     /// Folder of the checkpoint, relative to the manifest.
     #[serde(default)]
     pub path: Option<String>,
@@ -193,7 +193,7 @@ pub struct Model {
     pub files: BTreeMap<String, String>,
 }
 
-impl Model {
+impl ModelEntry {
     /// Why an external checkpoint cannot be used: the flag and the variable that name it.
     pub fn absent_reason(&self, name: &str) -> String {
         let var = self.weights_env.as_deref().unwrap_or("(none)");

@@ -55,7 +55,7 @@ impl Manifest {
         Ok(())
     }
 
-    fn validate_model(&self, name: &str, model: &super::Model) -> Result<(), String> {
+    fn validate_model(&self, name: &str, model: &super::ModelEntry) -> Result<(), String> {
         match (&model.path, &model.weights_env) {
             (Some(path), None) => check_relative_path(&format!("models.\"{name}\".path"), path)?,
             (None, Some(var)) => {
