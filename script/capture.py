@@ -72,6 +72,7 @@ PIPELINE = [
     "vision.tower",
     "vision.projector",
     "lm.image_embeds",
+    "moe.",
     "lm.layer.",
     "lm.norm",
     "lm.logits_last",
@@ -83,16 +84,25 @@ PIPELINE = [
 ]
 
 CACHE_KINDS = ["conv", "recurrent", "key", "value"]
+MOE_KINDS = ["router_logits", "top_ids", "top_weights", "shared", "out"]
 
 
 def pipeline_rank(tap: str) -> tuple[int, int, int]:
     """Sort key: the order in which the stages run (the contract's table order); the cache
-    taps `cache.{i}.{kind}` by layer, then kind."""
+    taps `cache.{i}.{kind}` by layer, then kind; the MoE taps `moe.{i}.{kind}` of layer i right
+    before its output `lm.layer.{i}`."""
     for rank, stem in enumerate(PIPELINE):
         if stem == "cache.":
             if tap.startswith(stem):
                 layer, kind = tap[len(stem) :].split(".")
                 return rank, int(layer), CACHE_KINDS.index(kind)
+        elif stem == "moe.":
+            if tap.startswith(stem):
+                layer, kind = tap[len(stem) :].split(".")
+                return PIPELINE.index("lm.layer."), int(layer), MOE_KINDS.index(kind)
+        elif stem == "lm.layer.":
+            if tap.startswith(stem):
+                return rank, int(tap[len(stem) :]), len(MOE_KINDS)
         elif stem.endswith("."):
             if tap.startswith(stem):
                 return rank, int(tap[len(stem) :]), 0

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use clap::{CommandFactory, Parser};
-use contract::Stage;
+use contract::{Family, Stage};
 
 use crate::cli::project_root;
 use crate::Cli;
@@ -266,14 +266,16 @@ fn capture_py_pipeline_is_the_contracts() {
         contract_pipeline(),
         "script/capture.py's PIPELINE and crates/contract/src/tap.rs's stages disagree (order matters)"
     );
-    let kinds = read("script/capture.py");
-    let kinds = kinds.split_once("CACHE_KINDS = [").unwrap().1.split_once(']').unwrap().0;
-    let kinds: Vec<String> = kinds.split(',').map(|s| s.trim().trim_matches('"').to_string()).collect();
-    let tails: Vec<String> = Stage::all()
-        .map(Stage::pattern)
-        .filter_map(|p| p.split_once(".{i}.").map(|(_, tail)| tail.to_string()))
-        .collect();
-    assert_eq!(kinds, tails, "capture.py's CACHE_KINDS and the contract's cache stages disagree");
+    let script = read("script/capture.py");
+    for (list, family) in [("CACHE_KINDS", Family::Cache), ("MOE_KINDS", Family::Moe)] {
+        let kinds = script.split_once(&format!("{list} = [")).unwrap().1.split_once(']').unwrap().0;
+        let kinds: Vec<String> = kinds.split(',').map(|s| s.trim().trim_matches('"').to_string()).collect();
+        let tails: Vec<String> = Stage::all()
+            .filter(|s| s.stem().starts_with(family.prefix()))
+            .filter_map(|s| s.pattern().split_once(".{i}.").map(|(_, tail)| tail.to_string()))
+            .collect();
+        assert_eq!(kinds, tails, "capture.py's {list} and the contract's {family:?} stages disagree");
+    }
 }
 
 /// The first cells of ARCHITECTURE.md's tap table (the rows after the `| tap |` header).

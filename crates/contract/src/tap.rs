@@ -24,6 +24,8 @@ pub enum Family {
     Vision,
     /// `lm.*`: the language model's forward pass.
     Lm,
+    /// `moe.*`: the sparse MoE block of a decoder layer (its router, experts and shared expert).
+    Moe,
     /// `cache.*`: the cache after the prefill.
     Cache,
     /// `gen.*`: greedy generation.
@@ -32,7 +34,7 @@ pub enum Family {
 
 impl Family {
     /// Every family, in pipeline order.
-    pub const ALL: [Family; 5] = [Family::Input, Family::Vision, Family::Lm, Family::Cache, Family::Gen];
+    pub const ALL: [Family; 6] = [Family::Input, Family::Vision, Family::Lm, Family::Moe, Family::Cache, Family::Gen];
 
     /// The start of every tap name of the family, dot included.
     pub fn prefix(self) -> &'static str {
@@ -40,6 +42,7 @@ impl Family {
             Family::Input => "input.",
             Family::Vision => "vision.",
             Family::Lm => "lm.",
+            Family::Moe => "moe.",
             Family::Cache => "cache.",
             Family::Gen => "gen.",
         }
@@ -122,6 +125,17 @@ stages! {
     VisionProjector = "vision.projector", No, F32, PerMergedToken, Yes;
     /// [image tokens, H]: the input embeddings at the image-token positions after the splice.
     LmImageEmbeds = "lm.image_embeds", No, F32, PerImageToken, Yes;
+    /// [seq, experts]: the router's logits of decoder layer i's sparse MoE block (the gate's
+    /// linear output, before the softmax).
+    MoeRouterLogits = "moe.router_logits", Infix, F32, PerToken, Yes;
+    /// [seq, k]: the experts each token is routed to, compared as a set per token.
+    MoeTopIds = "moe.top_ids", Infix, I64, PerToken, Yes;
+    /// [seq, k]: their weights after renormalisation, in the order of `moe.{i}.top_ids`.
+    MoeTopWeights = "moe.top_weights", Infix, F32, PerToken, Yes;
+    /// [seq, H]: the shared expert's output times its sigmoid gate.
+    MoeShared = "moe.shared", Infix, F32, PerToken, Yes;
+    /// [seq, H]: the block's output (routed experts plus the gated shared expert).
+    MoeOut = "moe.out", Infix, F32, PerToken, Yes;
     /// [seq, H]: the output of decoder layer i.
     LmLayer = "lm.layer", Suffix, F32, PerToken, Yes;
     /// [seq, H]: after the final norm.
@@ -201,13 +215,15 @@ impl Stage {
         }
     }
 
-    /// The place in the pipeline: the cache stages share one, so that their taps sort by layer
-    /// first (`cache.0.conv`, `cache.0.recurrent`, `cache.3.key`, …), as the layers produce them.
+    /// The place in the pipeline. The cache stages share one, so that their taps sort by layer
+    /// first (`cache.0.conv`, `cache.0.recurrent`, `cache.3.key`, …), as the layers produce them;
+    /// the MoE stages share the decoder layers' one, so that a layer's MoE taps come right before
+    /// its output (`lm.layer.0`, `moe.1.router_logits`, …, `moe.1.out`, `lm.layer.1`).
     fn rank(self) -> Stage {
-        if self.info().indexed == Indexed::Infix {
-            Stage::all().find(|s| s.info().indexed == Indexed::Infix).expect("cache stages exist")
-        } else {
-            self
+        match Family::of_stem(self.stem()) {
+            Family::Cache => Stage::CacheConv,
+            Family::Moe => Stage::LmLayer,
+            _ => self,
         }
     }
 }
@@ -447,11 +463,18 @@ mod tests {
     }
 
     #[test]
-    fn integer_taps_are_the_input_ids_grid_positions_top_ids_and_tokens() {
+    fn integer_taps_are_the_ids_grids_positions_expert_choices_and_tokens() {
         let ints: Vec<&str> = Stage::all().filter(|s| s.info().dtype == ArrayDtype::I64).map(Stage::stem).collect();
         assert_eq!(
             ints,
-            ["input.input_ids", "input.image_grid_thw", "input.position_ids", "gen.top_ids", "gen.tokens"]
+            [
+                "input.input_ids",
+                "input.image_grid_thw",
+                "input.position_ids",
+                "moe.top_ids",
+                "gen.top_ids",
+                "gen.tokens"
+            ]
         );
     }
 
@@ -534,6 +557,20 @@ mod tests {
             ],
             "the taps drawn on an image's grid"
         );
+    }
+
+    #[test]
+    fn a_layers_moe_taps_sort_between_the_layer_before_and_its_own_output() {
+        let names = ["lm.layer.1", "moe.1.out", "lm.layer.0", "moe.1.router_logits", "moe.0.top_ids", "lm.norm"];
+        let mut taps: Vec<Tap> = names.map(parse).to_vec();
+        taps.sort();
+        let sorted: Vec<String> = taps.iter().map(Tap::to_string).collect();
+        assert_eq!(
+            sorted,
+            ["moe.0.top_ids", "lm.layer.0", "moe.1.router_logits", "moe.1.out", "lm.layer.1", "lm.norm"]
+        );
+        let ids = parse("moe.3.top_ids");
+        assert_eq!((ids.family(), ids.index(), ids.dtype()), (Family::Moe, Some(3), ArrayDtype::I64));
     }
 
     #[test]

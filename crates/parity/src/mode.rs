@@ -62,7 +62,7 @@ impl Mode {
     /// `Generate` the tokens.
     pub fn taps(self, recorded: &[Tap], whole: &[Tap]) -> Vec<Tap> {
         let has = |stage: Stage| whole.iter().any(|t| t.stage() == stage);
-        let text_side = |t: &Tap| t.family() == Family::Lm || t.stage() == Stage::PositionIds;
+        let text_side = |t: &Tap| matches!(t.family(), Family::Lm | Family::Moe) || t.stage() == Stage::PositionIds;
         let has_images = recorded.iter().any(|t| t.stage() == Stage::PixelValues);
         let pixels = has(Stage::PixelValues);
         recorded

@@ -24,7 +24,8 @@ use std::path::{Path, PathBuf};
 pub use files::{RecordedFile, DUMPS_DIR};
 pub use resolve::Weights;
 pub use schema::{
-    At, CalibrationSpec, Case, Dump, Image, ImageLoader, Manifest, ModelEntry, Reference, RowPick, TapPattern, ToleranceSpec,
+    At, CalibrationSpec, Case, Dump, Image, ImageLoader, Manifest, ModelEntry, Reference, RowPick, TapPattern,
+    ToleranceSpec,
 };
 
 /// A manifest that cannot be used, with the file and the entry at fault.
