@@ -1,18 +1,47 @@
-//! The HuggingFace `config.json` of a `qwen3_5` checkpoint, deserialised as is.
+//! The HuggingFace `config.json` of a `qwen3_5` or `qwen3_5_moe` checkpoint, deserialised as is.
 //!
 //! Field names are the checkpoint's; serde defaults equal transformers' defaults
-//! (`transformers/models/qwen3_5/configuration_qwen3_5.py`), so a config that omits a field
-//! means here what it means there. Each struct takes its omitted fields from its `Default`,
-//! which lists transformers' values one per line.
+//! (`transformers/models/qwen3_5/configuration_qwen3_5.py`, and
+//! `models/qwen3_5_moe/configuration_qwen3_5_moe.py` for the MoE family), so a config that
+//! omits a field means here what it means there. Each struct takes its omitted fields from its
+//! `Default`, which lists transformers' values one per line; the MoE family's text defaults
+//! are the dense ones with the few that differ replaced ([`moe_text_defaults`]).
 
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-/// Mirrors `Qwen3_5Config`. Omitted sub-configs are their defaults, as in transformers.
+/// The model family, from the top-level `model_type`: which decoder-layer MLP the checkpoint has
+/// and which defaults its text config takes. Any other `model_type` is refused when the config is
+/// parsed, with serde's message naming the known ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum ModelFamily {
+    /// `"qwen3_5"`: `Qwen3_5ForConditionalGeneration`, a dense MLP (`Qwen3_5MLP`) in every decoder
+    /// layer (Qwen3.6-27B). Also a config without `model_type`.
+    #[default]
+    #[serde(rename = "qwen3_5")]
+    Dense,
+    /// `"qwen3_5_moe"`: `Qwen3_5MoeForConditionalGeneration`, a sparse MoE block
+    /// (`Qwen3_5MoeSparseMoeBlock`) in every decoder layer (Qwen3.6-35B-A3B).
+    #[serde(rename = "qwen3_5_moe")]
+    Moe,
+}
+
+impl ModelFamily {
+    /// The `model_type` of `config.json` that names the family.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            ModelFamily::Dense => "qwen3_5",
+            ModelFamily::Moe => "qwen3_5_moe",
+        }
+    }
+}
+
+/// Mirrors `Qwen3_5Config` and `Qwen3_5MoeConfig`. Omitted sub-configs are their defaults, as in
+/// transformers; the text config's defaults are the family's (`model_type`).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
+#[serde(try_from = "RawConfig")]
 pub struct Config {
     pub text_config: TextConfig,
     pub vision_config: VisionConfig,
@@ -24,7 +53,8 @@ pub struct Config {
     /// `self.config.tie_word_embeddings` of `Qwen3_5ForConditionalGeneration` (the text
     /// config's copy of the field is not consulted there, so it is not read here either).
     pub tie_word_embeddings: bool,
-    pub model_type: Option<String>,
+    /// `model_type`: `"qwen3_5"` (or absent) or `"qwen3_5_moe"`.
+    pub family: ModelFamily,
 }
 
 impl Default for Config {
@@ -37,8 +67,55 @@ impl Default for Config {
             vision_start_token_id: 248053,
             vision_end_token_id: 248054,
             tie_word_embeddings: false,
-            model_type: None,
+            family: ModelFamily::Dense,
         }
+    }
+}
+
+/// `config.json` as written, before the text config takes its family's defaults.
+#[derive(Deserialize)]
+#[serde(default)]
+struct RawConfig {
+    model_type: ModelFamily,
+    text_config: serde_json::Map<String, serde_json::Value>,
+    vision_config: VisionConfig,
+    image_token_id: u32,
+    video_token_id: u32,
+    vision_start_token_id: u32,
+    vision_end_token_id: u32,
+    tie_word_embeddings: bool,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        let c = Config::default();
+        RawConfig {
+            model_type: c.family,
+            text_config: serde_json::Map::new(),
+            vision_config: c.vision_config,
+            image_token_id: c.image_token_id,
+            video_token_id: c.video_token_id,
+            vision_start_token_id: c.vision_start_token_id,
+            vision_end_token_id: c.vision_end_token_id,
+            tie_word_embeddings: c.tie_word_embeddings,
+        }
+    }
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = serde_json::Error;
+
+    fn try_from(raw: RawConfig) -> Result<Self, Self::Error> {
+        Ok(Config {
+            text_config: TextConfig::of_family(raw.model_type, raw.text_config)?,
+            vision_config: raw.vision_config,
+            image_token_id: raw.image_token_id,
+            video_token_id: raw.video_token_id,
+            vision_start_token_id: raw.vision_start_token_id,
+            vision_end_token_id: raw.vision_end_token_id,
+            tie_word_embeddings: raw.tie_word_embeddings,
+            family: raw.model_type,
+        })
     }
 }
 
@@ -48,12 +125,10 @@ impl Config {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         let config: Config = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        if let Some(t) = &config.model_type {
-            if t != "qwen3_5" {
-                bail!("{}: model_type is \"{t}\", this implementation is for \"qwen3_5\"", path.display());
-            }
-        }
         config.vision_config.validate().with_context(|| format!("{}: vision_config", path.display()))?;
+        if let Some(moe) = &config.text_config.moe {
+            moe.validate().with_context(|| format!("{}: text_config", path.display()))?;
+        }
         Ok(config)
     }
 }
@@ -189,7 +264,10 @@ pub enum LayerType {
     FullAttention,
 }
 
-/// Mirrors `Qwen3_5TextConfig`.
+/// Mirrors `Qwen3_5TextConfig` and `Qwen3_5MoeTextConfig`. Deserialised alone it is the dense
+/// family's (`moe` is `None`); [`Config`] builds it for the family its `model_type` names
+/// ([`TextConfig::of_family`]). `Qwen3_5MoeTextConfig` has no `intermediate_size`: in an MoE
+/// config it keeps its dense default and nothing reads it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct TextConfig {
@@ -213,6 +291,10 @@ pub struct TextConfig {
     pub attention_bias: bool,
     /// The end-of-sequence token(s) `generate` stops at.
     pub eos_token_id: Option<EosTokenId>,
+    /// The sparse MoE block's fields, for the MoE family (`None` for the dense one): read from
+    /// the same object by [`TextConfig::of_family`].
+    #[serde(skip)]
+    pub moe: Option<MoeConfig>,
     /// Fixed in transformers' code, never read from `config.json`.
     #[serde(skip)]
     pub constants: TextConstants,
@@ -239,8 +321,73 @@ impl Default for TextConfig {
             rope_parameters: TextRopeParameters::default(),
             attention_bias: false,
             eos_token_id: None,
+            moe: None,
             constants: TextConstants::default(),
         }
+    }
+}
+
+/// `Qwen3_5MoeTextConfig`'s defaults where they differ from `Qwen3_5TextConfig`'s (every other
+/// field of the two has the same default; `Qwen3_5MoeConfig()` is Qwen3.5-35B-A3B's text model).
+pub fn moe_text_defaults() -> serde_json::Map<String, serde_json::Value> {
+    let mut defaults = serde_json::Map::new();
+    defaults.insert("hidden_size".into(), 2048.into());
+    defaults.insert("num_hidden_layers".into(), 40.into());
+    defaults.insert("num_key_value_heads".into(), 2.into());
+    defaults
+}
+
+/// The sparse MoE block's fields of `Qwen3_5MoeTextConfig` (`Qwen3_5MoeSparseMoeBlock`,
+/// `Qwen3_5MoeTopKRouter`, `Qwen3_5MoeExperts`). transformers removes `norm_topk_prob`,
+/// `decoder_sparse_step` and `mlp_only_layers` from this config: every layer's block is sparse
+/// and the top-k weights are always renormalised.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct MoeConfig {
+    /// Routed experts per layer.
+    pub num_experts: usize,
+    /// Experts each token is routed to (k).
+    pub num_experts_per_tok: usize,
+    /// The intermediate size of each routed expert.
+    pub moe_intermediate_size: usize,
+    /// The intermediate size of the shared expert.
+    pub shared_expert_intermediate_size: usize,
+    /// The load-balancing loss' weight: training only, read and ignored.
+    pub router_aux_loss_coef: f64,
+    /// Whether the forward pass returns the router logits: training only, read and ignored.
+    pub output_router_logits: bool,
+}
+
+impl Default for MoeConfig {
+    fn default() -> Self {
+        MoeConfig {
+            num_experts: 256,
+            num_experts_per_tok: 8,
+            moe_intermediate_size: 512,
+            shared_expert_intermediate_size: 512,
+            router_aux_loss_coef: 0.001,
+            output_router_logits: false,
+        }
+    }
+}
+
+impl MoeConfig {
+    fn validate(&self) -> Result<()> {
+        if self.num_experts_per_tok == 0 || self.num_experts_per_tok > self.num_experts {
+            bail!(
+                "num_experts_per_tok {} must be between 1 and num_experts {}",
+                self.num_experts_per_tok,
+                self.num_experts
+            );
+        }
+        if self.moe_intermediate_size == 0 || self.shared_expert_intermediate_size == 0 {
+            bail!(
+                "moe_intermediate_size {} and shared_expert_intermediate_size {} must be positive",
+                self.moe_intermediate_size,
+                self.shared_expert_intermediate_size
+            );
+        }
+        Ok(())
     }
 }
 
@@ -315,6 +462,34 @@ impl Default for TextRopeParameters {
 }
 
 impl TextConfig {
+    /// The text config of a `family` from its `config.json` object: omitted fields take that
+    /// family's transformers defaults, and the MoE family's also reads [`MoeConfig`].
+    pub fn of_family(
+        family: ModelFamily,
+        fields: serde_json::Map<String, serde_json::Value>,
+    ) -> serde_json::Result<TextConfig> {
+        match family {
+            ModelFamily::Dense => serde_json::from_value(serde_json::Value::Object(fields)),
+            ModelFamily::Moe => {
+                let moe: MoeConfig = serde_json::from_value(serde_json::Value::Object(fields.clone()))?;
+                let mut merged = moe_text_defaults();
+                merged.extend(fields);
+                let mut text: TextConfig = serde_json::from_value(serde_json::Value::Object(merged))?;
+                text.moe = Some(moe);
+                Ok(text)
+            }
+        }
+    }
+
+    /// The family this text config was built for.
+    pub fn family(&self) -> ModelFamily {
+        if self.moe.is_some() {
+            ModelFamily::Moe
+        } else {
+            ModelFamily::Dense
+        }
+    }
+
     /// `layer_types`, or the pattern transformers derives from `full_attention_interval`:
     /// every interval-th layer is full attention, the others linear attention.
     pub fn layer_types(&self) -> Vec<LayerType> {
@@ -457,6 +632,83 @@ mod tests {
             .map(|(i, _)| i)
             .collect();
         assert_eq!(full, [3, 7]);
+    }
+
+    /// A `qwen3_5_moe` config takes `Qwen3_5MoeConfig`'s defaults (Qwen3.5-35B-A3B's text
+    /// model) for what it omits, the MoE fields included; a `qwen3_5` one, or one without
+    /// `model_type`, is dense and has none.
+    #[test]
+    fn an_moe_config_takes_the_moe_defaults_and_a_dense_one_has_no_moe_fields() {
+        let cfg: Config = serde_json::from_str(r#"{"model_type": "qwen3_5_moe"}"#).unwrap();
+        let t = &cfg.text_config;
+        assert_eq!((cfg.family, t.family()), (ModelFamily::Moe, ModelFamily::Moe));
+        assert_eq!((t.hidden_size, t.num_hidden_layers, t.num_key_value_heads), (2048, 40, 2));
+        assert_eq!((t.vocab_size, t.num_attention_heads, t.head_dim, t.rms_norm_eps), (248320, 16, 256, 1e-6));
+        assert_eq!((t.linear_num_key_heads, t.linear_num_value_heads, t.linear_key_head_dim), (16, 32, 128));
+        let full = t.layer_types().iter().filter(|l| **l == LayerType::FullAttention).count();
+        assert_eq!((t.layer_types().len(), full), (40, 10));
+        let moe = t.moe.as_ref().expect("MoE fields");
+        assert_eq!(
+            (moe.num_experts, moe.num_experts_per_tok, moe.moe_intermediate_size, moe.shared_expert_intermediate_size),
+            (256, 8, 512, 512)
+        );
+        assert_eq!((moe.router_aux_loss_coef, moe.output_router_logits), (0.001, false));
+        assert_eq!((cfg.image_token_id, cfg.vision_config.out_hidden_size), (248056, 3584));
+
+        let json = r#"{"model_type": "qwen3_5_moe", "text_config": {"model_type": "qwen3_5_moe_text",
+                       "hidden_size": 64, "num_experts": 8, "num_experts_per_tok": 2, "norm_topk_prob": true}}"#;
+        let cfg: Config = serde_json::from_str(json).unwrap();
+        let moe = cfg.text_config.moe.as_ref().unwrap();
+        assert_eq!((cfg.text_config.hidden_size, moe.num_experts, moe.num_experts_per_tok), (64, 8, 2));
+        assert_eq!((cfg.text_config.num_hidden_layers, moe.moe_intermediate_size), (40, 512), "defaults kept");
+
+        for json in [r#"{"model_type": "qwen3_5"}"#, r#"{"text_config": {"num_experts": 8}}"#] {
+            let cfg: Config = serde_json::from_str(json).unwrap();
+            assert_eq!((cfg.family, cfg.text_config.moe.is_none()), (ModelFamily::Dense, true), "{json}");
+            assert_eq!((cfg.text_config.hidden_size, cfg.text_config.num_key_value_heads), (4096, 4), "{json}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_model_type_is_refused_naming_the_known_ones() {
+        let err = serde_json::from_str::<Config>(r#"{"model_type": "qwen3_next"}"#).unwrap_err().to_string();
+        assert!(
+            err.contains("unknown variant `qwen3_next`") && err.contains("`qwen3_5`") && err.contains("`qwen3_5_moe`"),
+            "serde's message names the bad model_type and the known ones: {err}"
+        );
+    }
+
+    #[test]
+    fn moe_configs_the_block_cannot_run_are_rejected() {
+        let broken = [
+            (r#"{"num_experts": 4, "num_experts_per_tok": 5}"#, "between 1 and num_experts 4"),
+            (r#"{"num_experts_per_tok": 0}"#, "between 1 and num_experts 256"),
+            (r#"{"moe_intermediate_size": 0}"#, "must be positive"),
+        ];
+        for (json, expected) in broken {
+            let moe: MoeConfig = serde_json::from_str(json).unwrap();
+            let err = moe.validate().expect_err(expected).to_string();
+            assert!(err.contains(expected), "expected {expected:?} in {err}");
+        }
+        MoeConfig::default().validate().unwrap();
+    }
+
+    /// script/qwen3.6-35b-a3b.config.json, Qwen3.6-35B-A3B's configuration as published.
+    #[test]
+    fn the_qwen36_35b_a3b_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../script/qwen3.6-35b-a3b.config.json");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let cfg: Config = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        cfg.vision_config.validate().unwrap();
+        let t = &cfg.text_config;
+        let moe = t.moe.as_ref().expect("an MoE config");
+        moe.validate().unwrap();
+        let full = t.layer_types().iter().filter(|l| **l == LayerType::FullAttention).count();
+        assert_eq!((cfg.family, t.hidden_size, t.layer_types().len(), full), (ModelFamily::Moe, 2048, 40, 10));
+        assert_eq!((t.num_attention_heads, t.num_key_value_heads, t.head_dim, t.rotary_dim()), (16, 2, 256, 64));
+        assert_eq!((moe.num_experts, moe.num_experts_per_tok, moe.moe_intermediate_size), (256, 8, 512));
+        assert_eq!((t.linear_conv_dim(), cfg.vision_config.out_hidden_size), (8192, 2048));
+        assert_eq!(t.eos_token_id.as_ref().map(EosTokenId::ids), Some(vec![248044]));
     }
 
     #[test]
