@@ -66,6 +66,28 @@ pre-tokenizer, normalizer and special tokens; the chat template is a Qwen3.6-sty
 reasoning of earlier turns dropped).
 Everything is derived from a fixed seed, and the safetensors file is written with sorted
 keys, so running the generator twice writes the same bytes.
+
+`--kind moe` writes the MoE iteration model instead, a tiny `Qwen3_5MoeForConditionalGeneration`
+(model_type `qwen3_5_moe`) with Qwen3.6-35B-A3B's per-head geometry (see
+script/qwen3.6-35b-a3b.config.json: head_dim 256 with 2 KV heads, linear-attention heads of 128
+with 2 value heads per key head, the same rotary and layer pattern) and reduced counts, so that it
+stays near 4 MB in bf16 (`MOE_*` below). The vision tower, tokenizer, chat template and
+preprocessor are the dense model's; the text hidden size is 64 (the vision tower and the
+embedding table are most of the bytes, so the text side is cut), with 4 query heads (2 per KV
+head) and 1 linear key head. Every decoder layer has a sparse MoE block: 8 routed experts of 32,
+4 per token, and a shared expert of 32. It is drawn with the same rules and seed as the dense
+model (experts' matrices N(0, 1/fan_in) like every projection; `expose_constants` is not applied,
+the dense model covers the constants). The routed experts are written per expert
+(`mlp.experts.{e}.gate_proj.weight`, `up_proj`, `down_proj`), as transformers 5.23's
+`save_pretrained` writes them; `--experts-layout fused` writes the same values as the module's
+own `mlp.experts.gate_up_proj` [E, 2I, H] (gate rows first) and `down_proj` [E, H, I], the layout of
+the published 35B-A3B files.
+
+Near ties in the routing (`make_near_ties`): in layer l, router row 2l + 1 is a copy of row 2l
+with one entry moved by one bf16 ulp, so those two experts' logits differ by about 1e-3 relative
+or less for every token (in bf16 they are often equal): wherever the pair sits at the k-th and
+(k+1)-th place the choice between them is within bf16 noise, and an exact tie in bf16 is decided
+by `torch.topk`'s tie order.
 """
 
 from __future__ import annotations
@@ -346,6 +368,153 @@ def expose_constants(tensors: dict[str, torch.Tensor], tcfg: dict) -> None:
         tensors["model.visual." + name] *= VISION_INPUT_SCALE
 
 
+MOE_HIDDEN = 64
+MOE_EXPERTS = 8
+MOE_TOP_K = 4
+MOE_INTERMEDIATE = 32
+MOE_SHARED_INTERMEDIATE = 32
+
+
+def moe_text_config() -> dict:
+    """Qwen3.6-35B-A3B's text config (script/qwen3.6-35b-a3b.config.json) with reduced counts."""
+    return {
+        "model_type": "qwen3_5_moe_text",
+        "attention_bias": False,
+        "attn_output_gate": True,
+        "eos_token_id": None,  # filled from the tokenizer
+        "full_attention_interval": 4,
+        "head_dim": 256,
+        "hidden_act": "silu",
+        "hidden_size": MOE_HIDDEN,
+        "linear_conv_kernel_dim": 4,
+        "linear_key_head_dim": 128,
+        "linear_num_key_heads": 1,
+        "linear_num_value_heads": 2,
+        "linear_value_head_dim": 128,
+        "mamba_ssm_dtype": "float32",
+        "max_position_embeddings": 4096,
+        "moe_intermediate_size": MOE_INTERMEDIATE,
+        "num_attention_heads": 4,
+        "num_experts": MOE_EXPERTS,
+        "num_experts_per_tok": MOE_TOP_K,
+        "num_hidden_layers": 4,
+        "num_key_value_heads": 2,
+        "output_router_logits": False,
+        "rms_norm_eps": 1e-06,
+        "rope_parameters": {
+            "mrope_interleaved": True,
+            "mrope_section": [11, 11, 10],
+            "partial_rotary_factor": 0.25,
+            "rope_theta": 10000000,
+            "rope_type": "default",
+        },
+        "router_aux_loss_coef": 0.001,
+        "shared_expert_intermediate_size": MOE_SHARED_INTERMEDIATE,
+        "tie_word_embeddings": False,
+        "vocab_size": VOCAB_SIZE,
+    }
+
+
+def per_expert_shapes(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """The module's fused expert parameters (`mlp.experts.gate_up_proj` [E, 2I, H], `down_proj`
+    [E, H, I]) as the per-expert tensors `save_pretrained` writes; every other name as it is."""
+    out = {}
+    for name, shape in shapes.items():
+        if name.endswith("mlp.experts.gate_up_proj"):
+            experts, two_i, hidden = shape
+            prefix = name[: -len("gate_up_proj")]
+            for e in range(experts):
+                out[f"{prefix}{e}.gate_proj.weight"] = (two_i // 2, hidden)
+                out[f"{prefix}{e}.up_proj.weight"] = (two_i // 2, hidden)
+        elif name.endswith("mlp.experts.down_proj"):
+            experts, hidden, inter = shape
+            prefix = name[: -len("down_proj")]
+            for e in range(experts):
+                out[f"{prefix}{e}.down_proj.weight"] = (hidden, inter)
+        else:
+            out[name] = shape
+    return out
+
+
+def fused_experts(tensors: dict[str, torch.Tensor], tcfg: dict) -> dict[str, torch.Tensor]:
+    """The per-expert tensors stacked into the fused layout: gate_up_proj [E, 2I, H] with each
+    expert's gate rows first (transformers' `MergeModulelist` then `Concatenate(dim=1)`), and
+    down_proj [E, H, I]."""
+    experts = tcfg["num_experts"]
+    out = {}
+    for name, t in tensors.items():
+        if ".mlp.experts." not in name:
+            out[name] = t
+            continue
+        prefix = name[: name.index(".mlp.experts.") + len(".mlp.experts.")]
+        if name == f"{prefix}0.gate_proj.weight":
+            gate_up = [torch.cat([tensors[f"{prefix}{e}.gate_proj.weight"], tensors[f"{prefix}{e}.up_proj.weight"]]) for e in range(experts)]
+            out[f"{prefix}gate_up_proj"] = torch.stack(gate_up).contiguous()
+            out[f"{prefix}down_proj"] = torch.stack([tensors[f"{prefix}{e}.down_proj.weight"] for e in range(experts)]).contiguous()
+    return out
+
+
+def make_near_ties(tensors: dict[str, torch.Tensor], tcfg: dict) -> None:
+    """Router row 2l + 1 of layer l becomes row 2l with entry l moved up by one bf16 ulp (the
+    module docstring says why), in place."""
+    experts = tcfg["num_experts"]
+    for layer in range(tcfg["num_hidden_layers"]):
+        gate = tensors[f"model.language_model.layers.{layer}.mlp.gate.weight"]
+        a = (2 * layer) % experts
+        gate[a + 1] = gate[a]
+        bits = gate[a + 1].view(torch.int16)
+        bits[layer] += 1  # one ulp further from zero (bf16 bit patterns are sign-magnitude)
+
+
+def write_moe_model(out: Path, experts_layout: str) -> None:
+    from transformers import Qwen3_5MoeConfig, Qwen3_5MoeForConditionalGeneration
+
+    tok = build_tokenizer()
+    ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
+    assert max(ids.values()) < VOCAB_SIZE, f"special token ids {ids} exceed vocab {VOCAB_SIZE}"
+
+    tcfg = moe_text_config()
+    tcfg["eos_token_id"] = ids["<|im_end|>"]
+    vcfg = vision_config()
+    vcfg["out_hidden_size"] = tcfg["hidden_size"]
+    config = {
+        "architectures": ["Qwen3_5MoeForConditionalGeneration"],
+        "model_type": "qwen3_5_moe",
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+        "tie_word_embeddings": False,
+        "text_config": tcfg,
+        "vision_config": vcfg,
+    }
+
+    hf_config = Qwen3_5MoeConfig(**{k: v for k, v in config.items() if k not in ("architectures", "model_type")})
+    with torch.device("meta"):
+        skeleton = Qwen3_5MoeForConditionalGeneration(hf_config)
+    shapes = per_expert_shapes({name: tuple(p.shape) for name, p in skeleton.state_dict().items()})
+
+    gen = torch.Generator().manual_seed(SEED)
+    tensors = {}
+    for name in sorted(shapes):
+        tensors[name] = init_tensor(name, shapes[name], gen).to(torch.bfloat16).contiguous()
+    make_near_ties(tensors, tcfg)
+    if experts_layout == "fused":
+        tensors = fused_experts(tensors, tcfg)
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(), indent=2) + "\n")
+    (out / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    tok.save(str(out / "tokenizer.json"))
+    write_tokenizer_config(out, model_max_length=4096)
+
+    n_params = sum(t.numel() for t in tensors.values())
+    size = (out / "model.safetensors").stat().st_size
+    print(f"wrote {out}: {n_params} parameters, model.safetensors {size} bytes ({experts_layout} experts)", file=sys.stderr)
+
+
 def write_tokenizer_config(out: Path, model_max_length: int) -> None:
     """tokenizer_config.json for the byte-level BPE with Qwen's special tokens."""
     tokenizer_config = {
@@ -432,9 +601,26 @@ def write_atomically(out: Path, write: Callable[[Path], None]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path, help="folder to (re)write the checkpoint into")
+    parser.add_argument(
+        "--kind",
+        choices=["dense", "moe"],
+        default="dense",
+        help="the dense iteration model (Qwen3.6-27B's geometry, the default) or the MoE one (Qwen3.6-35B-A3B's)",
+    )
+    parser.add_argument(
+        "--experts-layout",
+        choices=["per-expert", "fused"],
+        default="per-expert",
+        help="with --kind moe: the routed experts per expert (as save_pretrained writes them, the default) or fused",
+    )
     args = parser.parse_args()
     torch.manual_seed(SEED)
-    write_atomically(args.out, write_model)
+    if args.kind == "moe":
+        write_atomically(args.out, lambda out: write_moe_model(out, args.experts_layout))
+    else:
+        if args.experts_layout != "per-expert":
+            parser.error("--experts-layout applies to --kind moe only")
+        write_atomically(args.out, write_model)
 
 
 if __name__ == "__main__":

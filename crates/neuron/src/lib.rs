@@ -13,6 +13,7 @@ pub mod model;
 pub mod precision;
 pub mod preprocess;
 pub mod rope;
+pub mod session;
 pub mod stack;
 pub mod taps;
 pub mod text;

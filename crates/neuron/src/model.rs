@@ -7,7 +7,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 use candle_core::{Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 
@@ -135,6 +135,45 @@ impl EmbeddedPrompt {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// One request of a batch: its token ids and the patch grids of its images (whose pixels the
+/// batch passes together, request after request, as the processor concatenates them).
+pub struct Request<'a> {
+    pub input_ids: &'a [u32],
+    pub grids: &'a [Grid],
+}
+
+/// A left-padded batch ready for the text model: what `Qwen3_5Model.forward` computes before
+/// `language_model` runs on a processor batch with `padding_side="left"`.
+pub struct EmbeddedBatch {
+    /// The token embeddings with the image rows spliced in, each row left-padded with the
+    /// padding token's embedding: [batch, seq, hidden].
+    pub embeds: Tensor,
+    /// Each row's multimodal positions (t, h, w) [3][seq]; padding at 0, as `get_rope_index`
+    /// leaves the masked positions.
+    pub positions: Vec<[Vec<i64>; 3]>,
+    /// How many padding tokens each row starts with.
+    pub padding: Vec<usize>,
+    /// Each row's rope delta, from its own tokens (see [`rope_delta`]).
+    pub rope_deltas: Vec<i64>,
+}
+
+impl EmbeddedBatch {
+    /// The number of rows.
+    pub fn rows(&self) -> usize {
+        self.padding.len()
+    }
+}
+
+/// The result of [`Model::generate_greedy_batch`].
+#[derive(Debug, Clone)]
+pub struct BatchGeneration {
+    /// Per row, the token of each step (the padding token after a row's end-of-sequence token,
+    /// as `generate` fills a finished row).
+    pub tokens: Vec<Vec<u32>>,
+    /// The logits of each step, one [batch, vocab] per step.
+    pub logits: Vec<Tensor>,
 }
 
 /// The result of [`Model::generate_greedy`].
@@ -292,6 +331,139 @@ impl Model {
     /// An empty cache for this model.
     pub fn new_cache(&self) -> Cache {
         self.text.new_cache()
+    }
+
+    /// A batch of requests, left-padded to the longest with `pad_token` as a processor batch with
+    /// `padding_side="left"` is, with the pixel values and vision positions of all their images
+    /// (request after request) → the [`EmbeddedBatch`]: the vision tower runs once over every
+    /// image, each row gets its own images' rows spliced in, its positions (padding at 0) and its
+    /// rope delta. Records `vision.*` (over all images), `input.position_ids` [batch, 3, seq] and
+    /// `lm.image_embeds` (every row's image tokens, row after row).
+    pub fn embed_batch(
+        &self,
+        requests: &[Request],
+        pixel_values: Option<(&Tensor, &VisionPositions)>,
+        pad_token: u32,
+        taps: &mut Taps,
+    ) -> Result<EmbeddedBatch> {
+        ensure!(!requests.is_empty(), "a batch needs at least one request");
+        ensure!(requests.iter().all(|r| !r.input_ids.is_empty()), "a request of the batch has no tokens");
+        let image_embeds = match pixel_values {
+            Some((pixels, positions)) => Some(self.vision.forward(pixels, positions, taps)?),
+            None => None,
+        };
+        let seq = requests.iter().map(|r| r.input_ids.len()).max().unwrap_or(0);
+        let merge = self.config.vision_config.spatial_merge_size;
+        let pad = self.text.embed(&[pad_token])?;
+        let (mut rows, mut positions, mut padding, mut rope_deltas, mut spliced) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut first_image_row = 0;
+        for request in requests {
+            let ids = request.input_ids;
+            let row_positions = self.positions(ids, request.grids)?;
+            let tokens: usize = request.grids.iter().map(|g| g.patches() / (merge * merge)).sum();
+            let mut embeds = self.text.embed(ids)?;
+            if tokens > 0 {
+                let Some(all) = &image_embeds else { bail!("a request has image grids but the batch has no pixels") };
+                let own = all.narrow(0, first_image_row, tokens)?.to_dtype(embeds.dtype())?;
+                embeds = splice_image_embeds(&embeds, ids, self.config.image_token_id, &own)?;
+                spliced.push(own);
+                first_image_row += tokens;
+            }
+            let p = seq - ids.len();
+            rope_deltas.push(rope_delta(&row_positions));
+            positions.push(row_positions.map(|row| std::iter::repeat_n(0, p).chain(row).collect::<Vec<i64>>()));
+            rows.push(Tensor::cat(&[pad.repeat((p, 1))?, embeds], 0)?);
+            padding.push(p);
+        }
+        if let Some(all) = &image_embeds {
+            ensure!(
+                first_image_row == all.dim(0)?,
+                "the batch's requests take {first_image_row} image tokens, its pixels give {} rows",
+                all.dim(0)?
+            );
+        }
+        if taps.enabled() {
+            let flat: Vec<i64> = positions.iter().flat_map(|p| p.iter().flatten().copied()).collect();
+            taps.record(Stage::PositionIds.tap(), &Tensor::from_vec(flat, (requests.len(), 3, seq), &Device::Cpu)?);
+            if !spliced.is_empty() {
+                taps.record(Stage::LmImageEmbeds.tap(), &Tensor::cat(&spliced, 0)?);
+            }
+        }
+        Ok(EmbeddedBatch { embeds: Tensor::stack(&rows, 0)?, positions, padding, rope_deltas })
+    }
+
+    /// Prefills a batch into empty caches, one per row → the logits at each row's last position
+    /// [batch, vocab]. Records the text model's taps and the caches after the prefill, each with a
+    /// leading batch axis.
+    pub fn prefill_batch(&self, batch: &EmbeddedBatch, caches: &mut [Cache], taps: &mut Taps) -> Result<Tensor> {
+        ensure!(caches.len() == batch.rows(), "{} rows and {} caches", batch.rows(), caches.len());
+        ensure!(caches.iter().all(Cache::is_empty), "a batch is prefilled into empty caches");
+        for ((cache, &padding), &delta) in caches.iter_mut().zip(&batch.padding).zip(&batch.rope_deltas) {
+            cache.set_padding(padding);
+            cache.set_rope_delta(delta);
+        }
+        let logits = self.text.forward_batch(&batch.embeds, &batch.positions, &batch.padding, caches, taps)?;
+        Cache::record_batch(caches, taps)?;
+        Ok(logits)
+    }
+
+    /// One decode step of a batch: `tokens[row]` appended after what `caches[row]` holds, at its
+    /// own next position → the next logits [batch, vocab]. The projections of every layer run on
+    /// all rows at once: the weights are read once per step.
+    pub fn decode_step_batch(&self, tokens: &[u32], caches: &mut [Cache]) -> Result<Tensor> {
+        ensure!(tokens.len() == caches.len(), "{} tokens for {} caches", tokens.len(), caches.len());
+        let embeds = self.text.embed(tokens)?.unsqueeze(1)?;
+        let positions: Vec<[Vec<i64>; 3]> = caches.iter().map(|c| c.next_positions(1)).collect();
+        let padding = vec![0; tokens.len()];
+        self.text.forward_batch(&embeds, &positions, &padding, caches, &mut Taps::disabled())
+    }
+
+    /// Greedy generation for a batch (`generate(do_sample=False)` on a left-padded batch): prefill,
+    /// then each row's most likely token step after step; a row that has produced a token of
+    /// `eos` is fed `pad_token` from then on, as `generate` fills finished rows; generation stops
+    /// when every row has finished or after `max_new_tokens` steps. Records the prefill's taps,
+    /// `gen.logits` [batch, steps, vocab] and `gen.tokens` [batch, steps].
+    pub fn generate_greedy_batch(
+        &self,
+        batch: &EmbeddedBatch,
+        max_new_tokens: usize,
+        eos: &[u32],
+        pad_token: u32,
+        taps: &mut Taps,
+    ) -> Result<BatchGeneration> {
+        let rows = batch.rows();
+        let mut generation = BatchGeneration { tokens: vec![Vec::new(); rows], logits: Vec::new() };
+        if max_new_tokens == 0 {
+            return Ok(generation);
+        }
+        let mut caches: Vec<Cache> = (0..rows).map(|_| self.new_cache()).collect();
+        let mut logits = self.prefill_batch(batch, &mut caches, taps)?;
+        let mut unfinished = vec![true; rows];
+        loop {
+            let values: Vec<Vec<f32>> = logits.to_vec2()?;
+            let step = generation.logits.len();
+            let mut next = Vec::with_capacity(rows);
+            for (row, values) in values.iter().enumerate() {
+                let Some(token) = argmax(values) else { bail!("the logits of row {row} at step {step} are all NaN") };
+                let token = if unfinished[row] { token } else { pad_token };
+                unfinished[row] &= !eos.contains(&token);
+                generation.tokens[row].push(token);
+                next.push(token);
+            }
+            generation.logits.push(logits);
+            if step + 1 == max_new_tokens || unfinished.iter().all(|u| !u) {
+                break;
+            }
+            logits = self.decode_step_batch(&next, &mut caches)?;
+        }
+        if taps.enabled() {
+            taps.record(Stage::GenLogits.tap(), &Tensor::stack(&generation.logits, 1)?);
+            let tokens: Vec<i64> = generation.tokens.iter().flatten().map(|&t| i64::from(t)).collect();
+            let steps = generation.logits.len();
+            taps.record(Stage::GenTokens.tap(), &Tensor::from_vec(tokens, (rows, steps), &Device::Cpu)?);
+        }
+        Ok(generation)
     }
 
     /// Prefills an empty `cache` with a whole prompt (input_ids [seq], optional pixel values as

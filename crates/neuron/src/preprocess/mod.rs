@@ -5,6 +5,7 @@ pub mod image_file;
 pub mod image_processor;
 pub mod prompt;
 pub mod resize;
+pub mod video;
 
 use std::path::Path;
 
@@ -14,6 +15,7 @@ use serde::Deserialize;
 
 use crate::vision::positions::Grid;
 use prompt::PromptProcessor;
+pub use prompt::{Content, Conversation, GenerationPrompt, Item, Message, Role};
 
 /// The image processor's settings, mirroring `Qwen2VLImageProcessor`'s attributes and their
 /// defaults. Read from `preprocessor_config.json` (published repositories) or from the
@@ -155,9 +157,27 @@ impl Processor {
     /// [`Processor::process`] with the computed resize targets and image token counts passed
     /// through `hooks` (tests perturb them there; production code passes none).
     pub fn process_with(&self, images: &[&Path], prompt: &str, hooks: &Hooks) -> Result<Processed> {
+        self.process_conversation_with(&Conversation::single(images, prompt), GenerationPrompt::Open, hooks)
+    }
+
+    /// A whole conversation, as `processor.apply_chat_template(messages, add_generation_prompt=…,
+    /// tokenize=True, **template_args)` processes it: the images in the order the messages hold
+    /// them, the chat template over every message.
+    pub fn process_conversation(&self, conversation: &Conversation, prompt: GenerationPrompt) -> Result<Processed> {
+        self.process_conversation_with(conversation, prompt, &Hooks::default())
+    }
+
+    /// [`Processor::process_conversation`] with `hooks`.
+    pub fn process_conversation_with(
+        &self,
+        conversation: &Conversation,
+        prompt: GenerationPrompt,
+        hooks: &Hooks,
+    ) -> Result<Processed> {
+        let images = conversation.images();
         let mut values = Vec::new();
         let mut grids = Vec::new();
-        for path in images {
+        for path in &images {
             let rgb = image_file::load_rgb_with(path, self.loader)?;
             let mut size =
                 image_processor::target_size(&rgb, &self.image).with_context(|| format!("{}", path.display()))?;
@@ -169,7 +189,7 @@ impl Processor {
             values.extend(patches.values);
             grids.push(patches.grid);
         }
-        let rendered = self.prompt.render(images.len(), prompt)?;
+        let rendered = self.prompt.render_conversation(conversation, prompt)?;
         let mut counts = self.prompt.image_token_counts(&grids);
         if let Some(hook) = hooks.image_token_counts {
             counts = hook(counts);

@@ -1,8 +1,9 @@
-//! Prompt → input_ids, mirroring what `Qwen3VLProcessor` does with the harness's messages:
-//! render the checkpoint's chat template, expand each `<|image_pad|>` to the image's
-//! t·h·w / merge² tokens, tokenize with the checkpoint's `tokenizer.json`.
+//! A conversation → input_ids, mirroring `processor.apply_chat_template(messages, ...)` and
+//! `Qwen3VLProcessor.__call__`: render the checkpoint's chat template over the messages, expand
+//! each `<|image_pad|>` to the image's t·h·w / merge² tokens, tokenize with the checkpoint's
+//! `tokenizer.json`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
@@ -13,11 +14,106 @@ use crate::vision::positions::Grid;
 /// The placeholder the chat template emits for each image.
 pub const IMAGE_PAD: &str = "<|image_pad|>";
 
+/// Who speaks a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+impl Role {
+    /// The name the chat template sees (`message.role`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+/// One item of a message's content list, as `apply_chat_template` receives it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item {
+    /// `{"type": "text", "text": …}`.
+    Text(String),
+    /// `{"type": "image"}`: the image file, read in the order the items appear.
+    Image(PathBuf),
+}
+
+/// A message's content: a plain string, or a list of items (the template sees which).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Content {
+    Text(String),
+    Items(Vec<Item>),
+}
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub role: Role,
+    pub content: Content,
+}
+
+impl Message {
+    /// A message whose content is a list of items.
+    pub fn items(role: Role, items: Vec<Item>) -> Message {
+        Message { role, content: Content::Items(items) }
+    }
+
+    /// The image files of the message, in order.
+    pub fn images(&self) -> impl Iterator<Item = &Path> {
+        let items = match &self.content {
+            Content::Items(items) => items.as_slice(),
+            Content::Text(_) => &[],
+        };
+        items.iter().filter_map(|item| match item {
+            Item::Image(path) => Some(path.as_path()),
+            Item::Text(_) => None,
+        })
+    }
+}
+
+/// A conversation and the chat template's keyword arguments (`chat_template_kwargs`, such as
+/// `enable_thinking`), as `apply_chat_template(messages, **kwargs)` receives them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Conversation {
+    pub messages: Vec<Message>,
+    pub template_args: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Conversation {
+    /// One user message: the images, then the prompt text (what a single-request case sends).
+    pub fn single(images: &[&Path], prompt: &str) -> Conversation {
+        let mut items: Vec<Item> = images.iter().map(|p| Item::Image(p.to_path_buf())).collect();
+        items.push(Item::Text(prompt.to_owned()));
+        Conversation { messages: vec![Message::items(Role::User, items)], template_args: Default::default() }
+    }
+
+    /// Every image file, in the order the template meets them.
+    pub fn images(&self) -> Vec<&Path> {
+        self.messages.iter().flat_map(Message::images).collect()
+    }
+}
+
+/// Whether the rendering ends with the generation prompt (`add_generation_prompt`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GenerationPrompt {
+    /// The assistant turn is opened: a request to answer.
+    Open,
+    /// The conversation as it stands (a prefix to cache, or a finished history).
+    Closed,
+}
+
 /// The checkpoint's chat template and tokenizer.
 pub struct PromptProcessor {
     template: String,
     tokenizer: Tokenizer,
     merge: usize,
+    /// The special tokens of `tokenizer_config.json` by name (`eos_token`, `pad_token`, …), which
+    /// transformers hands the template as variables.
+    special_tokens: Vec<(String, String)>,
 }
 
 impl PromptProcessor {
@@ -33,12 +129,21 @@ impl PromptProcessor {
         );
         let tokenizer = Tokenizer::from_file(&tokenizer_path)
             .map_err(|e| anyhow::anyhow!("{}: cannot load the tokenizer: {e}", tokenizer_path.display()))?;
-        Ok(PromptProcessor { template: chat_template(dir)?, tokenizer, merge })
+        Ok(PromptProcessor { template: chat_template(dir)?, tokenizer, merge, special_tokens: special_tokens(dir)? })
     }
 
     /// Renders the chat template for one user message holding `n_images` images followed by
-    /// the prompt text, with the generation prompt — the messages `script/capture.py` builds.
+    /// the prompt text, with the generation prompt — the messages `script/capture.py` builds for
+    /// a single request.
     pub fn render(&self, n_images: usize, prompt: &str) -> Result<String> {
+        let images = vec![Path::new(""); n_images];
+        self.render_conversation(&Conversation::single(&images, prompt), GenerationPrompt::Open)
+    }
+
+    /// Renders the chat template over a conversation as `apply_chat_template(messages,
+    /// add_generation_prompt=…, **template_args)` does (the template also sees the tokenizer's
+    /// special tokens, as transformers passes them; a template argument of the same name wins).
+    pub fn render_conversation(&self, conversation: &Conversation, prompt: GenerationPrompt) -> Result<String> {
         let mut env = Environment::new();
         // transformers compiles chat templates with trim_blocks and lstrip_blocks.
         env.set_syntax(minijinja::syntax::SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build()?);
@@ -49,14 +154,33 @@ impl PromptProcessor {
         // `.lstrip`), which transformers' Jinja2 sandbox allows.
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_template("chat", &self.template).context("compiling the chat template")?;
-        let mut content: Vec<minijinja::Value> = (0..n_images).map(|_| context! { type => "image" }).collect();
-        content.push(context! { type => "text", text => prompt });
-        let messages = vec![context! { role => "user", content => content }];
-        let rendered = env
-            .get_template("chat")?
-            .render(context! { messages => messages, add_generation_prompt => true })
-            .context("rendering the chat template")?;
+        let messages: Vec<minijinja::Value> = conversation.messages.iter().map(message_value).collect();
+        let mut vars: std::collections::BTreeMap<String, minijinja::Value> =
+            self.special_tokens.iter().map(|(k, v)| (k.clone(), minijinja::Value::from(v.as_str()))).collect();
+        for (key, value) in &conversation.template_args {
+            vars.insert(key.clone(), minijinja::Value::from(minijinja::value::Serde(value)));
+        }
+        vars.insert("messages".into(), minijinja::Value::from(messages));
+        vars.insert("add_generation_prompt".into(), minijinja::Value::from(prompt == GenerationPrompt::Open));
+        let rendered = env.get_template("chat")?.render(vars).context("rendering the chat template")?;
         Ok(rendered)
+    }
+
+    /// The token ids of a rendered text without any image expansion (a text that holds no image
+    /// placeholder, or whose placeholders are already expanded).
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self.tokenizer.encode(text, true).map_err(|e| anyhow::anyhow!("tokenizing the prompt: {e}"))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The id of a token of the vocabulary (`<|endoftext|>`), if it has one.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.tokenizer.token_to_id(token)
+    }
+
+    /// The tokenizer's padding token (`pad_token` of `tokenizer_config.json`), if it names one.
+    pub fn pad_token_id(&self) -> Option<u32> {
+        self.special_tokens.iter().find(|(k, _)| k == "pad_token").and_then(|(_, t)| self.token_id(t))
     }
 
     /// How many `<|image_pad|>` tokens each image takes: t·h·w / merge².
@@ -80,9 +204,7 @@ impl PromptProcessor {
             expanded.push_str(&IMAGE_PAD.repeat(tokens));
             expanded.push_str(rest);
         }
-        let encoding =
-            self.tokenizer.encode(expanded, true).map_err(|e| anyhow::anyhow!("tokenizing the prompt: {e}"))?;
-        Ok(encoding.get_ids().to_vec())
+        self.tokenize(&expanded)
     }
 
     /// Token ids → text, as `processor.decode(ids, skip_special_tokens=True)` (the chat
@@ -90,6 +212,45 @@ impl PromptProcessor {
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.tokenizer.decode(ids, true).map_err(|e| anyhow::anyhow!("decoding token ids {ids:?}: {e}"))
     }
+}
+
+/// A message as the template sees it: `{role, content}`, the content a string or a list of
+/// `{type: "text", text}` / `{type: "image"}` items.
+fn message_value(message: &Message) -> minijinja::Value {
+    let content = match &message.content {
+        Content::Text(text) => minijinja::Value::from(text.as_str()),
+        Content::Items(items) => minijinja::Value::from(
+            items
+                .iter()
+                .map(|item| match item {
+                    Item::Text(text) => context! { type => "text", text => text },
+                    Item::Image(_) => context! { type => "image" },
+                })
+                .collect::<Vec<_>>(),
+        ),
+    };
+    context! { role => message.role.name(), content => content }
+}
+
+/// `tokenizer.special_tokens_map`: the named special tokens of `tokenizer_config.json` that are
+/// set (`SPECIAL_TOKENS_ATTRIBUTES`: bos, eos, unk, sep, pad, cls, mask); none when the file is absent.
+fn special_tokens(dir: &Path) -> Result<Vec<(String, String)>> {
+    let path = dir.join("tokenizer_config.json");
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let named = ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"];
+    Ok(named
+        .iter()
+        .filter_map(|&name| {
+            let token = json.get(name)?;
+            // A token is a string, or an AddedToken object with its `content`.
+            let text = token.as_str().or_else(|| token.get("content")?.as_str())?;
+            Some((name.to_owned(), text.to_owned()))
+        })
+        .collect())
 }
 
 fn chat_template(dir: &Path) -> Result<String> {

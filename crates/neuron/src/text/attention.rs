@@ -131,62 +131,96 @@ impl Attention {
         })
     }
 
-    /// x [seq, hidden], cos/sin [seq, rotary dim] of its positions, and the keys and values of
-    /// the `past` tokens before x (`None` when there are none) → the output [seq, hidden] and
-    /// the keys (after q/k norm and rotary) and values of all past + seq tokens ([`KvState`]).
+    /// x [batch, seq, hidden], cos/sin [batch, seq, rotary dim] of each row's positions, and per
+    /// row the keys and values of its tokens before x (`None` when there are none) and how many
+    /// of its first tokens are left padding → the output [batch, seq, hidden]; each row's state
+    /// is replaced by the keys (after q/k norm and rotary) and values of all its past + seq
+    /// tokens ([`KvState`]).
     ///
     /// As `Qwen3_5Attention.forward` with `past_key_values.update`: the new keys and values are
     /// appended to the cached ones, and the query of token i (absolute index past + i) attends
-    /// to keys 0 ..= past + i (`create_causal_mask` with the cache length as offset).
+    /// to keys 0 ..= past + i (`create_causal_mask` with the cache length as offset) that are not
+    /// padding (the `attention_mask` of a left-padded batch). The projections run on every row
+    /// at once, so a decode step reads each weight once for the whole batch.
     pub fn forward(
         &self,
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        previous: Option<&KvState>,
-    ) -> Result<(Tensor, KvState)> {
-        let seq = x.dim(0)?;
+        states: &mut [&mut Option<KvState>],
+        padding: &[usize],
+    ) -> Result<Tensor> {
+        let (batch, seq, _) = x.dims3()?;
+        ensure!(
+            states.len() == batch && padding.len() == batch,
+            "{batch} rows with {} cache states and {} padding counts",
+            states.len(),
+            padding.len()
+        );
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let q_and_gate = self.q_proj.forward(x)?.reshape((seq, nh, 2 * hd))?;
+        let q_and_gate = self.q_proj.forward(x)?.reshape((batch, seq, nh, 2 * hd))?;
         let query = q_and_gate.narrow(D::Minus1, 0, hd)?;
-        let gate = q_and_gate.narrow(D::Minus1, hd, hd)?.reshape((seq, nh * hd))?;
+        let gate = q_and_gate.narrow(D::Minus1, hd, hd)?.reshape((batch, seq, nh * hd))?;
+        let query = self.q_norm.forward(&query)?;
+        let key = self.k_norm.forward(&self.k_proj.forward(x)?.reshape((batch, seq, nkv, hd))?)?;
+        let value = self.v_proj.forward(x)?.reshape((batch, seq, nkv, hd))?;
+        let mut rows = Vec::with_capacity(batch);
+        for (row, state) in states.iter_mut().enumerate() {
+            let q = query.get(row)?.transpose(0, 1)?.contiguous()?; // [nh, seq, hd]
+            let k = key.get(row)?.transpose(0, 1)?;
+            let v = value.get(row)?.transpose(0, 1)?.contiguous()?;
+            let (cos, sin) = (cos.get(row)?, sin.get(row)?);
+            let q = apply_rotary(&q, &cos, &sin)?;
+            let k = apply_rotary(&k.contiguous()?, &cos, &sin)?;
+            let cached = match state.take() {
+                Some(past) => {
+                    KvState { key: Tensor::cat(&[&past.key, &k], 1)?, value: Tensor::cat(&[&past.value, &v], 1)? }
+                }
+                None => KvState { key: k, value: v },
+            };
+            rows.push(self.attend(&q, &cached, padding[row])?);
+            **state = Some(cached);
+        }
+        let out = Tensor::stack(&rows, 0)?; // [batch, seq, nh·hd]
+        let out = (out * crate::precision::sigmoid(&gate)?)?;
+        Ok(self.o_proj.forward(&out)?)
+    }
 
-        let q = self.q_norm.forward(&query)?.transpose(0, 1)?.contiguous()?; // [nh, seq, hd]
-        let k = self.k_norm.forward(&self.k_proj.forward(x)?.reshape((seq, nkv, hd))?)?.transpose(0, 1)?;
-        let v = self.v_proj.forward(x)?.reshape((seq, nkv, hd))?.transpose(0, 1)?;
-        let q = apply_rotary(&q, cos, sin)?;
-        let k = apply_rotary(&k.contiguous()?, cos, sin)?;
-        let v = v.contiguous()?;
-        let cached = match previous {
-            Some(past) => {
-                KvState { key: Tensor::cat(&[&past.key, &k], 1)?, value: Tensor::cat(&[&past.value, &v], 1)? }
-            }
-            None => KvState { key: k, value: v },
-        };
+    /// One row's attention: q [heads, seq, head_dim] of the row's last `seq` tokens over all its
+    /// cached keys and values, the first `padding` of which are masked → [seq, heads·head_dim].
+    fn attend(&self, q: &Tensor, cached: &KvState, padding: usize) -> Result<Tensor> {
+        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let seq = q.dim(1)?;
         let total = cached.key.dim(1)?;
-
         // repeat_kv: KV head j serves query heads j·groups .. (j+1)·groups.
         let groups = nh / nkv;
         let repeat = |t: &Tensor| -> Result<Tensor> {
             Ok(t.unsqueeze(1)?.expand((nkv, groups, total, hd))?.reshape((nh, total, hd))?)
         };
         let (k, v) = (repeat(&cached.key)?, repeat(&cached.value)?);
-
-        let scores = crate::precision::scale(&crate::linear::matmul(&q, &k.t()?)?, self.scale)?;
-        let mask = causal_mask(seq, total - seq, x.device())?;
+        let scores = crate::precision::scale(&crate::linear::matmul(q, &k.t()?)?, self.scale)?;
+        let mask = attention_mask(seq, total - seq, padding, q.device())?;
         let probs = in_f32(&scores, |s| Ok(candle_nn::ops::softmax_last_dim(&s.broadcast_add(&mask)?)?))?;
-        let out = crate::linear::matmul(&probs, &v)?.transpose(0, 1)?.reshape((seq, nh * hd))?;
-        let out = (out * crate::precision::sigmoid(&gate)?)?;
-        Ok((self.o_proj.forward(&out)?, cached))
+        Ok(crate::linear::matmul(&probs, &v)?.transpose(0, 1)?.reshape((seq, nh * hd))?)
     }
 }
 
 /// [seq, past + seq]: query i (absolute index past + i) sees keys 0 ..= past + i (0), not the
-/// later ones (−inf).
-fn causal_mask(seq: usize, past: usize, device: &Device) -> Result<Tensor> {
+/// later ones (−inf), and not the first `padding` keys, which are left padding. A padding key
+/// takes `f32::MIN`, as the reference's mask takes `finfo.min`: a query that is itself padding
+/// sees only padding, and its softmax stays finite (uniform over those keys) instead of NaN,
+/// which the Gated DeltaNet's zeroing would not remove (NaN · 0 is NaN).
+fn attention_mask(seq: usize, past: usize, padding: usize, device: &Device) -> Result<Tensor> {
     let total = past + seq;
-    let mask: Vec<f32> =
-        (0..seq).flat_map(|i| (0..total).map(move |j| if j <= past + i { 0.0 } else { f32::NEG_INFINITY })).collect();
+    let mask: Vec<f32> = (0..seq)
+        .flat_map(|i| {
+            (0..total).map(move |j| match j {
+                j if j > past + i => f32::NEG_INFINITY,
+                j if j < padding => f32::MIN,
+                _ => 0.0,
+            })
+        })
+        .collect();
     Ok(Tensor::from_vec(mask, (seq, total), device)?)
 }
 
@@ -238,6 +272,21 @@ mod tests {
         (cfg, attention, x)
     }
 
+    /// One sequence x [seq, hidden] through the batched forward as a batch of one.
+    fn one_row(
+        attention: &Attention,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        past: Option<KvState>,
+        padding: usize,
+    ) -> (Tensor, KvState) {
+        let mut state = past;
+        let b = |t: &Tensor| t.unsqueeze(0).unwrap();
+        let out = attention.forward(&b(x), &b(cos), &b(sin), &mut [&mut state], &[padding]).unwrap();
+        (out.squeeze(0).unwrap(), state.unwrap())
+    }
+
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
     }
@@ -251,7 +300,7 @@ mod tests {
         let rotary = TextRotary::new(&cfg).unwrap();
         let positions = [vec![5, 6, 9], vec![5, 7, 9], vec![5, 8, 12]];
         let (cos, sin) = rotary.cos_sin(&positions, &Device::Cpu).unwrap();
-        let (_, cached) = attention.forward(&x, &cos, &sin, None).unwrap();
+        let (_, cached) = one_row(&attention, &x, &cos, &sin, None, 0);
 
         let heads_first = |t: Tensor| t.reshape((3, 2, 8)).unwrap().transpose(0, 1).unwrap().contiguous().unwrap();
         let normed = attention.k_norm.forward(&heads_first(attention.k_proj.forward(&x).unwrap())).unwrap();
@@ -272,13 +321,13 @@ mod tests {
         let rotary = TextRotary::new(&cfg).unwrap();
         let positions = [vec![0, 1, 2, 2, 5, 6], vec![0, 1, 2, 3, 5, 6], vec![0, 1, 3, 2, 5, 6]];
         let (cos, sin) = rotary.cos_sin(&positions, &Device::Cpu).unwrap();
-        let (whole, whole_cache) = attention.forward(&x, &cos, &sin, None).unwrap();
+        let (whole, whole_cache) = one_row(&attention, &x, &cos, &sin, None, 0);
 
         let mut cache: Option<KvState> = None;
         let mut outputs = Vec::new();
         for (start, len) in [(0, 3), (3, 2), (5, 1)] {
             let cut = |t: &Tensor| t.narrow(0, start, len).unwrap();
-            let (out, next) = attention.forward(&cut(&x), &cut(&cos), &cut(&sin), cache.as_ref()).unwrap();
+            let (out, next) = one_row(&attention, &cut(&x), &cut(&cos), &cut(&sin), cache, 0);
             outputs.push(out);
             cache = Some(next);
         }
@@ -292,9 +341,47 @@ mod tests {
 
     #[test]
     fn the_causal_mask_after_a_cache_lets_query_i_see_keys_up_to_past_plus_i() {
-        let mask = causal_mask(2, 3, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        let mask = attention_mask(2, 3, 0, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
         let inf = f32::NEG_INFINITY;
         assert_eq!(mask, [vec![0.0, 0.0, 0.0, 0.0, inf], vec![0.0; 5]], "mask of 2 queries after 3 cached keys");
+    }
+
+    #[test]
+    fn padding_keys_are_masked_with_the_least_float_so_a_padding_query_stays_finite() {
+        let mask = attention_mask(4, 0, 2, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        let (inf, min) = (f32::NEG_INFINITY, f32::MIN);
+        assert_eq!(
+            mask,
+            [vec![min, inf, inf, inf], vec![min, min, inf, inf], vec![min, min, 0.0, inf], vec![min, min, 0.0, 0.0]],
+            "4 tokens, the first 2 padding"
+        );
+    }
+
+    /// A row left-padded by two tokens attends over its real tokens exactly as the row alone:
+    /// its padding keys get no weight, whatever their values.
+    #[test]
+    fn a_left_padded_row_attends_as_the_row_alone() {
+        let (cfg, attention, x) = tiny_attention();
+        let rotary = TextRotary::new(&cfg).unwrap();
+        let real = x.narrow(0, 2, 4).unwrap();
+        let positions = [vec![0, 1, 2, 3], vec![0, 1, 2, 3], vec![0, 1, 2, 3]];
+        let (cos, sin) = rotary.cos_sin(&positions, &Device::Cpu).unwrap();
+        let (alone, alone_cache) = one_row(&attention, &real, &cos, &sin, None, 0);
+        // The same row behind two padding tokens (any values; positions 0, as the reference gives them).
+        let padded_positions = [vec![0, 0, 0, 1, 2, 3], vec![0, 0, 0, 1, 2, 3], vec![0, 0, 0, 1, 2, 3]];
+        let (cos, sin) = rotary.cos_sin(&padded_positions, &Device::Cpu).unwrap();
+        let (padded, padded_cache) = one_row(&attention, &x, &cos, &sin, None, 2);
+        let got = padded.narrow(0, 2, 4).unwrap();
+        let diff = max_diff(&got, &alone);
+        assert!(diff <= 1e-6, "the real tokens behind padding vs alone: max |Δ| {diff:e}");
+        let pad_rows: Vec<f32> = padded.narrow(0, 0, 2).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        assert!(pad_rows.iter().all(|v| v.is_finite()), "the padding rows stay finite: {pad_rows:?}");
+        assert_eq!(padded_cache.key.dims(), [2, 6, 8], "the cache keeps the padding keys");
+        let (dk, dv) = (
+            max_diff(&padded_cache.key.narrow(1, 2, 4).unwrap(), &alone_cache.key),
+            max_diff(&padded_cache.value.narrow(1, 2, 4).unwrap(), &alone_cache.value),
+        );
+        assert_eq!((dk, dv), (0.0, 0.0), "the real keys and values, as alone");
     }
 
     #[test]

@@ -40,12 +40,18 @@ pub enum LayerState {
     Full(Option<KvState>),
 }
 
-/// The cache of one sequence: every layer's state, the number of tokens seen and the rope delta.
+/// The cache of one sequence: every layer's state, the number of tokens seen, the rope delta,
+/// and how many of the first tokens were padding (a row of a left-padded batch).
+///
+/// A clone is a snapshot: the states are tensors that a forward replaces and never writes in
+/// place, so the clone and the original go their own ways from then on (prefix caching restores
+/// a clone; `tests` checks the independence).
 #[derive(Debug, Clone)]
 pub struct Cache {
     layers: Vec<LayerState>,
     seen: usize,
     rope_delta: i64,
+    padding: usize,
 }
 
 impl Cache {
@@ -58,7 +64,7 @@ impl Cache {
                 LayerType::FullAttention => LayerState::Full(None),
             })
             .collect();
-        Cache { layers, seen: 0, rope_delta: 0 }
+        Cache { layers, seen: 0, rope_delta: 0, padding: 0 }
     }
 
     /// An empty cache for the text model of `cfg`.
@@ -66,9 +72,20 @@ impl Cache {
         Cache::new(&cfg.layer_types())
     }
 
-    /// The number of tokens seen (`get_seq_length`).
+    /// The number of tokens seen (`get_seq_length`), padding included.
     pub fn len(&self) -> usize {
         self.seen
+    }
+
+    /// How many of the first tokens were left padding, masked from attention and zeroed before
+    /// the Gated DeltaNet layers (0 for a sequence on its own).
+    pub fn padding(&self) -> usize {
+        self.padding
+    }
+
+    /// Sets the left padding of the row (the prefill of a left-padded batch does, before it runs).
+    pub fn set_padding(&mut self, padding: usize) {
+        self.padding = padding;
     }
 
     /// Whether no token was seen yet.
@@ -93,11 +110,13 @@ impl Cache {
     }
 
     /// The positions of the next `n` tokens after the prompt, the same on the three axes:
-    /// `cache length + i + rope delta` (`compute_3d_position_ids` once a cache exists, and
+    /// `tokens seen − padding + i + rope delta` (`compute_3d_position_ids` once a cache exists,
+    /// where `attention_mask.cumsum(-1) − 1` counts the real tokens, and
     /// `_prepare_position_ids_for_generation`). The first generated token is at the prompt's
     /// largest position + 1.
     pub fn next_positions(&self, n: usize) -> [Vec<i64>; 3] {
-        let row: Vec<i64> = (0..n).map(|i| (self.seen + i) as i64 + self.rope_delta).collect();
+        let real = self.seen - self.padding;
+        let row: Vec<i64> = (0..n).map(|i| (real + i) as i64 + self.rope_delta).collect();
         [row.clone(), row.clone(), row]
     }
 
@@ -135,6 +154,20 @@ impl Cache {
         }
     }
 
+    /// Records the states of the rows of a batch as taps with a leading batch axis
+    /// (`cache.{i}.*`: [batch, …]); the rows hold the same layers and lengths.
+    pub fn record_batch(caches: &[Cache], taps: &mut Taps) -> Result<()> {
+        if !taps.enabled() || caches.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<Vec<(Tap, Tensor)>> = caches.iter().map(Cache::states).collect();
+        for (i, (tap, _)) in rows[0].iter().enumerate() {
+            let states: Vec<&Tensor> = rows.iter().map(|r| &r[i].1).collect();
+            taps.record(*tap, &Tensor::stack(&states, 0)?);
+        }
+        Ok(())
+    }
+
     /// Layer `i`'s state for the layer to read and replace (and for tests to perturb).
     pub fn layer_mut(&mut self, i: usize) -> Result<&mut LayerState> {
         let n = self.layers.len();
@@ -162,6 +195,39 @@ mod tests {
         let p = cache.next_positions(2);
         assert_eq!(p, [vec![15, 16], vec![15, 16], vec![15, 16]], "positions of the tokens after 42 with delta −27");
         assert_eq!((cache.len(), cache.num_layers()), (42, 2));
+    }
+
+    #[test]
+    fn positions_after_a_padded_prompt_count_only_its_real_tokens() {
+        let mut cache = Cache::new(&[LayerType::FullAttention]);
+        cache.set_padding(5);
+        cache.advance(12);
+        cache.set_rope_delta(-2);
+        assert_eq!(cache.next_positions(1), [vec![5], vec![5], vec![5]], "7 real tokens, delta −2");
+        assert_eq!((cache.len(), cache.padding()), (12, 5));
+    }
+
+    #[test]
+    fn a_restored_snapshot_is_independent_of_the_cache_it_was_taken_from() {
+        let t = |v: f32| Tensor::new(&[v], &candle_core::Device::Cpu).unwrap();
+        let mut cache = Cache::new(&[LayerType::LinearAttention, LayerType::FullAttention]);
+        *cache.layer_mut(0).unwrap() = LayerState::Linear(Some(LinearState { conv: t(1.0), recurrent: t(2.0) }));
+        *cache.layer_mut(1).unwrap() = LayerState::Full(Some(KvState { key: t(3.0), value: t(4.0) }));
+        cache.advance(7);
+        cache.set_rope_delta(-3);
+        let snapshot = cache.clone();
+        // The original goes on: a layer replaces its states, the length and delta move.
+        *cache.layer_mut(0).unwrap() = LayerState::Linear(Some(LinearState { conv: t(10.0), recurrent: t(20.0) }));
+        if let Ok(LayerState::Full(Some(kv))) = cache.layer_mut(1) {
+            kv.key = t(30.0);
+        }
+        cache.advance(2);
+        cache.set_rope_delta(5);
+        let values =
+            |c: &Cache| -> Vec<f32> { c.states().iter().map(|(_, s)| s.to_vec1::<f32>().unwrap()[0]).collect() };
+        assert_eq!(values(&snapshot), [1.0, 2.0, 3.0, 4.0], "the snapshot kept its states");
+        assert_eq!((snapshot.len(), snapshot.rope_delta()), (7, -3), "and its length and rope delta");
+        assert_eq!(values(&cache), [10.0, 20.0, 30.0, 4.0], "the original moved on");
     }
 
     #[test]

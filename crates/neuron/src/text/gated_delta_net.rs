@@ -80,43 +80,78 @@ impl GatedDeltaNet {
         })
     }
 
-    /// x [seq, hidden] and the layer's state after the tokens before x (`None` when there are
-    /// none) → the output [seq, hidden] and the state after x ([`LinearState`]'s shapes).
+    /// x [batch, seq, hidden] and per row the layer's state after the row's tokens before x
+    /// (`None` when there are none) and how many of x's first tokens in the row are left
+    /// padding → the output [batch, seq, hidden]; each row's state is replaced by the state after
+    /// its x ([`LinearState`]'s shapes).
     ///
-    /// Follows `Qwen3_5GatedDeltaNet.forward` with a cache: the conv state is updated as by
-    /// `update_conv_state` / `causal_conv1d_update` (see [`causal_conv_with_state`]); more than
-    /// one token, or no state yet, runs `torch_chunk_gated_delta_rule` from the stored
-    /// recurrent state (zeros when none); exactly one token after a state runs
-    /// `torch_recurrent_gated_delta_rule` from it. Without a state this is the prefill of the
-    /// reference with or without a cache (the final states cost one conv slice and one small
-    /// matmul per chunk).
-    pub fn forward(&self, x: &Tensor, previous: Option<&LinearState>) -> Result<(Tensor, LinearState)> {
-        let seq = x.dim(0)?;
+    /// Follows `Qwen3_5GatedDeltaNet.forward` with a cache: padding tokens are zeroed first, as
+    /// `apply_mask_to_padding_states` does (so they add nothing to the conv window or the state);
+    /// the conv state is updated as by `update_conv_state` / `causal_conv1d_update` (see
+    /// [`causal_conv_with_state`]); more than one token, or no state yet, runs
+    /// `torch_chunk_gated_delta_rule` from the stored recurrent state (zeros when none); exactly
+    /// one token after a state runs `torch_recurrent_gated_delta_rule` from it. Without a state
+    /// this is the prefill of the reference with or without a cache. The projections run on every
+    /// row at once; the conv and the delta rule row by row.
+    pub fn forward(&self, x: &Tensor, states: &mut [&mut Option<LinearState>], padding: &[usize]) -> Result<Tensor> {
+        let (batch, seq, _) = x.dims3()?;
+        ensure!(
+            states.len() == batch && padding.len() == batch,
+            "{batch} rows with {} states and {} padding counts",
+            states.len(),
+            padding.len()
+        );
+        let x = &zero_padding(x, padding)?;
         let (nk, nv, dk, dv) = (self.num_k_heads, self.num_v_heads, self.head_k_dim, self.head_v_dim);
         let mixed_qkv = self.in_proj_qkv.forward(x)?;
-        let (mixed, conv) = causal_conv_with_state(&mixed_qkv, previous.map(|s| &s.conv), &self.conv_weight)?;
-        let mixed = crate::precision::silu(&mixed)?;
-        let query = mixed.narrow(1, 0, nk * dk)?.reshape((seq, nk, dk))?;
-        let key = mixed.narrow(1, nk * dk, nk * dk)?.reshape((seq, nk, dk))?;
-        let value = mixed.narrow(1, 2 * nk * dk, nv * dv)?.reshape((seq, nv, dv))?;
-        let z = self.in_proj_z.forward(x)?.reshape((seq, nv, dv))?;
+        let z = self.in_proj_z.forward(x)?.reshape((batch, seq, nv, dv))?;
         let beta = crate::precision::sigmoid(&self.in_proj_b.forward(x)?)?;
         let a = self.in_proj_a.forward(x)?.to_dtype(DType::F32)?.broadcast_add(&self.dt_bias)?;
         let g = softplus(&a, self.softplus_threshold)?.broadcast_mul(&self.neg_a)?;
-
         let constants = self.delta_rule;
-        let (core, recurrent) = match previous {
-            Some(state) if seq == 1 => {
-                recurrent_gated_delta_rule_with(&query, &key, &value, &g, &beta, Some(&state.recurrent), constants)?
-            }
-            _ => {
-                let state = previous.map(|s| &s.recurrent);
-                chunk_gated_delta_rule_with(&query, &key, &value, &g, &beta, CHUNK_SIZE, state, constants)?
-            }
-        };
-        let core = self.norm.forward(&core, &z)?.reshape((seq, nv * dv))?;
-        Ok((self.out_proj.forward(&core)?, LinearState { conv, recurrent }))
+        let mut cores = Vec::with_capacity(batch);
+        for (row, state) in states.iter_mut().enumerate() {
+            let previous = state.take();
+            let (mixed, conv) =
+                causal_conv_with_state(&mixed_qkv.get(row)?, previous.as_ref().map(|s| &s.conv), &self.conv_weight)?;
+            let mixed = crate::precision::silu(&mixed)?;
+            let query = mixed.narrow(1, 0, nk * dk)?.reshape((seq, nk, dk))?;
+            let key = mixed.narrow(1, nk * dk, nk * dk)?.reshape((seq, nk, dk))?;
+            let value = mixed.narrow(1, 2 * nk * dk, nv * dv)?.reshape((seq, nv, dv))?;
+            let (g, beta) = (g.get(row)?, beta.get(row)?);
+            let (core, recurrent) = match &previous {
+                Some(state) if seq == 1 => {
+                    recurrent_gated_delta_rule_with(&query, &key, &value, &g, &beta, Some(&state.recurrent), constants)?
+                }
+                _ => {
+                    let state = previous.as_ref().map(|s| &s.recurrent);
+                    chunk_gated_delta_rule_with(&query, &key, &value, &g, &beta, CHUNK_SIZE, state, constants)?
+                }
+            };
+            cores.push(core);
+            **state = Some(LinearState { conv, recurrent });
+        }
+        let core = self.norm.forward(&Tensor::stack(&cores, 0)?, &z)?.reshape((batch, seq, nv * dv))?;
+        Ok(self.out_proj.forward(&core)?)
     }
+}
+
+/// `apply_mask_to_padding_states`: x [batch, seq, hidden] with the first `padding[row]` tokens of
+/// each row set to zero (x itself when no row is padded).
+fn zero_padding(x: &Tensor, padding: &[usize]) -> Result<Tensor> {
+    if padding.iter().all(|&p| p == 0) {
+        return Ok(x.clone());
+    }
+    let (batch, seq, hidden) = x.dims3()?;
+    let rows = (0..batch)
+        .map(|row| {
+            let p = padding[row].min(seq);
+            let real = x.get(row)?.narrow(0, p, seq - p)?;
+            let zeros = Tensor::zeros((p, hidden), x.dtype(), x.device())?;
+            Ok(Tensor::cat(&[&zeros, &real], 0)?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::stack(&rows, 0)?)
 }
 
 /// The depthwise causal conv1d (no activation) over x [seq, channels] with the conv state
@@ -263,6 +298,15 @@ mod tests {
         let x = &x;
         let last: Vec<f32> = (0..channels).flat_map(|c| (seq - 4..seq).map(move |t| x[t * channels + c])).collect();
         assert_eq!(column(&state.to_dtype(candle_core::DType::F32).unwrap()), last, "the state: the last 4 inputs");
+    }
+
+    #[test]
+    fn padding_tokens_are_zeroed_and_the_real_ones_kept() {
+        let x =
+            Tensor::new(&[[[1f32, 2.], [3., 4.], [5., 6.]], [[7., 8.], [9., 10.], [11., 12.]]], &Device::Cpu).unwrap();
+        let zeroed = zero_padding(&x, &[2, 0]).unwrap();
+        assert_eq!(column(&zeroed), [0., 0., 0., 0., 5., 6., 7., 8., 9., 10., 11., 12.], "row 0 padded by 2");
+        assert_eq!(column(&zero_padding(&x, &[0, 0]).unwrap()), column(&x), "no padding: unchanged");
     }
 
     #[test]

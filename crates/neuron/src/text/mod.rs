@@ -15,9 +15,11 @@ pub mod attention;
 pub mod cache;
 pub mod delta_rule;
 pub mod gated_delta_net;
+pub mod moe;
 pub mod norm;
 mod torch_sum;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
@@ -33,6 +35,7 @@ use attention::{Attention, TextRotary};
 use cache::{Cache, LayerState};
 use contract::{ComputeDtype, Stage};
 use gated_delta_net::GatedDeltaNet;
+use moe::{Routing, SparseMoeBlock};
 use norm::RmsNorm;
 
 /// `Qwen3_5MLP`: down(SiLU(gate(x)) · up(x)).
@@ -63,12 +66,19 @@ enum Mixer {
     Full(Attention),
 }
 
-/// `Qwen3_5DecoderLayer`.
+/// The feed-forward half of a decoder layer: `Qwen3_5MLP` in the dense family,
+/// `Qwen3_5MoeSparseMoeBlock` in the MoE family (both named `mlp` in the checkpoint).
+enum FeedForward {
+    Dense(Mlp),
+    Sparse(SparseMoeBlock),
+}
+
+/// `Qwen3_5DecoderLayer` (and `Qwen3_5MoeDecoderLayer`).
 struct DecoderLayer {
     input_layernorm: RmsNorm,
     mixer: Mixer,
     post_attention_layernorm: RmsNorm,
-    mlp: Mlp,
+    mlp: FeedForward,
 }
 
 impl DecoderLayer {
@@ -85,30 +95,68 @@ impl DecoderLayer {
                 cfg.rms_norm_eps,
                 vb.pp("post_attention_layernorm"),
             )?,
-            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+            mlp: match cfg.moe {
+                Some(_) => FeedForward::Sparse(SparseMoeBlock::new(cfg, vb.pp("mlp"))?),
+                None => FeedForward::Dense(Mlp::new(cfg, vb.pp("mlp"))?),
+            },
         })
     }
 
-    /// x [seq, hidden], cos/sin [seq, rotary dim] → [seq, hidden]; the mixer reads and
-    /// replaces the layer's `state`.
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, state: &mut LayerState) -> Result<Tensor> {
+    /// x [batch, seq, hidden], cos/sin [batch, seq, rotary dim] → [batch, seq, hidden]; the mixer
+    /// reads and replaces the rows' states of layer `index` in `caches` (one cache per row), whose
+    /// first `padding[row]` tokens of x are left padding.
+    /// A sparse block records its taps (`moe.{index}.*`, [tokens, …]) for one sequence only, and
+    /// routes as `routing` says when given (routing teacher-forced).
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        caches: &mut [Cache],
+        index: usize,
+        padding: &[usize],
+        taps: &mut Taps,
+        routing: Option<&Routing>,
+    ) -> Result<Tensor> {
         let normed = self.input_layernorm.forward(x)?;
-        let mixed = match (&self.mixer, state) {
-            (Mixer::Linear(m), LayerState::Linear(state)) => {
-                let (mixed, next) = m.forward(&normed, state.as_ref())?;
-                *state = Some(next);
-                mixed
+        let mixed = match &self.mixer {
+            Mixer::Linear(m) => {
+                let mut states = caches
+                    .iter_mut()
+                    .map(|c| match c.layer_mut(index)? {
+                        LayerState::Linear(state) => Ok(state),
+                        LayerState::Full(_) => bail!("a Gated DeltaNet layer was given an attention cache"),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                m.forward(&normed, &mut states, padding)?
             }
-            (Mixer::Full(m), LayerState::Full(state)) => {
-                let (mixed, next) = m.forward(&normed, cos, sin, state.as_ref())?;
-                *state = Some(next);
-                mixed
+            Mixer::Full(m) => {
+                let key_padding: Vec<usize> = caches.iter().map(Cache::padding).collect();
+                let mut states = caches
+                    .iter_mut()
+                    .map(|c| match c.layer_mut(index)? {
+                        LayerState::Full(state) => Ok(state),
+                        LayerState::Linear(_) => bail!("an attention layer was given a Gated DeltaNet cache"),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                m.forward(&normed, cos, sin, &mut states, &key_padding)?
             }
-            (Mixer::Linear(_), LayerState::Full(_)) => bail!("a Gated DeltaNet layer was given an attention cache"),
-            (Mixer::Full(_), LayerState::Linear(_)) => bail!("an attention layer was given a Gated DeltaNet cache"),
         };
         let x = (x + mixed)?;
-        Ok((&x + self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?)?)
+        let normed = self.post_attention_layernorm.forward(&x)?;
+        let fed = match &self.mlp {
+            FeedForward::Dense(mlp) => mlp.forward(&normed)?,
+            FeedForward::Sparse(block) => {
+                let (batch, seq, hidden) = normed.dims3()?;
+                let mut none = Taps::disabled();
+                let taps = if batch == 1 { taps } else { &mut none };
+                block
+                    .forward(&normed.reshape((batch * seq, hidden))?, index, taps, routing)?
+                    .reshape((batch, seq, hidden))?
+            }
+        };
+        Ok((&x + fed)?)
     }
 }
 
@@ -245,7 +293,7 @@ impl TextModel {
         }
     }
 
-    /// `lm_head` on one position: x [1, hidden] → [1, vocab].
+    /// `lm_head` on the last position of each row: x [rows, hidden] → [rows, vocab].
     fn logits(&self, x: &Tensor) -> Result<Tensor> {
         match &self.lm_head {
             Head::Resident(linear) => Ok(linear.forward(x)?),
@@ -274,31 +322,104 @@ impl TextModel {
         cache: &mut Cache,
         taps: &mut Taps,
     ) -> Result<Tensor> {
-        let seq = embeds.dim(0)?;
-        if seq == 0 || positions.iter().any(|row| row.len() != seq) {
+        self.forward_routed(embeds, positions, cache, taps, &BTreeMap::new())
+    }
+
+    /// [`TextModel::forward_with_cache`] with the experts of the MoE layers chosen as `routing`
+    /// says (by layer; the router's own choice for a layer it does not name): the reference's
+    /// choices, so that the experts' arithmetic is checked apart from the router's decisions.
+    pub fn forward_routed(
+        &self,
+        embeds: &Tensor,
+        positions: &[Vec<i64>; 3],
+        cache: &mut Cache,
+        taps: &mut Taps,
+        routing: &BTreeMap<usize, Routing>,
+    ) -> Result<Tensor> {
+        let rows = Rows { positions: std::slice::from_ref(positions), padding: &[0], taps: TapAxes::Sequence, routing };
+        Ok(self.forward_rows(&embeds.unsqueeze(0)?, rows, std::slice::from_mut(cache), taps)?.squeeze(0)?)
+    }
+
+    /// A batch: embeds [batch, seq, hidden] of each row's tokens after those its cache holds,
+    /// left-padded to one length, with each row's positions (padding at 0, as the reference
+    /// leaves them) and padding count → the logits at each row's last position [batch, vocab].
+    /// Each row reads and extends its own cache (`caches[row]`). Records the taps with a leading
+    /// batch axis (`lm.layer.{i}` [batch, seq, hidden], `lm.logits_last` [batch, vocab]).
+    pub fn forward_batch(
+        &self,
+        embeds: &Tensor,
+        positions: &[[Vec<i64>; 3]],
+        padding: &[usize],
+        caches: &mut [Cache],
+        taps: &mut Taps,
+    ) -> Result<Tensor> {
+        let routing = &BTreeMap::new();
+        self.forward_rows(embeds, Rows { positions, padding, taps: TapAxes::Batch, routing }, caches, taps)
+    }
+
+    fn forward_rows(&self, embeds: &Tensor, rows: Rows, caches: &mut [Cache], taps: &mut Taps) -> Result<Tensor> {
+        let (batch, seq, _) = embeds.dims3()?;
+        if seq == 0 || rows.positions.len() != batch || rows.positions.iter().flatten().any(|row| row.len() != seq) {
             bail!(
-                "{seq} tokens with positions of {} columns: need one or more tokens, one column each",
-                positions[0].len()
+                "{batch} rows of {seq} tokens with positions of {:?} columns: need one or more tokens, one column each",
+                rows.positions.iter().map(|p| p[0].len()).collect::<Vec<_>>()
             );
         }
-        if cache.num_layers() != self.layer_types.len() {
-            bail!("the cache has {} layers, the model {}", cache.num_layers(), self.layer_types.len());
+        if caches.len() != batch || rows.padding.len() != batch {
+            bail!("{batch} rows with {} caches and {} padding counts", caches.len(), rows.padding.len());
         }
-        let (cos, sin) = self.rotary.cos_sin(positions, embeds.device())?;
-        let (cos, sin) = (cos.to_dtype(embeds.dtype())?, sin.to_dtype(embeds.dtype())?);
+        if let Some(c) = caches.iter().find(|c| c.num_layers() != self.layer_types.len()) {
+            bail!("the cache has {} layers, the model {}", c.num_layers(), self.layer_types.len());
+        }
+        let mut tables = (Vec::with_capacity(batch), Vec::with_capacity(batch));
+        for positions in rows.positions {
+            let (cos, sin) = self.rotary.cos_sin(positions, embeds.device())?;
+            tables.0.push(cos.to_dtype(embeds.dtype())?);
+            tables.1.push(sin.to_dtype(embeds.dtype())?);
+        }
+        let (cos, sin) = (Tensor::stack(&tables.0, 0)?, Tensor::stack(&tables.1, 0)?);
         let mut x = embeds.clone();
         self.layers.try_for_each(|i, layer| {
-            x = layer.forward(&x, &cos, &sin, cache.layer_mut(i)?)?;
-            taps.record(Stage::LmLayer.at(i), &x);
-            Ok(())
+            x = layer.forward(&x, &cos, &sin, caches, i, rows.padding, taps, rows.routing.get(&i))?;
+            rows.taps.record(taps, Stage::LmLayer.at(i), &x)
         })?;
-        cache.advance(seq);
+        for cache in caches.iter_mut() {
+            cache.advance(seq);
+        }
         let x = self.norm.forward(&x)?;
-        taps.record(Stage::LmNorm.tap(), &x);
-        let last = x.narrow(0, x.dim(0)? - 1, 1)?;
+        rows.taps.record(taps, Stage::LmNorm.tap(), &x)?;
+        let last = x.narrow(1, seq - 1, 1)?.squeeze(1)?;
         // bf16 logits widened to f32 (exactly), as `generate` widens them before choosing.
-        let logits = self.logits(&last)?.squeeze(0)?.to_dtype(DType::F32)?;
-        taps.record(Stage::LmLogitsLast.tap(), &logits);
+        let logits = self.logits(&last)?.to_dtype(DType::F32)?;
+        rows.taps.record(taps, Stage::LmLogitsLast.tap(), &logits)?;
         Ok(logits)
+    }
+}
+
+/// The rows of a forward: positions and padding per row, how their taps are recorded, and the
+/// expert choices given per MoE layer.
+struct Rows<'a> {
+    positions: &'a [[Vec<i64>; 3]],
+    padding: &'a [usize],
+    taps: TapAxes,
+    routing: &'a BTreeMap<usize, Routing>,
+}
+
+/// Whether taps keep the batch axis (a batch) or drop it (one sequence, the contract's shapes).
+#[derive(Clone, Copy)]
+enum TapAxes {
+    Sequence,
+    Batch,
+}
+
+impl TapAxes {
+    fn record(self, taps: &mut Taps, tap: contract::Tap, t: &Tensor) -> Result<()> {
+        if taps.enabled() {
+            match self {
+                TapAxes::Batch => taps.record(tap, t),
+                TapAxes::Sequence => taps.record(tap, &t.squeeze(0)?),
+            }
+        }
+        Ok(())
     }
 }
