@@ -33,6 +33,7 @@ The script never writes a checkpoint: a missing model is an error pointing at
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import resource
@@ -47,12 +48,34 @@ import transformers
 from PIL import Image
 from safetensors import safe_open
 from torch import nn
-from transformers import AutoConfig, AutoProcessor, Qwen3_5ForConditionalGeneration
+from transformers import (
+    AutoConfig,
+    AutoProcessor,
+    Qwen3_5ForConditionalGeneration,
+    Qwen3_5MoeForConditionalGeneration,
+)
 from transformers.image_utils import load_image
-from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5TextRotaryEmbedding, Qwen3_5VisionRotaryEmbedding
 from transformers.vision_utils import get_vision_interpolation_indices_and_weights
 
 LM_HEAD_ROWS = 16384  # vocabulary rows of the language-model head read at a time in --stream
+
+# The model class of each `model_type` the harness captures.
+MODEL_CLASSES = {
+    "qwen3_5": Qwen3_5ForConditionalGeneration,
+    "qwen3_5_moe": Qwen3_5MoeForConditionalGeneration,
+}
+# How an MoE model's experts run: `from_pretrained` picks "grouped_mm" unless told otherwise
+# (each token's k weighted expert outputs summed in f32, rounded once); "eager" adds expert by
+# expert into the output, rounding on every add in bf16. Pinned to the default users get, and
+# recorded in capture.json.
+EXPERTS_IMPLEMENTATION = "grouped_mm"
+
+
+def model_class(model_dir: Path):
+    model_type = json.loads((model_dir / "config.json").read_text()).get("model_type", "qwen3_5")
+    if model_type not in MODEL_CLASSES:
+        sys.exit(f"error: model_type {model_type!r} is not captured here (known: {', '.join(MODEL_CLASSES)})")
+    return MODEL_CLASSES[model_type]
 
 
 def build_messages(n_images: int, prompt: str) -> list[dict]:
@@ -63,6 +86,7 @@ def build_messages(n_images: int, prompt: str) -> list[dict]:
 
 PIPELINE = [
     "input.input_ids",
+    "input.attention_mask",
     "input.image_grid_thw",
     "input.position_ids",
     "input.pixel_values",
@@ -128,14 +152,23 @@ class Recorder:
         self.taps[name] = np.ascontiguousarray(array)
 
 
-def attach_hooks(model: Qwen3_5ForConditionalGeneration, rec: Recorder, image_token_id: int, input_ids: torch.Tensor):
+def attach_hooks(
+    model: Qwen3_5ForConditionalGeneration,
+    rec: Recorder,
+    image_token_id: int,
+    input_ids: torch.Tensor,
+    batched: bool = False,
+):
+    """Forward hooks recording every tap of the forward pass. The language model's taps drop
+    the batch axis of one sequence and keep it for a batch (`batched`); the vision taps have
+    none (the images of every row are concatenated)."""
     visual = model.model.visual
     lm = model.model.language_model
     handles = []
 
     def output_hook(name):
         def hook(_module, _args, output):
-            rec.put(name, output[0] if output.dim() == 3 else output)
+            rec.put(name, output[0] if output.dim() == 3 and not batched else output)
 
         return hook
 
@@ -175,6 +208,12 @@ def attach_hooks(model: Qwen3_5ForConditionalGeneration, rec: Recorder, image_to
             position_ids = torch.arange(seq).view(1, 1, -1).expand(3, 1, -1)
         if position_ids.shape[0] == 4:  # text positions ride along as row 0
             position_ids = position_ids[1:]
+        if batched:
+            rec.put("input.position_ids", position_ids.expand(3, embeds.shape[0], -1).permute(1, 0, 2))
+            mask = input_ids == image_token_id
+            if bool(mask.any()):
+                rec.put("lm.image_embeds", embeds[mask])
+            return
         rec.put("input.position_ids", position_ids[:, 0, :])
         mask = input_ids[0] == image_token_id
         if bool(mask.any()):
@@ -183,8 +222,41 @@ def attach_hooks(model: Qwen3_5ForConditionalGeneration, rec: Recorder, image_to
     handles.append(lm.register_forward_pre_hook(lm_inputs_hook, with_kwargs=True))
     for i, layer in enumerate(lm.layers):
         handles.append(layer.register_forward_hook(output_hook(f"lm.layer.{i}")))
+        if hasattr(layer.mlp, "gate") and hasattr(layer.mlp, "experts") and not batched:
+            handles.extend(moe_hooks(layer.mlp, rec, i))
     handles.append(lm.norm.register_forward_hook(output_hook("lm.norm")))
     return handles
+
+
+def moe_hooks(block, rec: Recorder, i: int) -> list:
+    """The taps of a sparse MoE block (`Qwen3_5MoeSparseMoeBlock`): the router's raw logits,
+    its top-k experts and their renormalised weights (the router module's own outputs: its
+    `F.linear` logits, not the softmax the model's `router_logits` output records), the shared
+    expert times its sigmoid gate (recomputed from the two modules' outputs with the block's own
+    ops, so the bits are the block's), and the block's output."""
+    seen = {}
+
+    def router(_module, _args, output):
+        logits, weights, ids = output
+        rec.put(f"moe.{i}.router_logits", logits)
+        rec.put(f"moe.{i}.top_ids", ids)
+        rec.put(f"moe.{i}.top_weights", weights)
+
+    def shared(_module, _args, output):
+        seen["shared"] = output
+
+    def shared_gate(_module, _args, output):
+        rec.put(f"moe.{i}.shared", torch.nn.functional.sigmoid(output) * seen.pop("shared"))
+
+    def out(_module, _args, output):
+        rec.put(f"moe.{i}.out", output[0] if output.dim() == 3 else output)
+
+    return [
+        block.gate.register_forward_hook(router),
+        block.shared_expert.register_forward_hook(shared),
+        block.shared_expert_gate.register_forward_hook(shared_gate),
+        block.register_forward_hook(out),
+    ]
 
 
 class Checkpoint:
@@ -288,7 +360,7 @@ def check_checkpoint(model: nn.Module, checkpoint: Checkpoint, model_dir: Path) 
         print(f"note: checkpoint tensors the forward pass does not use are ignored: {ignored}", file=sys.stderr)
 
 
-def streamed_model(model_dir: Path, dtype: torch.dtype) -> Qwen3_5ForConditionalGeneration:
+def streamed_model(model_dir: Path, dtype: torch.dtype):
     """`Qwen3_5ForConditionalGeneration.from_pretrained(dtype=dtype, eager)` with weights read per block.
 
     The skeleton is built on the meta device. The rotary embeddings' inverse frequencies are
@@ -298,15 +370,15 @@ def streamed_model(model_dir: Path, dtype: torch.dtype) -> Qwen3_5ForConditional
     hook; the hooks are attached here, before the taps' hooks, so they run first.
     """
     config = AutoConfig.from_pretrained(model_dir)
+    extra = {"experts_implementation": EXPERTS_IMPLEMENTATION} if config.model_type == "qwen3_5_moe" else {}
     with torch.device("meta"):
-        model = Qwen3_5ForConditionalGeneration._from_config(
-            config, dtype=dtype, attn_implementation="eager"
-        )
+        model = model_class(model_dir)._from_config(config, dtype=dtype, attn_implementation="eager", **extra)
     model.eval()
     visual = model.model.visual
     lm = model.model.language_model
-    visual.rotary_pos_emb = Qwen3_5VisionRotaryEmbedding(visual.config)
-    lm.rotary_emb = Qwen3_5TextRotaryEmbedding(config=lm.config)
+    # Built again on the CPU (the MoE family's classes are the same modules under other names).
+    visual.rotary_pos_emb = type(visual.rotary_pos_emb)(visual.config)
+    lm.rotary_emb = type(lm.rotary_emb)(config=lm.config)
 
     checkpoint = Checkpoint(model_dir, dtype)
     check_checkpoint(model, checkpoint, model_dir)
@@ -336,8 +408,28 @@ def streamed_model(model_dir: Path, dtype: torch.dtype) -> Qwen3_5ForConditional
     return model
 
 
+def record_cache(cache, layer_types: list[str], put, batched: bool) -> None:
+    """Every layer's cache state as a tap (`cache.{i}.*`), cloned: decode steps update the
+    states in place. One sequence drops the batch axis; a batch keeps it."""
+    row = (lambda t: t.clone()) if batched else (lambda t: t[0].clone())
+    for i, kind in enumerate(layer_types):
+        layer = cache.layers[i]
+        if kind == "linear_attention":
+            put(f"cache.{i}.conv", row(layer.conv_states[0]))
+            put(f"cache.{i}.recurrent", row(layer.recurrent_states[0]))
+        else:
+            put(f"cache.{i}.key", row(layer.keys))
+            put(f"cache.{i}.value", row(layer.values))
+
+
 def record_generation(
-    model: Qwen3_5ForConditionalGeneration, inputs, rec: Recorder, steps: int, top_k: int | None
+    model: Qwen3_5ForConditionalGeneration,
+    inputs,
+    rec: Recorder,
+    steps: int,
+    top_k: int | None,
+    batched: bool = False,
+    pad_token_id: int | None = None,
 ) -> None:
     """Greedy `generate` as users run it (`do_sample=False`, cache on), recording the cache
     right after the prefill (`cache.*`) and each step's logits and token (`gen.*`).
@@ -345,6 +437,7 @@ def record_generation(
     The cache object is updated in place by every decode step (the linear-attention states
     are `copy_`-ed into), so its states are cloned by a forward hook on the first call, the
     prefill, before any step touches them. Step 0's logits are the prefill's last position.
+    A batch keeps its batch axis, and its finished rows are fed `pad_token_id`.
     """
     layer_types = model.config.text_config.layer_types
     seen = {"calls": 0}
@@ -354,16 +447,10 @@ def record_generation(
         if seen["calls"] != 1:
             return
         cache = output.past_key_values if output.past_key_values is not None else kwargs["past_key_values"]
-        for i, kind in enumerate(layer_types):
-            layer = cache.layers[i]
-            if kind == "linear_attention":
-                rec.put(f"cache.{i}.conv", layer.conv_states[0][0].clone())
-                rec.put(f"cache.{i}.recurrent", layer.recurrent_states[0][0].clone())
-            else:
-                rec.put(f"cache.{i}.key", layer.keys[0].clone())
-                rec.put(f"cache.{i}.value", layer.values[0].clone())
+        record_cache(cache, layer_types, rec.put, batched)
 
     handle = model.register_forward_hook(after_prefill, with_kwargs=True)
+    pad = {"pad_token_id": pad_token_id} if pad_token_id is not None else {}
     with torch.no_grad():
         out = model.generate(
             **inputs,
@@ -372,18 +459,25 @@ def record_generation(
             use_cache=True,
             return_dict_in_generate=True,
             output_logits=True,
+            **pad,
         )
     handle.remove()
     if seen["calls"] == 0:
         raise RuntimeError("generate never called the model")
     prompt_len = inputs["input_ids"].shape[1]
-    tokens = out.sequences[0, prompt_len:]
-    logits = torch.stack([step[0] for step in out.logits])  # [steps, vocab], before any processor
-    if tokens.shape[0] != logits.shape[0]:
-        raise RuntimeError(f"generate made {tokens.shape[0]} tokens but {logits.shape[0]} logit rows")
-    if tokens.shape[0] < steps:
+    if batched:
+        tokens = out.sequences[:, prompt_len:]
+        logits = torch.stack(list(out.logits), dim=1)  # [batch, steps, vocab]
+        steps_made = tokens.shape[1]
+    else:
+        tokens = out.sequences[0, prompt_len:]
+        logits = torch.stack([step[0] for step in out.logits])  # [steps, vocab], before any processor
+        steps_made = tokens.shape[0]
+    if steps_made != len(out.logits):
+        raise RuntimeError(f"generate made {steps_made} tokens but {len(out.logits)} logit rows")
+    if steps_made < steps:
         # An end-of-sequence token stops generate early, as it stops users' runs: fewer steps.
-        print(f"note: generate stopped at an end-of-sequence token after {tokens.shape[0]} of {steps} steps", file=sys.stderr)
+        print(f"note: generate stopped at an end-of-sequence token after {steps_made} of {steps} steps", file=sys.stderr)
     rec.put("gen.tokens", tokens)
     if top_k is None:
         rec.put("gen.logits", logits)
@@ -391,6 +485,292 @@ def record_generation(
         values, ids = torch.topk(logits, top_k, dim=-1)
         rec.put("gen.top_ids", ids)
         rec.put("gen.top_logits", values)
+
+
+def open_image(path, loader: str):
+    """How the case's loader turns a file into the PIL image the processor sees: opened as is
+    (its convert_to_rgb composites transparency onto white) or through load_image
+    (exif_transpose, then convert("RGB"), which drops alpha)."""
+    if loader == "processor":
+        return Image.open(path)
+    if loader == "load_image":
+        return load_image(str(path))
+    sys.exit(f"error: unknown loader {loader!r} (processor or load_image)")
+
+
+def hf_messages(messages: list[dict], loader: str) -> tuple[list[dict], list]:
+    """The case's messages as `apply_chat_template` takes them (an image item is `{"type":
+    "image"}`), and the images in the order the items hold them."""
+    converted, images = [], []
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, list):
+            items = []
+            for item in content:
+                if item["type"] == "image":
+                    images.append(open_image(item["path"], loader))
+                    items.append({"type": "image"})
+                else:
+                    items.append({"type": "text", "text": item["text"]})
+            content = items
+        converted.append({"role": message["role"], "content": content})
+    return converted, images
+
+
+def request_text(processor, request: dict, loader: str, add_generation_prompt: bool = True) -> tuple[str, list]:
+    """One request's rendered prompt and its images: a user message (the images, then the
+    prompt) or a conversation (its messages, with the chat template's arguments)."""
+    if request.get("request", "single") == "single":
+        images = [open_image(p, loader) for p in request["images"]]
+        messages, kwargs = build_messages(len(images), request["prompt"]), {}
+    else:
+        messages, images = hf_messages(request["messages"], loader)
+        kwargs = request.get("chat_template_kwargs") or {}
+    text = processor.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
+    )
+    return text, images
+
+
+def capture_single(model, processor, case: dict, rec: Recorder, stream: bool) -> str:
+    """One request, one forward pass with every tap's hook, then (with `generate`) greedy
+    generation as a user runs it."""
+    text, images = request_text(processor, case, case.get("loader", "processor"))
+    kwargs = {"images": images} if images else {}
+    inputs = processor(text=[text], return_tensors="pt", **kwargs)
+
+    rec.put("input.input_ids", inputs["input_ids"][0])
+    if images:
+        rec.put("input.image_grid_thw", inputs["image_grid_thw"])
+        rec.put("input.pixel_values", inputs["pixel_values"])
+
+    handles = attach_hooks(model, rec, model.config.image_token_id, inputs["input_ids"])
+    with torch.no_grad():
+        # The streamed head computes only the last position: the whole [seq, vocab] is never needed.
+        keep = {"logits_to_keep": 1} if stream else {}
+        output = model(**inputs, use_cache=False, **keep)
+    for h in handles:
+        h.remove()
+    rec.put("lm.logits_last", output.logits[0, -1])
+    if case.get("generate"):
+        # After the taps' hooks are gone: generation is its own run, as a user starts it.
+        record_generation(model, inputs, rec, case["generate"], case.get("gen_top_k"))
+    return text
+
+
+def capture_batch(model, processor, case: dict, rec: Recorder) -> str:
+    """The member cases' requests as one batch, left-padded by the processor
+    (`padding_side="left"`, the tokenizer's pad token), through one forward pass with every tap's
+    hook (taps keep their batch axis) and greedy generation, whose finished rows are fed the
+    pad token. The reference is refused where it is known to be wrong."""
+    loader = case.get("loader", "processor")
+    texts, images = [], []
+    for member in case["batch"]:
+        text, member_images = request_text(processor, member, loader)
+        texts.append(text)
+        images.extend(member_images)
+    if len(texts) < 2:
+        # transformers PR #46773 (open): a batch of one with padding is never masked in the Gated
+        # DeltaNet, so the padding changes the logits.
+        sys.exit("error: a batch of one row is refused (transformers PR #46773: its padding is not masked)")
+    processor.tokenizer.padding_side = "left"
+    kwargs = {"images": images} if images else {}
+    inputs = processor(text=texts, return_tensors="pt", padding=True, **kwargs)
+    mask = inputs["attention_mask"]
+    if bool((mask[:, -1] == 0).any()):
+        # Right padding is not supported by the reference's linear attention.
+        sys.exit("error: right padding is refused (the reference's Gated DeltaNet supports left padding only)")
+
+    rec.put("input.input_ids", inputs["input_ids"])
+    rec.put("input.attention_mask", mask)
+    if images:
+        rec.put("input.image_grid_thw", inputs["image_grid_thw"])
+        rec.put("input.pixel_values", inputs["pixel_values"])
+    # The positions `generate` gives a padded batch: get_rope_index over each row's tokens (the
+    # padding left at 0), the text row counting the mask. A plain forward pass would count a
+    # text-only batch's padding as positions (arange), which generate does not.
+    positions, _ = model.model.get_rope_index(
+        inputs["input_ids"],
+        mm_token_type_ids=inputs["mm_token_type_ids"],
+        image_grid_thw=inputs.get("image_grid_thw"),
+        attention_mask=mask,
+    )
+    text_positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)[None]
+    position_ids = torch.cat([text_positions, positions], dim=0)
+    handles = attach_hooks(model, rec, model.config.image_token_id, inputs["input_ids"], batched=True)
+    with torch.no_grad():
+        output = model(**inputs, position_ids=position_ids, use_cache=False)
+    for h in handles:
+        h.remove()
+    rec.put("lm.logits_last", output.logits[:, -1])
+    if case.get("generate"):
+        pad = processor.tokenizer.pad_token_id
+        record_generation(model, inputs, rec, case["generate"], case.get("gen_top_k"), batched=True, pad_token_id=pad)
+    return "\n".join(texts)
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class Part:
+    """What one part of a case (a turn, a suffix) records: its prompt's ids, the cache after its
+    prefill, the logits at the prompt's last position, each step's logits and the tokens."""
+
+    def __init__(self, rec: Recorder, name: str) -> None:
+        self.rec, self.name = rec, name
+
+    def put(self, tap: str, value: torch.Tensor) -> None:
+        self.rec.put(f"{self.name}/{tap}", value)
+
+
+def generate_part(model, inputs: dict, part: Part, steps: int, cache=None):
+    """`generate` on `inputs` (continuing `cache` when given), recording the part's cache after
+    the prefill, its step logits and tokens; returns the tokens and the cache after them."""
+    layer_types = model.config.text_config.layer_types
+    calls = {"n": 0}
+
+    def after_prefill(_module, _args, kwargs, output):
+        calls["n"] += 1
+        if calls["n"] != 1:
+            return
+        cache = output.past_key_values if output.past_key_values is not None else kwargs["past_key_values"]
+        record_cache(cache, layer_types, part.put, batched=False)
+
+    handle = model.register_forward_hook(after_prefill, with_kwargs=True)
+    extra = {"past_key_values": cache} if cache is not None else {}
+    with torch.no_grad():
+        out = model.generate(
+            **inputs,
+            **extra,
+            do_sample=False,
+            max_new_tokens=steps,
+            use_cache=True,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+    handle.remove()
+    prompt_len = inputs["input_ids"].shape[1]
+    tokens = out.sequences[0, prompt_len:]
+    logits = torch.stack([step[0] for step in out.logits])
+    part.put("lm.logits_last", logits[0])
+    part.put("gen.logits", logits)
+    part.put("gen.tokens", tokens)
+    return tokens.tolist(), out.past_key_values
+
+
+def capture_turns(model, processor, case: dict, rec: Recorder) -> str:
+    """A conversation fed turn by turn, as a chat server runs it. Each turn's messages are
+    appended and the whole conversation is rendered again; its prompt resumes the latest cache
+    it still repeats (the live cache, else the latest snapshot kept at a turn boundary — after
+    a turn's messages, before its generation prompt — else none: a Gated DeltaNet state cannot
+    be rolled back token by token); the rest up to the turn boundary is prefilled with a
+    forward pass (its multimodal positions given, computed over the whole conversation, and the
+    features of the images it holds), a snapshot is kept, and `generate` continues on the cache
+    from there. The reply (the tokens decoded, special tokens skipped) joins the history."""
+    loader, steps = case.get("loader", "processor"), case["generate"]
+    kwargs = case.get("chat_template_kwargs") or {}
+    history: list[dict] = []
+    cache, cached, snapshots, texts = None, [], [], []
+    for t, turn in enumerate(case["turns"]):
+        part = Part(rec, f"turn.{t}")
+        history.extend(turn)
+        messages, images = hf_messages(history, loader)
+        image_kwargs = {"images": images} if images else {}
+        text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
+        closed = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False, **kwargs)
+        inputs = processor(text=[text], return_tensors="pt", **image_kwargs)
+        ids = inputs["input_ids"][0].tolist()
+        boundary = common_prefix(processor(text=[closed], return_tensors="pt", **image_kwargs)["input_ids"][0].tolist(), ids)
+        part.put("input.input_ids", inputs["input_ids"][0])
+        texts.append(text)
+
+        lcp = common_prefix(cached, ids)
+        if len(cached) > lcp:
+            fitting = [s for s in snapshots if len(s[0]) <= lcp]
+            cached, cache = (list(fitting[-1][0]), copy.deepcopy(fitting[-1][1])) if fitting else ([], None)
+        start = len(cached)
+        if start < boundary:
+            cache = prefill_range(model, inputs, cache, start, boundary)
+            cached = ids[:boundary]
+            snapshots.append((list(cached), copy.deepcopy(cache)))
+        # The cache holds every image by now (a turn boundary follows the turn's messages): the
+        # generation prompt that generate prefills has none, so no pixels go with it.
+        rest = {k: v for k, v in inputs.items() if k != "pixel_values"}
+        tokens, cache = generate_part(model, rest, part, steps, cache)
+        cached = ids + tokens[:-1]
+        history.append({"role": "assistant", "content": processor.decode(tokens, skip_special_tokens=True)})
+    return "\n----\n".join(texts)
+
+
+def prefill_range(model, inputs: dict, cache, start: int, stop: int):
+    """Prefills tokens [start, stop) of a prompt on top of `cache` (which holds the first
+    `start`): their multimodal positions computed over the whole prompt as `generate` computes
+    them, and the pixels of the images whose tokens lie in the range. Sets the model's rope
+    deltas for the decode steps that follow. Returns the cache."""
+    ids = inputs["input_ids"]
+    grids = inputs.get("image_grid_thw")
+    mm = inputs["mm_token_type_ids"]
+    positions, deltas = model.model.get_rope_index(ids, mm_token_type_ids=mm, image_grid_thw=grids)
+    text_positions = torch.arange(ids.shape[1]).view(1, 1, -1)
+    position_ids = torch.cat([text_positions, positions], dim=0)[:, :, start:stop]
+    model.model.rope_deltas = deltas
+    extra = {}
+    if grids is not None:
+        # The k-th run of image tokens is the k-th image; the range holds whole images.
+        image_token = model.config.image_token_id
+        runs, i, row = [], 0, 0
+        seq = ids[0].tolist()
+        sizes = [int(g.prod()) for g in grids]
+        merge = model.config.vision_config.spatial_merge_size
+        for k, g in enumerate(grids):
+            while seq[i] != image_token:
+                i += 1
+            n = int(g.prod()) // (merge * merge)
+            runs.append((i, i + n, row, row + sizes[k], k))
+            i, row = i + n, row + sizes[k]
+        inside = [r for r in runs if r[0] >= start and r[1] <= stop]
+        if any(r[0] < stop and r[1] > start and r not in inside for r in runs):
+            sys.exit("error: a turn boundary cuts an image's tokens")
+        if inside:
+            extra["pixel_values"] = torch.cat([inputs["pixel_values"][r[2] : r[3]] for r in inside])
+            extra["image_grid_thw"] = torch.stack([grids[r[4]] for r in inside])
+    with torch.no_grad():
+        output = model(
+            input_ids=ids[:, start:stop],
+            position_ids=position_ids,
+            past_key_values=cache,
+            mm_token_type_ids=mm[:, start:stop],
+            use_cache=True,
+            **extra,
+        )
+    return output.past_key_values
+
+
+def capture_prefix(model, processor, case: dict, rec: Recorder) -> str:
+    """A prefix continued by each suffix: the reference runs each prefix + suffix in one pass
+    (forward pass and `generate` from an empty cache), which a continued cache must equal."""
+    loader, steps = case.get("loader", "processor"), case.get("generate") or 0
+    kwargs = case.get("chat_template_kwargs") or {}
+    texts = []
+    for s, suffix in enumerate(case["suffixes"]):
+        part = Part(rec, f"suffix.{s}")
+        messages, images = hf_messages(case["messages"] + suffix, loader)
+        text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
+        inputs = processor(text=[text], return_tensors="pt", **({"images": images} if images else {}))
+        part.put("input.input_ids", inputs["input_ids"][0])
+        texts.append(text)
+        if steps:
+            generate_part(model, dict(inputs), part, steps)
+        else:
+            with torch.no_grad():
+                part.put("lm.logits_last", model(**inputs, use_cache=False).logits[0, -1])
+    return "\n----\n".join(texts)
 
 
 def capture(case: dict, out: Path, threads: int, stream: bool) -> None:
@@ -412,51 +792,34 @@ def capture(case: dict, out: Path, threads: int, stream: bool) -> None:
     if stream:
         model = streamed_model(model_dir, dtype)
     else:
-        model, info = Qwen3_5ForConditionalGeneration.from_pretrained(
-            model_dir, dtype=dtype, attn_implementation="eager", output_loading_info=True
+        cls = model_class(model_dir)
+        extra = {"experts_implementation": EXPERTS_IMPLEMENTATION} if cls is Qwen3_5MoeForConditionalGeneration else {}
+        model, info = cls.from_pretrained(
+            model_dir, dtype=dtype, attn_implementation="eager", output_loading_info=True, **extra
         )
         problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "mismatched_keys")}
         if problems:
             sys.exit(f"error: checkpoint {model_dir} does not match the architecture: {problems}")
         model.eval()
 
-    # The loader decides how a file becomes the PIL image the processor sees: opened as is
-    # (its convert_to_rgb composites transparency onto white) or through load_image
-    # (exif_transpose, then convert("RGB"), which drops alpha).
-    loader = case.get("loader", "processor")
-    if loader == "processor":
-        images = [Image.open(p) for p in case["images"]]
-    elif loader == "load_image":
-        images = [load_image(str(p)) for p in case["images"]]
-    else:
-        sys.exit(f"error: unknown loader {loader!r} (processor or load_image)")
-    messages = build_messages(len(images), case["prompt"])
-    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    kwargs = {"images": images} if images else {}
-    inputs = processor(text=[text], return_tensors="pt", **kwargs)
-
     rec = Recorder()
-    rec.put("input.input_ids", inputs["input_ids"][0])
-    if images:
-        rec.put("input.image_grid_thw", inputs["image_grid_thw"])
-        rec.put("input.pixel_values", inputs["pixel_values"])
+    request = case.get("request", "single")
+    if request in ("single", "conversation"):
+        text = capture_single(model, processor, case, rec, stream)
+    elif request == "batch":
+        text = capture_batch(model, processor, case, rec)
+    elif request == "turns":
+        text = capture_turns(model, processor, case, rec)
+    elif request == "prefix_cache":
+        text = capture_prefix(model, processor, case, rec)
+    else:
+        sys.exit(f"error: unknown request {request!r}")
 
-    handles = attach_hooks(model, rec, model.config.image_token_id, inputs["input_ids"])
-    with torch.no_grad():
-        # The streamed head computes only the last position: the whole [seq, vocab] is never needed.
-        keep = {"logits_to_keep": 1} if stream else {}
-        output = model(**inputs, use_cache=False, **keep)
-    for h in handles:
-        h.remove()
-    rec.put("lm.logits_last", output.logits[0, -1])
-    if case.get("generate"):
-        # After the taps' hooks are gone: generation is its own run, as a user starts it.
-        record_generation(model, inputs, rec, case["generate"], case.get("gen_top_k"))
-
-    out.mkdir(parents=True, exist_ok=True)
     listing = []
-    for name, array in sorted(rec.taps.items(), key=lambda item: pipeline_rank(item[0])):
-        np.save(out / f"{name}.npy", array, allow_pickle=False)
+    for name, array in sorted(rec.taps.items(), key=lambda item: dump_rank(item[0])):
+        path = out / f"{name}.npy"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, array, allow_pickle=False)
         entry = {"tap": name, "shape": list(array.shape), "dtype": "i64" if array.dtype == np.int64 else "f32"}
         if array.dtype != np.int64:
             entry["mean_abs"] = float(np.abs(array).mean())
@@ -473,9 +836,21 @@ def capture(case: dict, out: Path, threads: int, stream: bool) -> None:
         },
         "threads": threads,
         "stream": stream,
+        "experts_implementation": getattr(model.config.get_text_config(), "_experts_implementation", None)
+        or getattr(model.config, "_experts_implementation", None),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
+    out.mkdir(parents=True, exist_ok=True)
     (out / "capture.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def dump_rank(name: str) -> tuple:
+    """Sort key of a dump: the whole case's taps in pipeline order, then each part's."""
+    if "/" in name:
+        part, tap = name.split("/")
+        kind, index = part.split(".")
+        return (1, kind, int(index)) + pipeline_rank(tap)
+    return (0, "", 0) + pipeline_rank(name)
 
 
 def main() -> None:

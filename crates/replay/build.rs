@@ -50,7 +50,7 @@ fn generate(manifest: &Manifest, root: &Path) -> String {
     // once per case and mode and is shared (see tests/support).
     code.push_str(
         "/// The Rust implementation against the reference, tap by tap.\n\
-         mod taps {\n    use contract::Stage;\n    use replay::Mode;\n\n",
+         mod taps {\n    use contract::Stage;\n    #[allow(unused_imports)]\n    use parity::manifest::{DumpKey, Part};\n    use replay::Mode;\n\n",
     );
     for c in manifest.case_refs() {
         let case = c.name;
@@ -72,7 +72,7 @@ fn generate(manifest: &Manifest, root: &Path) -> String {
             continue;
         }
         for &mode in Mode::ALL {
-            for tap in c.taps_checked(mode) {
+            for tap in c.checks(mode) {
                 let name =
                     format!("{}_{}_{}_matches_the_reference", ident(case), ident(&tap.to_string()), ident(mode.name()));
                 let name = unique(&mut names, name);
@@ -89,11 +89,16 @@ fn generate(manifest: &Manifest, root: &Path) -> String {
     code
 }
 
-/// The Rust expression of a tap (`Stage::LmLayer.at(3)`, `Stage::LmNorm.tap()`).
-fn tap_expression(tap: contract::Tap) -> String {
-    match tap.index() {
-        Some(i) => format!("Stage::{:?}.at({i})", tap.stage()),
-        None => format!("Stage::{:?}.tap()", tap.stage()),
+/// The Rust expression of a dump's key (`DumpKey::whole(Stage::LmLayer.at(3))`,
+/// `DumpKey::of(Part::Turn(1), Stage::LmNorm.tap())`).
+fn tap_expression(key: parity::manifest::DumpKey) -> String {
+    let tap = match key.tap.index() {
+        Some(i) => format!("Stage::{:?}.at({i})", key.tap.stage()),
+        None => format!("Stage::{:?}.tap()", key.tap.stage()),
+    };
+    match key.part {
+        Some(part) => format!("DumpKey::of(Part::{part:?}, {tap})"),
+        None => format!("DumpKey::whole({tap})"),
     }
 }
 

@@ -59,7 +59,7 @@ fn problems(manifest: &Manifest) -> Vec<String> {
     }
     for case in manifest.case_refs() {
         for (tap, dump) in case.dumps_in_order() {
-            let path = manifest.root.join(case.dump_path(tap));
+            let path = manifest.root.join(case.dump_path_at(tap));
             // A digest mismatch is already reported; only a readable file's header is checked.
             if let Ok(array) = parity::npy::read_npy(&path) {
                 if array.shape != dump.shape || array.dtype() != dump.dtype {

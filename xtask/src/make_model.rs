@@ -44,7 +44,9 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
     };
     let script = generator.strip_prefix("script/").unwrap_or(generator);
     let out = manifest.root.join(path);
-    harness::run_python(sh, script, &["--out".into(), out.display().to_string()])?;
+    let mut script_args = vec!["--out".to_string(), out.display().to_string()];
+    script_args.extend(model.generator_args.iter().cloned());
+    harness::run_python(sh, script, &script_args)?;
 
     let mut files = BTreeMap::new();
     for entry in std::fs::read_dir(&out).with_context(|| format!("listing {}", out.display()))? {

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use contract::Tap;
-use parity::manifest::{Dump, Manifest, Reference};
+
+use parity::manifest::{Dump, DumpKey, Manifest, Reference};
 use toml_edit::{value, Array, DocumentMut, InlineTable, Item, Table};
 
 pub struct ManifestDoc {
@@ -68,7 +68,7 @@ impl ManifestDoc {
     }
 
     /// Replaces a case's recorded dumps (in the given order) and its inputs digest.
-    pub fn set_case_capture(&mut self, case: &str, inputs_sha256: &str, dumps: &[(Tap, Dump)]) {
+    pub fn set_case_capture(&mut self, case: &str, inputs_sha256: &str, dumps: &[(DumpKey, Dump)]) {
         let case_table = self.doc["cases"][case].as_table_mut().expect("cases are tables (validated)");
         case_table["inputs_sha256"] = value(inputs_sha256);
         let table = fresh_subtable(case_table, "dumps");

@@ -87,7 +87,7 @@ fn case_state(case: CaseRef, harness_sha: &str) -> State {
     let gone: Vec<String> = c
         .dumps
         .keys()
-        .map(|&tap| case.dump_path(tap))
+        .map(|&key| case.dump_path_at(key))
         .filter(|p| !manifest.root.join(p).is_file())
         .map(|p| format!("{} is gone", p.display()))
         .collect();
@@ -97,7 +97,9 @@ fn case_state(case: CaseRef, harness_sha: &str) -> State {
     let failing: Vec<String> = c
         .dumps
         .iter()
-        .filter_map(|(tap, d)| parity::digest::verify_file(&manifest.root.join(case.dump_path(*tap)), &d.sha256).err())
+        .filter_map(|(key, d)| {
+            parity::digest::verify_file(&manifest.root.join(case.dump_path_at(*key)), &d.sha256).err()
+        })
         .map(|e| e.to_string().lines().next().unwrap_or_default().to_owned())
         .collect();
     if !failing.is_empty() {

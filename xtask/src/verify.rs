@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use contract::Tap;
-use parity::manifest::CaseRef;
+use parity::manifest::{CaseRef, DumpKey};
 use parity::report::{self, CaseReport, Heatmap, Row, Status};
 use replay::{Loaded, Mode, Perturbations};
 use xshell::Shell;
@@ -135,8 +135,8 @@ fn uncaptured(case: CaseRef, model: &Loaded) -> Row {
 }
 
 fn verify_case(case: CaseRef, mode: Mode, model: &Loaded, with_heatmaps: bool) -> (Vec<Row>, Vec<Heatmap>) {
-    let taps = case.taps_checked(mode);
-    let every = |f: &dyn Fn(Tap) -> Row| (taps.iter().map(|&t| f(t)).collect(), Vec::new());
+    let taps = case.checks(mode);
+    let every = |f: &dyn Fn(DumpKey) -> Row| (taps.iter().map(|&t| f(t)).collect(), Vec::new());
     let (setup, model) = match model {
         Loaded::Model { setup, model } => (setup, model),
         Loaded::Skip(why) => return every(&|t| Row::skipped(case.name, mode, t, why.clone())),
@@ -152,6 +152,9 @@ fn verify_case(case: CaseRef, mode: Mode, model: &Loaded, with_heatmaps: bool) -
             return every(&|t| Row::failed(case.name, mode, t, why.clone()));
         }
     };
+    for note in &run.notes {
+        eprintln!("case {case} ({}): {note}", mode.name());
+    }
     let rows = taps
         .iter()
         .map(|&tap| match run.check(case, tap) {
@@ -159,15 +162,20 @@ fn verify_case(case: CaseRef, mode: Mode, model: &Loaded, with_heatmaps: bool) -
             Err(e) => Row::failed(case.name, mode, tap, format!("{e:#}")),
         })
         .collect();
-    let heatmaps =
-        if with_heatmaps { taps.iter().flat_map(|&tap| heatmaps(case, &run, tap)).collect() } else { Vec::new() };
+    // A batch's or a part's taps are not laid out on one prompt's image grids.
+    let heatmaps = if with_heatmaps && run.padding.is_empty() {
+        taps.iter().filter(|k| k.part.is_none()).flat_map(|k| heatmaps(case, &run, k.tap)).collect()
+    } else {
+        Vec::new()
+    };
     (rows, heatmaps)
 }
 
 /// The per-image error maps of an image tap the case recorded whole (a tap cut to one row
 /// has no grid to draw); none for other taps, or when the dump cannot be read.
 fn heatmaps(case: CaseRef, run: &replay::Run, tap: Tap) -> Vec<Heatmap> {
-    let (Some(actual), true, None) = (run.taps.get(&tap), tap.layout().on_image_grid(), case.row_pick(tap)) else {
+    let (Some(actual), true, None) = (run.taps.get(&tap.into()), tap.layout().on_image_grid(), case.row_pick(tap))
+    else {
         return Vec::new();
     };
     match replay::reference(case, tap) {

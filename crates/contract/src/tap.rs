@@ -107,6 +107,8 @@ macro_rules! stages {
 stages! {
     /// [seq]: token ids after the chat template and image-pad expansion.
     InputIds = "input.input_ids", No, I64, PerToken, No;
+    /// [batch, seq]: a left-padded batch's mask (1 for a token, 0 for padding); batches only.
+    AttentionMask = "input.attention_mask", No, I64, PerToken, No;
     /// [images, 3]: the (t, h, w) patch grid of each image.
     ImageGridThw = "input.image_grid_thw", No, I64, Whole, No;
     /// [3, seq]: M-RoPE positions (t, h, w).
@@ -469,6 +471,7 @@ mod tests {
             ints,
             [
                 "input.input_ids",
+                "input.attention_mask",
                 "input.image_grid_thw",
                 "input.position_ids",
                 "moe.top_ids",
@@ -511,7 +514,14 @@ mod tests {
         let whole: Vec<&str> = Stage::all().filter(|s| s.info().rows == Rows::No).map(Stage::stem).collect();
         assert_eq!(
             whole,
-            ["input.input_ids", "input.image_grid_thw", "input.position_ids", "lm.logits_last", "gen.tokens"]
+            [
+                "input.input_ids",
+                "input.attention_mask",
+                "input.image_grid_thw",
+                "input.position_ids",
+                "lm.logits_last",
+                "gen.tokens"
+            ]
         );
     }
 

@@ -2,6 +2,7 @@
 //! dumps, SHA-256 digests, the tap contract and the comparison semantics of ARCHITECTURE.md.
 
 pub mod array;
+pub mod batch;
 pub mod compare;
 pub mod digest;
 #[cfg(feature = "html")]

@@ -25,6 +25,9 @@ pub struct Locator<'a> {
     pub input_ids: &'a [u32],
     /// The text of each token, when a tokenizer was at hand.
     pub token_texts: Option<&'a [String]>,
+    /// For a batch whose taps are packed row after row (padding left out): each row's number of
+    /// real tokens, so that a packed position is named by its row. Empty for one sequence.
+    pub row_lengths: &'a [usize],
 }
 
 /// The rows one image occupies in a tap laid out on image grids, and the grid they lie on.
@@ -94,6 +97,19 @@ impl Locator<'_> {
         self.images(Layout::PerMergedToken).iter().map(|i| i.count).sum()
     }
 
+    /// `{noun} 12` of one sequence (`token position 12`); `row 1, {noun} 5` for the position of a
+    /// packed batch that falls in its second row.
+    pub fn position(&self, noun: &str, position: usize) -> String {
+        let mut start = 0;
+        for (row, &len) in self.row_lengths.iter().enumerate() {
+            if position < start + len {
+                return format!("row {row}, {noun} {}", position - start);
+            }
+            start += len;
+        }
+        format!("{noun} {position}")
+    }
+
     /// `id 613 "<|image_pad|>"` for a token position (`id 613` without token texts).
     pub fn token(&self, position: usize) -> Option<String> {
         let id = self.input_ids.get(position)?;
@@ -112,13 +128,13 @@ impl Locator<'_> {
         let channel = || index.get(1).map(|c| format!(", channel {c}")).unwrap_or_default();
         let layout = tap.layout();
         Some(match layout {
-            Layout::PerToken => format!("token position {row} ({}){}", self.token(row)?, channel()),
+            Layout::PerToken => format!("{} ({}){}", self.position("token position", row), self.token(row)?, channel()),
             Layout::PerImageToken if row < self.image_tokens() => format!("image token {row}{}", channel()),
             Layout::PerImageToken => return None,
             Layout::Positions => {
                 let position = *index.get(1)?;
                 let axis = ["t", "h", "w"].get(row)?;
-                format!("{axis} position of token {position} ({})", self.token(position)?)
+                format!("{axis} position of {} ({})", self.position("token", position), self.token(position)?)
             }
             Layout::PerPatch => {
                 let (image, r, c) = self.cell(layout, row)?;
@@ -153,8 +169,9 @@ impl Locator<'_> {
             Layout::KvCache => {
                 let position = *index.get(1)?;
                 format!(
-                    "layer {}, kv head {row}, position {position} ({}), dim {}",
+                    "layer {}, kv head {row}, {} ({}), dim {}",
                     tap.index()?,
+                    self.position("position", position),
                     self.token(position)?,
                     index.get(2)?
                 )
@@ -246,7 +263,14 @@ mod tests {
     const IDS: [u32; 4] = [609, 872, 613, 198];
 
     fn locator<'a>(rotary: &'a [[u32; 2]], texts: &'a [String]) -> Locator<'a> {
-        Locator { grids: GRIDS.to_vec(), merge: MERGE, rotary, input_ids: &IDS, token_texts: Some(texts) }
+        Locator {
+            grids: GRIDS.to_vec(),
+            merge: MERGE,
+            rotary,
+            input_ids: &IDS,
+            token_texts: Some(texts),
+            row_lengths: &[],
+        }
     }
 
     fn tap(name: &str) -> Tap {
@@ -258,6 +282,22 @@ mod tests {
         let rotary = rotary_of(&GRIDS);
         let texts = texts();
         locator(&rotary, &texts).locate(tap(name), index)
+    }
+
+    #[test]
+    fn a_packed_batch_position_is_named_by_its_row() {
+        let rotary = rotary_of(&GRIDS);
+        let texts = texts();
+        let l = Locator { row_lengths: &[1, 3], ..locator(&rotary, &texts) };
+        let tap = Tap::parse("lm.norm").unwrap();
+        assert_eq!(
+            l.locate(tap, &[2, 4]).as_deref(),
+            Some("row 1, token position 1 (id 613 \"<|image_pad|>\"), channel 4")
+        );
+        assert_eq!(
+            l.locate(tap, &[0, 0]).as_deref(),
+            Some("row 0, token position 0 (id 609 \"<|im_start|>\"), channel 0")
+        );
     }
 
     #[test]

@@ -27,6 +27,27 @@ pub enum Mode {
     /// Rust's own greedy generation from the files, as a user runs it: the tokens must be
     /// those of transformers' `generate`.
     Generate,
+    /// A case checked in parts, as a chat server runs it: each turn prefilled on top of the
+    /// cache of the turns before (restoring the latest snapshot that the new prompt still
+    /// repeats), or each suffix continued from a copy of the cached prefix; per part the token
+    /// ids, the cache after the prefill, the last logits, each step's logits and the tokens.
+    /// Each turn's history holds the reference's reply to the turn before, so a turn is
+    /// checked whatever Rust generated before it.
+    Continue,
+    /// A batch's rows against Rust's own runs of their cases, one by one: the batch must not
+    /// change what a row computes (padding masked, positions per row).
+    BatchInvariance,
+}
+
+/// What kind of case a mode runs: the modes that apply differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaseKind {
+    /// One request in one pass.
+    Single,
+    /// A conversation fed turn by turn, or a prefix continued by suffixes.
+    Parts,
+    /// A left-padded batch of other cases.
+    Batch,
 }
 
 impl Mode {
@@ -38,6 +59,8 @@ impl Mode {
         Mode::FromImageFiles,
         Mode::DecodeTeacherForced,
         Mode::Generate,
+        Mode::Continue,
+        Mode::BatchInvariance,
     ];
 
     /// The name used in reports and JSON.
@@ -49,36 +72,58 @@ impl Mode {
             Mode::FromImageFiles => "from-image-files",
             Mode::DecodeTeacherForced => "decode-teacher-forced",
             Mode::Generate => "generate",
+            Mode::Continue => "continue",
+            Mode::BatchInvariance => "batch-invariance",
         }
     }
 
-    /// The taps a run in this mode checks, out of those a case recorded (pipeline order kept).
-    /// The vision tower runs identically in `FromPixelValues`, so its taps are checked once,
-    /// in `VisionTeacherForced`; a case without images has no `FromPixelValues` run, and
-    /// teacher forcing needs the reference input it forces with, recorded whole (`whole`:
-    /// the recorded taps not cut to one row). `FromImageFiles` checks every tap of the forward
-    /// pass, from the token ids on. The cache and the steps (`cache.*`, `gen.*`) come from a
-    /// generation run: `DecodeTeacherForced` checks the cache and each step's logits,
-    /// `Generate` the tokens.
-    pub fn taps(self, recorded: &[Tap], whole: &[Tap]) -> Vec<Tap> {
+    /// The taps of the whole case a run in this mode checks, out of those a case of `kind`
+    /// recorded (pipeline order kept). The vision tower runs identically in `FromPixelValues`, so
+    /// its taps are checked once, in `VisionTeacherForced`; a case without images has no
+    /// `FromPixelValues` run, and teacher forcing needs the reference input it forces with,
+    /// recorded whole (`whole`: the recorded taps not cut to one row). `FromImageFiles` checks
+    /// every tap of the forward pass, from the token ids on. The cache and the steps (`cache.*`,
+    /// `gen.*`) come from a generation run: `DecodeTeacherForced` checks the cache and each
+    /// step's logits, `Generate` the tokens. A batch runs from its files only, plus
+    /// `BatchInvariance` over its text-side taps; a case in parts records only per-part taps
+    /// (see [`Mode::part_taps`]).
+    pub fn taps(self, kind: CaseKind, recorded: &[Tap], whole: &[Tap]) -> Vec<Tap> {
         let has = |stage: Stage| whole.iter().any(|t| t.stage() == stage);
         let text_side = |t: &Tap| matches!(t.family(), Family::Lm | Family::Moe) || t.stage() == Stage::PositionIds;
         let has_images = recorded.iter().any(|t| t.stage() == Stage::PixelValues);
         let pixels = has(Stage::PixelValues);
+        let single = kind == CaseKind::Single;
         recorded
             .iter()
             .copied()
             .filter(|t| match self {
-                Mode::VisionTeacherForced => pixels && t.family() == Family::Vision,
-                Mode::LmTeacherForced => (!has_images || has(Stage::VisionProjector)) && text_side(t),
-                Mode::FromPixelValues => pixels && text_side(t),
-                Mode::FromImageFiles => !matches!(t.family(), Family::Cache | Family::Gen),
+                Mode::VisionTeacherForced => single && pixels && t.family() == Family::Vision,
+                Mode::LmTeacherForced => single && (!has_images || has(Stage::VisionProjector)) && text_side(t),
+                Mode::FromPixelValues => single && pixels && text_side(t),
+                Mode::FromImageFiles => kind != CaseKind::Parts && !matches!(t.family(), Family::Cache | Family::Gen),
                 Mode::DecodeTeacherForced => {
-                    t.family() == Family::Cache || (t.family() == Family::Gen && t.stage() != Stage::GenTokens)
+                    kind != CaseKind::Parts
+                        && (t.family() == Family::Cache || (t.family() == Family::Gen && t.stage() != Stage::GenTokens))
                 }
-                Mode::Generate => t.stage() == Stage::GenTokens,
+                Mode::Generate => kind != CaseKind::Parts && t.stage() == Stage::GenTokens,
+                Mode::Continue => false,
+                Mode::BatchInvariance => {
+                    kind == CaseKind::Batch
+                        && (matches!(t.family(), Family::Lm | Family::Moe | Family::Cache | Family::Gen)
+                            || matches!(t.stage(), Stage::InputIds | Stage::PositionIds))
+                        && t.stage() != Stage::LmImageEmbeds
+                }
             })
             .collect()
+    }
+
+    /// The taps of one part of a case (a turn, a suffix) a run in this mode checks: all of
+    /// them in `Continue`, none elsewhere.
+    pub fn part_taps(self, recorded: &[Tap]) -> Vec<Tap> {
+        match self {
+            Mode::Continue => recorded.to_vec(),
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -91,7 +136,40 @@ mod tests {
     }
 
     fn checked(mode: Mode, recorded: &[Tap]) -> Vec<String> {
-        mode.taps(recorded, recorded).iter().map(Tap::to_string).collect()
+        mode.taps(CaseKind::Single, recorded, recorded).iter().map(Tap::to_string).collect()
+    }
+
+    #[test]
+    fn a_batch_runs_from_its_files_and_against_its_rows_alone_and_parts_only_continue() {
+        let recorded = taps(&[
+            "input.input_ids",
+            "input.pixel_values",
+            "vision.tower",
+            "lm.image_embeds",
+            "lm.norm",
+            "gen.tokens",
+        ]);
+        let batch = |mode: Mode| -> Vec<String> {
+            mode.taps(CaseKind::Batch, &recorded, &recorded).iter().map(Tap::to_string).collect()
+        };
+        assert!(batch(Mode::VisionTeacherForced).is_empty() && batch(Mode::LmTeacherForced).is_empty());
+        assert_eq!(
+            batch(Mode::FromImageFiles),
+            ["input.input_ids", "input.pixel_values", "vision.tower", "lm.image_embeds", "lm.norm"]
+        );
+        assert_eq!(batch(Mode::BatchInvariance), ["input.input_ids", "lm.norm", "gen.tokens"]);
+        assert_eq!(batch(Mode::Generate), ["gen.tokens"]);
+        for mode in Mode::ALL {
+            assert!(mode.taps(CaseKind::Parts, &recorded, &recorded).is_empty(), "{}: a case in parts", mode.name());
+            let part = mode.part_taps(&recorded);
+            assert_eq!(part.is_empty(), *mode != Mode::Continue, "{}: a part's taps", mode.name());
+            let single = mode.taps(CaseKind::Single, &recorded, &recorded);
+            assert!(
+                !matches!(mode, Mode::Continue | Mode::BatchInvariance) || single.is_empty(),
+                "{} checks nothing of a single case",
+                mode.name()
+            );
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use contract::Tap;
 
 use crate::compare::Comparison;
+use crate::manifest::DumpKey;
 use crate::mode::Mode;
 
 /// Outcome of one (case, mode, tap).
@@ -98,17 +99,18 @@ impl Row {
     pub fn compared(
         case: &str,
         check: impl Into<Check>,
-        tap: Tap,
+        key: impl Into<DumpKey>,
         c: &Comparison,
         location: Option<String>,
         detail: String,
     ) -> Row {
         let passed = c.passed();
+        let key = key.into();
         Row {
             case: case.into(),
             mode: check.into().name().into(),
-            tap: tap.to_string(),
-            stage: Some(tap),
+            tap: key.to_string(),
+            stage: Some(key.tap),
             status: if passed { Status::Pass } else { Status::Fail },
             atol: Some(c.tolerance.atol),
             rtol: Some(c.tolerance.rtol),
@@ -131,13 +133,13 @@ impl Row {
     }
 
     /// A tap that could not be compared (the run failed, or the tap was not produced).
-    pub fn failed(case: &str, check: impl Into<Check>, tap: Tap, why: String) -> Row {
-        Row { status: Status::Fail, ..Row::empty(case, check.into().name(), Some(tap), why) }
+    pub fn failed(case: &str, check: impl Into<Check>, key: impl Into<DumpKey>, why: String) -> Row {
+        Row { status: Status::Fail, ..Row::empty(case, check.into().name(), Some(key.into()), why) }
     }
 
     /// A tap that was not run here, with the reason.
-    pub fn skipped(case: &str, check: impl Into<Check>, tap: Tap, why: String) -> Row {
-        Row { status: Status::Skip, ..Row::empty(case, check.into().name(), Some(tap), why) }
+    pub fn skipped(case: &str, check: impl Into<Check>, key: impl Into<DumpKey>, why: String) -> Row {
+        Row { status: Status::Skip, ..Row::empty(case, check.into().name(), Some(key.into()), why) }
     }
 
     /// A case with no recorded dumps: skipped without its checkpoint, failed with it (there is
@@ -155,12 +157,12 @@ impl Row {
         }
     }
 
-    fn empty(case: &str, mode: &str, tap: Option<Tap>, why: String) -> Row {
+    fn empty(case: &str, mode: &str, key: Option<DumpKey>, why: String) -> Row {
         Row {
             case: case.into(),
             mode: mode.into(),
-            tap: tap.map_or_else(|| "(not captured)".into(), |t| t.to_string()),
-            stage: tap,
+            tap: key.map_or_else(|| "(not captured)".into(), |k| k.to_string()),
+            stage: key.map(|k| k.tap),
             status: Status::Skip,
             atol: None,
             rtol: None,

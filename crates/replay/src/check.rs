@@ -7,7 +7,7 @@ use anyhow::{bail, ensure, Result};
 use contract::{ComputeDtype, Family, Stage, Tap};
 use parity::array::Array;
 use parity::compare::{compare, CompareOptions, Comparison};
-use parity::manifest::{CaseRef, RowPick};
+use parity::manifest::{CaseRef, DumpKey, RowPick};
 use parity::mode::Mode;
 
 use crate::run::{reference, token_texts, Run};
@@ -19,8 +19,8 @@ pub const TOP_K: usize = 5;
 pub struct TapResult {
     /// The case the run replayed.
     pub case: String,
-    /// The tap compared.
-    pub tap: Tap,
+    /// The tap compared (with its part, for a case checked in parts).
+    pub tap: DumpKey,
     /// The mode of the run.
     pub mode: Mode,
     /// The metrics of the comparison with the reference dump.
@@ -47,11 +47,13 @@ impl TapResult {
 
 impl Run {
     /// Compares the run's tap with the recorded dump under the manifest's tolerance.
-    pub fn check(&self, case: CaseRef, tap: Tap) -> Result<TapResult> {
-        let Some(actual) = self.taps.get(&tap) else {
+    pub fn check(&self, case: CaseRef, key: impl Into<DumpKey>) -> Result<TapResult> {
+        let key = key.into();
+        let tap = key.tap;
+        let Some(actual) = self.taps.get(&key) else {
             match &self.failure {
-                Some(why) => bail!("the {} run of case {case} stopped before {tap}: {why}", self.mode.name()),
-                None => bail!("the {} run of case {case} produced no {tap}", self.mode.name()),
+                Some(why) => bail!("the {} run of case {case} stopped before {key}: {why}", self.mode.name()),
+                None => bail!("the {} run of case {case} produced no {key}", self.mode.name()),
             }
         };
         // In bf16 a step's ranking below the top is not decidable: logits 64 apart in a
@@ -59,7 +61,8 @@ impl Run {
         // stand-in's 5th and 6th logits of step 1 are both 8.0625). A bf16 case keeps the
         // argmax of each step exactly; gen.top_logits bounds Rust's logits at the reference's
         // top ids by k × noise.
-        let expected = reference(case, tap)?;
+        let (expected, actual) = self.compared_arrays(case, key, actual)?;
+        let actual = &actual;
         let (expected, actual) = if tap.stage() == Stage::GenTopIds && case.case.dtype == ComputeDtype::Bf16 {
             (first_column(&expected)?, Cow::Owned(first_column(actual)?))
         } else {
@@ -70,8 +73,8 @@ impl Run {
             .compare_options(tap, (tap.stage() == Stage::LmLogitsLast).then_some(TOP_K))
             .map_err(anyhow::Error::msg)?;
         let (comparison, worst) = compare_picked(&expected, actual, case.row_pick(tap), &opts)?;
-        let mut location = worst.and_then(|index| self.locator().locate(tap, &index));
-        if !comparison.passed() && tap.family() == Family::Gen {
+        let mut location = worst.and_then(|index| self.locate(tap, &index));
+        if !comparison.passed() && tap.family() == Family::Gen && self.padding.is_empty() && key.part.is_none() {
             if let Some(divergence) = self.first_diverging_step(case, tap, &expected, actual, &opts) {
                 location = Some(match location {
                     Some(worst) => format!("{divergence}; the worst element: {worst}"),
@@ -79,8 +82,58 @@ impl Run {
                 });
             }
         }
-        Ok(TapResult { case: case.name.to_owned(), tap, mode: self.mode, comparison, location })
+        Ok(TapResult { case: case.name.to_owned(), tap: key, mode: self.mode, comparison, location })
     }
+
+    /// Names the element at `index` of a compared tap: a batch's tap without a sequence axis
+    /// keeps its batch axis first, named as the row; the rest as one sequence's tap.
+    fn locate(&self, tap: Tap, index: &[usize]) -> Option<String> {
+        let batched = !self.padding.is_empty() && parity::batch::carries_batch_axis(tap);
+        if !batched || parity::batch::sequence_axis(tap.layout()).is_some() {
+            return self.locator().locate(tap, index);
+        }
+        let (row, rest) = index.split_first()?;
+        Some(match self.locator().locate(tap, rest) {
+            Some(place) => format!("row {row}, {place}"),
+            None => format!("row {row}, index {rest:?}"),
+        })
+    }
+
+    /// The expected array of `key` (the reference's dump, or the rows run alone for a batch's
+    /// `batch-invariance`) and the run's, both packed for a batch: its rows' padding left out
+    /// (the reference's padding from its `input.attention_mask`, the run's own).
+    fn compared_arrays(&self, case: CaseRef, key: DumpKey, actual: &Array) -> Result<(Array, Array)> {
+        if let Some(own) = &self.own_reference {
+            let Some(expected) = own.get(&key) else {
+                bail!("the rows of case {case} run alone produced no {key}");
+            };
+            let actual = parity::batch::pack(actual, key.tap.layout(), &self.padding).map_err(anyhow::Error::msg)?;
+            return Ok((expected.clone(), actual));
+        }
+        let expected = reference_at(case, key)?;
+        if self.padding.is_empty() || !parity::batch::carries_batch_axis(key.tap) {
+            return Ok((expected, actual.clone()));
+        }
+        let padding = reference_padding(case)?;
+        let expected = parity::batch::pack(&expected, key.tap.layout(), &padding).map_err(anyhow::Error::msg)?;
+        let actual = parity::batch::pack(actual, key.tap.layout(), &self.padding).map_err(anyhow::Error::msg)?;
+        Ok((expected, actual))
+    }
+}
+
+/// A reference dump of a tap of a part (or of the whole case).
+pub fn reference_at(case: CaseRef, key: DumpKey) -> Result<Array> {
+    case.dump_at(key).map_err(anyhow::Error::msg)?;
+    Ok(parity::npy::read_npy(&case.manifest.root.join(case.dump_path_at(key)))?)
+}
+
+/// Each row's padding in the reference's batch: the zeros its `input.attention_mask` starts with.
+fn reference_padding(case: CaseRef) -> Result<Vec<usize>> {
+    let mask = reference(case, Stage::AttentionMask.tap())?;
+    let (Some(values), [rows, seq]) = (mask.as_i64(), mask.shape.as_slice()) else {
+        bail!("input.attention_mask of case {case} is not a [batch, seq] i64 array: {:?}", mask.shape)
+    };
+    Ok((0..*rows).map(|r| values[r * seq..(r + 1) * seq].iter().take_while(|&&m| m == 0).count()).collect())
 }
 
 impl Run {
@@ -273,12 +326,17 @@ mod tests {
 
     /// A run that produced `taps`, with the token ids of `case`'s reference.
     fn run_of(case: &str, taps: BTreeMap<Tap, Array>, failure: Option<&str>) -> Run {
+        let taps = taps.into_iter().map(|(t, a)| (DumpKey::whole(t), a)).collect();
         let manifest = workspace_manifest().unwrap();
         let ids = reference(manifest.case(case).unwrap(), Stage::InputIds.tap()).unwrap();
         let input_ids = ids.as_i64().expect("integer token ids").iter().map(|&i| i as u32).collect();
         Run {
             mode: Mode::FromImageFiles,
             taps,
+            own_reference: None,
+            padding: Vec::new(),
+            notes: Vec::new(),
+            row_lengths: Vec::new(),
             grids: Vec::new(),
             rotary: Vec::new(),
             merge: 2,
@@ -352,7 +410,7 @@ mod tests {
         let (comparison, _) = compare_picked(&expected, &expected, None, &options()).unwrap();
         let result = TapResult {
             case: "c".into(),
-            tap: tap("lm.logits_last"),
+            tap: tap("lm.logits_last").into(),
             mode: Mode::LmTeacherForced,
             comparison,
             location: None,

@@ -10,7 +10,9 @@
 //! (`parity`, which knows nothing of models). `build.rs` generates the parity tests of
 //! `tests/parity.rs` from the manifest; `cargo xtask verify` runs the same code.
 
+mod batch;
 pub mod check;
+mod parts;
 pub mod run;
 
 pub use check::{TapResult, TOP_K};

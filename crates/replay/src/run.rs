@@ -15,9 +15,10 @@ use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use contract::{ComputeDtype, Stage, Tap};
-use neuron::config::Config;
+use neuron::config::{Config, ModelFamily};
 use neuron::model::{Model, Residency};
 use neuron::preprocess::image_file::Loader;
+use neuron::preprocess::{Content, Conversation, GenerationPrompt, Item, Message, Role};
 use neuron::preprocess::{Hooks, Processed, Processor};
 use neuron::taps::Taps;
 use neuron::text::cache::Cache;
@@ -25,7 +26,9 @@ use neuron::vision::positions::Grid;
 use neuron::vision::VisionPositions;
 use parity::array::{Array, Data};
 use parity::locate::Locator;
-use parity::manifest::{CaseRef, ImageLoader, Manifest, Weights};
+use parity::manifest::{
+    CaseRef, ContentSpec, DumpKey, ImageLoader, ItemSpec, Manifest, MessageSpec, Part, Request, RoleSpec, Weights,
+};
 use parity::mode::Mode;
 
 /// A case and what building its model takes: where its checkpoint is, its config (tests may
@@ -54,6 +57,16 @@ impl<'m> CaseSetup<'m> {
             Weights::Absent(reason) => bail!("case {case}: {reason}"),
         };
         let config = Config::from_dir(&model_dir)?;
+        let expected = case.model().model_type.as_deref().unwrap_or(ModelFamily::Dense.model_type());
+        ensure!(
+            config.family.model_type() == expected,
+            "case {case}: model \"{}\" is a {expected} entry, but {} holds a {} checkpoint (config.json's \
+             model_type); point the entry at a {expected} checkpoint, or set its model_type to \"{}\"",
+            case.model_name(),
+            model_dir.display(),
+            config.family.model_type(),
+            config.family.model_type()
+        );
         let residency = if case.model().stream { Residency::Streamed } else { Residency::Resident };
         Ok(CaseSetup { case, model_dir, config, residency, dtype: case.case.dtype })
     }
@@ -63,16 +76,25 @@ impl<'m> CaseSetup<'m> {
 pub struct Run {
     /// Which inputs the run took from the reference.
     pub mode: Mode,
-    /// Every tap the run recorded.
-    pub taps: BTreeMap<Tap, Array>,
+    /// Every tap the run recorded (with its part, for a case checked in parts).
+    pub taps: BTreeMap<DumpKey, Array>,
+    /// What the taps are compared with instead of the reference's dumps: a batch's rows run one
+    /// by one (`BatchInvariance`), laid out as the batch's packed taps.
+    pub own_reference: Option<BTreeMap<DumpKey, Array>>,
+    /// A batch's padding per row (its taps are compared packed); empty for one sequence.
+    pub padding: Vec<usize>,
+    /// What the run said it did (a reused cache, a restored snapshot), for reports.
+    pub notes: Vec<String>,
     /// The patch grid of each image.
     pub grids: Vec<Grid>,
     /// The (row, col) rotary position of every patch, images one after the other.
     pub rotary: Vec<[u32; 2]>,
     /// The vision config's spatial merge size.
     pub merge: usize,
-    /// The prompt's token ids.
+    /// The prompt's token ids (a batch's real tokens, row after row).
     pub input_ids: Vec<u32>,
+    /// A batch's real tokens per row; empty for one sequence.
+    pub row_lengths: Vec<usize>,
     /// The text of each token, when the checkpoint has a tokenizer (for failure messages).
     pub token_texts: Option<Vec<String>>,
     /// The checkpoint's folder (its tokenizer names generated tokens in failure messages).
@@ -194,6 +216,8 @@ pub struct Perturbations<'a> {
     pub preprocess: Hooks<'a>,
     /// The cache right after the prefill, before it is recorded and decoding starts.
     pub cache_after_prefill: Option<CacheHook<'a>>,
+    /// The cache a turn or a suffix continues from, right after it is restored (`continue`).
+    pub cache_after_restore: Option<CacheHook<'a>>,
     /// The cache after each decode step.
     pub cache_after_step: Option<StepHook<'a>>,
 }
@@ -211,6 +235,15 @@ pub fn run(case: CaseRef, mode: Mode) -> Result<Run> {
 /// report can name the first tap that is wrong and say why the later ones are missing
 /// ([`Run::failure`]). Failing to prepare the inputs is an error.
 pub fn run_with(setup: &CaseSetup, mode: Mode, model: &Model, perturb: &Perturbations) -> Result<Run> {
+    match setup.case.request() {
+        Request::Batch { .. } => crate::batch::run(setup, mode, model, perturb),
+        Request::Turns { .. } | Request::PrefixCache { .. } => crate::parts::run(setup, mode, model, perturb),
+        Request::Single { .. } | Request::Conversation { .. } => run_single(setup, mode, model, perturb),
+    }
+}
+
+/// A case of one request in one pass.
+fn run_single(setup: &CaseSetup, mode: Mode, model: &Model, perturb: &Perturbations) -> Result<Run> {
     let mut taps = Taps::recording();
     let inputs = Inputs::prepare(setup, mode, model, perturb, &mut taps)?;
     let stages = match mode {
@@ -219,21 +252,78 @@ pub fn run_with(setup: &CaseSetup, mode: Mode, model: &Model, perturb: &Perturba
         Mode::FromPixelValues | Mode::FromImageFiles => end_to_end(&inputs, &mut taps),
         Mode::DecodeTeacherForced => decode_teacher_forced(&inputs, &mut taps),
         Mode::Generate => generate(&inputs, &mut taps),
+        Mode::Continue | Mode::BatchInvariance => Ok(()),
     };
     let failure = stages.err().map(|e| format!("{e:#}"));
-    let taps = taps.into_map().iter().map(|(tap, t)| Ok((*tap, to_array(t)?))).collect::<Result<_>>()?;
     let token_texts = token_texts(&setup.model_dir, &inputs.input_ids);
     Ok(Run {
         mode,
-        taps,
+        taps: arrays(taps, None)?,
+        own_reference: None,
+        padding: Vec::new(),
+        notes: Vec::new(),
         grids: inputs.grids,
         rotary: inputs.positions.rotary,
         merge: model.config.vision_config.spatial_merge_size,
         input_ids: inputs.input_ids,
+        row_lengths: Vec::new(),
         token_texts,
         model_dir: setup.model_dir.clone(),
         failure,
     })
+}
+
+/// The tensors a recorder kept, as dump-comparable arrays keyed for `part`.
+pub(crate) fn arrays(taps: Taps, part: Option<Part>) -> Result<BTreeMap<DumpKey, Array>> {
+    taps.into_map().iter().map(|(&tap, t)| Ok((DumpKey { part, tap }, to_array(t)?))).collect()
+}
+
+/// A case's messages as the processor takes them: the image items' files resolved.
+pub fn conversation(case: CaseRef, messages: &[&MessageSpec]) -> Conversation {
+    let messages = messages
+        .iter()
+        .map(|m| {
+            let role = match m.role {
+                RoleSpec::System => Role::System,
+                RoleSpec::User => Role::User,
+                RoleSpec::Assistant => Role::Assistant,
+            };
+            let content = match &m.content {
+                ContentSpec::Text(text) => Content::Text(text.clone()),
+                ContentSpec::Items(items) => Content::Items(
+                    items
+                        .iter()
+                        .map(|item| match item {
+                            ItemSpec::Text { text } => Item::Text(text.clone()),
+                            ItemSpec::Image { image } => Item::Image(case.manifest.root.join(case.image_path(image))),
+                        })
+                        .collect(),
+                ),
+            };
+            Message { role, content }
+        })
+        .collect();
+    Conversation { messages, template_args: case.case.chat_template_kwargs.clone().into_iter().collect() }
+}
+
+/// The conversation of a case of one request (a prompt after its images, or its messages).
+pub fn single_conversation(case: CaseRef) -> Result<Conversation> {
+    match case.request() {
+        Request::Single { prompt, .. } => {
+            let images: Vec<PathBuf> = case.image_paths().iter().map(|p| case.manifest.root.join(p)).collect();
+            let refs: Vec<&Path> = images.iter().map(PathBuf::as_path).collect();
+            Ok(Conversation::single(&refs, prompt))
+        }
+        Request::Conversation { messages } => Ok(conversation(case, &messages.iter().collect::<Vec<_>>())),
+        _ => bail!("case {case} is not one request"),
+    }
+}
+
+/// The case's processor: the checkpoint's, opening images as the case's loader does.
+pub fn processor(case: CaseRef, model_dir: &Path) -> Result<Processor> {
+    let mut processor = Processor::from_dir(model_dir)?;
+    processor.loader = loader(case.case.loader);
+    Ok(processor)
 }
 
 /// What a run starts from, and what its stages need: the case, the model, the test's
@@ -268,11 +358,11 @@ impl<'a> Inputs<'a> {
             _ => false,
         };
         let (input_ids, grids, pixels) = if from_files {
-            let images: Vec<PathBuf> = case.image_paths().iter().map(|p| case.manifest.root.join(p)).collect();
-            let image_refs: Vec<&Path> = images.iter().map(PathBuf::as_path).collect();
-            let mut processor = Processor::from_dir(&setup.model_dir)?;
-            processor.loader = loader(case.case.loader);
-            let processed = processor.process_with(&image_refs, &case.case.prompt, &perturb.preprocess)?;
+            let processed = processor(case, &setup.model_dir)?.process_conversation_with(
+                &single_conversation(case)?,
+                GenerationPrompt::Open,
+                &perturb.preprocess,
+            )?;
             record_inputs(taps, &processed)?;
             (processed.input_ids, processed.grids, processed.pixel_values)
         } else {
@@ -311,15 +401,20 @@ impl<'a> Inputs<'a> {
 
     /// The reference's greedy tokens, which the decode modes cannot do without.
     fn reference_tokens(&self) -> Result<Array> {
-        match recorded(self.case, Stage::GenTokens.tap())? {
-            Some(tokens) => Ok(tokens),
-            None => bail!("case {} has no recorded gen.tokens: set `generate` and capture it", self.case),
-        }
+        reference_tokens(self.case)
+    }
+}
+
+/// The reference's greedy tokens of a case, which the decode modes cannot do without.
+pub(crate) fn reference_tokens(case: CaseRef) -> Result<Array> {
+    match recorded(case, Stage::GenTokens.tap())? {
+        Some(tokens) => Ok(tokens),
+        None => bail!("case {case} has no recorded gen.tokens: set `generate` and capture it"),
     }
 }
 
 /// A reference dump of a case when the case recorded it.
-fn recorded(case: CaseRef, tap: Tap) -> Result<Option<Array>> {
+pub(crate) fn recorded(case: CaseRef, tap: Tap) -> Result<Option<Array>> {
     if case.records(tap) {
         reference(case, tap).map(Some)
     } else {
@@ -438,7 +533,7 @@ pub(crate) fn token_texts(model_dir: &Path, ids: &[u32]) -> Option<Vec<String>> 
 }
 
 /// Records what preprocessing produced under the `input.*` taps.
-fn record_inputs(taps: &mut Taps, p: &Processed) -> Result<()> {
+pub(crate) fn record_inputs(taps: &mut Taps, p: &Processed) -> Result<()> {
     let ids: Vec<i64> = p.input_ids.iter().map(|&i| i64::from(i)).collect();
     taps.record(Stage::InputIds.tap(), &Tensor::new(ids, &Device::Cpu)?);
     if let Some(pixels) = &p.pixel_values {
@@ -459,6 +554,7 @@ impl Run {
             rotary: &self.rotary,
             input_ids: &self.input_ids,
             token_texts: self.token_texts.as_deref(),
+            row_lengths: &self.row_lengths,
         }
     }
 }
@@ -531,10 +627,14 @@ mod tests {
         let run = Run {
             mode: Mode::VisionTeacherForced,
             taps: BTreeMap::new(),
+            own_reference: None,
+            padding: Vec::new(),
+            notes: Vec::new(),
             grids: vec![Grid { t: 1, h: 2, w: 4 }],
             rotary: vec![[1, 3]],
             merge: 2,
             input_ids: vec![5],
+            row_lengths: Vec::new(),
             token_texts: Some(texts.clone()),
             model_dir: PathBuf::new(),
             failure: None,

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
-use contract::{ArrayDtype, ComputeDtype, Tap};
-use parity::manifest::CaseRef;
+use contract::{ArrayDtype, ComputeDtype};
+use parity::manifest::{CaseRef, ContentSpec, DumpKey, ItemSpec, MessageSpec, Request};
 use serde::Deserialize;
 use xshell::Shell;
 
@@ -22,10 +22,11 @@ pub(super) struct CaptureListing {
     pub peak_rss_bytes: Option<u64>,
 }
 
-/// One tap the harness wrote; a name outside the contract is refused as the listing is read.
+/// One tap the harness wrote (with its part, for a case checked in parts); a name outside the
+/// contract is refused as the listing is read.
 #[derive(Deserialize)]
 pub(super) struct CapturedTap {
-    pub tap: Tap,
+    pub tap: DumpKey,
     pub shape: Vec<usize>,
     pub dtype: ArrayDtype,
     #[serde(default)]
@@ -48,31 +49,91 @@ impl CaptureListing {
             serde_json::from_str(text).context("the harness wrote a listing out of contract")?;
         for t in &listing.taps {
             ensure!(
-                t.tap.dtype() == t.dtype,
+                t.tap.tap.dtype() == t.dtype,
                 "the harness wrote {} as {} but the contract says {}",
                 t.tap,
                 t.dtype,
-                t.tap.dtype()
+                t.tap.tap.dtype()
             );
         }
         Ok(listing)
     }
 }
 
-/// The case as `capture.py --case-json` reads it: the checkpoint, the image files, the prompt,
-/// the loader, the dtype and the generation settings.
+/// The case as `capture.py --case-json` reads it: the checkpoint, the loader, the dtype, the
+/// generation settings and the request — `images` and `prompt` for one user message; for the
+/// other requests (`request`), messages whose image items carry their files' paths, the turns,
+/// the suffixes, the template's arguments, or each batch row's own request.
 pub(super) fn case_spec(case: CaseRef, dtype: ComputeDtype, model_dir: &Path) -> serde_json::Value {
     let c = case.case;
-    let images: Vec<PathBuf> = case.image_paths().iter().map(|p| case.manifest.root.join(p)).collect();
-    serde_json::json!({
+    let mut spec = serde_json::json!({
         "model_dir": model_dir,
-        "images": images,
-        "prompt": c.prompt,
         "loader": c.loader.name(),
         "dtype": dtype.name(),
         "generate": c.generate,
         "gen_top_k": c.gen_top_k,
-    })
+    });
+    let request = match case.request() {
+        Request::Single { .. } | Request::Conversation { .. } => single_request(case),
+        Request::Turns { turns } => serde_json::json!({
+            "request": "turns",
+            "turns": turns.iter().map(|t| messages(case, t)).collect::<Vec<_>>(),
+            "chat_template_kwargs": c.chat_template_kwargs,
+        }),
+        Request::PrefixCache { prefix, suffixes } => serde_json::json!({
+            "request": "prefix_cache",
+            "messages": messages(case, prefix),
+            "suffixes": suffixes.iter().map(|s| messages(case, s)).collect::<Vec<_>>(),
+            "chat_template_kwargs": c.chat_template_kwargs,
+        }),
+        Request::Batch { .. } => serde_json::json!({
+            "request": "batch",
+            "batch": case.members().into_iter().map(single_request).collect::<Vec<_>>(),
+        }),
+    };
+    let (serde_json::Value::Object(spec_map), serde_json::Value::Object(request)) = (&mut spec, request) else {
+        unreachable!("both are JSON objects")
+    };
+    spec_map.extend(request);
+    spec
+}
+
+/// One user message (`images`, `prompt`) or a conversation (`messages`).
+fn single_request(case: CaseRef) -> serde_json::Value {
+    match case.request() {
+        Request::Conversation { messages: m } => serde_json::json!({
+            "request": "conversation",
+            "messages": messages(case, m),
+            "chat_template_kwargs": case.case.chat_template_kwargs,
+        }),
+        _ => {
+            let images: Vec<PathBuf> = case.image_paths().iter().map(|p| case.manifest.root.join(p)).collect();
+            serde_json::json!({ "request": "single", "images": images, "prompt": case.case.prompt })
+        }
+    }
+}
+
+/// Messages as `apply_chat_template` takes them, each image item with its file's path.
+fn messages(case: CaseRef, messages: &[MessageSpec]) -> serde_json::Value {
+    messages
+        .iter()
+        .map(|m| {
+            let content = match &m.content {
+                ContentSpec::Text(text) => serde_json::json!(text),
+                ContentSpec::Items(items) => items
+                    .iter()
+                    .map(|item| match item {
+                        ItemSpec::Text { text } => serde_json::json!({ "type": "text", "text": text }),
+                        ItemSpec::Image { image } => serde_json::json!({
+                            "type": "image",
+                            "path": case.manifest.root.join(case.image_path(image)),
+                        }),
+                    })
+                    .collect(),
+            };
+            serde_json::json!({ "role": m.role, "content": content })
+        })
+        .collect()
 }
 
 /// Runs the reference on one case in `dtype`, writing `<tap>.npy` and `capture.json` into `out`.
@@ -142,7 +203,8 @@ mod tests {
         let spec = case_spec(case, ComputeDtype::F32, Path::new("/models/tiny"));
         assert_eq!(spec["model_dir"], "/models/tiny");
         assert_eq!(spec["dtype"], "f32", "the dtype asked for, not the case's (the f32 half of a bf16 capture)");
-        assert_eq!(spec["prompt"], case.case.prompt.as_str());
+        assert_eq!(spec["prompt"], case.case.prompt.as_deref().unwrap());
+        assert_eq!(spec["request"], "single");
         assert_eq!(spec["loader"], "processor");
         let image = spec["images"][0].as_str().unwrap();
         assert!(Path::new(image).is_absolute() && image.ends_with("fixtures/images/chelsea.png"), "{image}");

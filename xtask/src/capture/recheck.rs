@@ -36,7 +36,7 @@ pub(super) fn check_against_recorded(
         let model_dir = super::checkpoint(case, weights)?;
         let out = scratch.join(case.name);
         let result = capture_case(sh, case, case.case.dtype, &model_dir, &out, threads)
-            .and_then(|_| case.dumps_in_order().try_for_each(|(tap, _)| store(case, tap, &out).map(|_| ())))
+            .and_then(|_| case.dumps_in_order().try_for_each(|(key, _)| store(case, key, &out).map(|_| ())))
             .with_context(|| format!("capturing case {case}"));
         if let Err(e) = result {
             let _ = std::fs::remove_dir_all(&scratch);
@@ -48,11 +48,11 @@ pub(super) fn check_against_recorded(
             if new_sha == dump.sha256 {
                 identical += 1;
             }
-            let recorded = parity::npy::read_npy(&case.manifest.root.join(case.dump_path(tap)));
+            let recorded = parity::npy::read_npy(&case.manifest.root.join(case.dump_path_at(tap)));
             let row = match (recorded, parity::npy::read_npy(&new_path)) {
                 (Ok(recorded), Ok(new)) => {
-                    let opts = case.compare_options(tap, None).unwrap_or(parity::compare::CompareOptions {
-                        tolerance: case.tolerance(tap),
+                    let opts = case.compare_options(tap.tap, None).unwrap_or(parity::compare::CompareOptions {
+                        tolerance: case.tolerance(tap.tap),
                         ..Default::default()
                     });
                     let c = compare(&recorded, &new, &opts);

@@ -7,19 +7,19 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use contract::{ArrayDtype, Tap};
 use parity::array::Array;
-use parity::manifest::{CaseRef, Dump};
+use parity::manifest::{CaseRef, Dump, DumpKey};
 
 use super::listing::CaptureListing;
 
 /// The dumps a case keeps of what the harness wrote into `dir` (its `taps` selection, cut to
 /// its `rows`), with their digests; the others and `capture.json` are deleted.
-pub(super) fn kept_dumps(case: CaseRef, listing: &CaptureListing, dir: &Path) -> Result<Vec<(Tap, Dump)>> {
+pub(super) fn kept_dumps(case: CaseRef, listing: &CaptureListing, dir: &Path) -> Result<Vec<(DumpKey, Dump)>> {
     // capture.json served its purpose; the manifest is the record.
     std::fs::remove_file(dir.join("capture.json"))?;
     let kept = |tap: Tap| case.case.taps.as_ref().is_none_or(|patterns| patterns.iter().any(|p| p.matches(tap)));
     let mut dumps = Vec::new();
     for t in &listing.taps {
-        if !kept(t.tap) {
+        if !kept(t.tap.tap) {
             std::fs::remove_file(raw_path(dir, t.tap))?;
             continue;
         }
@@ -33,10 +33,10 @@ pub(super) fn kept_dumps(case: CaseRef, listing: &CaptureListing, dir: &Path) ->
 /// Records, for each float dump of a bf16 case, the reference's own deviation between its
 /// bf16 run (the stored dumps in `dir`) and its f32 run (the harness's files in `f32_dir`),
 /// over the rows the case keeps.
-pub(super) fn record_noise(case: CaseRef, dumps: &mut [(Tap, Dump)], dir: &Path, f32_dir: &Path) -> Result<()> {
+pub(super) fn record_noise(case: CaseRef, dumps: &mut [(DumpKey, Dump)], dir: &Path, f32_dir: &Path) -> Result<()> {
     for (tap, dump) in dumps.iter_mut().filter(|(_, d)| d.dtype == ArrayDtype::F32) {
         let bf16 = parity::npy::read_npy(&stored_path(case, *tap, dir))?;
-        let f32 = cut_rows(case, *tap, parity::npy::read_npy(&raw_path(f32_dir, *tap))?)?;
+        let f32 = cut_rows(case, tap.tap, parity::npy::read_npy(&raw_path(f32_dir, *tap))?)?;
         let Some(noise) = parity::compare::noise(&f32, &bf16) else {
             bail!(
                 "{tap}: the bf16 run gave {:?} and the f32 run {:?} (or a non-finite value), so the reference's \
@@ -51,23 +51,31 @@ pub(super) fn record_noise(case: CaseRef, dumps: &mut [(Tap, Dump)], dir: &Path,
     Ok(())
 }
 
-/// Where the harness writes a tap: `<dir>/<tap>.npy`.
-pub(super) fn raw_path(dir: &Path, tap: Tap) -> PathBuf {
-    dir.join(format!("{tap}.npy"))
+/// Where the harness writes a tap: `<dir>/<tap>.npy`, or `<dir>/<part>/<tap>.npy`.
+pub(super) fn raw_path(dir: &Path, key: DumpKey) -> PathBuf {
+    part_dir(dir, key).join(format!("{}.npy", key.tap))
 }
 
-/// Where the stored dump of a tap goes in `dir`: the file name the manifest gives it.
-pub(super) fn stored_path(case: CaseRef, tap: Tap, dir: &Path) -> PathBuf {
-    dir.join(case.dump_path(tap).file_name().expect("a dump path names a file"))
+/// Where the stored dump of a tap goes in `dir`: the file name the manifest gives it, in its
+/// part's folder.
+pub(super) fn stored_path(case: CaseRef, key: DumpKey, dir: &Path) -> PathBuf {
+    part_dir(dir, key).join(case.dump_path_at(key).file_name().expect("a dump path names a file"))
+}
+
+fn part_dir(dir: &Path, key: DumpKey) -> PathBuf {
+    match key.part {
+        Some(part) => dir.join(part.to_string()),
+        None => dir.to_owned(),
+    }
 }
 
 /// Turns the harness's `<tap>.npy` in `dir` into the stored dump: cut to the one row the case
 /// keeps (`rows` in the manifest) and gzip-compressed under the name the manifest gives it.
 /// Returns the stored file and the kept shape.
-pub(super) fn store(case: CaseRef, tap: Tap, dir: &Path) -> Result<(PathBuf, Vec<usize>)> {
-    let raw = raw_path(dir, tap);
-    let array = cut_rows(case, tap, parity::npy::read_npy(&raw)?)?;
-    let stored = stored_path(case, tap, dir);
+pub(super) fn store(case: CaseRef, key: DumpKey, dir: &Path) -> Result<(PathBuf, Vec<usize>)> {
+    let raw = raw_path(dir, key);
+    let array = cut_rows(case, key.tap, parity::npy::read_npy(&raw)?)?;
+    let stored = stored_path(case, key, dir);
     parity::npy::write_npy(&stored, &array)?;
     std::fs::remove_file(&raw)?;
     Ok((stored, array.shape))
@@ -143,8 +151,8 @@ mod tests {
         let case = m.case("c").unwrap();
         let dir = scratch("kept");
         let norm = Array::f32(vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]);
-        parity::npy::write_npy(&raw_path(&dir, Stage::LmNorm.tap()), &norm).unwrap();
-        parity::npy::write_npy(&raw_path(&dir, Stage::VisionTower.tap()), &norm).unwrap();
+        parity::npy::write_npy(&raw_path(&dir, Stage::LmNorm.tap().into()), &norm).unwrap();
+        parity::npy::write_npy(&raw_path(&dir, Stage::VisionTower.tap().into()), &norm).unwrap();
         let listing = CaptureListing::parse(
             r#"{"taps": [{"tap": "lm.norm", "shape": [2, 2], "dtype": "f32"},
                          {"tap": "vision.tower", "shape": [2, 2], "dtype": "f32"}],
@@ -159,7 +167,7 @@ mod tests {
         assert_eq!(left, ["lm.norm.npy.gz"], "the stored dump alone: the raw files, the other tap and the listing go");
         assert_eq!(dumps.len(), 1);
         let (tap, dump) = &dumps[0];
-        assert_eq!((*tap, dump.shape.as_slice()), (Stage::LmNorm.tap(), &[1, 2][..]), "the last row kept");
+        assert_eq!((*tap, dump.shape.as_slice()), (Stage::LmNorm.tap().into(), &[1, 2][..]), "the last row kept");
         assert_eq!(dump.sha256, parity::digest::sha256_file(&dir.join("lm.norm.npy.gz")).unwrap());
         assert_eq!(parity::npy::read_npy(&dir.join("lm.norm.npy.gz")).unwrap(), Array::f32(vec![1, 2], vec![3.0, 4.0]));
         std::fs::remove_dir_all(&dir).unwrap();

@@ -58,6 +58,8 @@ fn mode_colour(mode: &str) -> RGBColor {
             Mode::FromImageFiles => RGBColor(0x94, 0x67, 0xbd),      // purple
             Mode::DecodeTeacherForced => RGBColor(0xe3, 0x77, 0xc2), // pink
             Mode::Generate => RGBColor(0x17, 0x4a, 0x7e),            // dark blue
+            Mode::Continue => RGBColor(0x00, 0x80, 0x80),            // teal
+            Mode::BatchInvariance => RGBColor(0x6b, 0x8e, 0x23),     // olive
         };
     }
     let h = mode.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use contract::{ComputeDtype, Tap};
 use serde::Serialize;
 
-use super::schema::{ImageLoader, Manifest, RowPick, TapPattern};
+use super::schema::{DumpKey, ImageLoader, Manifest, MessageSpec, Request, RowPick, TapPattern};
 use super::CaseRef;
 
 /// Folder (relative to the manifest) that holds `<case>/<tap>.npy.gz`.
@@ -26,7 +26,18 @@ pub struct RecordedFile {
 impl Manifest {
     /// Where a case's dump of `tap` lives, relative to the manifest.
     pub fn dump_path(case: &str, tap: Tap) -> PathBuf {
-        Path::new(DUMPS_DIR).join(case).join(format!("{tap}.npy.gz"))
+        Manifest::dump_path_at(case, DumpKey::whole(tap))
+    }
+
+    /// Where a case's dump lives, relative to the manifest: `<case>/<tap>.npy.gz`, or
+    /// `<case>/<part>/<tap>.npy.gz` for a tap of a part.
+    pub fn dump_path_at(case: &str, key: DumpKey) -> PathBuf {
+        let dir = Path::new(DUMPS_DIR).join(case);
+        let dir = match key.part {
+            Some(part) => dir.join(part.to_string()),
+            None => dir,
+        };
+        dir.join(format!("{}.npy.gz", key.tap))
     }
 
     /// Every file the manifest records with a digest: model files, images, dumps.
@@ -52,11 +63,11 @@ impl Manifest {
             }
         }
         for case in self.case_refs() {
-            for (tap, dump) in case.dumps_in_order() {
+            for (key, dump) in case.dumps_in_order() {
                 files.push(RecordedFile {
-                    path: case.dump_path(tap),
+                    path: case.dump_path_at(key),
                     sha256: dump.sha256.clone(),
-                    entry: format!("cases.{case}.dumps.\"{tap}\""),
+                    entry: format!("cases.{case}.dumps.\"{key}\""),
                 });
             }
         }
@@ -64,23 +75,43 @@ impl Manifest {
     }
 }
 
-impl CaseRef<'_> {
+impl<'m> CaseRef<'m> {
     /// Where the case's dump of `tap` lives, relative to the manifest.
     pub fn dump_path(&self, tap: Tap) -> PathBuf {
         Manifest::dump_path(self.name, tap)
     }
 
+    /// Where the case's dump of a tap of a part (or of the whole case) lives.
+    pub fn dump_path_at(&self, key: DumpKey) -> PathBuf {
+        Manifest::dump_path_at(self.name, key)
+    }
+
+    /// The case's image names in message order; a batch's, its members' row after row.
+    pub fn image_names(&self) -> Vec<&'m str> {
+        match self.request() {
+            Request::Batch { .. } => self.members().iter().flat_map(|m| m.case.image_names()).collect(),
+            _ => self.case.image_names(),
+        }
+    }
+
     /// The case's image files, in message order, relative to the manifest.
     pub fn image_paths(&self) -> Vec<PathBuf> {
-        self.case.images.iter().map(|i| PathBuf::from(&self.manifest.images[i.as_str()].path)).collect()
+        self.image_names().into_iter().map(|i| self.image_path(i)).collect()
+    }
+
+    /// The file of the image `name` (validated to exist), relative to the manifest.
+    pub fn image_path(&self, name: &str) -> PathBuf {
+        PathBuf::from(&self.manifest.images[name].path)
     }
 
     /// Everything the case's dumps depend on, as one SHA-256: the model files (by their
     /// recorded digests; for a checkpoint outside the repository, the digest of its
-    /// `config.json`, `config_sha`), the images (by digest), the prompt, the tap and row
-    /// selection, the generation settings and the harness. Hashed over a canonical
+    /// `config.json`, `config_sha`), the images (by digest), the request (prompt, messages,
+    /// turns, suffixes, template arguments; a batch's members by their own digests), the tap and
+    /// row selection, the generation settings and the harness. Hashed over a canonical
     /// serialisation — compact JSON of a struct whose fields and map keys come in a fixed
-    /// order — never over `Debug` output, which promises no stable format.
+    /// order — never over `Debug` output, which promises no stable format. Fields added after
+    /// the first captures are left out when empty, so older digests do not move.
     pub fn inputs_digest(
         &self,
         config_sha: Option<&str>,
@@ -93,6 +124,16 @@ impl CaseRef<'_> {
             model_config_sha256: Option<&'a str>,
             images: &'a [(String, String)],
             prompt: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            messages: Option<&'a Vec<MessageSpec>>,
+            #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+            chat_template_kwargs: &'a BTreeMap<String, serde_json::Value>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            turns: Option<&'a Vec<Vec<MessageSpec>>>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            prefix_cache: Option<&'a Vec<Vec<MessageSpec>>>,
+            #[serde(skip_serializing_if = "Vec::is_empty")]
+            batch: Vec<Member<'a>>,
             // Left out when it is the default, so the digests of the cases recorded before
             // the field existed do not move.
             #[serde(skip_serializing_if = "ImageLoader::is_processor")]
@@ -105,12 +146,38 @@ impl CaseRef<'_> {
             gen_top_k: Option<usize>,
             harness_sha256: &'a str,
         }
+        /// A batch row's request (its images' digests are among the batch's).
+        #[derive(Serialize)]
+        struct Member<'a> {
+            case: &'a str,
+            prompt: Option<&'a str>,
+            messages: Option<&'a Vec<MessageSpec>>,
+            chat_template_kwargs: &'a BTreeMap<String, serde_json::Value>,
+            images: Vec<&'a str>,
+            loader: ImageLoader,
+        }
         let c = self.case;
         let inputs = DigestedInputs {
             model_files: &self.model().files,
             model_config_sha256: config_sha,
             images: image_shas,
-            prompt: &c.prompt,
+            prompt: c.prompt.as_deref().unwrap_or_default(),
+            messages: c.messages.as_ref(),
+            chat_template_kwargs: &c.chat_template_kwargs,
+            turns: c.turns.as_ref(),
+            prefix_cache: c.prefix_cache.as_ref(),
+            batch: self
+                .members()
+                .iter()
+                .map(|m| Member {
+                    case: m.name,
+                    prompt: m.case.prompt.as_deref(),
+                    messages: m.case.messages.as_ref(),
+                    chat_template_kwargs: &m.case.chat_template_kwargs,
+                    images: m.case.image_names(),
+                    loader: m.case.loader,
+                })
+                .collect(),
             loader: c.loader,
             dtype: c.dtype,
             taps: c.taps.as_ref(),

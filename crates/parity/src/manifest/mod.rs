@@ -24,8 +24,8 @@ use std::path::{Path, PathBuf};
 pub use files::{RecordedFile, DUMPS_DIR};
 pub use resolve::Weights;
 pub use schema::{
-    At, CalibrationSpec, Case, Dump, Image, ImageLoader, Manifest, ModelEntry, Reference, RowPick, TapPattern,
-    ToleranceSpec,
+    At, CalibrationSpec, Case, ContentSpec, Dump, DumpKey, Image, ImageLoader, ItemSpec, Manifest, MessageSpec,
+    ModelEntry, Part, Reference, Request, RoleSpec, RowPick, TapPattern, ToleranceSpec,
 };
 
 /// A manifest that cannot be used, with the file and the entry at fault.
@@ -110,6 +110,22 @@ impl<'m> CaseRef<'m> {
     /// The name of the case's model.
     pub fn model_name(&self) -> &'m str {
         self.case.model.as_str()
+    }
+
+    /// The case's request (validated to be exactly one when the manifest loaded).
+    pub fn request(&self) -> Request<'m> {
+        self.case.request().expect("validated at load: a case has one request")
+    }
+
+    /// The cases of a batch, in row order; none for any other case.
+    pub fn members(&self) -> Vec<CaseRef<'m>> {
+        match self.request() {
+            Request::Batch { members } => members
+                .iter()
+                .map(|m| self.manifest.case(m.as_str()).expect("validated at load: batch members exist"))
+                .collect(),
+            _ => Vec::new(),
+        }
     }
 }
 

@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 
 use contract::{ArrayDtype, Tap};
 
-use super::schema::{Dump, Manifest, RowPick};
+use super::schema::{Dump, DumpKey, Manifest, Request, RowPick};
 use super::validate::join_keys;
 use super::CaseRef;
 use crate::compare::{Calibration, CompareOptions, Tolerance};
-use crate::mode::Mode;
+use crate::mode::{CaseKind, Mode};
 
 /// Where a model's checkpoint is, or why it is not here.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,7 +21,7 @@ pub enum Weights {
     Absent(String),
 }
 
-impl CaseRef<'_> {
+impl<'m> CaseRef<'m> {
     /// The tolerance for one tap: tap override, then case, then model, then global. Of several
     /// matching tap patterns the longest (most specific) wins.
     pub fn tolerance(&self, tap: Tap) -> Tolerance {
@@ -75,17 +75,28 @@ impl CaseRef<'_> {
             .map_or(self.tolerance(tap), |o| o.calibration.map_or(o.tolerance, |c| c.tolerance()))
     }
 
-    /// The recorded dump of a tap, or an error naming the capture that records it.
-    pub fn dump(&self, tap: Tap) -> Result<&Dump, String> {
-        self.case
-            .dumps
-            .get(&tap)
-            .ok_or_else(|| format!("case {self} has no recorded {tap}; run `cargo xtask capture --case {self}`"))
+    /// The recorded dump of a tap of the whole case, or an error naming the capture that
+    /// records it.
+    pub fn dump(&self, tap: Tap) -> Result<&'m Dump, String> {
+        self.dump_at(DumpKey::whole(tap))
     }
 
-    /// Whether the case recorded `tap`.
+    /// The recorded dump of a tap of a part (or of the whole case).
+    pub fn dump_at(&self, key: DumpKey) -> Result<&'m Dump, String> {
+        self.case
+            .dumps
+            .get(&key)
+            .ok_or_else(|| format!("case {self} has no recorded {key}; run `cargo xtask capture --case {self}`"))
+    }
+
+    /// Whether the case recorded `tap` for the whole case.
     pub fn records(&self, tap: Tap) -> bool {
-        self.case.dumps.contains_key(&tap)
+        self.case.dumps.contains_key(&DumpKey::whole(tap))
+    }
+
+    /// Whether the case recorded a tap of a part (or of the whole case).
+    pub fn records_at(&self, key: DumpKey) -> bool {
+        self.case.dumps.contains_key(&key)
     }
 
     /// Which row of `tap` the case keeps, if only one (the longest matching pattern wins).
@@ -102,16 +113,34 @@ impl CaseRef<'_> {
             .map(|(_, pick)| *pick)
     }
 
-    /// The recorded dumps in pipeline order (a `Tap` key sorts that way).
-    pub fn dumps_in_order(&self) -> impl Iterator<Item = (Tap, &Dump)> {
-        self.case.dumps.iter().map(|(tap, d)| (*tap, d))
+    /// The recorded dumps, the whole case's in pipeline order, then each part's.
+    pub fn dumps_in_order(&self) -> impl Iterator<Item = (DumpKey, &'m Dump)> {
+        self.case.dumps.iter().map(|(key, d)| (*key, d))
     }
 
-    /// The recorded taps that a run in `mode` checks, in pipeline order (see [`Mode::taps`]).
+    /// The recorded taps of the whole case that a run in `mode` checks, in pipeline order (see
+    /// [`Mode::taps`]), and for a case checked in parts, each part's taps that a `continue` run
+    /// checks.
+    pub fn checks(&self, mode: Mode) -> Vec<DumpKey> {
+        let kind = match self.request() {
+            Request::Batch { .. } => CaseKind::Batch,
+            Request::Turns { .. } | Request::PrefixCache { .. } => CaseKind::Parts,
+            _ => CaseKind::Single,
+        };
+        let whole_case: Vec<Tap> = self.case.dumps.keys().filter(|k| k.part.is_none()).map(|k| k.tap).collect();
+        let whole_rows: Vec<Tap> = whole_case.iter().copied().filter(|&t| self.row_pick(t).is_none()).collect();
+        let mut keys: Vec<DumpKey> =
+            mode.taps(kind, &whole_case, &whole_rows).into_iter().map(DumpKey::whole).collect();
+        for part in self.case.parts() {
+            let taps: Vec<Tap> = self.case.dumps.keys().filter(|k| k.part == Some(part)).map(|k| k.tap).collect();
+            keys.extend(mode.part_taps(&taps).into_iter().map(|tap| DumpKey::of(part, tap)));
+        }
+        keys
+    }
+
+    /// The recorded taps of the whole case that a run in `mode` checks (see [`CaseRef::checks`]).
     pub fn taps_checked(&self, mode: Mode) -> Vec<Tap> {
-        let recorded: Vec<Tap> = self.case.dumps.keys().copied().collect();
-        let whole: Vec<Tap> = recorded.iter().copied().filter(|&t| self.row_pick(t).is_none()).collect();
-        mode.taps(&recorded, &whole)
+        self.checks(mode).into_iter().filter(|k| k.part.is_none()).map(|k| k.tap).collect()
     }
 
     /// Where the case's checkpoint is (see [`Manifest::weights`]).

@@ -9,7 +9,7 @@ use std::path::{Component, Path};
 
 use contract::ComputeDtype;
 
-use super::schema::{At, Manifest, ToleranceSpec};
+use super::schema::{At, ContentSpec, Manifest, MessageSpec, Request, RoleSpec, ToleranceSpec};
 
 /// A check that failed: what, and where in the text.
 pub(super) struct Invalid {
@@ -107,6 +107,7 @@ impl Manifest {
                 ));
             }
         }
+        self.validate_request(&at, case).map_err(whole)?;
         if let Some(t) = &case.tolerance {
             check_tolerance(&format!("{at}.tolerance"), t).map_err(whole)?;
         }
@@ -131,17 +132,179 @@ impl Manifest {
             (_, Some(0)) => Err(whole(format!("{at}.gen_top_k = 0: keep at least one id per step"))),
             _ => Ok(()),
         }?;
-        for (tap, dump) in &case.dumps {
-            if tap.dtype() != dump.dtype {
+        for (key, dump) in &case.dumps {
+            if key.tap.dtype() != dump.dtype {
                 return Err(whole(format!(
-                    "{at}.dumps.\"{tap}\": dtype {} but the contract says {}",
+                    "{at}.dumps.\"{key}\": dtype {} but the contract says {}",
                     dump.dtype,
-                    tap.dtype()
+                    key.tap.dtype()
                 )));
+            }
+            if let Some(part) = key.part {
+                if !case.parts().contains(&part) {
+                    return Err(whole(format!("{at}.dumps.\"{key}\": the case has no part {part}")));
+                }
             }
         }
         Ok(())
     }
+
+    /// One request per case, its messages well formed, its batch members real single cases of
+    /// the same model and dtype.
+    fn validate_request(&self, at: &str, case: &super::Case) -> Result<(), String> {
+        let Some(request) = case.request() else {
+            return Err(format!(
+                "{at}: give exactly one request: `prompt` (with `images`), `messages`, `turns`, `messages` with \
+                 `prefix_cache`, or `batch`"
+            ));
+        };
+        if !case.images.is_empty() && !matches!(request, Request::Single { .. }) {
+            return Err(format!(
+                "{at}.images: images of a conversation go in its messages, as {{ image = \"name\" }} items"
+            ));
+        }
+        if !case.chat_template_kwargs.is_empty() && matches!(request, Request::Single { .. } | Request::Batch { .. }) {
+            return Err(format!(
+                "{at}.chat_template_kwargs: only a case with `messages`, `turns` or `prefix_cache` renders a \
+                 conversation of its own"
+            ));
+        }
+        let check_images = |where_: &str, messages: &[MessageSpec]| -> Result<(), String> {
+            for name in messages.iter().flat_map(MessageSpec::images) {
+                if !self.images.contains_key(name) {
+                    return Err(format!(
+                        "{at}.{where_}: unknown image \"{name}\"; known images: {}",
+                        join_keys(&self.images)
+                    ));
+                }
+            }
+            Ok(())
+        };
+        match request {
+            Request::Single { .. } => {}
+            Request::Conversation { messages } => {
+                check_images("messages", messages)?;
+                check_conversation(&format!("{at}.messages"), messages, true)?;
+            }
+            Request::Turns { turns } => {
+                if turns.is_empty() {
+                    return Err(format!("{at}.turns: give at least one turn"));
+                }
+                if case.generate.is_none() {
+                    return Err(format!(
+                        "{at}.generate: a conversation fed turn by turn generates each turn's reply; set `generate`"
+                    ));
+                }
+                for (i, turn) in turns.iter().enumerate() {
+                    let where_ = format!("turns[{i}]");
+                    if turn.is_empty() {
+                        return Err(format!(
+                            "{at}.{where_}: an empty turn; give each turn at least one user message, or remove it"
+                        ));
+                    }
+                    check_images(&where_, turn)?;
+                    if turn.iter().any(|m| m.role == RoleSpec::Assistant) {
+                        return Err(format!(
+                            "{at}.{where_}: the assistant's replies of a conversation fed turn by turn are generated; \
+                             give only system and user messages"
+                        ));
+                    }
+                    check_conversation(&format!("{at}.{where_}"), turn, true)?;
+                }
+            }
+            Request::PrefixCache { prefix, suffixes } => {
+                check_images("messages", prefix)?;
+                check_conversation(&format!("{at}.messages"), prefix, false)?;
+                if suffixes.len() < 2 {
+                    return Err(format!("{at}.prefix_cache: give at least two suffixes that share the cached prefix"));
+                }
+                for (i, suffix) in suffixes.iter().enumerate() {
+                    let where_ = format!("prefix_cache[{i}]");
+                    if suffix.is_empty() {
+                        return Err(format!("{at}.{where_}: an empty suffix; give it at least one user message"));
+                    }
+                    check_images(&where_, suffix)?;
+                    check_conversation(&format!("{at}.{where_}"), suffix, true)?;
+                }
+            }
+            Request::Batch { members } => self.validate_batch(at, case, members)?,
+        }
+        Ok(())
+    }
+
+    fn validate_batch(&self, at: &str, case: &super::Case, members: &[At<String>]) -> Result<(), String> {
+        if members.len() < 2 {
+            return Err(format!("{at}.batch: a batch needs at least two cases"));
+        }
+        for name in members {
+            let Some(member) = self.cases.get(name.as_str()) else {
+                return Err(format!(
+                    "{at}.batch: unknown case \"{}\"; known cases: {}",
+                    name.as_str(),
+                    join_keys(&self.cases)
+                ));
+            };
+            if !matches!(member.request(), Some(Request::Single { .. } | Request::Conversation { .. })) {
+                return Err(format!(
+                    "{at}.batch: \"{}\" is not a single request (a prompt or a conversation); a batch holds those only",
+                    name.as_str()
+                ));
+            }
+            if member.model.as_str() != case.model.as_str() {
+                return Err(format!(
+                    "{at}.batch: \"{}\" runs model \"{}\" but the batch runs \"{}\"; a batch runs one model: \
+                     set the batch's model to its members' or batch cases of one model",
+                    name.as_str(),
+                    member.model.as_str(),
+                    case.model.as_str()
+                ));
+            }
+            if member.dtype != case.dtype {
+                return Err(format!(
+                    "{at}.batch: \"{}\" computes in {} but the batch in {}; a batch computes in one dtype: \
+                     set the batch's dtype to its members'",
+                    name.as_str(),
+                    member.dtype,
+                    case.dtype
+                ));
+            }
+            if member.loader != case.loader {
+                return Err(format!(
+                    "{at}.batch: \"{}\" opens its images with another loader than the batch; give the batch its \
+                     members' loader",
+                    name.as_str()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A conversation a chat server would accept: a system message only first, no empty one, and
+/// (when it asks for a reply, `open`) not ending with the assistant's own turn.
+fn check_conversation(at: &str, messages: &[MessageSpec], open: bool) -> Result<(), String> {
+    if messages.is_empty() {
+        return Err(format!("{at}: an empty conversation; give at least one message"));
+    }
+    for (i, message) in messages.iter().enumerate() {
+        if message.role == RoleSpec::System && i > 0 {
+            return Err(format!("{at}[{i}]: a system message comes first, before any other message"));
+        }
+        let empty = match &message.content {
+            ContentSpec::Text(text) => text.is_empty(),
+            ContentSpec::Items(items) => items.is_empty(),
+        };
+        if empty {
+            return Err(format!("{at}[{i}]: an empty message; give it text or an image, or remove it"));
+        }
+    }
+    if open && messages.last().is_some_and(|m| m.role == RoleSpec::Assistant) {
+        return Err(format!(
+            "{at}: the conversation ends with the assistant's turn but asks for the assistant's reply (the generation \
+             prompt); end it with a user message, or drop the last assistant message"
+        ));
+    }
+    Ok(())
 }
 
 pub(super) fn join_keys<V>(map: &BTreeMap<String, V>) -> String {

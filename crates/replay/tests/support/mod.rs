@@ -4,8 +4,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use contract::Tap;
-use parity::manifest::{CaseRef, Manifest};
+use parity::manifest::{CaseRef, DumpKey, Manifest};
 use replay::{Mode, Run};
 
 /// Fails with the file, the manifest entry and both digests when a recorded file changed.
@@ -46,7 +45,7 @@ pub fn assert_captured(name: &str) {
 }
 
 /// Fails with the case, the tap, the mode, the metrics and the worst element's place.
-pub fn assert_tap(name: &str, tap: Tap, mode: Mode) {
+pub fn assert_tap(name: &str, tap: DumpKey, mode: Mode) {
     let run = run(name, mode);
     let run = match run.as_ref() {
         Ok(run) => run,
