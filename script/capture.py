@@ -758,11 +758,23 @@ def capture_prefix(model, processor, case: dict, rec: Recorder) -> str:
     loader, steps = case.get("loader", "processor"), case.get("generate") or 0
     kwargs = case.get("chat_template_kwargs") or {}
     texts = []
+    prefix_messages, prefix_images = hf_messages(case["messages"], loader)
+    prefix_text = processor.apply_chat_template(prefix_messages, tokenize=False, add_generation_prompt=False, **kwargs)
+    prefix = processor(text=[prefix_text], return_tensors="pt", **({"images": prefix_images} if prefix_images else {}))
+    prefix_ids = prefix["input_ids"][0].tolist()
     for s, suffix in enumerate(case["suffixes"]):
         part = Part(rec, f"suffix.{s}")
         messages, images = hf_messages(case["messages"] + suffix, loader)
         text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
         inputs = processor(text=[text], return_tensors="pt", **({"images": images} if images else {}))
+        ids = inputs["input_ids"][0].tolist()
+        if common_prefix(prefix_ids, ids) < len(prefix_ids):
+            sys.exit(
+                f"error: the prefix ({len(prefix_ids)} tokens) is not a prefix of prefix + "
+                f"suffix {s} as the chat template renders them (they share {common_prefix(prefix_ids, ids)}): the "
+                "template renders the prefix's last message differently once more messages follow; end the "
+                "prefix with a system or user message"
+            )
         part.put("input.input_ids", inputs["input_ids"][0])
         texts.append(text)
         if steps:

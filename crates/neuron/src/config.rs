@@ -289,6 +289,8 @@ pub struct TextConfig {
     pub full_attention_interval: usize,
     pub rope_parameters: TextRopeParameters,
     pub attention_bias: bool,
+    /// The longest sequence the model was trained for: a longer prompt is refused.
+    pub max_position_embeddings: usize,
     /// The end-of-sequence token(s) `generate` stops at.
     pub eos_token_id: Option<EosTokenId>,
     /// The sparse MoE block's fields, for the MoE family (`None` for the dense one): read from
@@ -320,6 +322,7 @@ impl Default for TextConfig {
             full_attention_interval: 4,
             rope_parameters: TextRopeParameters::default(),
             attention_bias: false,
+            max_position_embeddings: 32768,
             eos_token_id: None,
             moe: None,
             constants: TextConstants::default(),

@@ -153,8 +153,15 @@ pub struct EmbeddedBatch {
     /// Each row's multimodal positions (t, h, w) [3][seq]; padding at 0, as `get_rope_index`
     /// leaves the masked positions.
     pub positions: Vec<[Vec<i64>; 3]>,
-    /// How many padding tokens each row starts with.
+    /// How many padding tokens each row starts with: the keys full attention masks out, and
+    /// what a row's decode positions discount (`create_causal_mask` and the cumulative sum of
+    /// the attention mask). Kept in each row's cache.
     pub padding: Vec<usize>,
+    /// How many leading tokens of each row are zeroed before every Gated DeltaNet layer
+    /// (`apply_mask_to_padding_states`). Equal to `padding`; a field of its own because
+    /// transformers builds this mask apart (`_update_linear_attn_mask`), and that is the one
+    /// it has dropped (PR #46773, PR #47087): a test can take one mask away and not the other.
+    pub linear_padding: Vec<usize>,
     /// Each row's rope delta, from its own tokens (see [`rope_delta`]).
     pub rope_deltas: Vec<i64>,
 }
@@ -243,6 +250,7 @@ impl Model {
 
     /// Multimodal positions of a prompt (see [`rope_index`]).
     pub fn positions(&self, input_ids: &[u32], grids: &[Grid]) -> Result<[Vec<i64>; 3]> {
+        self.check_length(input_ids.len(), "the prompt")?;
         rope_index(input_ids, self.config.image_token_id, grids, self.config.vision_config.spatial_merge_size)
     }
 
@@ -383,27 +391,35 @@ impl Model {
                 all.dim(0)?
             );
         }
-        if taps.enabled() {
-            let flat: Vec<i64> = positions.iter().flat_map(|p| p.iter().flatten().copied()).collect();
-            taps.record(Stage::PositionIds.tap(), &Tensor::from_vec(flat, (requests.len(), 3, seq), &Device::Cpu)?);
-            if !spliced.is_empty() {
-                taps.record(Stage::LmImageEmbeds.tap(), &Tensor::cat(&spliced, 0)?);
-            }
+        if taps.enabled() && !spliced.is_empty() {
+            taps.record(Stage::LmImageEmbeds.tap(), &Tensor::cat(&spliced, 0)?);
         }
-        Ok(EmbeddedBatch { embeds: Tensor::stack(&rows, 0)?, positions, padding, rope_deltas })
+        let linear_padding = padding.clone();
+        Ok(EmbeddedBatch { embeds: Tensor::stack(&rows, 0)?, positions, padding, linear_padding, rope_deltas })
     }
 
     /// Prefills a batch into empty caches, one per row → the logits at each row's last position
-    /// [batch, vocab]. Records the text model's taps and the caches after the prefill, each with a
-    /// leading batch axis.
+    /// [batch, vocab]. Records the positions it runs at, the text model's taps and the caches
+    /// after the prefill, each with a leading batch axis.
     pub fn prefill_batch(&self, batch: &EmbeddedBatch, caches: &mut [Cache], taps: &mut Taps) -> Result<Tensor> {
-        ensure!(caches.len() == batch.rows(), "{} rows and {} caches", batch.rows(), caches.len());
+        let rows = batch.rows();
+        ensure!(caches.len() == rows, "{rows} rows and {} caches", caches.len());
+        ensure!(
+            batch.linear_padding.len() == rows,
+            "{rows} rows and {} linear padding counts",
+            batch.linear_padding.len()
+        );
         ensure!(caches.iter().all(Cache::is_empty), "a batch is prefilled into empty caches");
+        if taps.enabled() {
+            let seq = batch.embeds.dim(1)?;
+            let flat: Vec<i64> = batch.positions.iter().flat_map(|p| p.iter().flatten().copied()).collect();
+            taps.record(Stage::PositionIds.tap(), &Tensor::from_vec(flat, (rows, 3, seq), &Device::Cpu)?);
+        }
         for ((cache, &padding), &delta) in caches.iter_mut().zip(&batch.padding).zip(&batch.rope_deltas) {
             cache.set_padding(padding);
             cache.set_rope_delta(delta);
         }
-        let logits = self.text.forward_batch(&batch.embeds, &batch.positions, &batch.padding, caches, taps)?;
+        let logits = self.text.forward_batch(&batch.embeds, &batch.positions, &batch.linear_padding, caches, taps)?;
         Cache::record_batch(caches, taps)?;
         Ok(logits)
     }
@@ -413,6 +429,12 @@ impl Model {
     /// all rows at once: the weights are read once per step.
     pub fn decode_step_batch(&self, tokens: &[u32], caches: &mut [Cache]) -> Result<Tensor> {
         ensure!(tokens.len() == caches.len(), "{} tokens for {} caches", tokens.len(), caches.len());
+        for (row, cache) in caches.iter().enumerate() {
+            self.check_length(
+                cache.len() - cache.padding() + 1,
+                &format!("row {row}'s prompt and the tokens after it"),
+            )?;
+        }
         let embeds = self.text.embed(tokens)?.unsqueeze(1)?;
         let positions: Vec<[Vec<i64>; 3]> = caches.iter().map(|c| c.next_positions(1)).collect();
         let padding = vec![0; tokens.len()];
@@ -513,8 +535,21 @@ impl Model {
     pub fn extend(&self, input_ids: &[u32], cache: &mut Cache, taps: &mut Taps) -> Result<Tensor> {
         ensure!(!input_ids.is_empty(), "no tokens to append");
         ensure!(!cache.is_empty(), "the cache is empty: prefill a prompt first");
+        self.check_length(cache.len() - cache.padding() + input_ids.len(), "the prompt and the tokens after it")?;
         let positions = cache.next_positions(input_ids.len());
         self.text.forward_with_cache(&self.text.embed(input_ids)?, &positions, cache, taps)
+    }
+
+    /// Refuses a sequence of `tokens` longer than the model's positions (`max_position_embeddings`):
+    /// transformers would run it, on rotary angles the model never saw in training.
+    fn check_length(&self, tokens: usize, what: &str) -> Result<()> {
+        let max = self.config.text_config.max_position_embeddings;
+        ensure!(
+            tokens <= max,
+            "{what} takes {tokens} tokens, more than the model's {max} positions (max_position_embeddings in its \
+             config.json): shorten the prompt or the conversation, or generate fewer tokens"
+        );
+        Ok(())
     }
 
     /// One decode step: `token` appended after what `cache` holds → the next logits [vocab].

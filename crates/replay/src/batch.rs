@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use contract::Stage;
-use neuron::model::{Model, Request};
+use neuron::model::{EmbeddedBatch, Model, Request};
 use neuron::preprocess::{GenerationPrompt, Processed};
 use neuron::taps::Taps;
 use neuron::vision::VisionPositions;
@@ -51,15 +51,22 @@ pub(crate) fn run(setup: &CaseSetup, mode: Mode, model: &Model, perturb: &Pertur
     let mut own_reference = None;
     let stages = (|| -> Result<()> {
         let pixel_values = pixels.as_ref().map(|p| (p, &positions));
+        let embed = |taps: &mut Taps| -> Result<EmbeddedBatch> {
+            let mut batch = model.embed_batch(&requests, pixel_values, pad, taps)?;
+            if let Some(hook) = perturb.batch_after_embed {
+                hook(&mut batch);
+            }
+            Ok(batch)
+        };
         let steps = || -> Result<usize> { Ok(reference_tokens(case)?.shape.get(1).copied().unwrap_or(0)) };
         match mode {
             Mode::FromImageFiles => {
-                let batch = model.embed_batch(&requests, pixel_values, pad, &mut taps)?;
+                let batch = embed(&mut taps)?;
                 let mut caches: Vec<_> = (0..batch.rows()).map(|_| model.new_cache()).collect();
                 model.prefill_batch(&batch, &mut caches, &mut taps)?;
             }
             Mode::DecodeTeacherForced => {
-                let batch = model.embed_batch(&requests, pixel_values, pad, &mut Taps::disabled())?;
+                let batch = embed(&mut Taps::disabled())?;
                 let mut caches: Vec<_> = (0..batch.rows()).map(|_| model.new_cache()).collect();
                 let mut logits = vec![model.prefill_batch(&batch, &mut caches, &mut Taps::disabled())?];
                 if let Some(hook) = perturb.cache_after_prefill {
@@ -76,12 +83,12 @@ pub(crate) fn run(setup: &CaseSetup, mode: Mode, model: &Model, perturb: &Pertur
                 taps.record(Stage::GenLogits.tap(), &Tensor::stack(&logits, 1)?);
             }
             Mode::Generate => {
-                let batch = model.embed_batch(&requests, pixel_values, pad, &mut Taps::disabled())?;
+                let batch = embed(&mut Taps::disabled())?;
                 let generation = model.generate_greedy_batch(&batch, steps()?, &eos, pad, &mut Taps::disabled())?;
                 record_tokens(&mut taps, &generation.tokens)?;
             }
             Mode::BatchInvariance => {
-                let batch = model.embed_batch(&requests, pixel_values, pad, &mut taps)?;
+                let batch = embed(&mut taps)?;
                 model.generate_greedy_batch(&batch, steps()?, &eos, pad, &mut taps)?;
                 own_reference = Some(rows_alone(model, &processed, steps()?, &eos)?);
             }

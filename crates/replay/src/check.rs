@@ -7,7 +7,7 @@ use anyhow::{bail, ensure, Result};
 use contract::{ComputeDtype, Family, Stage, Tap};
 use parity::array::Array;
 use parity::compare::{compare, CompareOptions, Comparison};
-use parity::manifest::{CaseRef, DumpKey, RowPick};
+use parity::manifest::{CaseRef, DumpKey, Part, RowPick};
 use parity::mode::Mode;
 
 use crate::run::{reference, token_texts, Run};
@@ -74,8 +74,8 @@ impl Run {
             .map_err(anyhow::Error::msg)?;
         let (comparison, worst) = compare_picked(&expected, actual, case.row_pick(tap), &opts)?;
         let mut location = worst.and_then(|index| self.locate(tap, &index));
-        if !comparison.passed() && tap.family() == Family::Gen && self.padding.is_empty() && key.part.is_none() {
-            if let Some(divergence) = self.first_diverging_step(case, tap, &expected, actual, &opts) {
+        if !comparison.passed() && tap.family() == Family::Gen && self.padding.is_empty() {
+            if let Some(divergence) = self.first_diverging_step(case, key, &expected, actual, &opts) {
                 location = Some(match location {
                     Some(worst) => format!("{divergence}; the worst element: {worst}"),
                     None => divergence,
@@ -144,11 +144,12 @@ impl Run {
     fn first_diverging_step(
         &self,
         case: CaseRef,
-        tap: Tap,
+        key: DumpKey,
         expected: &Array,
         actual: &Array,
         opts: &CompareOptions,
     ) -> Option<String> {
+        let tap = key.tap;
         // Runs of different lengths (one stopped at an end-of-sequence token) are compared
         // over the steps both made.
         let (Some(&expected_steps), Some(&actual_steps)) = (expected.shape.first(), actual.shape.first()) else {
@@ -174,7 +175,7 @@ impl Run {
         let (e, a) = (expected.as_i64()?[step], actual.as_i64()?[step]);
         let texts = token_texts(&self.model_dir, &[e as u32, a as u32]).unwrap_or_default();
         let text = |i: usize, id: i64| texts.get(i).map_or(format!("id {id}"), |t| format!("{t:?} (id {id})"));
-        let margin = reference_margin(case, step, e, a).map_or_else(
+        let margin = reference_margin(case, key.part, step, e, a).map_or_else(
             || "the reference's logits of that step are not recorded".to_owned(),
             |(margin, scale)| {
                 let t = case.effective_tolerance(Stage::GenLogits.tap());
@@ -194,17 +195,18 @@ impl Run {
 /// The reference's logit of its own token minus that of `other` at `step`, with the size of
 /// the logit (for the relative tolerance): from `gen.logits`, or from the top-k record when
 /// `other` is among the top k (a lower bound, the top-1 minus the k-th, when it is not).
-fn reference_margin(case: CaseRef, step: usize, token: i64, other: i64) -> Option<(f64, f64)> {
-    if case.records(Stage::GenLogits.tap()) {
-        let logits = reference(case, Stage::GenLogits.tap()).ok()?;
+fn reference_margin(case: CaseRef, part: Option<Part>, step: usize, token: i64, other: i64) -> Option<(f64, f64)> {
+    let at_part = |stage: Stage| DumpKey { part, tap: stage.tap() };
+    if case.records_at(at_part(Stage::GenLogits)) {
+        let logits = reference_at(case, at_part(Stage::GenLogits)).ok()?;
         let vocab = *logits.shape.get(1)?;
         let row = logits.as_f32()?.get(step * vocab..(step + 1) * vocab)?;
         let at = |id: i64| usize::try_from(id).ok().and_then(|i| row.get(i)).map(|&v| f64::from(v));
         let own = at(token)?;
         return Some((own - at(other)?, own));
     }
-    let ids = reference(case, Stage::GenTopIds.tap()).ok()?;
-    let values = reference(case, Stage::GenTopLogits.tap()).ok()?;
+    let ids = reference_at(case, at_part(Stage::GenTopIds)).ok()?;
+    let values = reference_at(case, at_part(Stage::GenTopLogits)).ok()?;
     let k = *ids.shape.get(1)?;
     let ids = ids.as_i64()?.get(step * k..(step + 1) * k)?;
     let values = values.as_f32()?.get(step * k..(step + 1) * k)?;
@@ -520,13 +522,13 @@ mod tests {
         let (ids, values) = (&ids.as_i64().unwrap()[2 * k..3 * k], &values.as_f32().unwrap()[2 * k..3 * k]);
         let (first, fourth) = (f64::from(values[0]), f64::from(values[3]));
         assert_eq!(
-            reference_margin(manifest.case("standin-astronaut").unwrap(), 2, ids[0], ids[3]),
+            reference_margin(manifest.case("standin-astronaut").unwrap(), None, 2, ids[0], ids[3]),
             Some((first - fourth, first)),
             "step 2: its first id against its fourth"
         );
         let absent = (0..).find(|id| !ids.contains(id)).unwrap();
         assert_eq!(
-            reference_margin(manifest.case("standin-astronaut").unwrap(), 2, ids[0], absent),
+            reference_margin(manifest.case("standin-astronaut").unwrap(), None, 2, ids[0], absent),
             Some((first - f64::from(values[k - 1]), first)),
             "an id outside the kept 64: at least the first minus the 64th"
         );

@@ -6,12 +6,12 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
 use contract::Stage;
 use neuron::model::{argmax, Model};
 use neuron::preprocess::{GenerationPrompt, Processed, Processor};
-use neuron::session::Session;
+use neuron::session::{Reuse, Session};
 use neuron::taps::Taps;
 use neuron::vision::VisionPositions;
 use parity::manifest::{CaseRef, ContentSpec, DumpKey, MessageSpec, Part, Request, RoleSpec};
@@ -67,7 +67,7 @@ impl Parts<'_> {
         for (t, turn) in turns.iter().enumerate() {
             let part = Part::Turn(t);
             history.extend(turn.iter().cloned());
-            let generated = self.part(part, &history, &mut session, run).with_context(|| format!("{part}"))?;
+            let (generated, _) = self.part(part, &history, &mut session, run).with_context(|| format!("{part}"))?;
             let reply = match recorded_part(self.case, part, Stage::GenTokens)? {
                 Some(reference) => reference,
                 None => generated,
@@ -93,14 +93,29 @@ impl Parts<'_> {
             let part = Part::Suffix(s);
             let messages: Vec<MessageSpec> = prefix.iter().chain(suffix).cloned().collect();
             let mut session = base.clone();
-            self.part(part, &messages, &mut session, run).with_context(|| format!("{part}"))?;
+            let (_, reuse) = self.part(part, &messages, &mut session, run).with_context(|| format!("{part}"))?;
+            // A suffix that does not continue the whole cached prefix would quietly test a
+            // fresh prefill instead of the restored cache.
+            ensure!(
+                reuse.restored == processed.input_ids.len(),
+                "case {}, {part}: the prefix is not a prefix of prefix + suffix as the chat template renders them \
+                 ({reuse}): the template renders the prefix's last message differently once more messages follow \
+                 (an assistant message loses its think block); end the prefix with a system or user message",
+                self.case,
+            );
         }
         Ok(())
     }
 
     /// One part: the conversation so far rendered with its generation prompt, prefilled on the
     /// session from the latest cache it repeats, then greedy generation → Rust's tokens.
-    fn part(&self, part: Part, messages: &[MessageSpec], session: &mut Session, run: &mut Run) -> Result<Vec<u32>> {
+    fn part(
+        &self,
+        part: Part,
+        messages: &[MessageSpec],
+        session: &mut Session,
+        run: &mut Run,
+    ) -> Result<(Vec<u32>, Reuse)> {
         let refs: Vec<&MessageSpec> = messages.iter().collect();
         let conversation = conversation(self.case, &refs);
         let closed = self.processor.process_conversation(&conversation, GenerationPrompt::Closed)?;
@@ -146,7 +161,7 @@ impl Parts<'_> {
         };
         run.taps.extend(arrays(taps, Some(part))?.into_iter().filter(|(k, _)| keep(k)));
         run.input_ids = open.input_ids;
-        Ok(tokens)
+        Ok((tokens, reuse))
     }
 
     /// The prompt's embeddings and positions, the vision tower run over every image it holds.

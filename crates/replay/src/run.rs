@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use contract::{ComputeDtype, Stage, Tap};
 use neuron::config::{Config, ModelFamily};
-use neuron::model::{Model, Residency};
+use neuron::model::{EmbeddedBatch, Model, Residency};
 use neuron::preprocess::image_file::Loader;
 use neuron::preprocess::{Content, Conversation, GenerationPrompt, Item, Message, Role};
 use neuron::preprocess::{Hooks, Processed, Processor};
@@ -220,6 +220,8 @@ pub struct Perturbations<'a> {
     pub cache_after_restore: Option<CacheHook<'a>>,
     /// The cache after each decode step.
     pub cache_after_step: Option<StepHook<'a>>,
+    /// A batch's embeddings, positions and padding, before its prefill.
+    pub batch_after_embed: Option<&'a dyn Fn(&mut EmbeddedBatch)>,
 }
 
 /// Runs a case in one mode, as the model would.

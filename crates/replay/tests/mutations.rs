@@ -7,10 +7,11 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use contract::{Stage, Tap};
-use neuron::model::Model;
+use contract::{Family, Stage, Tap};
+use neuron::config::LayerType;
+use neuron::model::{EmbeddedBatch, Model};
 use neuron::vision::VisionPositions;
-use parity::manifest::Manifest;
+use parity::manifest::{DumpKey, Manifest, Part};
 use replay::{CaseSetup, Mode, Perturbations, Run};
 
 fn manifest() -> Manifest {
@@ -42,10 +43,11 @@ fn run(manifest: &Manifest, case: &str, mode: Mode, model: &Model) -> Run {
 /// Checks the run's taps in pipeline order and asserts that the first failure is
 /// `expected_tap`, that every tap before it passes, and that the message names case, tap
 /// and metrics.
-fn assert_first_failure_at(manifest: &Manifest, case: &str, run: &Run, expected_tap: Tap) {
+fn assert_first_failure_at(manifest: &Manifest, case: &str, run: &Run, expected_tap: impl Into<DumpKey>) {
+    let expected_tap = expected_tap.into();
     let mut upstream = Vec::new();
     let case_ref = manifest.case(case).unwrap();
-    for tap in case_ref.taps_checked(run.mode) {
+    for tap in case_ref.checks(run.mode) {
         let result = run.check(case_ref, tap).unwrap();
         if result.passed() {
             upstream.push(tap);
@@ -295,4 +297,112 @@ fn keys_cached_before_their_rotary_fail_at_the_cached_keys() {
     let run = replay::run_with(&inputs, Mode::DecodeTeacherForced, &model, &perturb).unwrap();
     let first_full = first_full_attention_layer(&inputs);
     assert_first_failure_at(&manifest, IMAGE_CASE, &run, Stage::CacheKey.at(first_full));
+}
+
+// Request faults: a left-padded batch (batch-mixed: chelsea, text-short and rocket, text-short
+// padded by more than the conv window) and a case in parts. Each is injected into what the
+// model is given (a batch's positions and masks, a session's cache) and must fail where it
+// enters.
+
+const BATCH_CASE: &str = "batch-mixed";
+
+fn run_batch(perturb: &Perturbations) -> (Manifest, Run) {
+    let manifest = manifest();
+    let inputs = CaseSetup::new(manifest.case(BATCH_CASE).unwrap(), None).unwrap();
+    let model = replay::load_model(&inputs).unwrap();
+    let run = replay::run_with(&inputs, Mode::FromImageFiles, &model, perturb).unwrap();
+    assert!(run.padding.iter().any(|&p| p >= 5), "a row of {BATCH_CASE} is padded by 5 or more: {:?}", run.padding);
+    (manifest, run)
+}
+
+#[test]
+fn pads_not_zeroed_before_the_gated_delta_net_fail_at_the_first_decoder_layer() {
+    // The pad token's embedding then enters the causal conv and the recurrent state of the
+    // first Gated DeltaNet layer, and bleeds into the row's first real tokens.
+    let keep_pads = |batch: &mut EmbeddedBatch| batch.linear_padding.iter_mut().for_each(|p| *p = 0);
+    let (manifest, run) = run_batch(&Perturbations { batch_after_embed: Some(&keep_pads), ..Default::default() });
+    assert_first_failure_at(&manifest, BATCH_CASE, &run, Stage::LmLayer.at(0));
+}
+
+#[test]
+fn a_padded_rows_positions_counted_from_its_first_pad_fail_at_the_position_ids() {
+    let from_first_pad = |batch: &mut EmbeddedBatch| {
+        for (positions, &pad) in batch.positions.iter_mut().zip(&batch.padding) {
+            for axis in positions.iter_mut() {
+                for (j, p) in axis.iter_mut().enumerate() {
+                    *p = if j < pad { j as i64 } else { *p + pad as i64 };
+                }
+            }
+        }
+    };
+    let (manifest, run) = run_batch(&Perturbations { batch_after_embed: Some(&from_first_pad), ..Default::default() });
+    assert_first_failure_at(&manifest, BATCH_CASE, &run, Stage::PositionIds.tap());
+}
+
+#[test]
+fn a_full_attention_mask_that_ignores_pads_fails_at_the_first_full_attention_layer() {
+    // The Gated DeltaNet layers still zero the pads; only full attention's key mask is lost.
+    let attend_to_pads = |batch: &mut EmbeddedBatch| batch.padding.iter_mut().for_each(|p| *p = 0);
+    let (manifest, run) = run_batch(&Perturbations { batch_after_embed: Some(&attend_to_pads), ..Default::default() });
+    let inputs = CaseSetup::new(manifest.case(BATCH_CASE).unwrap(), None).unwrap();
+    assert_first_failure_at(&manifest, BATCH_CASE, &run, Stage::LmLayer.at(first_full_attention_layer(&inputs)));
+}
+
+fn run_parts(case: &str, perturb: &Perturbations) -> (Manifest, Run) {
+    let manifest = manifest();
+    let inputs = CaseSetup::new(manifest.case(case).unwrap(), None).unwrap();
+    let model = replay::load_model(&inputs).unwrap();
+    let run = replay::run_with(&inputs, Mode::Continue, &model, perturb).unwrap();
+    (manifest, run)
+}
+
+#[test]
+fn a_restored_prefix_cache_without_its_conv_state_fails_at_the_first_suffixs_recurrent_state() {
+    // The suffix is longer than the conv window, so the conv state after its prefill is whole
+    // again; what the lost window corrupts is the first Gated DeltaNet layer's recurrent state
+    // (and everything after it, the last logits included).
+    let case = "prefix-two-questions";
+    let drop_conv =
+        |cache: &mut Cache| for_each_linear(cache, |_, state| state.conv = state.conv.zeros_like().unwrap());
+    let (manifest, run) =
+        run_parts(case, &Perturbations { cache_after_restore: Some(&drop_conv), ..Default::default() });
+    let case_ref = manifest.case(case).unwrap();
+    let suffix = Part::Suffix(0);
+    let inputs = CaseSetup::new(case_ref, None).unwrap();
+    let first_linear = inputs.config.text_config.layer_types().iter().position(|t| *t == LayerType::LinearAttention);
+    let first_linear = first_linear.expect("a Gated DeltaNet layer");
+    let conv = run.check(case_ref, DumpKey::of(suffix, Stage::CacheConv.at(first_linear))).unwrap();
+    assert!(conv.passed(), "the conv state is rebuilt by the suffix's own tokens:\n{}", conv.message());
+    let first_cache_failure = case_ref
+        .checks(Mode::Continue)
+        .into_iter()
+        .filter(|k| k.part == Some(suffix) && k.tap.family() == Family::Cache)
+        .find(|&k| !run.check(case_ref, k).unwrap().passed());
+    assert_eq!(
+        first_cache_failure,
+        Some(DumpKey::of(suffix, Stage::CacheRecurrent.at(first_linear))),
+        "the first wrong state of the suffix should be layer {first_linear}'s recurrent state"
+    );
+    assert_first_failure_at(&manifest, case, &run, DumpKey::of(suffix, Stage::LmLogitsLast.tap()));
+}
+
+#[test]
+fn the_second_turns_rope_delta_reset_to_zero_fails_at_its_first_decode_step() {
+    // Turn 2 brings rocket's image, whose tokens take fewer positions than tokens: its decode
+    // steps resume from the conversation's rope delta, not from the token count.
+    let case = "turns-new-image";
+    let prefills = std::cell::Cell::new(0);
+    let reset_second = |cache: &mut Cache| {
+        prefills.set(prefills.get() + 1);
+        if prefills.get() == 2 {
+            assert!(cache.rope_delta() != 0, "the conversation's images make turn 2's rope delta non-zero");
+            cache.set_rope_delta(0);
+        }
+    };
+    let (manifest, run) =
+        run_parts(case, &Perturbations { cache_after_prefill: Some(&reset_second), ..Default::default() });
+    let expected = DumpKey::of(Part::Turn(1), Stage::GenLogits.tap());
+    assert_first_failure_at(&manifest, case, &run, expected);
+    let message = run.check(manifest.case(case).unwrap(), expected).unwrap().message();
+    assert!(message.contains("first diverging step: 1"), "the fault enters at step 1 of turn 1:\n{message}");
 }

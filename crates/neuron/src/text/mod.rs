@@ -342,8 +342,10 @@ impl TextModel {
 
     /// A batch: embeds [batch, seq, hidden] of each row's tokens after those its cache holds,
     /// left-padded to one length, with each row's positions (padding at 0, as the reference
-    /// leaves them) and padding count → the logits at each row's last position [batch, vocab].
-    /// Each row reads and extends its own cache (`caches[row]`). Records the taps with a leading
+    /// leaves them) and the count of leading tokens zeroed before each Gated DeltaNet layer →
+    /// the logits at each row's last position [batch, vocab]. Full attention masks the keys each
+    /// row's cache calls padding ([`Cache::padding`]). Each row reads and extends its own cache
+    /// (`caches[row]`). Records the taps with a leading
     /// batch axis (`lm.layer.{i}` [batch, seq, hidden], `lm.logits_last` [batch, vocab]).
     pub fn forward_batch(
         &self,

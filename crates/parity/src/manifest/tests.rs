@@ -310,3 +310,104 @@ fn unknown_taps_and_row_picks_in_rows_are_rejected() {
     let err = parse_err(&EXTERNAL.replace("\"lm.norm\" = \"first\"", "\"lm.norm\" = \"middle\""));
     assert!(err.contains("middle"), "{err}");
 }
+
+// Requests a server would refuse: each names the case, the field and the fix.
+
+const BATCH: &str = r#"
+    [cases.batched]
+    model = "tiny"
+    batch = ["one", "two"]
+"#;
+
+#[test]
+fn a_batch_of_single_cases_of_one_model_and_dtype_is_accepted() {
+    let m = parse(&format!("{GOOD}{BATCH}")).unwrap();
+    let members: Vec<&str> = m.cases["batched"].batch.as_ref().unwrap().iter().map(|c| c.as_str()).collect();
+    assert_eq!(members, ["one", "two"]);
+}
+
+#[test]
+fn a_batch_naming_an_unknown_case_is_refused_with_the_known_ones() {
+    let err = parse_err(&format!("{GOOD}{}", BATCH.replace("\"two\"]", "\"three\"]")));
+    assert!(
+        err.contains("cases.batched.batch: unknown case \"three\"; known cases: \"batched\", \"one\", \"two\""),
+        "{err}"
+    );
+    assert!(err.contains("fixtures.toml"), "the error names the file: {err}");
+}
+
+#[test]
+fn a_batch_mixing_models_is_refused_naming_both() {
+    let other = "\n    [models.\"other\"]\n    path = \"fixtures/models/other\"\n";
+    let text = format!("{GOOD}{other}{BATCH}")
+        .replace("[cases.two]\n    model = \"tiny\"", "[cases.two]\n    model = \"other\"");
+    let err = parse_err(&text);
+    assert!(err.contains("\"two\" runs model \"other\" but the batch runs \"tiny\"; a batch runs one model"), "{err}");
+}
+
+#[test]
+fn a_batch_mixing_dtypes_is_refused_naming_both() {
+    let text = format!("{GOOD}{BATCH}").replace("[cases.two]\n", "[cases.two]\n    dtype = \"bf16\"\n");
+    let err = parse_err(&text);
+    assert!(err.contains("\"two\" computes in bf16 but the batch in f32; a batch computes in one dtype"), "{err}");
+}
+
+#[test]
+fn a_batch_of_one_case_is_refused() {
+    let err = parse_err(&format!("{GOOD}{}", BATCH.replace("[\"one\", \"two\"]", "[\"one\"]")));
+    assert!(err.contains("cases.batched.batch: a batch needs at least two cases"), "{err}");
+}
+
+const TURNS: &str = r#"
+    [cases.chat]
+    model = "tiny"
+    generate = 2
+    turns = [
+        [{ role = "user", content = [{ image = "cat" }, { text = "What is it?" }] }],
+        [{ role = "user", content = "And its colour?" }],
+    ]
+"#;
+
+#[test]
+fn a_conversation_fed_turn_by_turn_is_accepted() {
+    let m = parse(&format!("{GOOD}{TURNS}")).unwrap();
+    assert_eq!(m.cases["chat"].turns.as_ref().map(Vec::len), Some(2));
+}
+
+#[test]
+fn an_empty_turn_is_refused_with_its_index() {
+    let err =
+        parse_err(&format!("{GOOD}{}", TURNS.replace("[{ role = \"user\", content = \"And its colour?\" }]", "[]")));
+    assert!(err.contains("cases.chat.turns[1]: an empty turn; give each turn at least one user message"), "{err}");
+}
+
+#[test]
+fn turns_without_generate_are_refused() {
+    let err = parse_err(&format!("{GOOD}{}", TURNS.replace("generate = 2\n", "")));
+    assert!(err.contains("cases.chat.generate: a conversation fed turn by turn generates each turn's reply"), "{err}");
+}
+
+#[test]
+fn a_conversation_ending_with_the_assistant_is_refused_because_it_asks_for_a_reply() {
+    let text = format!(
+        "{GOOD}{}",
+        r#"
+    [cases.chat]
+    model = "tiny"
+    messages = [
+        { role = "user", content = "Hello." },
+        { role = "assistant", content = "Hi." },
+    ]
+"#
+    );
+    let err = parse_err(&text);
+    assert!(err.contains("cases.chat.messages: the conversation ends with the assistant's turn"), "{err}");
+    assert!(err.contains("end it with a user message"), "the error gives the fix: {err}");
+}
+
+#[test]
+fn a_case_giving_two_requests_is_refused() {
+    let text = format!("{GOOD}{}", TURNS.replace("generate = 2\n", "generate = 2\n    prompt = \"Hi.\"\n"));
+    let err = parse_err(&text);
+    assert!(err.contains("cases.chat: give exactly one request"), "{err}");
+}
