@@ -71,9 +71,9 @@ keys, so running the generator twice writes the same bytes.
 (model_type `qwen3_5_moe`) with Qwen3.6-35B-A3B's per-head geometry (see
 script/qwen3.6-35b-a3b.config.json: head_dim 256 with 2 KV heads, linear-attention heads of 128
 with 2 value heads per key head, the same rotary and layer pattern) and reduced counts, so that it
-stays near 4 MB in bf16 (`MOE_*` below). The vision tower, tokenizer, chat template and
-preprocessor are the dense model's; the text hidden size is 64 (the vision tower and the
-embedding table are most of the bytes, so the text side is cut), with 4 query heads (2 per KV
+stays near 2 MB in bf16 (`MOE_*` below). The tokenizer, chat template and preprocessor are the
+dense model's, the vision tower a narrower one (one head of 72, a 24 x 24 position table); the
+text hidden size is 64 (the embedding table and the experts are most of the bytes), with 4 query heads (2 per KV
 head) and 1 linear key head. Every decoder layer has a sparse MoE block: 8 routed experts of 32,
 4 per token, and a shared expert of 32. It is drawn with the same rules and seed as the dense
 model (experts' matrices N(0, 1/fan_in) like every projection; `expose_constants` is not applied,
@@ -476,6 +476,10 @@ def write_moe_model(out: Path, experts_layout: str) -> None:
     tcfg = moe_text_config()
     tcfg["eos_token_id"] = ids["<|im_end|>"]
     vcfg = vision_config()
+    # The dense model proves the vision tower; here it only has to feed the MoE layers, so it is
+    # cut to one head of Qwen3.6's 72 dims and a 24 x 24 position table (fixtures/ has a 25 MB
+    # budget, and the dense tower's merger and table would be 1.7 MB of this model).
+    vcfg.update({"hidden_size": 72, "intermediate_size": 72, "num_heads": 1, "num_position_embeddings": 576})
     vcfg["out_hidden_size"] = tcfg["hidden_size"]
     config = {
         "architectures": ["Qwen3_5MoeForConditionalGeneration"],

@@ -80,7 +80,8 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
     }
     let failed = rows.iter().filter(|r| r.status == Status::Fail).count();
     let passed = rows.iter().filter(|r| r.status == Status::Pass).count();
-    let skipped = rows.len() - failed - passed;
+    let ties = rows.iter().filter(|r| r.status == Status::NearTie).count();
+    let skipped = rows.len() - failed - passed - ties;
     // The summary goes to stderr so `--format json` stays parseable.
     for case in &cases {
         for &mode in Mode::ALL {
@@ -88,7 +89,7 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
                 rows.iter().filter(|r| r.case == case.name && r.mode == mode.name()).cloned().collect();
             if let Some(first) = report::first_failure(&group) {
                 let upstream: Vec<&str> =
-                    group.iter().take_while(|r| r.status == Status::Pass).map(|r| r.tap.as_str()).collect();
+                    group.iter().take_while(|r| r.status != Status::Fail).map(|r| r.tap.as_str()).collect();
                 eprintln!(
                     "\nFIRST FAILING TAP in case {case} ({}): {} — upstream taps that pass: {}\n{}",
                     mode.name(),
@@ -99,7 +100,11 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
             }
         }
     }
-    eprintln!("\n{passed} passed, {failed} failed, {skipped} skipped");
+    for r in rows.iter().filter(|r| r.status == Status::NearTie) {
+        eprintln!("\nNEAR TIE in case {} ({}): {}\n{}", r.case, r.mode, r.tap, r.detail.as_deref().unwrap_or(""));
+    }
+    let ties = if ties > 0 { format!(", {ties} near ties (neither passed nor failed)") } else { String::new() };
+    eprintln!("\n{passed} passed, {failed} failed{ties}, {skipped} skipped");
     if let Some(peak) = crate::cli::peak_rss_bytes() {
         eprintln!("peak resident memory of this process: {:.2} GB", peak as f64 / 1e9);
     }
@@ -158,6 +163,10 @@ fn verify_case(case: CaseRef, mode: Mode, model: &Loaded, with_heatmaps: bool) -
     let rows = taps
         .iter()
         .map(|&tap| match run.check(case, tap) {
+            Ok(r) if r.near_tie() => {
+                Row::compared(case.name, mode, tap, &r.comparison, r.location.clone(), r.message())
+                    .near_tie(r.message())
+            }
             Ok(r) => Row::compared(case.name, mode, tap, &r.comparison, r.location.clone(), r.message()),
             Err(e) => Row::failed(case.name, mode, tap, format!("{e:#}")),
         })

@@ -4,6 +4,7 @@
 //! over a whole prompt, or with a [`Cache`]: a prompt prefilled in one pass or in chunks,
 //! then decode steps (greedy generation, as `GenerationMixin.generate` with `do_sample=False`).
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use contract::{ComputeDtype, Stage};
 
 pub use crate::stack::Residency;
 use crate::text::cache::Cache;
+use crate::text::moe::Routing;
 use crate::text::TextModel;
 use crate::vision::positions::Grid;
 use crate::vision::{VisionModel, VisionPositions};
@@ -321,6 +323,22 @@ impl Model {
     ) -> Result<Tensor> {
         let embeds = self.prompt_embeds(input_ids, image_embeds, positions, taps)?;
         self.text.forward(&embeds, positions, taps)
+    }
+
+    /// [`Model::forward_from_image_embeds`] with the experts of the MoE layers that `routing`
+    /// names chosen as it says (the reference's choices) instead of by their routers: the
+    /// experts' arithmetic apart from the routers' decisions, which a near tie may flip. The
+    /// routers still run and record their own `moe.{i}.router_logits`, `top_ids`, `top_weights`.
+    pub fn forward_routed(
+        &self,
+        input_ids: &[u32],
+        image_embeds: Option<&Tensor>,
+        positions: &[Vec<i64>; 3],
+        routing: &BTreeMap<usize, Routing>,
+        taps: &mut Taps,
+    ) -> Result<Tensor> {
+        let embeds = self.prompt_embeds(input_ids, image_embeds, positions, taps)?;
+        self.text.forward_routed(&embeds, positions, &mut self.new_cache(), taps, routing)
     }
 
     /// input_ids [seq] and, for a prompt with images, pixel_values [patches, C·T·P·P] with

@@ -10,7 +10,7 @@
 
 use crate::array::Array;
 use crate::report::Heatmap;
-use contract::{Layout, Tap};
+use contract::{Layout, Stage, Tap};
 
 /// What naming a place needs to know about one run, as plain data.
 #[derive(Debug, Clone, Default)]
@@ -125,7 +125,13 @@ impl Locator<'_> {
     /// what the run has.
     pub fn locate(&self, tap: Tap, index: &[usize]) -> Option<String> {
         let row = *index.first()?;
-        let channel = || index.get(1).map(|c| format!(", channel {c}")).unwrap_or_default();
+        // A router's columns are experts, a routing decision's the k chosen in order.
+        let column = match tap.stage() {
+            Stage::MoeRouterLogits => "expert",
+            Stage::MoeTopIds | Stage::MoeTopWeights => "choice",
+            _ => "channel",
+        };
+        let channel = || index.get(1).map(|c| format!(", {column} {c}")).unwrap_or_default();
         let layout = tap.layout();
         Some(match layout {
             Layout::PerToken => format!("{} ({}){}", self.position("token position", row), self.token(row)?, channel()),

@@ -13,6 +13,10 @@ pub enum Mode {
     /// The text model fed the reference `input.input_ids` and the reference
     /// `vision.projector` rows.
     LmTeacherForced,
+    /// As `LmTeacherForced`, and every MoE layer's experts chosen as the reference chose them
+    /// (its `moe.{i}.top_ids` and `moe.{i}.top_weights`): the experts' arithmetic apart from
+    /// the routers' decisions, so a flipped near tie cannot hide a wrong expert computation.
+    RoutingTeacherForced,
     /// Reference `input.input_ids` and `input.pixel_values` through the Rust vision tower
     /// into the Rust text model: errors of both accumulate.
     FromPixelValues,
@@ -55,6 +59,7 @@ impl Mode {
     pub const ALL: &'static [Mode] = &[
         Mode::VisionTeacherForced,
         Mode::LmTeacherForced,
+        Mode::RoutingTeacherForced,
         Mode::FromPixelValues,
         Mode::FromImageFiles,
         Mode::DecodeTeacherForced,
@@ -68,6 +73,7 @@ impl Mode {
         match self {
             Mode::VisionTeacherForced => "vision-teacher-forced",
             Mode::LmTeacherForced => "lm-teacher-forced",
+            Mode::RoutingTeacherForced => "routing-teacher-forced",
             Mode::FromPixelValues => "from-pixel-values",
             Mode::FromImageFiles => "from-image-files",
             Mode::DecodeTeacherForced => "decode-teacher-forced",
@@ -92,6 +98,8 @@ impl Mode {
         let text_side = |t: &Tap| matches!(t.family(), Family::Lm | Family::Moe) || t.stage() == Stage::PositionIds;
         let has_images = recorded.iter().any(|t| t.stage() == Stage::PixelValues);
         let pixels = has(Stage::PixelValues);
+        let routing = has(Stage::MoeTopIds) && has(Stage::MoeTopWeights);
+        let after_routing = |t: &Tap| t.family() == Family::Lm || matches!(t.stage(), Stage::MoeShared | Stage::MoeOut);
         let single = kind == CaseKind::Single;
         recorded
             .iter()
@@ -99,6 +107,9 @@ impl Mode {
             .filter(|t| match self {
                 Mode::VisionTeacherForced => single && pixels && t.family() == Family::Vision,
                 Mode::LmTeacherForced => single && (!has_images || has(Stage::VisionProjector)) && text_side(t),
+                Mode::RoutingTeacherForced => {
+                    single && routing && (!has_images || has(Stage::VisionProjector)) && after_routing(t)
+                }
                 Mode::FromPixelValues => single && pixels && text_side(t),
                 Mode::FromImageFiles => kind != CaseKind::Parts && !matches!(t.family(), Family::Cache | Family::Gen),
                 Mode::DecodeTeacherForced => {

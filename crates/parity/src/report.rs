@@ -19,6 +19,11 @@ pub enum Status {
     Fail,
     /// Not run on this machine (e.g. the checkpoint is not here); never counts as a pass.
     Skip,
+    /// An MoE routing tap that differs from the reference only at tokens whose k-th and
+    /// (k+1)-th experts the reference itself nearly tied: reported with both experts and the
+    /// margin, counted apart, neither a pass nor a failure.
+    #[serde(rename = "near-tie")]
+    NearTie,
 }
 
 impl Status {
@@ -28,6 +33,7 @@ impl Status {
             Status::Pass => "pass",
             Status::Fail => "FAIL",
             Status::Skip => "skip",
+            Status::NearTie => "TIE",
         }
     }
 }
@@ -130,6 +136,12 @@ impl Row {
             k: c.noise_ratio().and(c.calibration.map(|cal| cal.k)),
             detail: (!passed).then_some(detail),
         }
+    }
+
+    /// A compared tap whose every difference is a near tie of the reference's router
+    /// ([`Status::NearTie`]), `ties` naming them.
+    pub fn near_tie(self, ties: String) -> Row {
+        Row { status: Status::NearTie, detail: Some(ties), ..self }
     }
 
     /// A tap that could not be compared (the run failed, or the tap was not produced).

@@ -10,6 +10,7 @@ use parity::compare::{compare, CompareOptions, Comparison};
 use parity::manifest::{CaseRef, DumpKey, Part, RowPick};
 use parity::mode::Mode;
 
+use crate::routing::{self, Divergence};
 use crate::run::{reference, token_texts, Run};
 
 /// How many top logits are compared for `lm.logits_last`.
@@ -27,6 +28,17 @@ pub struct TapResult {
     pub comparison: Comparison,
     /// The worst element in model terms (image, patch row/col, token position).
     pub location: Option<String>,
+    /// For an MoE routing tap that differs: the tokens routed differently, each with the
+    /// reference's margin, and the tokens that differ although routed alike.
+    pub routing: Option<RoutingVerdict>,
+}
+
+/// Where an MoE routing tap differs from the reference.
+pub struct RoutingVerdict {
+    /// The tokens Rust routed to other experts than the reference.
+    pub divergences: Vec<Divergence>,
+    /// The tokens whose values differ although both sides chose the same experts.
+    pub routed_alike: Vec<usize>,
 }
 
 impl TapResult {
@@ -35,11 +47,38 @@ impl TapResult {
         self.comparison.passed()
     }
 
+    /// Whether the tap differs only at tokens whose routing the reference itself nearly tied
+    /// (neither a pass nor a failure: see [`parity::report::Status::NearTie`]).
+    pub fn near_tie(&self) -> bool {
+        !self.passed()
+            && self.routing.as_ref().is_some_and(|r| {
+                r.routed_alike.is_empty()
+                    && !r.divergences.is_empty()
+                    && r.divergences.iter().all(Divergence::is_near_tie)
+            })
+    }
+
     /// A failure message naming the case, the tap, the mode, the metrics and the place.
     pub fn message(&self) -> String {
         let mut s = format!("case {} · tap {} · {}\n{}", self.case, self.tap, self.mode.name(), self.comparison);
         if let Some(loc) = &self.location {
             s.push_str(&format!("\nWorst element: {loc}"));
+        }
+        if let Some(routing) = &self.routing {
+            let ties = routing.divergences.iter().filter(|d| d.is_near_tie()).count();
+            s.push_str(&format!(
+                "\nRouted differently at {} token(s), {ties} of them near ties of the reference's router:",
+                routing.divergences.len()
+            ));
+            for d in &routing.divergences {
+                s.push_str(&format!("\n  {d}"));
+            }
+            if !routing.routed_alike.is_empty() {
+                s.push_str(&format!(
+                    "\nDifferent although routed alike (not a tie): tokens {:?}",
+                    routing.routed_alike
+                ));
+            }
         }
         s
     }
@@ -62,6 +101,11 @@ impl Run {
         // argmax of each step exactly; gen.top_logits bounds Rust's logits at the reference's
         // top ids by k × noise.
         let (expected, actual) = self.compared_arrays(case, key, actual)?;
+        let routing_ids = self.routing_ids(case, key)?;
+        let actual = match &routing_ids {
+            Some((reference_ids, actual_ids)) => routing::align(reference_ids, actual_ids, &actual)?,
+            None => actual,
+        };
         let actual = &actual;
         let (expected, actual) = if tap.stage() == Stage::GenTopIds && case.case.dtype == ComputeDtype::Bf16 {
             (first_column(&expected)?, Cow::Owned(first_column(actual)?))
@@ -82,7 +126,35 @@ impl Run {
                 });
             }
         }
-        Ok(TapResult { case: case.name.to_owned(), tap: key, mode: self.mode, comparison, location })
+        let routing = match routing_ids {
+            Some((reference_ids, actual_ids)) if !comparison.passed() => {
+                let divergences = routing::divergences(case, key, &reference_ids, &actual_ids)?;
+                let tokens = expected.shape.first().copied().unwrap_or(0);
+                let routed_alike = (0..tokens)
+                    .filter(|&t| divergences.iter().all(|d| d.token != t))
+                    .filter(|&t| match (expected.select_rows(&[t]), actual.select_rows(&[t])) {
+                        (Ok(e), Ok(a)) => !compare(&e, &a, &opts).passed(),
+                        _ => true,
+                    })
+                    .collect();
+                Some(RoutingVerdict { divergences, routed_alike })
+            }
+            _ => None,
+        };
+        Ok(TapResult { case: case.name.to_owned(), tap: key, mode: self.mode, comparison, location, routing })
+    }
+
+    /// For an MoE routing tap of a run of one sequence kept whole: the reference's and Rust's
+    /// `moe.{i}.top_ids` of its layer, by which both sides' values are aligned.
+    fn routing_ids(&self, case: CaseRef, key: DumpKey) -> Result<Option<(Array, Array)>> {
+        if !routing::is_routing(key.tap) || case.row_pick(key.tap).is_some() || !self.padding.is_empty() {
+            return Ok(None);
+        }
+        let ids = DumpKey { part: key.part, tap: Stage::MoeTopIds.at(key.tap.index().unwrap_or(0)) };
+        let Some(actual) = self.taps.get(&ids) else {
+            bail!("the {} run of case {case} produced {key} without {ids}", self.mode.name())
+        };
+        Ok(Some((reference_at(case, ids)?, actual.clone())))
     }
 
     /// Names the element at `index` of a compared tap: a batch's tap without a sequence axis
@@ -416,6 +488,7 @@ mod tests {
             mode: Mode::LmTeacherForced,
             comparison,
             location: None,
+            routing: None,
         };
         let message = result.message();
         assert!(message.starts_with("case c · tap lm.logits_last · lm-teacher-forced\n"), "the heading:\n{message}");

@@ -13,6 +13,7 @@
 mod batch;
 pub mod check;
 mod parts;
+pub mod routing;
 pub mod run;
 
 pub use check::{TapResult, TOP_K};

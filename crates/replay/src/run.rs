@@ -22,6 +22,7 @@ use neuron::preprocess::{Content, Conversation, GenerationPrompt, Item, Message,
 use neuron::preprocess::{Hooks, Processed, Processor};
 use neuron::taps::Taps;
 use neuron::text::cache::Cache;
+use neuron::text::moe::Routing;
 use neuron::vision::positions::Grid;
 use neuron::vision::VisionPositions;
 use parity::array::{Array, Data};
@@ -251,6 +252,7 @@ fn run_single(setup: &CaseSetup, mode: Mode, model: &Model, perturb: &Perturbati
     let stages = match mode {
         Mode::VisionTeacherForced => vision_teacher_forced(&inputs, &mut taps),
         Mode::LmTeacherForced => lm_teacher_forced(&inputs, &mut taps),
+        Mode::RoutingTeacherForced => routing_teacher_forced(&inputs, &mut taps),
         Mode::FromPixelValues | Mode::FromImageFiles => end_to_end(&inputs, &mut taps),
         Mode::DecodeTeacherForced => decode_teacher_forced(&inputs, &mut taps),
         Mode::Generate => generate(&inputs, &mut taps),
@@ -435,6 +437,27 @@ fn lm_teacher_forced(inputs: &Inputs, taps: &mut Taps) -> Result<()> {
     let projector = recorded(inputs.case, Stage::VisionProjector.tap())?.map(|p| to_tensor(&p)).transpose()?;
     let text = inputs.text_positions()?;
     inputs.model.forward_from_image_embeds(&inputs.input_ids, projector.as_ref(), &text, taps)?;
+    Ok(())
+}
+
+/// The text model fed the reference projector rows, each MoE layer's experts chosen as the
+/// reference chose them (its recorded `moe.{i}.top_ids` and `top_weights`).
+fn routing_teacher_forced(inputs: &Inputs, taps: &mut Taps) -> Result<()> {
+    let case = inputs.case;
+    let projector = recorded(case, Stage::VisionProjector.tap())?.map(|p| to_tensor(&p)).transpose()?;
+    let mut routing = BTreeMap::new();
+    for layer in 0..inputs.model.config.text_config.num_hidden_layers {
+        let ids = recorded(case, Stage::MoeTopIds.at(layer))?;
+        let weights = recorded(case, Stage::MoeTopWeights.at(layer))?;
+        if let (Some(ids), Some(weights)) = (ids, weights) {
+            let forced = Routing::new(&to_tensor(&ids)?, &to_tensor(&weights)?)
+                .with_context(|| format!("case {case}: the reference's routing of layer {layer}"))?;
+            routing.insert(layer, forced);
+        }
+    }
+    ensure!(!routing.is_empty(), "case {case} recorded no moe.*.top_ids and moe.*.top_weights to route by");
+    let text = inputs.text_positions()?;
+    inputs.model.forward_routed(&inputs.input_ids, projector.as_ref(), &text, &routing, taps)?;
     Ok(())
 }
 

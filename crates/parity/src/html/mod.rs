@@ -52,14 +52,15 @@ fn mode_colour(mode: &str) -> RGBColor {
     // here to compile, instead of indexing past the table.
     if let Some(known) = Mode::ALL.iter().find(|m| m.name() == mode) {
         return match known {
-            Mode::VisionTeacherForced => RGBColor(0x1f, 0x77, 0xb4), // blue
-            Mode::LmTeacherForced => RGBColor(0xe6, 0x7e, 0x00),     // orange
-            Mode::FromPixelValues => RGBColor(0x2c, 0xa0, 0x2c),     // green
-            Mode::FromImageFiles => RGBColor(0x94, 0x67, 0xbd),      // purple
-            Mode::DecodeTeacherForced => RGBColor(0xe3, 0x77, 0xc2), // pink
-            Mode::Generate => RGBColor(0x17, 0x4a, 0x7e),            // dark blue
-            Mode::Continue => RGBColor(0x00, 0x80, 0x80),            // teal
-            Mode::BatchInvariance => RGBColor(0x6b, 0x8e, 0x23),     // olive
+            Mode::VisionTeacherForced => RGBColor(0x1f, 0x77, 0xb4),  // blue
+            Mode::LmTeacherForced => RGBColor(0xe6, 0x7e, 0x00),      // orange
+            Mode::RoutingTeacherForced => RGBColor(0xb8, 0x86, 0x0b), // dark goldenrod
+            Mode::FromPixelValues => RGBColor(0x2c, 0xa0, 0x2c),      // green
+            Mode::FromImageFiles => RGBColor(0x94, 0x67, 0xbd),       // purple
+            Mode::DecodeTeacherForced => RGBColor(0xe3, 0x77, 0xc2),  // pink
+            Mode::Generate => RGBColor(0x17, 0x4a, 0x7e),             // dark blue
+            Mode::Continue => RGBColor(0x00, 0x80, 0x80),             // teal
+            Mode::BatchInvariance => RGBColor(0x6b, 0x8e, 0x23),      // olive
         };
     }
     let h = mode.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));

@@ -132,16 +132,18 @@ struct Counts {
     pass: usize,
     fail: usize,
     skip: usize,
+    tie: usize,
 }
 
 impl Counts {
     fn of<'a>(rows: impl IntoIterator<Item = &'a Row>) -> Counts {
-        let mut c = Counts { pass: 0, fail: 0, skip: 0 };
+        let mut c = Counts { pass: 0, fail: 0, skip: 0, tie: 0 };
         for r in rows {
             *match r.status {
                 Status::Pass => &mut c.pass,
                 Status::Fail => &mut c.fail,
                 Status::Skip => &mut c.skip,
+                Status::NearTie => &mut c.tie,
             } += 1;
         }
         c
@@ -213,7 +215,7 @@ mod tests {
             env.get_template(name).unwrap_or_else(|e| panic!("{name}: {e:#}"));
         }
         env.add_template("misspelt.html", "{{ case.nmae }}").unwrap();
-        let counts = Value::from(Serde(Counts { pass: 1, fail: 0, skip: 0 }));
+        let counts = Value::from(Serde(Counts { pass: 1, fail: 0, skip: 0, tie: 0 }));
         let rendered = env.get_template("misspelt.html").unwrap().render(minijinja::context! { case => counts });
         assert!(rendered.is_err(), "rendered {rendered:?}");
     }

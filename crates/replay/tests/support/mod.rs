@@ -52,7 +52,11 @@ pub fn assert_tap(name: &str, tap: DumpKey, mode: Mode) {
         Err(e) => panic!("case {name}: the {} run failed: {e}", mode.name()),
     };
     let result = run.check(case(name), tap).unwrap_or_else(|e| panic!("case {name} · tap {tap}: {e:#}"));
-    if !result.passed() {
+    // A routing tap that differs only where the reference's own router nearly tied is no
+    // failure; everything else that differs is (a non-tie flip, a wrong weight).
+    if result.near_tie() {
+        println!("near tie, neither passed nor failed:\n{}", result.message());
+    } else if !result.passed() {
         panic!("{}", result.message());
     }
 }
