@@ -1,5 +1,5 @@
 //! `cargo xtask`: the workspace's commands (capture, check, make-model, verify, status,
-//! mutants, standin, bench, calibrate).
+//! mutants, faults, standin, bench, calibrate, host).
 //!
 //! A plain binary in the rust-analyzer style: one small clap enum, one module per command,
 //! one `xshell::Shell` rooted at the project root. This file only dispatches; what commands
@@ -10,6 +10,7 @@ mod calibrate;
 mod capture;
 mod check;
 mod cli;
+mod faults;
 mod gemms;
 mod harness;
 mod host;
@@ -48,6 +49,9 @@ enum Command {
     Status(status::Args),
     /// Run cargo-mutants over the model code with the numerical tests; summarise the score.
     Mutants(mutants::Args),
+    /// Seed named faults into a copy of the model's source, one at a time; each must fail
+    /// verification at the tap where it enters.
+    Faults(faults::Args),
     /// Write the full-width Qwen3.6-27B stand-in outside the repository, capture and verify
     /// its case streamed, and check each side's peak memory.
     Standin(standin::Args),
@@ -85,6 +89,7 @@ fn main() {
             Command::Verify(args) => verify::run(&sh, args),
             Command::Status(args) => status::run(&sh, args),
             Command::Mutants(args) => mutants::run(&sh, args),
+            Command::Faults(args) => faults::run(&sh, args),
             Command::Standin(args) => standin::run(&sh, args),
             Command::Bench(args) => bench::run(&sh, args),
             Command::Calibrate(args) => calibrate::run(&sh, args),

@@ -223,3 +223,29 @@ fn a_checkpoint_lists_every_tensor_name_it_holds_sorted() {
     expected.sort_unstable();
     assert_eq!(checkpoint.names(), expected, "names() against the tensors safetensors reads");
 }
+
+/// A manifest whose `moe-chelsea` and `chelsea` entries point at each other's checkpoints.
+fn swapped_checkpoints() -> Manifest {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let (dense, moe) = ("fixtures/models/tiny-qwen3.6-27b\"", "fixtures/models/tiny-qwen3.6-35b-a3b\"");
+    let swapped = text.replace(dense, "SWAP").replace(moe, dense).replace("SWAP", moe);
+    Manifest::parse(&swapped, &path, path.parent().unwrap()).unwrap()
+}
+
+#[test]
+fn a_dense_checkpoint_given_to_an_moe_entry_is_refused_naming_both_model_types() {
+    let manifest = swapped_checkpoints();
+    let err = CaseSetup::new(manifest.case("moe-chelsea").unwrap(), None).map(|_| ()).unwrap_err().to_string();
+    assert!(
+        err.contains("is a qwen3_5_moe entry") && err.contains("holds a qwen3_5 checkpoint"),
+        "the error names both model types: {err}"
+    );
+}
+
+#[test]
+fn an_moe_checkpoint_given_to_a_dense_entry_is_refused_naming_both_model_types() {
+    let manifest = swapped_checkpoints();
+    let err = CaseSetup::new(manifest.case("chelsea").unwrap(), None).map(|_| ()).unwrap_err().to_string();
+    assert!(err.contains("is a qwen3_5 entry") && err.contains("holds a qwen3_5_moe checkpoint"), "{err}");
+}
