@@ -16,6 +16,13 @@ max_new_tokens=N, cache on) and records the cache right after the prefill (`cach
 each attention layer) and each step's logits and token (`gen.logits`, `gen.tokens`; with
 `gen_top_k`, the top-k ids and logits per step instead of whole rows).
 
+A video item of a conversation is decoded as transformers' `read_video_pyav` decodes it (PyAV,
+pinned in uv.lock), every frame, or read from a folder of PNG frames with `load_image` at the
+frame rate the manifest gives; the processor then samples, resizes and patchifies it
+(`videos=`, with the metadata, so it samples as it would from a file). The frames it sampled
+are recorded as `input.video_frames`. The vision tower runs twice (images, then videos): its
+taps hold the image rows, then the video rows.
+
 `--stream` runs the same forward pass in bounded memory, for checkpoints whose float32
 weights do not fit in RAM (Qwen3.6-27B is over 100 GB in float32). The model is built on
 the meta device; each vision block, each decoder layer, the patch embedding, the position
@@ -34,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.metadata
 import json
 import platform
 import resource
@@ -55,6 +63,7 @@ from transformers import (
     Qwen3_5MoeForConditionalGeneration,
 )
 from transformers.image_utils import load_image
+from transformers.video_utils import load_video
 from transformers.vision_utils import get_vision_interpolation_indices_and_weights
 
 LM_HEAD_ROWS = 16384  # vocabulary rows of the language-model head read at a time in --stream
@@ -88,14 +97,18 @@ PIPELINE = [
     "input.input_ids",
     "input.attention_mask",
     "input.image_grid_thw",
+    "input.video_grid_thw",
     "input.position_ids",
     "input.pixel_values",
+    "input.video_frames",
+    "input.pixel_values_videos",
     "vision.patch_embed",
     "vision.pos_embed",
     "vision.block.",
     "vision.tower",
     "vision.projector",
     "lm.image_embeds",
+    "lm.video_embeds",
     "moe.",
     "lm.layer.",
     "lm.norm",
@@ -144,12 +157,24 @@ class Recorder:
     def put(self, name: str, value: torch.Tensor) -> None:
         if name in self.taps:
             raise RuntimeError(f"tap {name} recorded twice")
+        self.taps[name] = self.array(value)
+
+    def extend(self, name: str, value: torch.Tensor) -> None:
+        """Appends rows to a tap: the vision tower runs once for the images and once for the
+        videos, and its taps hold the image rows, then the video rows."""
+        array = self.array(value)
+        if name in self.taps:
+            array = np.ascontiguousarray(np.concatenate([self.taps[name], array]))
+        self.taps[name] = array
+
+    @staticmethod
+    def array(value: torch.Tensor) -> np.ndarray:
         value = value.detach()
         if value.dtype.is_floating_point:
             array = value.to(torch.float32).cpu().numpy()
         else:
             array = value.to(torch.int64).cpu().numpy()
-        self.taps[name] = np.ascontiguousarray(array)
+        return np.ascontiguousarray(array)
 
 
 def attach_hooks(
@@ -161,7 +186,8 @@ def attach_hooks(
 ):
     """Forward hooks recording every tap of the forward pass. The language model's taps drop
     the batch axis of one sequence and keep it for a batch (`batched`); the vision taps have
-    none (the images of every row are concatenated)."""
+    none (the images of every row are concatenated; a prompt with videos runs the tower a
+    second time for them, whose rows follow the images')."""
     visual = model.model.visual
     lm = model.model.language_model
     handles = []
@@ -172,7 +198,13 @@ def attach_hooks(
 
         return hook
 
-    handles.append(visual.patch_embed.register_forward_hook(output_hook("vision.patch_embed")))
+    def vision_hook(name):
+        def hook(_module, _args, output):
+            rec.extend(name, output)
+
+        return hook
+
+    handles.append(visual.patch_embed.register_forward_hook(vision_hook("vision.patch_embed")))
 
     def pos_embed_hook(_module, args, kwargs):
         # The model adds `(pos_embed(indices) * weights).sum(1)`; recompute that sum with the
@@ -185,18 +217,15 @@ def attach_hooks(
             align_corners=visual.interpolation_align_corners,
             spatial_merge_size=visual.config.spatial_merge_size,
         )
-        rec.put("vision.pos_embed", (visual.pos_embed(indices) * weights[:, :, None]).sum(1))
+        rec.extend("vision.pos_embed", (visual.pos_embed(indices) * weights[:, :, None]).sum(1))
 
     handles.append(visual.register_forward_pre_hook(pos_embed_hook, with_kwargs=True))
     for i, block in enumerate(visual.blocks):
-        handles.append(block.register_forward_hook(output_hook(f"vision.block.{i}")))
+        handles.append(block.register_forward_hook(vision_hook(f"vision.block.{i}")))
     last = len(visual.blocks) - 1
-
-    def tower_hook(_module, _args, output):
-        rec.put("vision.tower", output)
-
-    handles.append(visual.blocks[last].register_forward_hook(tower_hook))
-    handles.append(visual.merger.register_forward_hook(output_hook("vision.projector")))
+    handles.append(visual.blocks[last].register_forward_hook(vision_hook("vision.tower")))
+    handles.append(visual.merger.register_forward_hook(vision_hook("vision.projector")))
+    video_token_id = model.config.video_token_id
 
     def lm_inputs_hook(_module, _args, kwargs):
         # position_ids arrive as [3, batch, seq] for multimodal prompts and as None for text:
@@ -218,6 +247,9 @@ def attach_hooks(
         mask = input_ids[0] == image_token_id
         if bool(mask.any()):
             rec.put("lm.image_embeds", embeds[0][mask])
+        mask = input_ids[0] == video_token_id
+        if bool(mask.any()):
+            rec.put("lm.video_embeds", embeds[0][mask])
 
     handles.append(lm.register_forward_pre_hook(lm_inputs_hook, with_kwargs=True))
     for i, layer in enumerate(lm.layers):
@@ -498,9 +530,10 @@ def open_image(path, loader: str):
     sys.exit(f"error: unknown loader {loader!r} (processor or load_image)")
 
 
-def hf_messages(messages: list[dict], loader: str) -> tuple[list[dict], list]:
+def hf_messages(messages: list[dict], loader: str, videos: list | None = None) -> tuple[list[dict], list]:
     """The case's messages as `apply_chat_template` takes them (an image item is `{"type":
-    "image"}`), and the images in the order the items hold them."""
+    "image"}`, a video item `{"type": "video"}`), and the images in the order the items hold
+    them. The video items (their `path` and a frame folder's `fps`) are appended to `videos`."""
     converted, images = [], []
     for message in messages:
         content = message["content"]
@@ -510,6 +543,11 @@ def hf_messages(messages: list[dict], loader: str) -> tuple[list[dict], list]:
                 if item["type"] == "image":
                     images.append(open_image(item["path"], loader))
                     items.append({"type": "image"})
+                elif item["type"] == "video":
+                    if videos is None:
+                        sys.exit("error: this request cannot carry videos")
+                    videos.append(item)
+                    items.append({"type": "video"})
                 else:
                     items.append({"type": "text", "text": item["text"]})
             content = items
@@ -517,14 +555,73 @@ def hf_messages(messages: list[dict], loader: str) -> tuple[list[dict], list]:
     return converted, images
 
 
-def request_text(processor, request: dict, loader: str, add_generation_prompt: bool = True) -> tuple[str, list]:
+def decode_video(item: dict) -> tuple[np.ndarray, dict]:
+    """A video item's frames ([frames, height, width, 3] uint8) and metadata, every frame:
+    a file as `read_video_pyav` decodes it (what the processor's `fetch_videos` would give with
+    the PyAV backend), or a folder's PNG frames in name order through `load_image` (what it does
+    to a list of frame paths) at the manifest's frame rate."""
+    path = Path(item["path"])
+    if path.is_dir():
+        if item.get("fps") is None:
+            sys.exit(f"error: {path}: a folder of frames needs its frame rate (`fps` of its [videos] entry)")
+        files = sorted((f for f in path.iterdir() if f.suffix.lower() == ".png" and f.is_file()), key=lambda f: f.name)
+        if not files:
+            sys.exit(f"error: {path}: the frame folder holds no PNG frames")
+        frames = np.stack([np.array(load_image(str(f))) for f in files])
+        fps = float(item["fps"])
+        metadata = {
+            "total_num_frames": len(files),
+            "fps": fps,
+            "width": frames.shape[2],
+            "height": frames.shape[1],
+            "duration": len(files) / fps,
+            "frames_indices": list(range(len(files))),
+        }
+        return frames, metadata
+    if item.get("fps") is not None:
+        sys.exit(f"error: {path}: a video file has its own frame rate; give `fps` only for a folder of frames")
+    every_frame = lambda metadata, **_: np.arange(metadata.total_num_frames)  # noqa: E731
+    frames, metadata = load_video(str(path), backend="pyav", sample_indices_fn=every_frame)
+    return frames, dict(metadata)
+
+
+def video_kwargs(items: list[dict]) -> tuple[dict, list[np.ndarray]]:
+    """The processor's keyword arguments for the videos (none without videos), and the decoded
+    frames of each, to cut the sampled ones from once the processor has chosen them."""
+    if not items:
+        return {}, []
+    decoded = [decode_video(item) for item in items]
+    kwargs = {
+        "videos": [frames for frames, _ in decoded],
+        "video_metadata": [metadata for _, metadata in decoded],
+        "return_metadata": True,
+    }
+    return kwargs, [frames for frames, _ in decoded]
+
+
+def record_videos(inputs, frames: list[np.ndarray], rec: Recorder) -> None:
+    """The video inputs' taps (grids, the sampled frames as decoded, the patch rows); takes the
+    metadata out of `inputs`, which the model does not accept."""
+    metadata = inputs.pop("video_metadata", None)
+    if "pixel_values_videos" not in inputs:
+        return
+    rec.put("input.video_grid_thw", inputs["video_grid_thw"])
+    sampled = [video[np.asarray(meta.frames_indices)] for video, meta in zip(frames, metadata)]
+    rec.put("input.video_frames", torch.from_numpy(np.concatenate([f.reshape(-1, 3) for f in sampled])))
+    rec.put("input.pixel_values_videos", inputs["pixel_values_videos"])
+
+
+def request_text(
+    processor, request: dict, loader: str, add_generation_prompt: bool = True, videos: list | None = None
+) -> tuple[str, list]:
     """One request's rendered prompt and its images: a user message (the images, then the
-    prompt) or a conversation (its messages, with the chat template's arguments)."""
+    prompt) or a conversation (its messages, with the chat template's arguments; its video
+    items are appended to `videos`)."""
     if request.get("request", "single") == "single":
         images = [open_image(p, loader) for p in request["images"]]
         messages, kwargs = build_messages(len(images), request["prompt"]), {}
     else:
-        messages, images = hf_messages(request["messages"], loader)
+        messages, images = hf_messages(request["messages"], loader, videos)
         kwargs = request.get("chat_template_kwargs") or {}
     text = processor.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
@@ -535,14 +632,17 @@ def request_text(processor, request: dict, loader: str, add_generation_prompt: b
 def capture_single(model, processor, case: dict, rec: Recorder, stream: bool) -> str:
     """One request, one forward pass with every tap's hook, then (with `generate`) greedy
     generation as a user runs it."""
-    text, images = request_text(processor, case, case.get("loader", "processor"))
+    videos = []
+    text, images = request_text(processor, case, case.get("loader", "processor"), videos=videos)
     kwargs = {"images": images} if images else {}
-    inputs = processor(text=[text], return_tensors="pt", **kwargs)
+    extra, frames = video_kwargs(videos)
+    inputs = processor(text=[text], return_tensors="pt", **kwargs, **extra)
 
     rec.put("input.input_ids", inputs["input_ids"][0])
     if images:
         rec.put("input.image_grid_thw", inputs["image_grid_thw"])
         rec.put("input.pixel_values", inputs["pixel_values"])
+    record_videos(inputs, frames, rec)
 
     handles = attach_hooks(model, rec, model.config.image_token_id, inputs["input_ids"])
     with torch.no_grad():
@@ -845,6 +945,7 @@ def capture(case: dict, out: Path, threads: int, stream: bool) -> None:
             "numpy": np.__version__,
             "pillow": PIL.__version__,
             "python": platform.python_version(),
+            "av": importlib.metadata.version("av"),
         },
         "threads": threads,
         "stream": stream,

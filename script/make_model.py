@@ -71,7 +71,7 @@ keys, so running the generator twice writes the same bytes.
 (model_type `qwen3_5_moe`) with Qwen3.6-35B-A3B's per-head geometry (see
 script/qwen3.6-35b-a3b.config.json: head_dim 256 with 2 KV heads, linear-attention heads of 128
 with 2 value heads per key head, the same rotary and layer pattern) and reduced counts, so that it
-stays near 2 MB in bf16 (`MOE_*` below). The tokenizer, chat template and preprocessor are the
+stays near 2 MB in bf16 (`MOE_*` below). The tokenizer, chat template and image preprocessor are the
 dense model's, the vision tower a narrower one (one head of 72, a 24 x 24 position table); the
 text hidden size is 64 (the embedding table and the experts are most of the bytes), with 4 query heads (2 per KV
 head) and 1 linear key head. Every decoder layer has a sparse MoE block: 8 routed experts of 32,
@@ -294,6 +294,24 @@ def preprocessor_config() -> dict:
         "rescale_factor": 0.00392156862745098,
         "size": {"longest_edge": 24576, "shortest_edge": 16384},
         "temporal_patch_size": 2,
+    }
+
+
+def video_preprocessor_config() -> dict:
+    # Qwen3VLVideoProcessor, laid out as the published Qwen3.5 / 3.6 repositories ship it
+    # (video_preprocessor_config.json), with a small pixel budget over the whole clip (t*h*w) so
+    # that the video cases and fixtures/ stay small: the 96x64 counter clip's 7 sampled frames
+    # keep 64x96 (4 temporal patches of 4x6 patches), a 64x48 clip of 4 frames becomes 64x64.
+    # Sampling keeps the class defaults (2 frames per second, 4 to 768 frames).
+    return {
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+        "merge_size": 2,
+        "patch_size": 16,
+        "processor_class": "Qwen3VLProcessor",
+        "size": {"longest_edge": 49152, "shortest_edge": 4096},
+        "temporal_patch_size": 2,
+        "video_processor_type": "Qwen3VLVideoProcessor",
     }
 
 
@@ -572,6 +590,7 @@ def write_model(out: Path) -> None:
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(), indent=2) + "\n")
+    (out / "video_preprocessor_config.json").write_text(json.dumps(video_preprocessor_config(), indent=2) + "\n")
     (out / "chat_template.jinja").write_text(CHAT_TEMPLATE)
     tok.save(str(out / "tokenizer.json"))
     write_tokenizer_config(out, model_max_length=4096)

@@ -1,13 +1,18 @@
 """Writes the video clips of fixtures/videos/ from synthetic frames.
 
-PyAV is not part of the pinned reference (transformers 5.23's default video backend is
-torchcodec, and neither is in uv.lock), so this script runs with PyAV added for the one run:
+PyAV is pinned in uv.lock (the reference's video decoder: transformers 5.23's default backend,
+torchcodec, is not installed, so capture.py decodes with PyAV):
 
-    cd script && uv run --locked --with av==18.1.1 python make_videos.py
+    cd script && uv run --locked python make_videos.py
 
-Deterministic: the frames are computed, x264 runs single-threaded with fixed settings, and
-the muxers are asked for bit-exact output (no creation time, no library version string), so
-the same PyAV wheel (which bundles its FFmpeg and x264) writes the same bytes.
+The frames are computed, x264 runs single-threaded with fixed settings, and the muxers are
+asked for bit-exact output (no creation time, no library version string). With the pinned
+PyAV wheel (which bundles its FFmpeg and x264) every file but two comes out the same bytes run
+after run: the High-profile clip with B-frames (`gradient-64x48-high.mp4`, and
+`truncated-64x48.mp4` made from it) did not, on 2026-12-08, in two runs on one machine
+(19 098 and 19 168 bytes; the decoded frames differ too). Keep the committed files: their
+digests are in fixtures.toml and tests/video.rs pins their decoded frames; a new file needs
+both taken again.
 
 What each file is for (crates/neuron/tests/video.rs reads them):
 

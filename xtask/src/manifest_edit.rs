@@ -44,6 +44,10 @@ impl ManifestDoc {
         self.doc["images"][image]["sha256"] = value(sha);
     }
 
+    pub fn set_video_sha(&mut self, video: &str, sha: &str) {
+        self.doc["videos"][video]["sha256"] = value(sha);
+    }
+
     pub fn set_reference(&mut self, r: &Reference) {
         let mut t = Table::new();
         t.decor_mut().set_prefix("\n# The reference the dumps came from (written by `cargo xtask capture`).\n");
@@ -52,6 +56,9 @@ impl ManifestDoc {
         t["numpy"] = value(&r.numpy);
         t["pillow"] = value(&r.pillow);
         t["python"] = value(&r.python);
+        if let Some(av) = &r.av {
+            t["av"] = value(av);
+        }
         t["threads"] = value(i64::from(r.threads));
         t["harness_sha256"] = value(&r.harness_sha256);
         match self.doc.get_mut("reference").and_then(Item::as_table_mut) {

@@ -126,6 +126,15 @@ fn case_state(case: CaseRef, harness_sha: &str) -> State {
         }
         image_shas.push((name.to_string(), image.sha256.clone().unwrap_or_default()));
     }
+    let mut video_shas = Vec::new();
+    for name in case.video_names() {
+        let video = &manifest.videos[name];
+        let now = parity::digest::sha256_path(&manifest.root.join(&video.path)).unwrap_or_default();
+        if video.sha256.as_deref() != Some(now.as_str()) {
+            stale.push(format!("video {name} ({}) changed", video.path));
+        }
+        video_shas.push((name.to_string(), video.sha256.clone().unwrap_or_default()));
+    }
     let recorded_harness = manifest.reference.as_ref().map(|r| r.harness_sha256.as_str());
     if recorded_harness != Some(harness_sha) {
         stale.push("the harness (script/capture.py, pyproject.toml or uv.lock) changed".into());
@@ -133,9 +142,12 @@ fn case_state(case: CaseRef, harness_sha: &str) -> State {
     let recorded_harness = recorded_harness.unwrap_or_default();
     if stale.is_empty()
         && c.inputs_sha256.as_deref()
-            != Some(&case.inputs_digest(model.config_sha256.as_deref(), &image_shas, recorded_harness))
+            != Some(&case.inputs_digest(model.config_sha256.as_deref(), &image_shas, &video_shas, recorded_harness))
     {
-        stale.push("the prompt, the images listed, the tap or row selection or the generation settings changed".into());
+        stale.push(
+            "the prompt, the images listed, the videos, the tap or row selection or the generation settings changed"
+                .into(),
+        );
     }
     if stale.is_empty() {
         State::Captured

@@ -111,10 +111,17 @@ stages! {
     AttentionMask = "input.attention_mask", No, I64, PerToken, No;
     /// [images, 3]: the (t, h, w) patch grid of each image.
     ImageGridThw = "input.image_grid_thw", No, I64, Whole, No;
+    /// [videos, 3]: the (t, h, w) patch grid of each video (t temporal patches).
+    VideoGridThw = "input.video_grid_thw", No, I64, Whole, No;
     /// [3, seq]: M-RoPE positions (t, h, w).
     PositionIds = "input.position_ids", No, I64, Positions, No;
     /// [patches, C·T·P·P]: the processor's output.
     PixelValues = "input.pixel_values", No, F32, PerPatch, Yes;
+    /// [pixels, 3]: the decoded RGB frames the video processor samples (0–255), video after
+    /// video, frame after frame, row-major: what decoding and colour conversion give.
+    VideoFrames = "input.video_frames", No, I64, VideoPixels, No;
+    /// [video patches, C·T·P·P]: the video processor's output.
+    PixelValuesVideos = "input.pixel_values_videos", No, F32, PerPatch, Yes;
     /// [patches, Hv]: after the patch projection.
     VisionPatchEmbed = "vision.patch_embed", No, F32, PerPatch, Yes;
     /// [patches, Hv]: the interpolated position embeddings that are added.
@@ -127,6 +134,8 @@ stages! {
     VisionProjector = "vision.projector", No, F32, PerMergedToken, Yes;
     /// [image tokens, H]: the input embeddings at the image-token positions after the splice.
     LmImageEmbeds = "lm.image_embeds", No, F32, PerImageToken, Yes;
+    /// [video tokens, H]: the input embeddings at the video-token positions after the splice.
+    LmVideoEmbeds = "lm.video_embeds", No, F32, PerVideoToken, Yes;
     /// [seq, experts]: the router's logits of decoder layer i's sparse MoE block (the gate's
     /// linear output, before the softmax).
     MoeRouterLogits = "moe.router_logits", Infix, F32, PerToken, Yes;
@@ -349,7 +358,8 @@ impl<'de> Deserialize<'de> for Tap {
 /// need no list of tap names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Layout {
-    /// [patches, channels]: one row per vision patch, image after image, each image's patches
+    /// [patches, channels]: one row per vision patch, image after image (then video after video,
+    /// frame after frame: the tower's second call, for the video tokens), each grid's patches
     /// in the order its rotary positions give.
     PerPatch,
     /// [merged tokens, hidden]: one row per block of spatial_merge × spatial_merge patches,
@@ -359,6 +369,12 @@ pub enum Layout {
     PerToken,
     /// [image tokens, hidden]: one row per image token (the merged tokens of every image, in order).
     PerImageToken,
+    /// [video tokens, hidden]: one row per video token (the merged tokens of every frame of every
+    /// video, in order).
+    PerVideoToken,
+    /// [pixels, 3]: one row per pixel of the decoded frames, video after video, frame after
+    /// frame, row-major within a frame; the columns are R, G, B.
+    VideoPixels,
     /// [3, seq]: the t, h and w position rows of every token.
     Positions,
     /// [conv_dim, kernel]: the convolution state of a Gated DeltaNet layer.
@@ -465,7 +481,7 @@ mod tests {
     }
 
     #[test]
-    fn integer_taps_are_the_ids_grids_positions_expert_choices_and_tokens() {
+    fn integer_taps_are_the_ids_grids_positions_decoded_frames_expert_choices_and_tokens() {
         let ints: Vec<&str> = Stage::all().filter(|s| s.info().dtype == ArrayDtype::I64).map(Stage::stem).collect();
         assert_eq!(
             ints,
@@ -473,7 +489,9 @@ mod tests {
                 "input.input_ids",
                 "input.attention_mask",
                 "input.image_grid_thw",
+                "input.video_grid_thw",
                 "input.position_ids",
+                "input.video_frames",
                 "moe.top_ids",
                 "gen.top_ids",
                 "gen.tokens"
@@ -510,7 +528,7 @@ mod tests {
     }
 
     #[test]
-    fn the_taps_without_rows_are_ids_grids_positions_last_logits_and_tokens() {
+    fn the_taps_without_rows_are_ids_grids_positions_frames_last_logits_and_tokens() {
         let whole: Vec<&str> = Stage::all().filter(|s| s.info().rows == Rows::No).map(Stage::stem).collect();
         assert_eq!(
             whole,
@@ -518,7 +536,9 @@ mod tests {
                 "input.input_ids",
                 "input.attention_mask",
                 "input.image_grid_thw",
+                "input.video_grid_thw",
                 "input.position_ids",
+                "input.video_frames",
                 "lm.logits_last",
                 "gen.tokens"
             ]
@@ -531,13 +551,17 @@ mod tests {
             ("input.input_ids", Layout::PerToken),
             ("input.image_grid_thw", Layout::Whole),
             ("input.position_ids", Layout::Positions),
+            ("input.video_grid_thw", Layout::Whole),
             ("input.pixel_values", Layout::PerPatch),
+            ("input.video_frames", Layout::VideoPixels),
+            ("input.pixel_values_videos", Layout::PerPatch),
             ("vision.patch_embed", Layout::PerPatch),
             ("vision.pos_embed", Layout::PerPatch),
             ("vision.block.7", Layout::PerPatch),
             ("vision.tower", Layout::PerPatch),
             ("vision.projector", Layout::PerMergedToken),
             ("lm.image_embeds", Layout::PerImageToken),
+            ("lm.video_embeds", Layout::PerVideoToken),
             ("lm.layer.3", Layout::PerToken),
             ("lm.norm", Layout::PerToken),
             ("lm.logits_last", Layout::Whole),
@@ -559,6 +583,7 @@ mod tests {
             on_grid,
             [
                 "input.pixel_values",
+                "input.pixel_values_videos",
                 "vision.patch_embed",
                 "vision.pos_embed",
                 "vision.block.7",

@@ -1,5 +1,6 @@
-//! Runs the model as a user would: image files and a prompt in, greedy text out, with the
-//! prefill and decode speeds.
+//! Runs the model as a user would: image and video files and a prompt in, greedy text out, with
+//! the prefill and decode speeds (`--video clip.mp4`, or `--video frames/ --video-fps 2` for a
+//! folder of PNG frames).
 //!
 //! ```sh
 //! cargo run --release --example generate -- --model fixtures/models/tiny-qwen3.6-27b \
@@ -17,7 +18,7 @@ use anyhow::Result;
 use clap::Parser;
 use neuron::config::Config;
 use neuron::model::{Model, Residency};
-use neuron::preprocess::Processor;
+use neuron::preprocess::{Conversation, Item, Message, Processor, Role};
 
 #[derive(Parser)]
 #[command(about = "Greedy generation with the neuron Qwen3.5 / Qwen3.6 model")]
@@ -29,6 +30,12 @@ struct Args {
     /// Image files, placed before the prompt in one user message, in order.
     #[arg(long = "image")]
     images: Vec<PathBuf>,
+    /// Videos (MP4 files with H.264 video, or folders of PNG frames), after the images, in order.
+    #[arg(long = "video")]
+    videos: Vec<PathBuf>,
+    /// The frame rate of the video folders (a file's comes from its container).
+    #[arg(long)]
+    video_fps: Option<f64>,
     #[arg(long)]
     prompt: String,
     #[arg(long, default_value_t = 32)]
@@ -51,12 +58,18 @@ fn main() -> Result<()> {
     let residency = if args.stream { Residency::Streamed } else { Residency::Resident };
     let model = Model::load(&args.model, &config, residency, args.dtype)?;
     let processor = Processor::from_dir(&args.model)?;
-    let images: Vec<&std::path::Path> = args.images.iter().map(PathBuf::as_path).collect();
+    let mut items: Vec<Item> = args.images.iter().map(|p| Item::Image(p.clone())).collect();
+    for video in &args.videos {
+        let fps = if video.is_dir() { args.video_fps } else { None };
+        items.push(Item::Video { path: video.clone(), fps });
+    }
+    items.push(Item::Text(args.prompt.clone()));
+    let conversation = Conversation { messages: vec![Message::items(Role::User, items)], ..Default::default() };
 
     let bar = indicatif::ProgressBar::new(args.max_new_tokens as u64);
     bar.set_style(indicatif::ProgressStyle::with_template("generating {bar:30} {pos}/{len} tokens {msg}")?);
     let generated =
-        neuron::generate::generate(&model, &processor, &images, &args.prompt, args.max_new_tokens, |_, t| {
+        neuron::generate::generate_conversation(&model, &processor, &conversation, args.max_new_tokens, |_, t| {
             bar.set_message(format!("(last id {t})"));
             bar.inc(1);
         })?;

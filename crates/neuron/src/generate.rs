@@ -1,4 +1,4 @@
-//! Generation as a user runs it: image files and a prompt through preprocessing, the prefill
+//! Generation as a user runs it: image and video files and a prompt through preprocessing, the prefill
 //! into a cache, then greedy decoding step by step until `max_new_tokens` or an end-of-sequence
 //! token — what `model.generate(**processor(...), do_sample=False)` followed by
 //! `processor.decode(..., skip_special_tokens=True)` does in transformers.
@@ -9,9 +9,8 @@ use std::time::Instant;
 use anyhow::Result;
 
 use crate::model::Model;
-use crate::preprocess::Processor;
+use crate::preprocess::{Conversation, GenerationPrompt, Processor};
 use crate::taps::Taps;
-use crate::vision::VisionPositions;
 
 /// What a generation produced, and how fast.
 #[derive(Debug, Clone)]
@@ -48,11 +47,23 @@ pub fn generate(
     images: &[&Path],
     prompt: &str,
     max_new_tokens: usize,
+    on_token: impl FnMut(usize, u32),
+) -> Result<Reply> {
+    generate_conversation(model, processor, &Conversation::single(images, prompt), max_new_tokens, on_token)
+}
+
+/// [`generate`] for any conversation (images and videos among its items), with the generation
+/// prompt.
+pub fn generate_conversation(
+    model: &Model,
+    processor: &Processor,
+    conversation: &Conversation,
+    max_new_tokens: usize,
     mut on_token: impl FnMut(usize, u32),
 ) -> Result<Reply> {
-    let processed = processor.process(images, prompt)?;
-    let positions = VisionPositions::new(&model.config.vision_config, &processed.grids);
-    let pixels = processed.pixel_values.as_ref().map(|p| (p, &positions));
+    let processed = processor.process_conversation(conversation, GenerationPrompt::Open)?;
+    let vision = processed.vision_inputs(&model.config.vision_config)?;
+    let pixels = vision.as_ref().map(|(p, positions)| (p, positions));
     let eos = model.config.text_config.eos_token_id.as_ref().map(|e| e.ids()).unwrap_or_default();
 
     let started = Instant::now();

@@ -1,6 +1,7 @@
 //! The whole model, mirroring `Qwen3_5Model` + `Qwen3_5ForConditionalGeneration.forward`:
-//! the vision tower's projector rows replace the `<|image_pad|>` embeddings, multimodal
-//! positions are computed from the token ids and image grids, and the text model runs —
+//! the vision tower's projector rows replace the `<|image_pad|>` and `<|video_pad|>`
+//! embeddings, multimodal positions are computed from the token ids and the image and video
+//! grids, and the text model runs —
 //! over a whole prompt, or with a [`Cache`]: a prompt prefilled in one pass or in chunks,
 //! then decode steps (greedy generation, as `GenerationMixin.generate` with `do_sample=False`).
 
@@ -24,6 +25,15 @@ use crate::vision::positions::Grid;
 use crate::vision::{VisionModel, VisionPositions};
 use crate::weights::Checkpoint;
 
+/// The placeholder tokens whose runs the rope index reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VisionTokens {
+    /// `<|image_pad|>`.
+    pub image: u32,
+    /// `<|video_pad|>`; `None` when the prompt can hold no video.
+    pub video: Option<u32>,
+}
+
 /// Multimodal RoPE positions, mirroring `Qwen3_5Model.get_rope_index` for one sequence.
 ///
 /// Runs of text tokens advance all three axes together. Each run of image tokens takes the
@@ -31,21 +41,63 @@ use crate::weights::Checkpoint;
 /// position; the text after it resumes at that offset + max(h, w) / merge, i.e. one past
 /// the image's largest position. Returns [t, h, w] rows of length seq.
 pub fn rope_index(input_ids: &[u32], image_token_id: u32, grids: &[Grid], merge: usize) -> Result<[Vec<i64>; 3]> {
+    rope_index_with_videos(input_ids, VisionTokens { image: image_token_id, video: None }, grids, &[], merge)
+}
+
+/// [`rope_index`] for a prompt with videos too. A video of t temporal patches is t grids of
+/// one frame each (`repeat_interleave(video_grid_thw, t)` with t set to 1, transformers 5.23
+/// since PR #44474): each frame's run of video tokens, between its timestamp text and the
+/// next, takes the next frame grid, so within a frame t stays at the current position and time
+/// advances only through the text between frames. The runs are those of
+/// `itertools.groupby` over the token types (text 0, image 1, video 2).
+pub fn rope_index_with_videos(
+    input_ids: &[u32],
+    tokens: VisionTokens,
+    image_grids: &[Grid],
+    video_grids: &[Grid],
+    merge: usize,
+) -> Result<[Vec<i64>; 3]> {
+    let frames: Vec<Grid> =
+        video_grids.iter().flat_map(|g| std::iter::repeat_n(Grid { t: 1, h: g.h, w: g.w }, g.t)).collect();
+    let kind = |id: u32| {
+        if id == tokens.image {
+            1
+        } else if Some(id) == tokens.video {
+            2
+        } else {
+            0
+        }
+    };
     let mut rows: [Vec<i64>; 3] = Default::default();
-    let mut grids_left = grids.iter();
+    let (mut images_left, mut frames_left) = (image_grids.iter(), frames.iter());
     let mut current: i64 = 0;
     let mut i = 0;
     while i < input_ids.len() {
-        let is_image = input_ids[i] == image_token_id;
-        let run = input_ids[i..].iter().take_while(|&&id| (id == image_token_id) == is_image).count();
-        if is_image {
-            let Some(g) = grids_left.next() else {
-                anyhow::bail!("the prompt has more runs of image tokens than the {} image grid(s) given", grids.len());
+        let this = kind(input_ids[i]);
+        let run = input_ids[i..].iter().take_while(|&&id| kind(id) == this).count();
+        if this != 0 {
+            let (what, g) = if this == 1 {
+                let Some(g) = images_left.next() else {
+                    bail!(
+                        "the prompt has more runs of image tokens than the {} image grid(s) given",
+                        image_grids.len()
+                    );
+                };
+                ("image", g)
+            } else {
+                let Some(g) = frames_left.next() else {
+                    bail!(
+                        "the prompt has more runs of video tokens than the {} video frame(s) given ({} video grid(s))",
+                        frames.len(),
+                        video_grids.len()
+                    );
+                };
+                ("video frame", g)
             };
             let (t, h, w) = (g.t, g.h / merge, g.w / merge);
             ensure!(
                 run == t * h * w,
-                "a run of {run} image tokens at position {i} does not match its image grid {t}×{h}×{w} = {} tokens",
+                "a run of {run} {what} tokens at position {i} does not match its {what} grid {t}×{h}×{w} = {} tokens",
                 t * h * w
             );
             for ti in 0..t {
@@ -69,9 +121,14 @@ pub fn rope_index(input_ids: &[u32], image_token_id: u32, grids: &[Grid], merge:
         i += run;
     }
     ensure!(
-        grids_left.next().is_none(),
+        images_left.next().is_none(),
         "{} image grid(s) given but fewer runs of image tokens in the prompt",
-        grids.len()
+        image_grids.len()
+    );
+    ensure!(
+        frames_left.next().is_none(),
+        "{} video frame(s) given but fewer runs of video tokens in the prompt",
+        frames.len()
     );
     Ok(rows)
 }
@@ -92,12 +149,25 @@ pub fn splice_image_embeds(
     image_token_id: u32,
     image_embeds: &Tensor,
 ) -> Result<Tensor> {
+    splice_embeds(embeds, input_ids, (image_token_id, "Image", "<|image_pad|>"), image_embeds)
+}
+
+/// [`splice_image_embeds`] for any placeholder: `token` is its id, its kind for the message
+/// ("Image", "Video") and its text.
+fn splice_embeds(
+    embeds: &Tensor,
+    input_ids: &[u32],
+    token: (u32, &str, &str),
+    image_embeds: &Tensor,
+) -> Result<Tensor> {
+    let (token_id, kind, text) = token;
     let positions: Vec<usize> =
-        input_ids.iter().enumerate().filter(|(_, &id)| id == image_token_id).map(|(p, _)| p).collect();
+        input_ids.iter().enumerate().filter(|(_, &id)| id == token_id).map(|(p, _)| p).collect();
     let rows = image_embeds.dim(0)?;
     ensure!(
         positions.len() == rows,
-        "Image features and image tokens do not match: the prompt has {} <|image_pad|> tokens, the vision tower gave {rows} rows",
+        "{kind} features and {} tokens do not match: the prompt has {} {text} tokens, the vision tower gave {rows} rows",
+        kind.to_lowercase(),
         positions.len()
     );
     let mut pieces = Vec::new();
@@ -222,7 +292,8 @@ impl Model {
     pub fn load(dir: &std::path::Path, config: &Config, residency: Residency, dtype: ComputeDtype) -> Result<Self> {
         let checkpoint = Arc::new(Checkpoint::open(dir)?);
         match residency {
-            Residency::Resident => Model::new(config, crate::weights::builder_in(checkpoint, dtype)?),
+            // bf16 weights stored in bf16 stay where they are mapped (see `weights`).
+            Residency::Resident => Model::new(config, crate::weights::builder_mapped(checkpoint, dtype)?),
             Residency::Streamed => Model::streamed(config, checkpoint, dtype),
         }
     }
@@ -252,8 +323,24 @@ impl Model {
 
     /// Multimodal positions of a prompt (see [`rope_index`]).
     pub fn positions(&self, input_ids: &[u32], grids: &[Grid]) -> Result<[Vec<i64>; 3]> {
+        self.positions_with_videos(input_ids, grids, &[])
+    }
+
+    /// Multimodal positions of a prompt with images and videos (see [`rope_index_with_videos`]).
+    pub fn positions_with_videos(
+        &self,
+        input_ids: &[u32],
+        image_grids: &[Grid],
+        video_grids: &[Grid],
+    ) -> Result<[Vec<i64>; 3]> {
         self.check_length(input_ids.len(), "the prompt")?;
-        rope_index(input_ids, self.config.image_token_id, grids, self.config.vision_config.spatial_merge_size)
+        let merge = self.config.vision_config.spatial_merge_size;
+        rope_index_with_videos(input_ids, self.vision_tokens(), image_grids, video_grids, merge)
+    }
+
+    /// The image and video placeholder tokens of the checkpoint.
+    pub fn vision_tokens(&self) -> VisionTokens {
+        VisionTokens { image: self.config.image_token_id, video: Some(self.config.video_token_id) }
     }
 
     /// input_ids [seq] and, for a prompt with images, pixel_values [patches, C·T·P·P] with
@@ -267,8 +354,8 @@ impl Model {
         taps: &mut Taps,
     ) -> Result<EmbeddedPrompt> {
         ensure!(!input_ids.is_empty(), "the prompt has no tokens");
-        let grids = pixel_values.map_or(&[][..], |(_, p)| &p.grids);
-        let positions = self.positions(input_ids, grids)?;
+        let (images, videos) = pixel_values.map_or((&[][..], &[][..]), |(_, p)| (p.image_grids(), p.video_grids()));
+        let positions = self.positions_with_videos(input_ids, images, videos)?;
         let image_embeds = match pixel_values {
             Some((pixels, vision_positions)) => Some(self.vision.forward(pixels, vision_positions, taps)?),
             None => None,
@@ -298,15 +385,34 @@ impl Model {
             let flat: Vec<i64> = positions.iter().flatten().copied().collect();
             taps.record(Stage::PositionIds.tap(), &Tensor::from_vec(flat, (3, input_ids.len()), &Device::Cpu)?);
         }
+        let video_token = self.config.video_token_id;
         let mut embeds = self.text.embed(input_ids)?;
-        if let Some(image_embeds) = image_embeds {
+        if let Some(vision_rows) = image_embeds {
             // `.to(inputs_embeds.device, inputs_embeds.dtype)`: a reference projector (f32 dump)
             // fed to a bf16 model is rounded as the model's own would be.
-            let image_embeds = image_embeds.to_dtype(embeds.dtype())?;
-            embeds = splice_image_embeds(&embeds, input_ids, image_token, &image_embeds)?;
-            let at: Vec<u32> =
-                input_ids.iter().enumerate().filter(|(_, &id)| id == image_token).map(|(p, _)| p as u32).collect();
-            taps.record(Stage::LmImageEmbeds.tap(), &embeds.index_select(&Tensor::new(at, embeds.device())?, 0)?);
+            let vision_rows = vision_rows.to_dtype(embeds.dtype())?;
+            // The rows are the images' then the videos' (the reference's two tower calls); the
+            // image rows replace the image tokens first, then the video rows the video tokens.
+            let count = |token: u32| input_ids.iter().filter(|&&id| id == token).count();
+            let (image_tokens, video_tokens) = (count(image_token), count(video_token));
+            let rows = vision_rows.dim(0)?;
+            let image_rows = if video_tokens == 0 { rows } else { image_tokens.min(rows) };
+            let device = embeds.device().clone();
+            let at = |token: u32| -> Result<Tensor> {
+                let at: Vec<u32> =
+                    input_ids.iter().enumerate().filter(|(_, &id)| id == token).map(|(p, _)| p as u32).collect();
+                Ok(Tensor::new(at, &device)?)
+            };
+            if image_tokens > 0 || video_tokens == 0 {
+                let image = vision_rows.narrow(0, 0, image_rows)?;
+                embeds = splice_embeds(&embeds, input_ids, (image_token, "Image", "<|image_pad|>"), &image)?;
+                taps.record(Stage::LmImageEmbeds.tap(), &embeds.index_select(&at(image_token)?, 0)?);
+            }
+            if video_tokens > 0 {
+                let video = vision_rows.narrow(0, image_rows, rows - image_rows)?;
+                embeds = splice_embeds(&embeds, input_ids, (video_token, "Video", "<|video_pad|>"), &video)?;
+                taps.record(Stage::LmVideoEmbeds.tap(), &embeds.index_select(&at(video_token)?, 0)?);
+            }
         }
         Ok(embeds)
     }
@@ -652,6 +758,44 @@ mod tests {
         assert_eq!(p[0], [0, 1, 2, 2], "t positions");
         assert_eq!(p[1], [0, 1, 1, 2], "h positions");
         assert_eq!(p[2], [0, 1, 1, 2], "w positions");
+    }
+
+    const VID: u32 = 11;
+    const TOKENS: VisionTokens = VisionTokens { image: IMG, video: Some(VID) };
+
+    #[test]
+    fn each_video_frame_is_a_grid_of_its_own_and_time_advances_only_through_the_text() {
+        // Text, then a video of 2 temporal patches of 2×4 patches (1×2 merged tokens per frame),
+        // each frame behind a timestamp token (5) and between markers (6 … 7), then text.
+        let ids = [1, 5, 6, VID, VID, 7, 5, 6, VID, VID, 7, 2];
+        let p = rope_index_with_videos(&ids, TOKENS, &[], &[Grid { t: 2, h: 2, w: 4 }], 2).unwrap();
+        // Frame 0 sits at position 3 (t = h = 3, w = 3, 4); the text resumes at 3 + max(1, 2) = 5.
+        assert_eq!(p[0], [0, 1, 2, 3, 3, 5, 6, 7, 8, 8, 10, 11], "t positions: no frame index added");
+        assert_eq!(p[1], [0, 1, 2, 3, 3, 5, 6, 7, 8, 8, 10, 11], "h positions");
+        assert_eq!(p[2], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], "w positions");
+    }
+
+    #[test]
+    fn image_runs_take_the_image_grids_and_video_runs_the_video_frames_in_prompt_order() {
+        // A video frame (1×2 tokens) before an image (2×3 tokens): each takes its own kind's grid.
+        let ids = [1, VID, VID, 2, IMG, IMG, IMG, IMG, IMG, IMG, 3];
+        let image = [Grid { t: 1, h: 4, w: 6 }];
+        let video = [Grid { t: 1, h: 2, w: 4 }];
+        let p = rope_index_with_videos(&ids, TOKENS, &image, &video, 2).unwrap();
+        assert_eq!(p[1], [0, 1, 1, 3, 4, 4, 4, 5, 5, 5, 7], "h positions: the image starts at 4, after 1 + 2 + 1");
+        assert_eq!(p[2], [0, 1, 2, 3, 4, 5, 6, 4, 5, 6, 7], "w positions");
+        let err = rope_index_with_videos(&ids, TOKENS, &image, &[], 2).unwrap_err().to_string();
+        assert!(err.contains("more runs of video tokens than the 0 video frame(s)"), "{err}");
+        let short = [Grid { t: 1, h: 2, w: 2 }];
+        let err = rope_index_with_videos(&ids, TOKENS, &image, &short, 2).unwrap_err().to_string();
+        assert!(err.contains("2 video frame tokens") && err.contains("1×1×1 = 1 tokens"), "{err}");
+    }
+
+    #[test]
+    fn video_tokens_without_a_video_token_id_are_text() {
+        let ids = [1, VID, VID, 2];
+        let as_text = rope_index(&ids, IMG, &[], 2).unwrap();
+        assert_eq!(as_text[0], [0, 1, 2, 3], "an image-only index reads the video id as text");
     }
 
     #[test]

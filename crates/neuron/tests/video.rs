@@ -485,3 +485,22 @@ fn videos_beyond_the_limits_are_refused_with_the_figure_and_the_limit() {
     let err = error_of(load_frame_folder(&dir.0, 3.0, None, &limits(|l| l.max_frames = 2)));
     assert_mentions(&err, &["3 frames", "max_frames"]);
 }
+
+/// The one-frame clip with its sample tables emptied in place (the counts of `stts`, `stsc`,
+/// `stsz` and `stco` set to 0): a video track that holds no frame.
+fn without_samples(mp4: &[u8]) -> Vec<u8> {
+    let mut bytes = mp4.to_vec();
+    for (kind, count_at) in [(b"stts", 4), (b"stsc", 4), (b"stsz", 8), (b"stco", 4)] {
+        let at = bytes.windows(4).position(|w| w == kind).unwrap_or_else(|| panic!("no {kind:?} box"));
+        let body = at + 4;
+        bytes[body + count_at..body + count_at + 4].copy_from_slice(&[0; 4]);
+    }
+    bytes
+}
+
+#[test]
+fn an_mp4_whose_video_track_has_no_frames_is_refused() {
+    let one = std::fs::read(fixture("one-frame-64x48.mp4")).unwrap();
+    let err = error_of(video::mp4::read_mp4(&without_samples(&one), None, &VideoLimits::default()));
+    assert_mentions(&err, &["no frames"]);
+}

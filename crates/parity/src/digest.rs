@@ -23,6 +23,29 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
     Ok(hex(&hasher.finalize()))
 }
 
+/// The SHA-256 of a file, or of a folder (a video's frames): the digest of its listing, one
+/// `name<TAB>sha256<LF>` line per regular file in byte order of the names, so a frame renamed,
+/// added, removed or changed changes it.
+pub fn sha256_path(path: &Path) -> io::Result<String> {
+    if !path.is_dir() {
+        return sha256_file(path);
+    }
+    let mut entries = Vec::new();
+    for entry in std::fs::read_dir(path)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            entries.push(entry.path());
+        }
+    }
+    entries.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    let mut listing = String::new();
+    for file in entries {
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        listing.push_str(&format!("{name}\t{}\n", sha256_file(&file)?));
+    }
+    Ok(sha256_bytes(listing.as_bytes()))
+}
+
 /// Lowercase hex SHA-256 of bytes.
 pub fn sha256_bytes(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
@@ -65,9 +88,9 @@ impl fmt::Display for DigestError {
 
 impl std::error::Error for DigestError {}
 
-/// Checks that `path` exists and its SHA-256 is `expected`.
+/// Checks that `path` exists and its SHA-256 ([`sha256_path`] for a folder) is `expected`.
 pub fn verify_file(path: &Path, expected: &str) -> Result<(), DigestError> {
-    let actual = sha256_file(path).map_err(|source| DigestError::Missing { path: path.to_owned(), source })?;
+    let actual = sha256_path(path).map_err(|source| DigestError::Missing { path: path.to_owned(), source })?;
     if actual.eq_ignore_ascii_case(expected) {
         Ok(())
     } else {
@@ -96,6 +119,26 @@ mod tests {
         assert!(err.contains("x.bin"), "message does not name the file: {err}");
         assert!(err.contains(&expected), "message does not give the expected digest: {err}");
         assert!(err.contains(&sha256_bytes(b"abd")), "message does not give the actual digest: {err}");
+    }
+
+    #[test]
+    fn a_folders_digest_changes_with_a_frames_bytes_or_name() {
+        let dir = std::env::temp_dir().join(format!("parity-digest-folder-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("a.png"), b"one").unwrap();
+        std::fs::write(dir.join("b.png"), b"two").unwrap();
+        let listing = format!("a.png\t{}\nb.png\t{}\n", sha256_bytes(b"one"), sha256_bytes(b"two"));
+        let first = sha256_path(&dir).unwrap();
+        std::fs::write(dir.join("b.png"), b"tw0").unwrap();
+        let changed = sha256_path(&dir).unwrap();
+        std::fs::rename(dir.join("b.png"), dir.join("c.png")).unwrap();
+        let renamed = sha256_path(&dir).unwrap();
+        let verified = verify_file(&dir, &renamed).is_ok();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(first, sha256_bytes(listing.as_bytes()), "the digest of the listing, subfolders left out");
+        assert!(first != changed && changed != renamed, "a changed frame and a renamed frame each move it");
+        assert!(verified, "a folder verifies against its own digest");
     }
 
     #[test]

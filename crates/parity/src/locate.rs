@@ -15,8 +15,13 @@ use contract::{Layout, Stage, Tap};
 /// What naming a place needs to know about one run, as plain data.
 #[derive(Debug, Clone, Default)]
 pub struct Locator<'a> {
-    /// The (t, h, w) patch grid of each image, in prompt order.
+    /// The (t, h, w) patch grid of each image, in prompt order, then of each video (the vision
+    /// tower's rows: the images' call first, then the videos').
     pub grids: Vec<(usize, usize, usize)>,
+    /// How many of `grids`, at the end, are videos.
+    pub videos: usize,
+    /// The (frames, height, width) of each video's decoded frames (`input.video_frames`).
+    pub video_frames: Vec<(usize, usize, usize)>,
     /// The spatial merge size: a merged token covers `merge × merge` patches.
     pub merge: usize,
     /// The (row, col) rotary position of every patch, images one after the other.
@@ -30,10 +35,11 @@ pub struct Locator<'a> {
     pub row_lengths: &'a [usize],
 }
 
-/// The rows one image occupies in a tap laid out on image grids, and the grid they lie on.
+/// The rows one image (or video) occupies in a tap laid out on image grids, and the grid they
+/// lie on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ImageRows {
-    /// Which image of the prompt (0-based).
+    /// Which grid of the run (0-based): the images of the prompt, then its videos.
     pub image: usize,
     /// The image's first row in the tap.
     pub start: usize,
@@ -43,6 +49,8 @@ pub struct ImageRows {
     pub grid_h: usize,
     /// Columns of the grid: patch columns, or block columns for merged tokens.
     pub grid_w: usize,
+    /// Frames (temporal patches) of the grid: 1 for an image.
+    pub frames: usize,
 }
 
 impl Locator<'_> {
@@ -63,7 +71,7 @@ impl Locator<'_> {
             else {
                 return Vec::new();
             };
-            images.push(ImageRows { image, start, count, grid_h, grid_w });
+            images.push(ImageRows { image, start, count, grid_h, grid_w, frames: t });
             start += count;
         }
         images
@@ -83,9 +91,9 @@ impl Locator<'_> {
             // Patches come in the order the vision tower gives them; their rotary position
             // is where they sit on the patch grid.
             Layout::PerPatch => self.rotary.get(row).map(|&[r, c]| (r as usize, c as usize)),
-            // Merged tokens come block by block, row-major over the block grid.
+            // Merged tokens come block by block, row-major over the block grid, frame after frame.
             Layout::PerMergedToken => {
-                let block = row - image.start;
+                let block = (row - image.start) % (image.grid_h * image.grid_w).max(1);
                 Some((block.checked_div(image.grid_w)?, block % image.grid_w))
             }
             _ => None,
@@ -94,7 +102,44 @@ impl Locator<'_> {
 
     /// How many image tokens the prompt has: the merged tokens of every image.
     pub fn image_tokens(&self) -> usize {
-        self.images(Layout::PerMergedToken).iter().map(|i| i.count).sum()
+        let images = self.grids.len().saturating_sub(self.videos);
+        self.images(Layout::PerMergedToken).iter().take(images).map(|i| i.count).sum()
+    }
+
+    /// How many video tokens the prompt has: the merged tokens of every frame of every video.
+    pub fn video_tokens(&self) -> usize {
+        let images = self.grids.len().saturating_sub(self.videos);
+        self.images(Layout::PerMergedToken).iter().skip(images).map(|i| i.count).sum()
+    }
+
+    /// `image 1`, or `video 0, frame 2` for a row of a video's grid (a frame's rows cover its
+    /// grid once).
+    fn grid_name(&self, grid: &ImageRows, row: usize) -> String {
+        let images = self.grids.len().saturating_sub(self.videos);
+        if grid.image < images {
+            return format!("image {}", grid.image);
+        }
+        let per_frame = (grid.grid_h * grid.grid_w).max(1);
+        format!("video {}, frame {}", grid.image - images, (row - grid.start) / per_frame)
+    }
+
+    /// `video 0, frame 3, pixel row 5, col 7, channel G` for row `row` of `input.video_frames`.
+    fn video_pixel(&self, row: usize, channel: Option<usize>) -> Option<String> {
+        let mut start = 0;
+        for (video, &(frames, h, w)) in self.video_frames.iter().enumerate() {
+            let count = frames * h * w;
+            if row < start + count {
+                let within = row - start;
+                let (frame, y, x) = (within / (h * w), within % (h * w) / w, within % w);
+                let channel = channel.map(|c| format!(", channel {}", ["R", "G", "B"].get(c).unwrap_or(&"?")));
+                return Some(format!(
+                    "video {video}, frame {frame}, pixel row {y}, col {x}{}",
+                    channel.unwrap_or_default()
+                ));
+            }
+            start += count;
+        }
+        None
     }
 
     /// `{noun} 12` of one sequence (`token position 12`); `row 1, {noun} 5` for the position of a
@@ -137,6 +182,9 @@ impl Locator<'_> {
             Layout::PerToken => format!("{} ({}){}", self.position("token position", row), self.token(row)?, channel()),
             Layout::PerImageToken if row < self.image_tokens() => format!("image token {row}{}", channel()),
             Layout::PerImageToken => return None,
+            Layout::PerVideoToken if row < self.video_tokens() => format!("video token {row}{}", channel()),
+            Layout::PerVideoToken => return None,
+            Layout::VideoPixels => self.video_pixel(row, index.get(1).copied())?,
             Layout::Positions => {
                 let position = *index.get(1)?;
                 let axis = ["t", "h", "w"].get(row)?;
@@ -145,8 +193,8 @@ impl Locator<'_> {
             Layout::PerPatch => {
                 let (image, r, c) = self.cell(layout, row)?;
                 format!(
-                    "image {}, patch row {r}, col {c} of the {}×{} grid{}",
-                    image.image,
+                    "{}, patch row {r}, col {c} of the {}×{} grid{}",
+                    self.grid_name(&image, row),
                     image.grid_h,
                     image.grid_w,
                     channel()
@@ -155,8 +203,8 @@ impl Locator<'_> {
             Layout::PerMergedToken => {
                 let (image, r, c) = self.cell(layout, row)?;
                 format!(
-                    "image {}, merged token {} (block row {r}, col {c} of {}×{}){}",
-                    image.image,
+                    "{}, merged token {} (block row {r}, col {c} of {}×{}){}",
+                    self.grid_name(&image, row),
                     row - image.start,
                     image.grid_h,
                     image.grid_w,
@@ -271,6 +319,8 @@ mod tests {
     fn locator<'a>(rotary: &'a [[u32; 2]], texts: &'a [String]) -> Locator<'a> {
         Locator {
             grids: GRIDS.to_vec(),
+            videos: 0,
+            video_frames: Vec::new(),
             merge: MERGE,
             rotary,
             input_ids: &IDS,
@@ -524,7 +574,7 @@ mod tests {
     fn each_image_has_its_rows_and_grid_after_the_previous_images_rows() {
         let rotary = rotary_of(&GRIDS);
         let locator = locator(&rotary, &[]);
-        let rows = |image, start, count, grid_h, grid_w| ImageRows { image, start, count, grid_h, grid_w };
+        let rows = |image, start, count, grid_h, grid_w| ImageRows { image, start, count, grid_h, grid_w, frames: 1 };
         assert_eq!(locator.images(Layout::PerPatch), [rows(0, 0, 8, 2, 4), rows(1, 8, 16, 4, 4)], "per patch");
         assert_eq!(
             locator.images(Layout::PerMergedToken),
@@ -534,8 +584,59 @@ mod tests {
         assert_eq!(locator.images(Layout::PerToken), [], "per token");
         assert_eq!(locator.image_tokens(), 6, "image tokens of both images");
         let video = Locator { grids: vec![(2, 2, 2)], ..locator.clone() };
-        assert_eq!(video.images(Layout::PerPatch), [rows(0, 0, 8, 2, 2)], "two frames of 2×2 patches");
-        assert_eq!(video.images(Layout::PerMergedToken), [rows(0, 0, 2, 1, 1)], "two frames of one block");
+        let two_frames = |count, grid| ImageRows { frames: 2, ..rows(0, 0, count, grid, grid) };
+        assert_eq!(video.images(Layout::PerPatch), [two_frames(8, 2)], "two frames of 2×2 patches");
+        assert_eq!(video.images(Layout::PerMergedToken), [two_frames(2, 1)], "two frames of one block");
+    }
+
+    /// The two images of [`GRIDS`], then a video of 3 frames of 2×4 patches (6 merged tokens).
+    fn with_a_video<'a>(rotary: &'a [[u32; 2]], texts: &'a [String]) -> Locator<'a> {
+        Locator {
+            grids: vec![GRIDS[0], GRIDS[1], (3, 2, 4)],
+            videos: 1,
+            video_frames: vec![(5, 2, 3)],
+            ..locator(rotary, texts)
+        }
+    }
+
+    #[test]
+    fn a_video_patch_is_named_by_its_video_and_frame_after_the_images() {
+        let grids = [GRIDS[0], GRIDS[1], (3, 2, 4)];
+        let rotary = rotary_of(&grids);
+        let l = with_a_video(&rotary, &[]);
+        // The images take 8 + 16 patches; the video's frames 8 each: row 24 + 8 + 5 is frame 1's
+        // sixth patch (block 1, second patch: row 0, col 3).
+        assert_eq!(
+            l.locate(tap("vision.block.0"), &[24 + 8 + 5, 2]).as_deref(),
+            Some("video 0, frame 1, patch row 0, col 3 of the 2×4 grid, channel 2"),
+        );
+        assert_eq!(
+            l.locate(tap("vision.tower"), &[23, 0]).as_deref(),
+            Some("image 1, patch row 3, col 3 of the 4×4 grid, channel 0"),
+            "the last image patch is still an image's"
+        );
+        // The images have 2 + 4 merged tokens; the video 2 per frame: row 6 + 5 is frame 2's
+        // second block.
+        assert_eq!(
+            l.locate(tap("vision.projector"), &[6 + 5, 1]).as_deref(),
+            Some("video 0, frame 2, merged token 5 (block row 0, col 1 of 1×2), channel 1"),
+        );
+        assert_eq!((l.image_tokens(), l.video_tokens()), (6, 6), "image and video tokens");
+        assert_eq!(l.locate(tap("lm.video_embeds"), &[5, 7]).as_deref(), Some("video token 5, channel 7"));
+        assert_eq!(l.locate(tap("lm.video_embeds"), &[6, 0]), None, "past the video tokens");
+        assert_eq!(l.locate(tap("lm.image_embeds"), &[6, 0]), None, "past the image tokens");
+    }
+
+    #[test]
+    fn a_decoded_frame_pixel_is_named_by_its_video_frame_row_col_and_channel() {
+        let rotary = rotary_of(&GRIDS);
+        let l = with_a_video(&rotary, &[]);
+        // Frames of 3×2 pixels: row 6 + 4 is frame 1's pixel (1, 1).
+        assert_eq!(
+            l.locate(tap("input.video_frames"), &[6 + 4, 1]).as_deref(),
+            Some("video 0, frame 1, pixel row 1, col 1, channel G"),
+        );
+        assert_eq!(l.locate(tap("input.video_frames"), &[30, 0]), None, "past the 5 frames of 6 pixels");
     }
 
     /// Two [rows, 2] f32 arrays whose row `r` differs by `errors[r]` in its second channel

@@ -96,8 +96,11 @@ impl Mode {
     pub fn taps(self, kind: CaseKind, recorded: &[Tap], whole: &[Tap]) -> Vec<Tap> {
         let has = |stage: Stage| whole.iter().any(|t| t.stage() == stage);
         let text_side = |t: &Tap| matches!(t.family(), Family::Lm | Family::Moe) || t.stage() == Stage::PositionIds;
-        let has_images = recorded.iter().any(|t| t.stage() == Stage::PixelValues);
-        let pixels = has(Stage::PixelValues);
+        // The vision tower's inputs: the images' pixels, the videos' or both, each recorded whole.
+        let vision_inputs = [Stage::PixelValues, Stage::PixelValuesVideos];
+        let records = |stage: Stage| recorded.iter().any(|t| t.stage() == stage);
+        let has_images = vision_inputs.iter().any(|&s| records(s));
+        let pixels = has_images && vision_inputs.iter().all(|&s| !records(s) || has(s));
         let routing = has(Stage::MoeTopIds) && has(Stage::MoeTopWeights);
         let after_routing = |t: &Tap| t.family() == Family::Lm || matches!(t.stage(), Stage::MoeShared | Stage::MoeOut);
         let single = kind == CaseKind::Single;
@@ -122,7 +125,7 @@ impl Mode {
                     kind == CaseKind::Batch
                         && (matches!(t.family(), Family::Lm | Family::Moe | Family::Cache | Family::Gen)
                             || matches!(t.stage(), Stage::InputIds | Stage::PositionIds))
-                        && t.stage() != Stage::LmImageEmbeds
+                        && !matches!(t.stage(), Stage::LmImageEmbeds | Stage::LmVideoEmbeds)
                 }
             })
             .collect()
@@ -212,6 +215,37 @@ mod tests {
                 checked(mode, &recorded).into_iter().filter(|t| t.starts_with("cache.") || t.starts_with("gen."));
             assert_eq!(generation.count(), 0, "{} checks no generation tap", mode.name());
         }
+    }
+
+    #[test]
+    fn a_video_case_runs_its_tower_from_the_video_pixels_and_decodes_its_frames_from_the_files_only() {
+        let recorded = taps(&[
+            "input.input_ids",
+            "input.video_grid_thw",
+            "input.position_ids",
+            "input.video_frames",
+            "input.pixel_values_videos",
+            "vision.patch_embed",
+            "vision.projector",
+            "lm.video_embeds",
+            "lm.layer.0",
+        ]);
+        assert_eq!(checked(Mode::VisionTeacherForced, &recorded), ["vision.patch_embed", "vision.projector"]);
+        assert_eq!(
+            checked(Mode::FromPixelValues, &recorded),
+            ["input.position_ids", "lm.video_embeds", "lm.layer.0"],
+            "a video without images still has a tower to run"
+        );
+        assert_eq!(checked(Mode::FromImageFiles, &recorded).len(), recorded.len(), "every tap from the files");
+        assert!(!checked(Mode::LmTeacherForced, &recorded).contains(&"input.video_frames".to_owned()));
+        // With the video pixels cut to one row, nothing can be teacher-forced from them, even
+        // though the images' pixels (none here, or whole) would allow it.
+        let mut with_images = recorded.clone();
+        with_images.extend(taps(&["input.pixel_values"]));
+        with_images.sort();
+        let whole: Vec<Tap> = with_images.iter().copied().filter(|t| t.stage() != Stage::PixelValuesVideos).collect();
+        assert!(Mode::VisionTeacherForced.taps(CaseKind::Single, &with_images, &whole).is_empty());
+        assert!(Mode::FromPixelValues.taps(CaseKind::Single, &with_images, &whole).is_empty());
     }
 
     #[test]

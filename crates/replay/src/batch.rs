@@ -107,6 +107,8 @@ pub(crate) fn run(setup: &CaseSetup, mode: Mode, model: &Model, perturb: &Pertur
         padding: row_lengths.iter().map(|len| seq - len).collect(),
         notes: Vec::new(),
         grids,
+        videos: 0,
+        video_frames: Vec::new(),
         rotary: positions.rotary,
         merge: model.config.vision_config.spatial_merge_size,
         token_texts: token_texts(&setup.model_dir, &input_ids),
@@ -133,7 +135,7 @@ fn record_batch_inputs(taps: &mut Taps, processed: &[Processed], pad: u32) -> Re
     let grids: Vec<_> = processed.iter().flat_map(|p| p.grids.clone()).collect();
     let pixels: Vec<&Tensor> = processed.iter().filter_map(|p| p.pixel_values.as_ref()).collect();
     if !pixels.is_empty() {
-        let merged = Processed { input_ids: Vec::new(), pixel_values: Some(Tensor::cat(&pixels, 0)?), grids };
+        let merged = Processed { pixel_values: Some(Tensor::cat(&pixels, 0)?), grids, ..Default::default() };
         let mut images = Taps::recording();
         record_inputs(&mut images, &merged)?;
         for (tap, t) in images.into_map() {

@@ -412,6 +412,8 @@ mod tests {
             notes: Vec::new(),
             row_lengths: Vec::new(),
             grids: Vec::new(),
+            videos: 0,
+            video_frames: Vec::new(),
             rotary: Vec::new(),
             merge: 2,
             input_ids,

@@ -28,6 +28,8 @@ pub(crate) fn run(setup: &CaseSetup, mode: Mode, model: &Model, perturb: &Pertur
         padding: Vec::new(),
         notes: Vec::new(),
         grids: Vec::new(),
+        videos: 0,
+        video_frames: Vec::new(),
         rotary: Vec::new(),
         merge: model.config.vision_config.spatial_merge_size,
         input_ids: Vec::new(),

@@ -86,8 +86,12 @@ pub struct Run {
     pub padding: Vec<usize>,
     /// What the run said it did (a reused cache, a restored snapshot), for reports.
     pub notes: Vec<String>,
-    /// The patch grid of each image.
+    /// The patch grid of each image, then of each video (the vision tower's rows).
     pub grids: Vec<Grid>,
+    /// How many of `grids`, at the end, are videos.
+    pub videos: usize,
+    /// The (frames, height, width) of each video's decoded frames, when the run decoded them.
+    pub video_frames: Vec<(usize, usize, usize)>,
     /// The (row, col) rotary position of every patch, images one after the other.
     pub rotary: Vec<[u32; 2]>,
     /// The vision config's spatial merge size.
@@ -266,7 +270,9 @@ fn run_single(setup: &CaseSetup, mode: Mode, model: &Model, perturb: &Perturbati
         own_reference: None,
         padding: Vec::new(),
         notes: Vec::new(),
-        grids: inputs.grids,
+        grids: inputs.positions.grids,
+        videos: inputs.positions.videos,
+        video_frames: inputs.video_frames,
         rotary: inputs.positions.rotary,
         merge: model.config.vision_config.spatial_merge_size,
         input_ids: inputs.input_ids,
@@ -300,6 +306,10 @@ pub fn conversation(case: CaseRef, messages: &[&MessageSpec]) -> Conversation {
                         .map(|item| match item {
                             ItemSpec::Text { text } => Item::Text(text.clone()),
                             ItemSpec::Image { image } => Item::Image(case.manifest.root.join(case.image_path(image))),
+                            ItemSpec::Video { video } => Item::Video {
+                                path: case.manifest.root.join(case.video_path(video)),
+                                fps: case.manifest.videos[video.as_str()].fps,
+                            },
                         })
                         .collect(),
                 ),
@@ -337,10 +347,16 @@ struct Inputs<'a> {
     model: &'a Model,
     perturb: &'a Perturbations<'a>,
     input_ids: Vec<u32>,
+    /// The images' grids.
     grids: Vec<Grid>,
+    /// The videos' grids.
+    video_grids: Vec<Grid>,
+    /// The vision tower's input: the images' patch rows, then the videos'.
     pixels: Option<Tensor>,
     /// The vision tower's positions for the grids (after the test's perturbation).
     positions: VisionPositions,
+    /// The (frames, height, width) of each video's decoded frames (from the files only).
+    video_frames: Vec<(usize, usize, usize)>,
 }
 
 impl<'a> Inputs<'a> {
@@ -357,38 +373,53 @@ impl<'a> Inputs<'a> {
         let from_files = match mode {
             Mode::FromImageFiles | Mode::Generate => true,
             // Teacher forcing needs the reference inputs whole; a case that keeps one row of
-            // its pixels (a 27B-size case) prefills from the files instead.
-            Mode::DecodeTeacherForced => case.row_pick(Stage::PixelValues.tap()).is_some(),
+            // its pixels (a 27B-size case), or leaves them out, prefills from the files instead.
+            Mode::DecodeTeacherForced => {
+                [(Stage::ImageGridThw, Stage::PixelValues), (Stage::VideoGridThw, Stage::PixelValuesVideos)]
+                    .into_iter()
+                    .any(|(grid, pixels)| {
+                        case.records(grid.tap())
+                            && (!case.records(pixels.tap()) || case.row_pick(pixels.tap()).is_some())
+                    })
+            }
             _ => false,
         };
-        let (input_ids, grids, pixels) = if from_files {
+        let mut video_frames = Vec::new();
+        let (input_ids, grids, video_grids, pixels) = if from_files {
             let processed = processor(case, &setup.model_dir)?.process_conversation_with(
                 &single_conversation(case)?,
                 GenerationPrompt::Open,
                 &perturb.preprocess,
             )?;
             record_inputs(taps, &processed)?;
-            (processed.input_ids, processed.grids, processed.pixel_values)
+            video_frames = processed.video_frames.iter().map(|f| (f.frames, f.height, f.width)).collect();
+            let pixels = vision_rows([processed.pixel_values, processed.pixel_values_videos])?;
+            (processed.input_ids, processed.grids, processed.video_grids, pixels)
         } else {
             let ids = reference_input_ids(case)?;
-            let grids = match recorded(case, Stage::ImageGridThw.tap())? {
-                Some(thw) => grids_of(&thw)?,
-                None => Vec::new(),
+            let grids_at = |tap: Tap| -> Result<Vec<Grid>> {
+                Ok(match recorded(case, tap)? {
+                    Some(thw) => grids_of(&thw)?,
+                    None => Vec::new(),
+                })
             };
-            let pixels = recorded(case, Stage::PixelValues.tap())?.map(|p| to_tensor(&p)).transpose()?;
-            (ids, grids, pixels)
+            let pixels_at =
+                |tap: Tap| -> Result<Option<Tensor>> { recorded(case, tap)?.map(|p| to_tensor(&p)).transpose() };
+            let pixels =
+                vision_rows([pixels_at(Stage::PixelValues.tap())?, pixels_at(Stage::PixelValuesVideos.tap())?])?;
+            (ids, grids_at(Stage::ImageGridThw.tap())?, grids_at(Stage::VideoGridThw.tap())?, pixels)
         };
-        let positions = VisionPositions::new(&model.config.vision_config, &grids);
+        let positions = VisionPositions::with_videos(&model.config.vision_config, &grids, &video_grids);
         let positions = match perturb.vision_positions {
             Some(f) => f(positions),
             None => positions,
         };
-        Ok(Inputs { case, model, perturb, input_ids, grids, pixels, positions })
+        Ok(Inputs { case, model, perturb, input_ids, grids, video_grids, pixels, positions, video_frames })
     }
 
     /// The text model's (t, h, w) positions of the prompt (after the test's perturbation).
     fn text_positions(&self) -> Result<Positions> {
-        let p = self.model.positions(&self.input_ids, &self.grids)?;
+        let p = self.model.positions_with_videos(&self.input_ids, &self.grids, &self.video_grids)?;
         Ok(match self.perturb.text_positions {
             Some(f) => f(p),
             None => p,
@@ -399,7 +430,7 @@ impl<'a> Inputs<'a> {
     fn pixels(&self) -> Result<&Tensor> {
         match &self.pixels {
             Some(pixels) => Ok(pixels),
-            None => bail!("case {} has no recorded input.pixel_values", self.case),
+            None => bail!("case {} has no recorded input.pixel_values or input.pixel_values_videos", self.case),
         }
     }
 
@@ -557,14 +588,36 @@ pub(crate) fn token_texts(model_dir: &Path, ids: &[u32]) -> Option<Vec<String>> 
     ids.iter().map(|&id| tokenizer.decode(&[id], false).ok()).collect()
 }
 
+/// The vision tower's input rows: the images' (if any), then the videos' (if any).
+fn vision_rows(parts: [Option<Tensor>; 2]) -> Result<Option<Tensor>> {
+    let parts: Vec<Tensor> = parts.into_iter().flatten().collect();
+    Ok(match parts.len() {
+        0 => None,
+        1 => parts.into_iter().next(),
+        _ => Some(Tensor::cat(&parts, 0)?),
+    })
+}
+
 /// Records what preprocessing produced under the `input.*` taps.
 pub(crate) fn record_inputs(taps: &mut Taps, p: &Processed) -> Result<()> {
     let ids: Vec<i64> = p.input_ids.iter().map(|&i| i64::from(i)).collect();
     taps.record(Stage::InputIds.tap(), &Tensor::new(ids, &Device::Cpu)?);
+    let thw = |grids: &[Grid]| -> Result<Tensor> {
+        let values: Vec<i64> = grids.iter().flat_map(|g| [g.t as i64, g.h as i64, g.w as i64]).collect();
+        Ok(Tensor::from_vec(values, (grids.len(), 3), &Device::Cpu)?)
+    };
     if let Some(pixels) = &p.pixel_values {
-        let thw: Vec<i64> = p.grids.iter().flat_map(|g| [g.t as i64, g.h as i64, g.w as i64]).collect();
-        taps.record(Stage::ImageGridThw.tap(), &Tensor::from_vec(thw, (p.grids.len(), 3), &Device::Cpu)?);
+        taps.record(Stage::ImageGridThw.tap(), &thw(&p.grids)?);
         taps.record(Stage::PixelValues.tap(), pixels);
+    }
+    if let Some(pixels) = &p.pixel_values_videos {
+        taps.record(Stage::VideoGridThw.tap(), &thw(&p.video_grids)?);
+        if taps.enabled() {
+            let rgb: Vec<u8> = p.video_frames.iter().flat_map(|f| f.rgb.iter().copied()).collect();
+            let pixels = rgb.len() / 3;
+            taps.record(Stage::VideoFrames.tap(), &Tensor::from_vec(rgb, (pixels, 3), &Device::Cpu)?);
+        }
+        taps.record(Stage::PixelValuesVideos.tap(), pixels);
     }
     Ok(())
 }
@@ -575,6 +628,8 @@ impl Run {
     pub fn locator(&self) -> Locator<'_> {
         Locator {
             grids: self.grids.iter().map(|g| (g.t, g.h, g.w)).collect(),
+            videos: self.videos,
+            video_frames: self.video_frames.clone(),
             merge: self.merge,
             rotary: &self.rotary,
             input_ids: &self.input_ids,
@@ -656,6 +711,8 @@ mod tests {
             padding: Vec::new(),
             notes: Vec::new(),
             grids: vec![Grid { t: 1, h: 2, w: 4 }],
+            videos: 0,
+            video_frames: Vec::new(),
             rotary: vec![[1, 3]],
             merge: 2,
             input_ids: vec![5],

@@ -45,6 +45,15 @@ fn run(manifest: &Manifest, case: &str, mode: Mode, model: &Model) -> Run {
 /// and metrics.
 fn assert_first_failure_at(manifest: &Manifest, case: &str, run: &Run, expected_tap: impl Into<DumpKey>) {
     let expected_tap = expected_tap.into();
+    let message = first_failure_message(manifest, case, run, expected_tap);
+    for needle in [case, &expected_tap.to_string(), "Mismatched elements", "Greatest absolute difference", "Cosine"] {
+        assert!(message.contains(needle), "the failure message does not mention {needle:?}:\n{message}");
+    }
+}
+
+/// Asserts that the first failure of the run in pipeline order is `expected_tap` and every tap
+/// before it passes; returns the failure's message.
+fn first_failure_message(manifest: &Manifest, case: &str, run: &Run, expected_tap: DumpKey) -> String {
     let mut upstream = Vec::new();
     let case_ref = manifest.case(case).unwrap();
     for tap in case_ref.checks(run.mode) {
@@ -58,12 +67,8 @@ fn assert_first_failure_at(manifest: &Manifest, case: &str, run: &Run, expected_
             tap, expected_tap,
             "the fault should first show at {expected_tap}, but it showed at {tap} (taps passing before it: {upstream:?}):\n{message}"
         );
-        for needle in [case, &expected_tap.to_string(), "Mismatched elements", "Greatest absolute difference", "Cosine"]
-        {
-            assert!(message.contains(needle), "the failure message does not mention {needle:?}:\n{message}");
-        }
         println!("caught at {tap} as expected:\n{message}");
-        return;
+        return message;
     }
     panic!("the fault went unnoticed: every {} tap of {case} passed ({upstream:?})", run.mode.name());
 }
@@ -405,4 +410,117 @@ fn the_second_turns_rope_delta_reset_to_zero_fails_at_its_first_decode_step() {
     assert_first_failure_at(&manifest, case, &run, expected);
     let message = run.check(manifest.case(case).unwrap(), expected).unwrap().message();
     assert!(message.contains("first diverging step: 1"), "the fault enters at step 1 of turn 1:\n{message}");
+}
+
+// Video faults: each is one a port makes when a video is only "an image with more frames". They
+// are injected into the weights, the tower's positions, the processor or the text positions of
+// `video-counter` (7 sampled frames, so the last is repeated to fill 4 temporal patches of 4×6
+// patches, each frame's tokens behind a timestamp).
+
+const VIDEO_CASE: &str = "video-counter";
+
+#[test]
+fn the_temporal_slices_of_the_conv3d_swapped_fail_at_the_patch_embedding_of_a_video_only() {
+    let manifest = manifest();
+    let inputs = CaseSetup::new(manifest.case(VIDEO_CASE).unwrap(), None).unwrap();
+    let mut tensors = all_tensors(&inputs);
+    // [out, channels, frames, patch, patch]: the kernel slice of frame 0 and that of frame 1 swapped.
+    let weight = tensors.get_mut("model.visual.patch_embed.proj.weight").expect("the patch embedding");
+    let (first, second) = (weight.narrow(2, 0, 1).unwrap(), weight.narrow(2, 1, 1).unwrap());
+    *weight = Tensor::cat(&[&second, &first], 2).unwrap();
+    let model = model_with(&inputs, tensors);
+    let run = run(&manifest, VIDEO_CASE, Mode::VisionTeacherForced, &model);
+    assert_first_failure_at(&manifest, VIDEO_CASE, &run, Stage::VisionPatchEmbed.tap());
+    // An image repeats its frame in both slices: the same fault passes every vision tap there,
+    // which is why no image case could have caught it.
+    let image = replay::run_with(
+        &CaseSetup::new(manifest.case(IMAGE_CASE).unwrap(), None).unwrap(),
+        Mode::VisionTeacherForced,
+        &model,
+        &Perturbations::default(),
+    )
+    .unwrap();
+    let case = manifest.case(IMAGE_CASE).unwrap();
+    for tap in case.checks(Mode::VisionTeacherForced) {
+        let result = image.check(case, tap).unwrap();
+        assert!(result.passed(), "an image does not see the swapped slices:\n{}", result.message());
+    }
+}
+
+#[test]
+fn attention_across_the_frames_of_a_video_fails_at_the_first_block() {
+    let manifest = manifest();
+    let inputs = CaseSetup::new(manifest.case(VIDEO_CASE).unwrap(), None).unwrap();
+    let model = replay::load_model(&inputs).unwrap();
+    // One attention segment per video instead of one per frame.
+    let per_video = |mut positions: VisionPositions| {
+        let mut bounds = vec![0];
+        for g in &positions.grids {
+            bounds.push(bounds.last().unwrap() + g.patches());
+        }
+        assert!(bounds.len() < positions.segments.len(), "the video has several frames to merge");
+        positions.segments = bounds;
+        positions
+    };
+    let perturb = Perturbations { vision_positions: Some(&per_video), ..Default::default() };
+    let run = replay::run_with(&inputs, Mode::VisionTeacherForced, &model, &perturb).unwrap();
+    assert_first_failure_at(&manifest, VIDEO_CASE, &run, Stage::VisionBlock.at(0));
+}
+
+#[test]
+fn timestamps_printed_with_another_precision_fail_at_the_token_ids() {
+    let manifest = manifest();
+    let inputs = CaseSetup::new(manifest.case(VIDEO_CASE).unwrap(), None).unwrap();
+    let model = replay::load_model(&inputs).unwrap();
+    // `<0.30 seconds>` instead of the reference's `<0.3 seconds>` (`f"{t:.1f}"`).
+    let two_decimals = |seconds: f64| format!("<{seconds:.2} seconds>");
+    let preprocess = neuron::preprocess::Hooks { timestamp_text: Some(&two_decimals), ..Default::default() };
+    let perturb = Perturbations { preprocess, ..Default::default() };
+    let run = replay::run_with(&inputs, Mode::FromImageFiles, &model, &perturb).unwrap();
+    // The longer text tokenises to more ids: the tap fails on its shape, which the message gives.
+    let message = first_failure_message(&manifest, VIDEO_CASE, &run, Stage::InputIds.tap().into());
+    for needle in [VIDEO_CASE, "input.input_ids", "'shape' do not match: [109] != [105]"] {
+        assert!(message.contains(needle), "the failure message does not mention {needle:?}:\n{message}");
+    }
+}
+
+#[test]
+fn a_rope_index_advancing_t_per_frame_fails_at_the_position_ids() {
+    let manifest = manifest();
+    let case = manifest.case(VIDEO_CASE).unwrap();
+    let inputs = CaseSetup::new(case, None).unwrap();
+    let model = replay::load_model(&inputs).unwrap();
+    let video_token = inputs.config.video_token_id;
+    let ids: Vec<u32> = replay::reference_input_ids(case).unwrap();
+    // Qwen2-VL's index reads a video as one grid whose t grows frame by frame; here each frame's
+    // tokens get t + (the frame's index), on top of the time the timestamps already carry.
+    let per_frame = |mut p: [Vec<i64>; 3]| {
+        let mut frame = -1i64;
+        for (i, &id) in ids.iter().enumerate() {
+            if id == video_token {
+                if i == 0 || ids[i - 1] != video_token {
+                    frame += 1;
+                }
+                p[0][i] += frame;
+            }
+        }
+        assert!(frame >= 1, "the case's video has several frames");
+        p
+    };
+    let perturb = Perturbations { text_positions: Some(&per_frame), ..Default::default() };
+    let run = replay::run_with(&inputs, Mode::LmTeacherForced, &model, &perturb).unwrap();
+    assert_first_failure_at(&manifest, VIDEO_CASE, &run, Stage::PositionIds.tap());
+}
+
+#[test]
+fn padding_a_video_with_black_frames_instead_of_its_last_frame_fails_at_the_video_pixel_values() {
+    let manifest = manifest();
+    let inputs = CaseSetup::new(manifest.case(VIDEO_CASE).unwrap(), None).unwrap();
+    let model = replay::load_model(&inputs).unwrap();
+    // Black after normalisation: (0 / 255 − 0.5) / 0.5 (the iteration model's mean and std).
+    let black = |last: &[f32]| vec![-1.0; last.len()];
+    let preprocess = neuron::preprocess::Hooks { video_padding: Some(&black), ..Default::default() };
+    let perturb = Perturbations { preprocess, ..Default::default() };
+    let run = replay::run_with(&inputs, Mode::FromImageFiles, &model, &perturb).unwrap();
+    assert_first_failure_at(&manifest, VIDEO_CASE, &run, Stage::PixelValuesVideos.tap());
 }

@@ -1,12 +1,13 @@
 //! Preprocessing: bad input gets a clear error naming the file (never a panic), extreme sizes
 //! work through the resize bounds, and the classic port bugs before the model — width and
 //! height swapped, a resize factor of 28 for a 16-pixel patch with merge 2, one
-//! `<|image_pad|>` too few — fail verification at the tap where they enter.
+//! `<|image_pad|>` too few — fail verification at the tap where they enter. Videos given to the
+//! processor: each bad one is refused naming its file and the fix.
 
 use std::path::{Path, PathBuf};
 
 use neuron::preprocess::image_processor::RgbImage;
-use neuron::preprocess::{Hooks, Processor};
+use neuron::preprocess::{Conversation, GenerationPrompt, Hooks, Item, Message, Processor, Role};
 use parity::manifest::Manifest;
 use replay::{CaseSetup, Mode, Perturbations};
 
@@ -225,4 +226,81 @@ fn a_qwen_style_chat_template_renders_as_transformers_renders_it() {
         "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|><|vision_start|><|image_pad|><|vision_end|>\
                     Compare the two images.<|im_end|>\n<|im_start|>assistant\n<think>\n";
     assert_eq!(rendered.map_err(|e| format!("{e:#}")).as_deref(), Ok(expected));
+}
+
+/// One user message: a video (with a folder's frame rate), then a question.
+fn with_video(path: &Path, fps: Option<f64>) -> Conversation {
+    let items = vec![Item::Video { path: path.to_path_buf(), fps }, Item::Text("What happens?".into())];
+    Conversation { messages: vec![Message::items(Role::User, items)], ..Default::default() }
+}
+
+fn video_error(processor: &Processor, path: &Path, fps: Option<f64>) -> String {
+    match processor.process_conversation(&with_video(path, fps), GenerationPrompt::Open) {
+        Ok(p) => panic!("expected an error for {}, got {} tokens", path.display(), p.input_ids.len()),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+#[test]
+fn bad_videos_are_refused_by_the_processor_naming_the_file_and_the_fix() {
+    let manifest = manifest();
+    let processor = Processor::from_dir(&model_dir(&manifest)).unwrap();
+    let videos = manifest.root.join("fixtures/videos");
+    let cases: [(&str, Option<f64>, &[&str]); 6] = [
+        ("one-frame-64x48.mp4", None, &["one-frame-64x48.mp4", "1 frame", "temporal_factor:2"]),
+        ("truncated-64x48.mp4", None, &["truncated-64x48.mp4", "truncated"]),
+        ("mpeg4-part2-64x48.mp4", None, &["mpeg4-part2-64x48.mp4", "MPEG-4 Part 2", "only H.264"]),
+        ("vp9-64x48.webm", None, &["vp9-64x48.webm", "Matroska / WebM", "only MP4"]),
+        ("counter-96x64-baseline.mp4", Some(10.0), &["counter-96x64-baseline.mp4", "its own frame rate"]),
+        ("frames-64x48", None, &["frames-64x48", "no frame rate of its own"]),
+    ];
+    for (name, fps, needles) in cases {
+        let err = video_error(&processor, &videos.join(name), fps);
+        for needle in needles {
+            assert!(err.contains(needle), "{name}: the error does not say {needle:?}: {err}");
+        }
+    }
+    let dir = scratch("video-folders");
+    for (i, (w, h)) in [(64, 48), (64, 48), (48, 64)].into_iter().enumerate() {
+        write_png(&dir.join(format!("frame-{i}.png")), w, h);
+    }
+    let err = video_error(&processor, &dir, Some(2.0));
+    assert!(err.contains("frame-2.png") && err.contains("48×64") && err.contains("64×48"), "{err}");
+    let missing = dir.join("missing.mp4");
+    let err = video_error(&processor, &missing, None);
+    assert!(err.contains("missing.mp4"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_video_beyond_the_frame_and_pixel_budget_is_refused_before_it_is_held() {
+    let manifest = manifest();
+    let mut processor = Processor::from_dir(&model_dir(&manifest)).unwrap();
+    let clip = manifest.root.join("fixtures/videos/ntsc-160x120-main.mp4");
+    processor.video_limits.max_frame_pixels = 160 * 120 - 1;
+    let err = video_error(&processor, &clip, None);
+    assert!(err.contains("ntsc-160x120-main.mp4") && err.contains("160×120 = 19200 pixels"), "{err}");
+    processor.video_limits = Default::default();
+    processor.video_limits.max_frames = 44;
+    let err = video_error(&processor, &clip, None);
+    assert!(err.contains("45 frames") && err.contains("max_frames"), "{err}");
+}
+
+#[test]
+fn a_checkpoint_without_a_video_processor_refuses_a_video_naming_the_file_to_add() {
+    let manifest = manifest();
+    let dir = scratch("no-video-processor");
+    for file in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "preprocessor_config.json"] {
+        std::fs::copy(model_dir(&manifest).join(file), dir.join(file)).unwrap();
+    }
+    let processor = Processor::from_dir(&dir).unwrap();
+    let clip = manifest.root.join("fixtures/videos/counter-96x64-baseline.mp4");
+    let err = video_error(&processor, &clip, None);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        err.contains("holds a video")
+            && err.contains("Qwen2VLVideoProcessor")
+            && err.contains("video_preprocessor_config.json"),
+        "{err}"
+    );
 }

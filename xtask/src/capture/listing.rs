@@ -40,6 +40,9 @@ pub(super) struct Versions {
     pub numpy: String,
     pub pillow: String,
     pub python: String,
+    /// PyAV, the video decoder (absent from listings of harnesses before it was pinned).
+    #[serde(default)]
+    pub av: Option<String>,
 }
 
 impl CaptureListing {
@@ -113,7 +116,8 @@ fn single_request(case: CaseRef) -> serde_json::Value {
     }
 }
 
-/// Messages as `apply_chat_template` takes them, each image item with its file's path.
+/// Messages as `apply_chat_template` takes them, each image item with its file's path, each
+/// video item with its file's or frame folder's path (and a folder's frame rate).
 fn messages(case: CaseRef, messages: &[MessageSpec]) -> serde_json::Value {
     messages
         .iter()
@@ -127,6 +131,11 @@ fn messages(case: CaseRef, messages: &[MessageSpec]) -> serde_json::Value {
                         ItemSpec::Image { image } => serde_json::json!({
                             "type": "image",
                             "path": case.manifest.root.join(case.image_path(image)),
+                        }),
+                        ItemSpec::Video { video } => serde_json::json!({
+                            "type": "video",
+                            "path": case.manifest.root.join(case.video_path(video)),
+                            "fps": case.manifest.videos[video.as_str()].fps,
                         }),
                     })
                     .collect(),

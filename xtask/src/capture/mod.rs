@@ -114,6 +114,7 @@ fn record_case(sh: &Shell, case: CaseRef, manifest_path: &Path, args: &Args, har
     let (manifest, c) = (case.manifest, case.case);
     let model_dir = checkpoint(case, args.weights.as_deref())?;
     let image_shas = image_digests(case)?;
+    let video_shas = video_digests(case)?;
 
     let final_dir = manifest.root.join(DUMPS_DIR).join(case.name);
     let tmp_dir = manifest.root.join(DUMPS_DIR).join(format!(".tmp-{case}-{}", std::process::id()));
@@ -164,7 +165,10 @@ fn record_case(sh: &Shell, case: CaseRef, manifest_path: &Path, args: &Args, har
     for (name, sha) in &image_shas {
         doc.set_image_sha(name, sha);
     }
-    let inputs = case.inputs_digest(config_sha.as_deref(), &image_shas, harness_sha);
+    for (name, sha) in &video_shas {
+        doc.set_video_sha(name, sha);
+    }
+    let inputs = case.inputs_digest(config_sha.as_deref(), &image_shas, &video_shas, harness_sha);
     doc.set_case_capture(case.name, &inputs, &dumps);
     doc.set_reference(&Reference {
         transformers: listing.versions.transformers.clone(),
@@ -172,6 +176,7 @@ fn record_case(sh: &Shell, case: CaseRef, manifest_path: &Path, args: &Args, har
         numpy: listing.versions.numpy.clone(),
         pillow: listing.versions.pillow.clone(),
         python: listing.versions.python.clone(),
+        av: listing.versions.av.clone().or_else(|| manifest.reference.as_ref().and_then(|r| r.av.clone())),
         threads: listing.threads,
         harness_sha256: harness_sha.to_owned(),
     });
@@ -222,6 +227,19 @@ fn image_digests(case: CaseRef) -> Result<Vec<(String, String)>> {
             let sha =
                 parity::digest::sha256_file(&path).with_context(|| format!("reading image {}", path.display()))?;
             Ok((name.to_string(), sha))
+        })
+        .collect()
+}
+
+/// The digest of each video a case's messages hold: a file's, or a frame folder's listing.
+fn video_digests(case: CaseRef) -> Result<Vec<(String, String)>> {
+    case.video_names()
+        .into_iter()
+        .map(|name| {
+            let path = case.manifest.root.join(case.video_path(name));
+            let sha =
+                parity::digest::sha256_path(&path).with_context(|| format!("reading video {}", path.display()))?;
+            Ok((name.to_owned(), sha))
         })
         .collect()
 }

@@ -1,5 +1,6 @@
-//! Preprocessing: image files and a prompt → the model's inputs (`input_ids`,
-//! `pixel_values`, image grids). Kept apart from the model: tensors are the only interface.
+//! Preprocessing: image and video files and a prompt → the model's inputs (`input_ids`,
+//! `pixel_values`, `pixel_values_videos`, their grids). Kept apart from the model: tensors are
+//! the only interface.
 
 pub mod image_file;
 pub mod image_processor;
@@ -9,13 +10,17 @@ pub mod video;
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::Deserialize;
 
+use crate::config::VisionConfig;
 use crate::vision::positions::Grid;
+use crate::vision::VisionPositions;
 use prompt::PromptProcessor;
 pub use prompt::{Content, Conversation, GenerationPrompt, Item, Message, Role};
+use video::processor::VideoProcessorConfig;
+use video::VideoLimits;
 
 /// The image processor's settings, mirroring `Qwen2VLImageProcessor`'s attributes and their
 /// defaults. Read from `preprocessor_config.json` (published repositories) or from the
@@ -114,15 +119,49 @@ mod defaults {
 }
 
 /// What preprocessing hands the model.
+#[derive(Default)]
 pub struct Processed {
     pub input_ids: Vec<u32>,
-    /// [patches, C·T·P·P] over all images, or `None` for a text-only prompt.
+    /// [patches, C·T·P·P] over all images, or `None` for a prompt without images.
     pub pixel_values: Option<Tensor>,
     pub grids: Vec<Grid>,
+    /// [video patches, C·T·P·P] over all videos, or `None` for a prompt without videos.
+    pub pixel_values_videos: Option<Tensor>,
+    /// The (t, h, w) patch grid of each video (`video_grid_thw`).
+    pub video_grids: Vec<Grid>,
+    /// Each video's sampled frames as decoded (`input.video_frames`).
+    pub video_frames: Vec<DecodedFrames>,
+}
+
+/// The frames of one video the processor sampled, as decoded: 8-bit RGB, frame after frame,
+/// each row-major (HWC).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedFrames {
+    pub frames: usize,
+    pub height: usize,
+    pub width: usize,
+    pub rgb: Vec<u8>,
+}
+
+impl Processed {
+    /// The vision tower's input: the images' patch rows, then the videos' (the order of the
+    /// reference's two tower calls, whose rows `Qwen3_5Model.forward` splices image tokens
+    /// first, then video tokens), with their positions; `None` without images and videos.
+    pub fn vision_inputs(&self, cfg: &VisionConfig) -> Result<Option<(Tensor, VisionPositions)>> {
+        let rows: Vec<&Tensor> = self.pixel_values.iter().chain(&self.pixel_values_videos).collect();
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let positions = VisionPositions::with_videos(cfg, &self.grids, &self.video_grids);
+        Ok(Some((Tensor::cat(&rows, 0)?, positions)))
+    }
 }
 
 /// Maps the computed (height, width) resize target of an image.
 pub type TargetSizeHook<'a> = &'a dyn Fn(&image_processor::RgbImage, (usize, usize)) -> (usize, usize);
+
+/// The frame that pads a video to a whole temporal patch, from its last frame (normalised, CHW).
+pub type PaddingHook<'a> = &'a dyn Fn(&[f32]) -> Vec<f32>;
 
 /// Injection points into preprocessing, each applied to what the processor computed.
 #[derive(Default)]
@@ -131,11 +170,21 @@ pub struct Hooks<'a> {
     pub target_size: Option<TargetSizeHook<'a>>,
     /// The number of `<|image_pad|>` tokens per image.
     pub image_token_counts: Option<&'a dyn Fn(Vec<usize>) -> Vec<usize>>,
+    /// How a video's timestamp (seconds) is written into the prompt (`<0.3 seconds>`).
+    pub timestamp_text: Option<&'a dyn Fn(f64) -> String>,
+    /// The frame that pads a video to a whole temporal patch, from its last frame (normalised,
+    /// CHW).
+    pub video_padding: Option<PaddingHook<'a>>,
 }
 
-/// `Qwen3VLProcessor`: image files and prompt text → model inputs.
+/// `Qwen3VLProcessor`: image and video files and prompt text → model inputs.
 pub struct Processor {
     pub image: ImageProcessorConfig,
+    /// The video processor's settings, or why the checkpoint has none that is implemented (an
+    /// error only when a video is given).
+    pub video: std::result::Result<VideoProcessorConfig, String>,
+    /// Bounds on what decoding a video may read and hold.
+    pub video_limits: VideoLimits,
     pub prompt: PromptProcessor,
     /// How image files are opened and converted to RGB, as the reference's loader does
     /// (`loader` of a case; the image processor's own conversion by default).
@@ -146,7 +195,14 @@ impl Processor {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let image = ImageProcessorConfig::from_dir(dir)?;
         let prompt = PromptProcessor::from_dir(dir, image.merge_size)?;
-        Ok(Processor { image, prompt, loader: image_file::Loader::default() })
+        let video = VideoProcessorConfig::from_dir(dir).map_err(|e| format!("{e:#}"));
+        Ok(Processor {
+            image,
+            video,
+            video_limits: VideoLimits::default(),
+            prompt,
+            loader: image_file::Loader::default(),
+        })
     }
 
     /// One user message: the images (in order), then the prompt text.
@@ -189,21 +245,79 @@ impl Processor {
             values.extend(patches.values);
             grids.push(patches.grid);
         }
+        let videos = self.videos(conversation, hooks)?;
         let rendered = self.prompt.render_conversation(conversation, prompt)?;
         let mut counts = self.prompt.image_token_counts(&grids);
         if let Some(hook) = hooks.image_token_counts {
             counts = hook(counts);
         }
-        let input_ids = self.prompt.input_ids(&rendered, &counts)?;
-        let pixel_values = if grids.is_empty() {
-            None
-        } else {
-            let rows: usize = grids.iter().map(Grid::patches).sum();
-            let cols = values.len() / rows;
-            Some(Tensor::from_vec(values, (rows, cols), &Device::Cpu)?)
-        };
-        Ok(Processed { input_ids, pixel_values, grids })
+        let input_ids = self.prompt.input_ids_with_videos(&rendered, &counts, &videos.texts)?;
+        Ok(Processed {
+            input_ids,
+            pixel_values: rows_tensor(values, &grids)?,
+            grids,
+            pixel_values_videos: rows_tensor(videos.values, &videos.grids)?,
+            video_grids: videos.grids,
+            video_frames: videos.frames,
+        })
     }
+
+    /// Decodes, samples and patchifies every video of a conversation, in order: the
+    /// `Qwen3VLVideoProcessor` half of `Qwen3VLProcessor.__call__`, and each video's text.
+    fn videos(&self, conversation: &Conversation, hooks: &Hooks) -> Result<ProcessedVideos> {
+        let mut out = ProcessedVideos::default();
+        let sources = conversation.videos();
+        if sources.is_empty() {
+            return Ok(out);
+        }
+        let cfg = self.video.as_ref().map_err(|e| anyhow::anyhow!("the prompt holds a video, but {e}"))?;
+        let keep_last = |last: &[f32]| last.to_vec();
+        let pad = hooks.video_padding.unwrap_or(&keep_last);
+        for (path, fps) in sources {
+            ensure!(
+                fps.is_none() || path.is_dir(),
+                "{}: a video file has its own frame rate (its container's); give a frame rate only for a folder of \
+                 frames",
+                path.display()
+            );
+            let clip = video::load_video(path, fps, Some(cfg), &self.video_limits)?;
+            let patches = video::processor::pixel_values_videos_with(&clip, cfg, pad)
+                .with_context(|| format!("{}", path.display()))?;
+            let frames = video::processor::sampled_frames(&clip, cfg)?;
+            out.frames.push(DecodedFrames {
+                frames: frames.len(),
+                height: clip.height,
+                width: clip.width,
+                rgb: frames.concat(),
+            });
+            out.texts.push(match hooks.timestamp_text {
+                Some(stamp) => patches.placeholder_with(cfg, stamp),
+                None => patches.placeholder(cfg),
+            });
+            out.grids.push(patches.grid);
+            out.values.extend(patches.values);
+        }
+        Ok(out)
+    }
+}
+
+/// What the videos of a conversation give: their patch rows, grids, decoded frames and texts.
+#[derive(Default)]
+struct ProcessedVideos {
+    values: Vec<f32>,
+    grids: Vec<Grid>,
+    frames: Vec<DecodedFrames>,
+    texts: Vec<String>,
+}
+
+/// Patch rows of grids as one [patches, C·T·P·P] tensor; `None` for no grid.
+fn rows_tensor(values: Vec<f32>, grids: &[Grid]) -> Result<Option<Tensor>> {
+    if grids.is_empty() {
+        return Ok(None);
+    }
+    let rows: usize = grids.iter().map(Grid::patches).sum();
+    let cols = values.len() / rows;
+    Ok(Some(Tensor::from_vec(values, (rows, cols), &Device::Cpu)?))
 }
 
 #[cfg(test)]

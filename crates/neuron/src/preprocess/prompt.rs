@@ -1,7 +1,9 @@
 //! A conversation → input_ids, mirroring `processor.apply_chat_template(messages, ...)` and
 //! `Qwen3VLProcessor.__call__`: render the checkpoint's chat template over the messages, expand
-//! each `<|image_pad|>` to the image's t·h·w / merge² tokens, tokenize with the checkpoint's
-//! `tokenizer.json`.
+//! each `<|image_pad|>` to the image's t·h·w / merge² tokens and each `<|video_pad|>` to its
+//! video's text (timestamps and framed tokens, [`crate::preprocess::video::processor`]), in one
+//! pass in the order they appear (`ProcessorMixin.get_text_with_replacements`), tokenize with the
+//! checkpoint's `tokenizer.json`.
 
 use std::path::{Path, PathBuf};
 
@@ -9,6 +11,7 @@ use anyhow::{bail, ensure, Context, Result};
 use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
 use tokenizers::Tokenizer;
 
+use crate::preprocess::video::processor::VIDEO_PAD;
 use crate::vision::positions::Grid;
 
 /// The placeholder the chat template emits for each image.
@@ -40,6 +43,9 @@ pub enum Item {
     Text(String),
     /// `{"type": "image"}`: the image file, read in the order the items appear.
     Image(PathBuf),
+    /// `{"type": "video"}`: an MP4 file, or a folder of PNG frames played at `fps` frames per
+    /// second (a file's rate comes from its container: `fps` must be `None`).
+    Video { path: PathBuf, fps: Option<f64> },
 }
 
 /// A message's content: a plain string, or a list of items (the template sees which).
@@ -62,15 +68,26 @@ impl Message {
         Message { role, content: Content::Items(items) }
     }
 
-    /// The image files of the message, in order.
-    pub fn images(&self) -> impl Iterator<Item = &Path> {
-        let items = match &self.content {
+    fn item_list(&self) -> &[Item] {
+        match &self.content {
             Content::Items(items) => items.as_slice(),
             Content::Text(_) => &[],
-        };
-        items.iter().filter_map(|item| match item {
+        }
+    }
+
+    /// The image files of the message, in order.
+    pub fn images(&self) -> impl Iterator<Item = &Path> {
+        self.item_list().iter().filter_map(|item| match item {
             Item::Image(path) => Some(path.as_path()),
-            Item::Text(_) => None,
+            _ => None,
+        })
+    }
+
+    /// The videos of the message (file or frame folder, and a folder's frame rate), in order.
+    pub fn videos(&self) -> impl Iterator<Item = (&Path, Option<f64>)> {
+        self.item_list().iter().filter_map(|item| match item {
+            Item::Video { path, fps } => Some((path.as_path(), *fps)),
+            _ => None,
         })
     }
 }
@@ -94,6 +111,11 @@ impl Conversation {
     /// Every image file, in the order the template meets them.
     pub fn images(&self) -> Vec<&Path> {
         self.messages.iter().flat_map(Message::images).collect()
+    }
+
+    /// Every video, in the order the template meets them.
+    pub fn videos(&self) -> Vec<(&Path, Option<f64>)> {
+        self.messages.iter().flat_map(Message::videos).collect()
     }
 }
 
@@ -191,20 +213,16 @@ impl PromptProcessor {
     /// Expands each `<|image_pad|>` of a rendered prompt to its image's token count, in order,
     /// and tokenizes. The number of placeholders must equal the number of images.
     pub fn input_ids(&self, rendered: &str, counts: &[usize]) -> Result<Vec<u32>> {
-        let placeholders = rendered.matches(IMAGE_PAD).count();
-        ensure!(
-            placeholders == counts.len(),
-            "the prompt has {placeholders} image placeholder(s) ({IMAGE_PAD}) but {} image(s) were given",
-            counts.len()
-        );
-        let mut expanded = String::with_capacity(rendered.len());
-        let mut pieces = rendered.split(IMAGE_PAD);
-        expanded.push_str(pieces.next().unwrap_or_default());
-        for (&tokens, rest) in counts.iter().zip(pieces) {
-            expanded.push_str(&IMAGE_PAD.repeat(tokens));
-            expanded.push_str(rest);
-        }
-        self.tokenize(&expanded)
+        self.input_ids_with_videos(rendered, counts, &[])
+    }
+
+    /// [`PromptProcessor::input_ids`] for a prompt with videos too: each `<|video_pad|>` becomes
+    /// its video's text (`videos`, in order). Both kinds are replaced in one pass over the
+    /// rendered text, so a video's own `<|video_pad|>` tokens are never taken for another's
+    /// placeholder. The placeholders of each kind must match what was given, as the reference
+    /// checks (`ProcessorMixin.validate_inputs`).
+    pub fn input_ids_with_videos(&self, rendered: &str, counts: &[usize], videos: &[String]) -> Result<Vec<u32>> {
+        self.tokenize(&expand_placeholders(rendered, counts, videos)?)
     }
 
     /// Token ids → text, as `processor.decode(ids, skip_special_tokens=True)` (the chat
@@ -214,8 +232,49 @@ impl PromptProcessor {
     }
 }
 
+/// The rendered prompt with each `<|image_pad|>` repeated its image's token count and each
+/// `<|video_pad|>` replaced by its video's text, in order (see
+/// [`PromptProcessor::input_ids_with_videos`]).
+pub fn expand_placeholders(rendered: &str, counts: &[usize], videos: &[String]) -> Result<String> {
+    let placeholders = rendered.matches(IMAGE_PAD).count();
+    ensure!(
+        placeholders == counts.len(),
+        "the prompt has {placeholders} image placeholder(s) ({IMAGE_PAD}) but {} image(s) were given",
+        counts.len()
+    );
+    let video_placeholders = rendered.matches(VIDEO_PAD).count();
+    ensure!(
+        video_placeholders == videos.len(),
+        "the prompt has {video_placeholders} video placeholder(s) ({VIDEO_PAD}) but {} video(s) were given",
+        videos.len()
+    );
+    let mut expanded = String::with_capacity(rendered.len());
+    let (mut images, mut clips) = (counts.iter(), videos.iter());
+    let mut rest = rendered;
+    loop {
+        let image_at = rest.find(IMAGE_PAD);
+        let video_at = rest.find(VIDEO_PAD);
+        match (image_at, video_at) {
+            (Some(i), v) if v.is_none_or(|v| i < v) => {
+                expanded.push_str(&rest[..i]);
+                expanded.push_str(&IMAGE_PAD.repeat(*images.next().expect("counted above")));
+                rest = &rest[i + IMAGE_PAD.len()..];
+            }
+            (_, Some(v)) => {
+                expanded.push_str(&rest[..v]);
+                expanded.push_str(clips.next().expect("counted above"));
+                rest = &rest[v + VIDEO_PAD.len()..];
+            }
+            (None, None) => break,
+            (Some(_), None) => unreachable!("the first arm takes an image with no video after it"),
+        }
+    }
+    expanded.push_str(rest);
+    Ok(expanded)
+}
+
 /// A message as the template sees it: `{role, content}`, the content a string or a list of
-/// `{type: "text", text}` / `{type: "image"}` items.
+/// `{type: "text", text}` / `{type: "image"}` / `{type: "video"}` items.
 fn message_value(message: &Message) -> minijinja::Value {
     let content = match &message.content {
         Content::Text(text) => minijinja::Value::from(text.as_str()),
@@ -225,6 +284,7 @@ fn message_value(message: &Message) -> minijinja::Value {
                 .map(|item| match item {
                     Item::Text(text) => context! { type => "text", text => text },
                     Item::Image(_) => context! { type => "image" },
+                    Item::Video { .. } => context! { type => "video" },
                 })
                 .collect::<Vec<_>>(),
         ),
@@ -272,4 +332,30 @@ fn chat_template(dir: &Path) -> Result<String> {
          tokenizer_config.json); copy chat_template.jinja from the model's repository snapshot",
         dir.display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_and_video_placeholders_are_replaced_in_one_pass_in_their_order() {
+        let rendered = "a<|video_pad|>b<|image_pad|>c<|video_pad|>d";
+        let videos =
+            ["<0.5 seconds>[<|video_pad|><|video_pad|>]".to_owned(), "<1.0 seconds>[<|video_pad|>]".to_owned()];
+        let expanded = expand_placeholders(rendered, &[3], &videos).unwrap();
+        // The first video's own pads are not taken for the second video's placeholder.
+        assert_eq!(
+            expanded,
+            "a<0.5 seconds>[<|video_pad|><|video_pad|>]b<|image_pad|><|image_pad|><|image_pad|>c<1.0 seconds>[<|video_pad|>]d"
+        );
+    }
+
+    #[test]
+    fn a_video_placeholder_without_its_video_or_a_video_without_a_placeholder_is_refused() {
+        let err = expand_placeholders("x<|video_pad|>", &[], &[]).unwrap_err().to_string();
+        assert!(err.contains("1 video placeholder(s)") && err.contains("0 video(s)"), "{err}");
+        let err = expand_placeholders("x", &[], &["<0.0 seconds>".to_owned()]).unwrap_err().to_string();
+        assert!(err.contains("0 video placeholder(s)") && err.contains("1 video(s)"), "{err}");
+    }
 }

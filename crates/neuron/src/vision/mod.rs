@@ -30,15 +30,22 @@ use crate::taps::Taps;
 use contract::Stage;
 use positions::{attention_segments, pos_embed_interpolation, rotary_positions, Grid, Interpolation};
 
-/// The position-dependent inputs of the tower for a set of image grids. Built by
+/// The position-dependent inputs of the tower for a set of image (and video) grids. Built by
 /// [`VisionPositions::new`] from the pure functions in [`positions`]; the tower uses exactly
 /// these, so a test may alter any of them before the forward pass.
+///
+/// A video's grid is t temporal patches of h × w: every position function repeats per
+/// temporal patch (`patch_rows_cols`), so the position embedding and rotary coordinates are
+/// the same for each frame, and each frame is its own attention segment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VisionPositions {
+    /// The images' grids, then the videos'.
     pub grids: Vec<Grid>,
     pub interpolation: Interpolation,
     pub rotary: Vec<[u32; 2]>,
     pub segments: Vec<usize>,
+    /// How many of `grids`, at the end, are videos.
+    pub videos: usize,
 }
 
 impl VisionPositions {
@@ -49,16 +56,39 @@ impl VisionPositions {
             interpolation: pos_embed_interpolation(grids, cfg.num_grid_per_side(), merge),
             rotary: rotary_positions(grids, merge),
             segments: attention_segments(grids),
+            videos: 0,
         }
+    }
+
+    /// The positions of the images' grids followed by the videos'. The reference runs the
+    /// tower once for the images and once for the videos (`get_image_features`,
+    /// `get_video_features`); each row depends only on its own frame (position embedding,
+    /// rotary, attention segment), so one run over both gives the rows of the two.
+    pub fn with_videos(cfg: &VisionConfig, images: &[Grid], videos: &[Grid]) -> VisionPositions {
+        let grids: Vec<Grid> = images.iter().chain(videos).copied().collect();
+        VisionPositions { videos: videos.len(), ..VisionPositions::new(cfg, &grids) }
     }
 
     pub fn patches(&self) -> usize {
         self.rotary.len()
     }
+
+    /// The images' grids.
+    pub fn image_grids(&self) -> &[Grid] {
+        &self.grids[..self.grids.len() - self.videos.min(self.grids.len())]
+    }
+
+    /// The videos' grids.
+    pub fn video_grids(&self) -> &[Grid] {
+        &self.grids[self.grids.len() - self.videos.min(self.grids.len())..]
+    }
 }
 
-/// `Qwen3_5VisionPatchEmbed`: the Conv3d whose stride equals its kernel is one matmul of each
-/// flattened (channel, frame, row, col) patch with the flattened kernel.
+/// `Qwen3_5VisionPatchEmbed`: the Conv3d whose stride equals its kernel (T × P × P, T = 2
+/// frames) is one matmul of each flattened (channel, frame, row, col) patch with the kernel
+/// flattened the same way, plus the bias: both temporal slices of the kernel meet their own
+/// frame. An image repeats its frame, so a kernel with its slices swapped gives the same
+/// numbers there; a video's two frames differ, and only video shows such a fault.
 struct PatchEmbed {
     proj: Linear,
 }

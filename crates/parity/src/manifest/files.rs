@@ -62,6 +62,15 @@ impl Manifest {
                 });
             }
         }
+        for (name, video) in &self.videos {
+            if let Some(sha) = &video.sha256 {
+                files.push(RecordedFile {
+                    path: PathBuf::from(&video.path),
+                    sha256: sha.clone(),
+                    entry: format!("videos.{name}.sha256"),
+                });
+            }
+        }
         for case in self.case_refs() {
             for (key, dump) in case.dumps_in_order() {
                 files.push(RecordedFile {
@@ -104,10 +113,22 @@ impl<'m> CaseRef<'m> {
         PathBuf::from(&self.manifest.images[name].path)
     }
 
+    /// The names of the videos the case's messages hold, in order.
+    pub fn video_names(&self) -> Vec<&'m str> {
+        self.case.video_names()
+    }
+
+    /// The file or frame folder of the video `name` (validated to exist), relative to the
+    /// manifest.
+    pub fn video_path(&self, name: &str) -> PathBuf {
+        PathBuf::from(&self.manifest.videos[name].path)
+    }
+
     /// Everything the case's dumps depend on, as one SHA-256: the model files (by their
     /// recorded digests; for a checkpoint outside the repository, the digest of its
     /// `config.json`, `config_sha`), the images (by digest), the request (prompt, messages,
-    /// turns, suffixes, template arguments; a batch's members by their own digests), the tap and
+    /// turns, suffixes, template arguments; a batch's members by their own digests), the videos
+    /// (by digest, with a frame folder's rate), the tap and
     /// row selection, the generation settings and the harness. Hashed over a canonical
     /// serialisation — compact JSON of a struct whose fields and map keys come in a fixed
     /// order — never over `Debug` output, which promises no stable format. Fields added after
@@ -116,6 +137,7 @@ impl<'m> CaseRef<'m> {
         &self,
         config_sha: Option<&str>,
         image_shas: &[(String, String)],
+        video_shas: &[(String, String)],
         harness_sha: &str,
     ) -> String {
         #[derive(Serialize)]
@@ -134,6 +156,8 @@ impl<'m> CaseRef<'m> {
             prefix_cache: Option<&'a Vec<Vec<MessageSpec>>>,
             #[serde(skip_serializing_if = "Vec::is_empty")]
             batch: Vec<Member<'a>>,
+            #[serde(skip_serializing_if = "Vec::is_empty")]
+            videos: Vec<(&'a str, &'a str, Option<f64>)>,
             // Left out when it is the default, so the digests of the cases recorded before
             // the field existed do not move.
             #[serde(skip_serializing_if = "ImageLoader::is_processor")]
@@ -177,6 +201,10 @@ impl<'m> CaseRef<'m> {
                     images: m.case.image_names(),
                     loader: m.case.loader,
                 })
+                .collect(),
+            videos: video_shas
+                .iter()
+                .map(|(name, sha)| (name.as_str(), sha.as_str(), self.manifest.videos.get(name).and_then(|v| v.fps)))
                 .collect(),
             loader: c.loader,
             dtype: c.dtype,

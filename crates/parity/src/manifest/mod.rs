@@ -25,7 +25,7 @@ pub use files::{RecordedFile, DUMPS_DIR};
 pub use resolve::Weights;
 pub use schema::{
     At, CalibrationSpec, Case, ContentSpec, Dump, DumpKey, Image, ImageLoader, ItemSpec, Manifest, MessageSpec,
-    ModelEntry, Part, Reference, Request, RoleSpec, RowPick, TapPattern, ToleranceSpec,
+    ModelEntry, Part, Reference, Request, RoleSpec, RowPick, TapPattern, ToleranceSpec, Video,
 };
 
 /// A manifest that cannot be used, with the file and the entry at fault.

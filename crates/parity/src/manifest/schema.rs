@@ -95,6 +95,8 @@ pub struct Manifest {
     #[serde(default)]
     pub images: BTreeMap<String, At<Image>>,
     #[serde(default)]
+    pub videos: BTreeMap<String, At<Video>>,
+    #[serde(default)]
     pub cases: BTreeMap<String, At<Case>>,
     /// The folder the manifest lives in: every path in it is relative to this.
     #[serde(skip)]
@@ -110,6 +112,9 @@ pub struct Reference {
     pub numpy: String,
     pub pillow: String,
     pub python: String,
+    /// PyAV, the reference's video decoder (recorded since the first video case).
+    #[serde(default)]
+    pub av: Option<String>,
     /// torch threads used by the capture (results are bit-stable only for a fixed count).
     pub threads: u32,
     /// SHA-256 over `script/capture.py`, `script/uv.lock` and `script/pyproject.toml`.
@@ -226,6 +231,21 @@ pub struct Image {
     pub sha256: Option<String>,
 }
 
+/// One of the known videos: an MP4 file (H.264), or a folder of PNG frames played at `fps`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Video {
+    pub path: String,
+    /// Frames per second of a folder of frames (a folder has no frame rate of its own); a video
+    /// file's comes from its container and may not be given.
+    #[serde(default)]
+    pub fps: Option<f64>,
+    /// Written by capture: the file's SHA-256, or for a folder the SHA-256 of its listing (each
+    /// PNG's name and digest, in name order).
+    #[serde(default)]
+    pub sha256: Option<String>,
+}
+
 /// One captured case: a model and a request — one user message (`images` and `prompt`), a
 /// conversation (`messages`), a conversation fed turn by turn (`turns`), a cached prefix
 /// continued by several suffixes (`messages` and `prefix_cache`), or a left-padded batch of other
@@ -241,8 +261,8 @@ pub struct Case {
     #[serde(default)]
     pub prompt: Option<String>,
     /// A whole conversation instead of `images` + `prompt`: system, user and assistant messages
-    /// whose content is a string or a list of `{ text = … }` and `{ image = … }` items in any
-    /// order. Rendered with the checkpoint's chat template, with the generation prompt.
+    /// whose content is a string or a list of `{ text = … }`, `{ image = … }` and `{ video = … }`
+    /// items in any order. Rendered with the checkpoint's chat template, with the generation prompt.
     #[serde(default)]
     pub messages: Option<Vec<MessageSpec>>,
     /// Keyword arguments of the chat template (`enable_thinking = false`), for `messages`,
@@ -335,24 +355,37 @@ pub enum ContentSpec {
     Items(Vec<ItemSpec>),
 }
 
-/// One item of a content list: `{ text = "…" }` or `{ image = "name" }` (a key of `[images]`).
+/// One item of a content list: `{ text = "…" }`, `{ image = "name" }` (a key of `[images]`) or
+/// `{ video = "name" }` (a key of `[videos]`).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(untagged, deny_unknown_fields)]
 pub enum ItemSpec {
     Text { text: String },
     Image { image: String },
+    Video { video: String },
 }
 
 impl MessageSpec {
-    /// The names of the images the message holds, in order.
-    pub fn images(&self) -> impl Iterator<Item = &str> {
-        let items = match &self.content {
+    fn items(&self) -> &[ItemSpec] {
+        match &self.content {
             ContentSpec::Items(items) => items.as_slice(),
             ContentSpec::Text(_) => &[],
-        };
-        items.iter().filter_map(|item| match item {
+        }
+    }
+
+    /// The names of the images the message holds, in order.
+    pub fn images(&self) -> impl Iterator<Item = &str> {
+        self.items().iter().filter_map(|item| match item {
             ItemSpec::Image { image } => Some(image.as_str()),
-            ItemSpec::Text { .. } => None,
+            _ => None,
+        })
+    }
+
+    /// The names of the videos the message holds, in order.
+    pub fn videos(&self) -> impl Iterator<Item = &str> {
+        self.items().iter().filter_map(|item| match item {
+            ItemSpec::Video { video } => Some(video.as_str()),
+            _ => None,
         })
     }
 }
@@ -409,6 +442,22 @@ impl Case {
                 messages(prefix).into_iter().chain(suffixes.iter().flat_map(|s| messages(s))).collect()
             }
             Some(Request::Batch { .. }) | None => Vec::new(),
+        }
+    }
+
+    /// The names of the videos the case's messages hold, in order (only a conversation of one
+    /// request may hold videos: the manifest refuses them elsewhere).
+    pub fn video_names(&self) -> Vec<&str> {
+        fn all(m: &[MessageSpec]) -> Vec<&str> {
+            m.iter().flat_map(MessageSpec::videos).collect()
+        }
+        match self.request() {
+            Some(Request::Conversation { messages }) => all(messages),
+            Some(Request::Turns { turns }) => turns.iter().flat_map(|t| all(t)).collect(),
+            Some(Request::PrefixCache { prefix, suffixes }) => {
+                all(prefix).into_iter().chain(suffixes.iter().flat_map(|s| all(s))).collect()
+            }
+            Some(Request::Single { .. } | Request::Batch { .. }) | None => Vec::new(),
         }
     }
 }

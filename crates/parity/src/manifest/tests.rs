@@ -58,7 +58,7 @@ fn a_cases_loader_defaults_to_the_processor_and_a_bad_one_names_both_choices() {
 #[test]
 fn the_loader_is_an_input_of_a_case() {
     let m = parse(GOOD).unwrap();
-    let digest = |m: &Manifest| m.case("one").unwrap().inputs_digest(None, &[], "h");
+    let digest = |m: &Manifest| m.case("one").unwrap().inputs_digest(None, &[], &[], "h");
     let mut with = m.clone();
     with.cases.get_mut("one").unwrap().loader = ImageLoader::LoadImage;
     assert_ne!(digest(&m), digest(&with), "a case's loader must make its dumps stale when it changes");
@@ -115,11 +115,11 @@ fn tap_k_belongs_to_bf16_cases_and_k_must_be_positive() {
 #[test]
 fn the_dtype_is_an_input_of_a_case_but_f32_leaves_old_digests_alone() {
     let m = parse(GOOD).unwrap();
-    let digest = |m: &Manifest| m.case("one").unwrap().inputs_digest(None, &[], "h");
+    let digest = |m: &Manifest| m.case("one").unwrap().inputs_digest(None, &[], &[], "h");
     let mut with = m.clone();
     with.cases.get_mut("one").unwrap().dtype = ComputeDtype::Bf16;
     assert_ne!(digest(&m), digest(&with), "a case's dtype must make its dumps stale when it changes");
-    let json_before_the_field = m.case("one").unwrap().inputs_digest(None, &[], "h");
+    let json_before_the_field = m.case("one").unwrap().inputs_digest(None, &[], &[], "h");
     assert_eq!(digest(&m), json_before_the_field);
 }
 
@@ -410,4 +410,72 @@ fn a_case_giving_two_requests_is_refused() {
     let text = format!("{GOOD}{}", TURNS.replace("generate = 2\n", "generate = 2\n    prompt = \"Hi.\"\n"));
     let err = parse_err(&text);
     assert!(err.contains("cases.chat: give exactly one request"), "{err}");
+}
+
+const VIDEO: &str = r#"
+    [videos.clip]
+    path = "fixtures/videos/clip.mp4"
+    sha256 = "ee"
+
+    [videos.frames]
+    path = "fixtures/videos/frames"
+    fps = 2.5
+
+    [cases.watch]
+    model = "tiny"
+    messages = [{ role = "user", content = [{ image = "cat" }, { video = "clip" }, { video = "frames" }, { text = "Same?" }] }]
+"#;
+
+#[test]
+fn a_conversation_names_its_videos_in_order_and_they_are_recorded_files() {
+    let m = parse(&format!("{GOOD}{VIDEO}")).unwrap();
+    let case = m.case("watch").unwrap();
+    assert_eq!(case.video_names(), ["clip", "frames"], "the video items in message order");
+    assert_eq!(m.videos["frames"].fps, Some(2.5));
+    let recorded: Vec<String> = m.recorded_files().into_iter().map(|f| f.entry).collect();
+    assert!(recorded.contains(&"videos.clip.sha256".to_owned()), "{recorded:?}");
+    assert!(!recorded.iter().any(|e| e.starts_with("videos.frames")), "no digest recorded yet: {recorded:?}");
+}
+
+#[test]
+fn videos_are_inputs_of_a_case_but_cases_without_videos_keep_their_digests() {
+    let m = parse(&format!("{GOOD}{VIDEO}")).unwrap();
+    let plain = parse(GOOD).unwrap();
+    assert_eq!(
+        m.case("one").unwrap().inputs_digest(None, &[], &[], "h"),
+        plain.case("one").unwrap().inputs_digest(None, &[], &[], "h"),
+        "a case without videos is digested as before"
+    );
+    let watch = m.case("watch").unwrap();
+    let digest = |sha: &str| watch.inputs_digest(None, &[], &[("clip".into(), sha.into())], "h");
+    assert_ne!(digest("ee"), digest("ef"), "the video's bytes");
+    let faster = parse(&format!("{GOOD}{}", VIDEO.replace("fps = 2.5", "fps = 3.0"))).unwrap();
+    let digest_at =
+        |m: &Manifest| m.case("watch").unwrap().inputs_digest(None, &[], &[("frames".into(), "ff".into())], "h");
+    assert_ne!(digest_at(&m), digest_at(&faster), "a frame folder's rate");
+}
+
+#[test]
+fn a_video_item_must_name_a_known_video_with_a_positive_rate() {
+    let err = parse_err(&format!("{GOOD}{}", VIDEO.replace("{ video = \"clip\" }", "{ video = \"film\" }")));
+    assert!(err.contains("cases.watch: unknown video \"film\"; known videos: \"clip\", \"frames\""), "{err}");
+    let err = parse_err(&format!("{GOOD}{}", VIDEO.replace("fps = 2.5", "fps = 0.0")));
+    assert!(err.contains("videos.frames.fps = 0: a positive number of frames per second"), "{err}");
+    let err = parse_err(&format!("{GOOD}{}", VIDEO.replace("fixtures/videos/clip.mp4", "../clip.mp4")));
+    assert!(err.contains("videos.clip.path"), "{err}");
+}
+
+#[test]
+fn videos_are_refused_in_turns_prefixes_and_batches() {
+    let turns =
+        VIDEO.replace("messages = [", "generate = 2\n    turns = [[").replace("\"Same?\" }] }]", "\"Same?\" }] }]]");
+    let err = parse_err(&format!("{GOOD}{turns}"));
+    assert!(err.contains("cases.watch: { video = … } items are replayed in a conversation of one request"), "{err}");
+    let batch = r#"
+    [cases.both]
+    model = "tiny"
+    batch = ["one", "watch"]
+"#;
+    let err = parse_err(&format!("{GOOD}{VIDEO}{batch}"));
+    assert!(err.contains("cases.both.batch: \"watch\" holds a video"), "{err}");
 }

@@ -49,6 +49,15 @@ impl Manifest {
         for (name, image) in &self.images {
             check_relative_path(&format!("images.{name}.path"), &image.path).map_err(|m| Invalid::at(image, m))?;
         }
+        for (name, video) in &self.videos {
+            check_relative_path(&format!("videos.{name}.path"), &video.path).map_err(|m| Invalid::at(video, m))?;
+            if let Some(fps) = video.fps {
+                if !(fps.is_finite() && fps > 0.0) {
+                    let message = format!("videos.{name}.fps = {fps}: a positive number of frames per second");
+                    return Err(Invalid::at(video, message));
+                }
+            }
+        }
         for (name, case) in &self.cases {
             self.validate_case(name, case)?;
         }
@@ -180,6 +189,17 @@ impl Manifest {
             }
             Ok(())
         };
+        for video in case.video_names() {
+            if !self.videos.contains_key(video) {
+                return Err(format!("{at}: unknown video \"{video}\"; known videos: {}", join_keys(&self.videos)));
+            }
+        }
+        if !case.video_names().is_empty() && !matches!(request, Request::Conversation { .. }) {
+            return Err(format!(
+                "{at}: {{ video = … }} items are replayed in a conversation of one request (`messages`) only; turns \
+                 and cached prefixes do not carry videos yet"
+            ));
+        }
         match request {
             Request::Single { .. } => {}
             Request::Conversation { messages } => {
@@ -250,6 +270,12 @@ impl Manifest {
                     name.as_str()
                 ));
             }
+            if !member.video_names().is_empty() {
+                return Err(format!(
+                    "{at}.batch: \"{}\" holds a video; a batch holds requests with text and images only",
+                    name.as_str()
+                ));
+            }
             if member.model.as_str() != case.model.as_str() {
                 return Err(format!(
                     "{at}.batch: \"{}\" runs model \"{}\" but the batch runs \"{}\"; a batch runs one model: \
@@ -295,7 +321,7 @@ fn check_conversation(at: &str, messages: &[MessageSpec], open: bool) -> Result<
             ContentSpec::Items(items) => items.is_empty(),
         };
         if empty {
-            return Err(format!("{at}[{i}]: an empty message; give it text or an image, or remove it"));
+            return Err(format!("{at}[{i}]: an empty message; give it text, an image or a video, or remove it"));
         }
     }
     if open && messages.last().is_some_and(|m| m.role == RoleSpec::Assistant) {

@@ -337,7 +337,13 @@ impl VideoPatches {
 
     /// The text that replaces this video's `<|video_pad|>` ([`video_placeholder`]).
     pub fn placeholder(&self, cfg: &VideoProcessorConfig) -> String {
-        video_placeholder(&self.frame_indices, self.fps, self.grid, cfg.merge_size, cfg.temporal_patch_size)
+        self.placeholder_with(cfg, &timestamp_text)
+    }
+
+    /// [`VideoPatches::placeholder`] with each timestamp written by `stamp` (the reference's is
+    /// [`timestamp_text`]; tests hand in another precision).
+    pub fn placeholder_with(&self, cfg: &VideoProcessorConfig, stamp: &dyn Fn(f64) -> String) -> String {
+        video_placeholder_with(&self.frame_indices, self.fps, self.grid, cfg.merge_size, cfg.temporal_patch_size, stamp)
     }
 }
 
@@ -363,7 +369,17 @@ pub fn target_size(
 /// `Qwen3VLVideoProcessor` on one decoded video: samples its frames (they must be among the
 /// frames `video` holds), resizes, normalises and patchifies them.
 pub fn pixel_values_videos(video: &Video, cfg: &VideoProcessorConfig) -> Result<VideoPatches> {
-    cfg.validate()?;
+    pixel_values_videos_with(video, cfg, &|last: &[f32]| last.to_vec())
+}
+
+/// The frames of one video as [`pixel_values_videos`] samples them: RGB (HWC) frames in the
+/// order of the sampled indices (an index sampled twice gives its frame twice), what the
+/// reference's `video[indices]` holds before the resize.
+pub fn sampled_frames<'v>(video: &'v Video, cfg: &VideoProcessorConfig) -> Result<Vec<&'v [u8]>> {
+    sampled(video, cfg).map(|(_, frames)| frames)
+}
+
+fn sampled<'v>(video: &'v Video, cfg: &VideoProcessorConfig) -> Result<(Vec<usize>, Vec<&'v [u8]>)> {
     let indices =
         if cfg.do_sample_frames { cfg.sample_indices(video.total_frames, video.fps)? } else { video.indices.clone() };
     let frames = indices
@@ -380,6 +396,19 @@ pub fn pixel_values_videos(video: &Video, cfg: &VideoProcessorConfig) -> Result<
             })
         })
         .collect::<Result<Vec<_>>>()?;
+    Ok((indices, frames))
+}
+
+/// [`pixel_values_videos`] with the frame that pads the clip to a whole temporal patch
+/// computed by `pad` from the last frame (normalised, CHW): the reference repeats the last frame
+/// (`pad` returns it unchanged); tests hand in another frame to see the fault where it enters.
+pub fn pixel_values_videos_with(
+    video: &Video,
+    cfg: &VideoProcessorConfig,
+    pad: &dyn Fn(&[f32]) -> Vec<f32>,
+) -> Result<VideoPatches> {
+    cfg.validate()?;
+    let (indices, frames) = sampled(video, cfg)?;
     let (height, width) = target_size(frames.len(), video.height, video.width, cfg)?;
     let (p, m, t) = (cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size);
     ensure!(
@@ -392,7 +421,12 @@ pub fn pixel_values_videos(video: &Video, cfg: &VideoProcessorConfig) -> Result<
         .map(|rgb| normalise(&resize_bicubic_antialias_u8(rgb, video.width, video.height, width, height), cfg))
         .collect();
     while !planes.len().is_multiple_of(t) {
-        let last = planes.last().expect("at least temporal_patch_size frames").clone();
+        let last = pad(planes.last().expect("at least temporal_patch_size frames"));
+        ensure!(
+            last.len() == 3 * height * width,
+            "the padding frame has {} values, not 3×{height}×{width}",
+            last.len()
+        );
         planes.push(last);
     }
     let grid = Grid { t: planes.len() / t, h: height / p, w: width / p };
@@ -462,9 +496,14 @@ pub fn timestamp_text(seconds: f64) -> String {
 /// each of the grid's temporal patches, its timestamp, `<|vision_start|>`, `<|video_pad|>`
 /// repeated grid.h·grid.w / merge² times, `<|vision_end|>`.
 ///
-/// In transformers 5.23 only the `<|video_pad|>` itself is replaced, so the
-/// `<|vision_start|>` / `<|vision_end|>` the chat template wrote around it stay: the prompt
-/// reads `<|vision_start|><0.3 seconds><|vision_start|><|video_pad|>…<|vision_end|>…<|vision_end|>`.
+/// In transformers 5.23 only the `<|video_pad|>` itself is replaced
+/// (`ProcessorMixin.get_text_with_replacements`), so the `<|vision_start|>` / `<|vision_end|>`
+/// the chat template wrote around it stay: the prompt reads
+/// `<|vision_start|><0.3 seconds><|vision_start|><|video_pad|>…<|vision_end|>…<|vision_end|>`.
+/// transformers 4.57 replaced the template's whole `<|vision_start|><|video_pad|><|vision_end|>`
+/// (no outer pair), and so does vLLM; vLLM issue #46817 (open) reports the difference and takes
+/// transformers 5's text as the reference. No upstream issue calls 5's text a bug, so this
+/// follows the pinned reference (docs/ARCHITECTURE.md, "Reference facts").
 pub fn video_placeholder(
     indices: &[usize],
     video_fps: f64,
@@ -472,13 +511,25 @@ pub fn video_placeholder(
     merge_size: usize,
     temporal_patch_size: usize,
 ) -> String {
+    video_placeholder_with(indices, video_fps, grid, merge_size, temporal_patch_size, &timestamp_text)
+}
+
+/// [`video_placeholder`] with each timestamp written by `stamp`.
+pub fn video_placeholder_with(
+    indices: &[usize],
+    video_fps: f64,
+    grid: Grid,
+    merge_size: usize,
+    temporal_patch_size: usize,
+    stamp: &dyn Fn(f64) -> String,
+) -> String {
     let per_frame = grid.h * grid.w / (merge_size * merge_size);
     let times = timestamps(indices, video_fps, temporal_patch_size);
     let mut text = String::new();
     for t in 0..grid.t {
         // The reference indexes the timestamps by temporal patch; they have the same count.
         let seconds = times.get(t).copied().unwrap_or(f64::NAN);
-        text.push_str(&timestamp_text(seconds));
+        text.push_str(&stamp(seconds));
         text.push_str(VISION_START);
         text.push_str(&VIDEO_PAD.repeat(per_frame));
         text.push_str(VISION_END);
