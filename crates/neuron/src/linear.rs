@@ -1,6 +1,7 @@
 //! `nn.Linear` and attention's batched products in the compute dtype, on the kernels of
-//! [`crate::kernels`]: the bf16 weight packed once for [`PackedBf16`], the f32 weight stored
-//! transposed once. How each rounds is [`crate::precision`]'s policy.
+//! [`crate::kernels`]: the bf16 weight packed once for [`PackedBf16`] (or read where the
+//! checkpoint is mapped and packed per call), the f32 weight stored transposed once. How each
+//! rounds is [`crate::precision`]'s policy.
 
 use std::sync::Arc;
 
@@ -38,12 +39,22 @@ impl std::fmt::Debug for Linear {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.kind {
             Kind::Candle(l) => write!(f, "Linear({:?}, {:?})", l.weight().dims(), l.weight().dtype()),
+            Kind::Bf16 { weight, .. } if weight.is_in_place() => {
+                write!(f, "Linear([{}, {}], BF16 mapped)", weight.n(), weight.k())
+            }
             Kind::Bf16 { weight, .. } => write!(f, "Linear([{}, {}], BF16 packed)", weight.n(), weight.k()),
         }
     }
 }
 
 impl Linear {
+    /// A bf16 weight [out, in] where the checkpoint is mapped, read in place by the kernel
+    /// ([`PackedBf16::in_place`]: the same bits as the packed weight); `bias` [out].
+    pub fn mapped(weight: crate::weights::MappedBf16, bias: Option<Tensor>) -> Linear {
+        let (n, k) = weight.dims();
+        Linear { kind: Kind::Bf16 { weight: Arc::new(PackedBf16::in_place(Arc::new(weight), n, k)), bias } }
+    }
+
     /// `weight` is [out, in] as the checkpoint stores it; `bias` [out].
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Linear {
         let kind = match weight.dtype() {
@@ -70,6 +81,9 @@ impl Module for Linear {
                 linear_bf16(x, weight, bias.as_ref()).map_err(|e| candle_core::Error::Msg(format!("{e:#}")))
             }
             Kind::Candle(linear) => {
+                if let Some(y) = one_row_f32(x, linear).map_err(|e| candle_core::Error::Msg(format!("{e:#}")))? {
+                    return Ok(y);
+                }
                 // All rows in one 2-D product: candle's `Linear` would broadcast the weight over
                 // a leading batch dimension and multiply batch by batch.
                 let dims = x.dims();
@@ -85,6 +99,30 @@ impl Module for Linear {
     }
 }
 
+/// candle's `Linear` on one f32 row x [..., in] (a decode step) by [`gemm_f32::gemv`] on all
+/// cores, with `gemm`'s bits; `None` for more rows, another dtype, or where `gemv` declines.
+fn one_row_f32(x: &Tensor, linear: &candle_nn::Linear) -> Result<Option<Tensor>> {
+    let weight = linear.weight().t()?; // [in, out], contiguous when stored transposed
+    let (k, n) = weight.dims2()?;
+    if x.dtype() != DType::F32 || weight.dtype() != DType::F32 || x.elem_count() != k || !weight.is_contiguous() {
+        return Ok(None);
+    }
+    let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+    let (storage, layout) = weight.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else { return Ok(None) };
+    let (start, end) = layout.contiguous_offsets().context("a contiguous weight")?;
+    let Some(out) = gemm_f32::gemv(&xs, &cpu.as_slice::<f32>()?[start..end], k, n) else { return Ok(None) };
+    drop(storage);
+    let mut shape = x.dims().to_vec();
+    *shape.last_mut().context("a linear layer's input has a feature axis")? = n;
+    let y = Tensor::from_vec(out, shape, &Device::Cpu)?;
+    // As candle's `Linear` adds it: after the product, broadcast.
+    Ok(Some(match linear.bias() {
+        Some(bias) => y.broadcast_add(bias)?,
+        None => y,
+    }))
+}
+
 /// `torch.matmul(a, b)` of two batches as attention multiplies them: a [B, m, k] · b [B, k, n]
 /// → [B, m, n] in a's dtype (any strides; `k.t()` is read as it is). In bf16, f32 sums
 /// rounded once, as PyTorch's CPU `bmm` and as candle's do.
@@ -96,30 +134,46 @@ impl Module for Linear {
 /// the GEMM-options study). In bf16, candle's `gemm` has no bf16 kernel (14 GFLOP/s for the
 /// vision tower's P·V); here each entry's right operand is packed for [`PackedBf16`].
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    matmul_grouped(a, b, 1)
+}
+
+/// [`matmul`] where `groups` consecutive entries of a share one entry of b: a [B, m, k] ·
+/// b [B / groups, k, n] → [B, m, n], entry i multiplied by b's entry i / groups (grouped-query
+/// attention's keys and values, read without `repeat_kv`'s copy). Each entry's product is the
+/// one [`matmul`] computes on b repeated, bit for bit: the same operands, strides and kernel; in
+/// bf16 each entry of b is packed once for its group instead of once per entry.
+pub fn matmul_grouped(a: &Tensor, b: &Tensor, groups: usize) -> Result<Tensor> {
     let (batch, m, k) = a.dims3()?;
     let (batch_b, k_b, n) = b.dims3()?;
-    ensure!(batch == batch_b && k == k_b, "matmul of {:?} and {:?}", a.dims(), b.dims());
+    ensure!(
+        groups > 0 && batch == batch_b * groups && k == k_b,
+        "matmul of {:?} and {:?} in groups of {groups}",
+        a.dims(),
+        b.dims()
+    );
     match a.dtype() {
-        DType::F32 => gemm_f32::batched(a, &b.to_dtype(DType::F32)?, batch, m, k, n),
+        DType::F32 => gemm_f32::batched(a, &b.to_dtype(DType::F32)?, batch, groups, m, k, n),
         DType::BF16 => {
             // Each entry of b, transposed to [n, k], is a linear layer's weight.
             let bt = b.to_dtype(DType::BF16)?.transpose(1, 2)?.contiguous()?.flatten_all()?.to_vec1::<half::bf16>()?;
             let a = a.contiguous()?.flatten_all()?.to_vec1::<half::bf16>()?;
-            // The entries on all cores, each packed and multiplied inside its own task: one
-            // entry is too small to split between threads without them waiting on each other.
             use rayon::prelude::*;
+            let weights: Vec<PackedBf16> =
+                (0..batch_b).into_par_iter().map(|j| PackedBf16::pack(&bt[j * n * k..(j + 1) * n * k], n, k)).collect();
+            // The entries on all cores, each multiplied inside its own task: one entry is too
+            // small to split between threads without them waiting on each other.
             let mut out = vec![half::bf16::ZERO; batch * m * n];
             out.par_chunks_mut((m * n).max(1)).enumerate().for_each(|(i, out)| {
-                let weight = PackedBf16::pack(&bt[i * n * k..(i + 1) * n * k], n, k);
                 let mut sums = vec![0f32; m * n];
-                weight.matmul(&a[i * m * k..(i + 1) * m * k], m, &mut sums);
+                weights[i / groups].matmul(&a[i * m * k..(i + 1) * m * k], m, &mut sums);
                 for (o, s) in out.iter_mut().zip(&sums) {
                     *o = half::bf16::from_f32(*s);
                 }
             });
             Ok(Tensor::from_vec(out, (batch, m, n), &Device::Cpu)?)
         }
-        _ => Ok(a.matmul(b)?),
+        _ if groups == 1 => Ok(a.matmul(b)?),
+        other => anyhow::bail!("grouped matmul in {other:?}"),
     }
 }
 
@@ -167,11 +221,15 @@ pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<L
     linear_b(in_dim, out_dim, false, vb)
 }
 
-/// `nn.Linear(in_dim, out_dim, bias=bias)` read from `vb` in its dtype.
+/// `nn.Linear(in_dim, out_dim, bias=bias)` read from `vb` in its dtype; a bf16 weight stays
+/// where the checkpoint is mapped when `vb` is a [`crate::weights::builder_mapped`].
 pub fn linear_b(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
-    let weight = vb.get((out_dim, in_dim), "weight")?;
+    let weight = crate::weights::fetch(|| vb.get_with_hints((out_dim, in_dim), "weight", crate::weights::MAP))?;
     let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
-    Ok(Linear::new(weight, bias))
+    Ok(match weight {
+        crate::weights::Fetched::Mapped(weight) => Linear::mapped(weight, bias),
+        crate::weights::Fetched::Tensor(weight) => Linear::new(weight, bias),
+    })
 }
 
 #[cfg(test)]
@@ -269,6 +327,59 @@ mod tests {
         let linear = Linear::new(w.clone(), Some(Tensor::new(&[0.125f32], &Device::Cpu).unwrap()));
         let plain = candle_nn::Linear::new(w, Some(Tensor::new(&[0.125f32], &Device::Cpu).unwrap()));
         assert_eq!(values(&linear.forward(&x).unwrap()), values(&plain.forward(&x).unwrap()));
+    }
+
+    /// A resident bf16 model's builder leaves a bf16-stored weight where the checkpoint is mapped
+    /// (same bits as the packed copy, for 1 to 40 rows); a weight stored in f32 is rounded and
+    /// packed as before, and an f32 model never maps.
+    #[test]
+    fn a_bf16_weight_stored_in_bf16_is_read_where_it_is_mapped_with_the_packed_copys_bits() {
+        let dir = std::env::temp_dir().join(format!("neuron-linear-mapped-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (40, 200), &Device::Cpu).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 40, &Device::Cpu).unwrap();
+        let tensors = std::collections::HashMap::from([
+            ("bf.weight".to_string(), w.to_dtype(DType::BF16).unwrap()),
+            ("bf.bias".to_string(), b.to_dtype(DType::BF16).unwrap()),
+            ("f.weight".to_string(), w.clone()),
+        ]);
+        candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+        let checkpoint = Arc::new(crate::weights::Checkpoint::open(&dir).unwrap());
+        let mapped = crate::weights::builder_mapped(checkpoint.clone(), contract::ComputeDtype::Bf16).unwrap();
+        let in_place = linear(200, 40, mapped.pp("bf")).unwrap();
+        assert!(format!("{in_place:?}").contains("BF16 mapped"), "{in_place:?}");
+        let rounded = linear_no_bias(200, 40, mapped.pp("f")).unwrap();
+        assert!(
+            format!("{rounded:?}").contains("BF16 packed"),
+            "an f32-stored weight is rounded and packed: {rounded:?}"
+        );
+        let f32_model = crate::weights::builder_mapped(checkpoint, contract::ComputeDtype::F32).unwrap();
+        let plain = linear(200, 40, f32_model.pp("bf")).unwrap();
+        assert!(format!("{plain:?}").contains("F32"), "an f32 model reads tensors: {plain:?}");
+        let packed = Linear::new(tensors["bf.weight"].clone(), Some(tensors["bf.bias"].clone()));
+        for rows in [1, 13, 40] {
+            let x = Tensor::randn(0f32, 1.0, (rows, 200), &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap();
+            let (got, expected) = (values(&in_place.forward(&x).unwrap()), values(&packed.forward(&x).unwrap()));
+            assert!(got == expected, "{rows} rows: the mapped weight's outputs differ from the packed copy's");
+        }
+        drop((in_place, rounded, plain));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// One f32 row (a decode step) runs on `gemm_f32::gemv`, not on candle's `gemm`: the same bits
+    /// as candle's `Linear` over the same stored weight, bias included.
+    #[test]
+    fn an_f32_linear_of_one_row_gives_candles_bits_on_all_cores() {
+        let w = Tensor::randn(0f32, 1.0, (300, 129), &Device::Cpu).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 300, &Device::Cpu).unwrap();
+        let ours = Linear::new(w, Some(b));
+        let Kind::Candle(inner) = &ours.kind else { panic!("an f32 weight stays with candle: {ours:?}") };
+        let x = Tensor::randn(0f32, 1.0, (1, 1, 129), &Device::Cpu).unwrap();
+        let got = ours.forward(&x).unwrap();
+        let expected = inner.forward(&x.squeeze(0).unwrap()).unwrap().unsqueeze(0).unwrap();
+        assert_eq!(got.dims(), [1, 1, 300]);
+        let (got, expected) = (values(&got), values(&expected));
+        assert!(got.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits()), "one row differs from candle's");
     }
 
     /// The f32 linear stores its weight transposed; products of 1, 15, 17, 277 and 784 rows (2-D and

@@ -10,6 +10,12 @@
 //! copy and nothing more. Without that, every page ever read would stay resident and the
 //! resident set would grow to the size of the checkpoint however carefully layers are
 //! dropped. The kernel keeps the pages in its page cache, so a second read is still cheap.
+//!
+//! A resident bf16 model of a bf16 checkpoint copies nothing large: its linear weights and its
+//! embedding table are read where the checkpoint is mapped ([`MappedBf16`], handed out by
+//! [`fetch`] from a builder of [`builder_mapped`]), as transformers uses the mapped file. Copying
+//! them meant 8.6 GB of fresh pages before the first answer, which this VM hands out slowly
+//! after another process has freed memory (docs/BENCHMARKS.md).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +26,8 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 use contract::ComputeDtype;
+
+use crate::kernels::gemm_bf16::Bf16Rows;
 use memmap2::{Mmap, UncheckedAdvice};
 use safetensors::Dtype;
 
@@ -234,25 +242,126 @@ fn dtype_size(name: &str, dtype: Dtype) -> Result<usize> {
     })
 }
 
-/// The `VarBuilder` backend over a [`Checkpoint`].
-struct Backend(Arc<Checkpoint>);
+/// A bf16 matrix [rows, cols] where the checkpoint is mapped: no copy. Its pages come from the
+/// page cache on first use and are never released by this process (they hold a weight in use).
+pub struct MappedBf16 {
+    checkpoint: Arc<Checkpoint>,
+    shard: usize,
+    start: usize,
+    rows: usize,
+    cols: usize,
+}
+
+impl MappedBf16 {
+    /// [rows, cols].
+    pub fn dims(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    /// The rows at `ids`: [ids, cols] in bf16 (an embedding lookup).
+    pub fn gather_rows(&self, ids: &[u32]) -> Result<Tensor> {
+        let values = self.values();
+        let mut out = Vec::with_capacity(ids.len() * self.cols);
+        for &id in ids {
+            let row = id as usize;
+            ensure!(row < self.rows, "token id {id} is outside the vocabulary of {}", self.rows);
+            out.extend_from_slice(&values[row * self.cols..(row + 1) * self.cols]);
+        }
+        Ok(Tensor::from_vec(out, (ids.len(), self.cols), &Device::Cpu)?)
+    }
+}
+
+impl Bf16Rows for MappedBf16 {
+    fn values(&self) -> &[half::bf16] {
+        let bytes = &self.checkpoint.shards[self.shard].1[self.start..self.start + 2 * self.rows * self.cols];
+        // SAFETY: the range is inside the read-only mapping, which lives as long as the
+        // checkpoint this holds; its start is 2-byte aligned (checked in `Checkpoint::mapped_bf16`)
+        // and any bit pattern is a bf16.
+        unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const half::bf16, self.rows * self.cols) }
+    }
+}
+
+impl Checkpoint {
+    /// A 2-D tensor stored in bf16 as it is mapped, if it is stored in bf16, has `shape` and
+    /// starts on a 2-byte boundary (else `None`: read it with [`Checkpoint::get_in`]).
+    pub fn mapped_bf16(self: &Arc<Self>, name: &str, shape: &[usize]) -> Option<MappedBf16> {
+        let entry = self.entries.get(name)?;
+        let [rows, cols] = shape[..] else { return None };
+        let mmap = &self.shards[entry.shard].1;
+        let fits = entry.end <= mmap.len() && entry.end - entry.start == 2 * rows * cols;
+        let aligned = (mmap.as_ptr() as usize + entry.start).is_multiple_of(std::mem::align_of::<half::bf16>());
+        (entry.dtype == Dtype::BF16 && entry.shape == shape && fits && aligned).then(|| MappedBf16 {
+            checkpoint: self.clone(),
+            shard: entry.shard,
+            start: entry.start,
+            rows,
+            cols,
+        })
+    }
+}
+
+/// The hint that asks a builder of [`builder_mapped`] for a [`MappedBf16`] (see [`fetch`]): a
+/// NaN no initialiser uses, compared by its bits.
+pub const MAP: candle_nn::Init = candle_nn::Init::Const(f64::from_bits(0x7ff8_6d61_7070_6564));
+
+fn is_map(hint: candle_nn::Init) -> bool {
+    matches!(hint, candle_nn::Init::Const(c) if c.to_bits() == 0x7ff8_6d61_7070_6564)
+}
+
+thread_local! {
+    /// A mapped tensor on its way from the backend to [`fetch`], on the thread that asked.
+    static HANDOFF: std::cell::RefCell<Option<MappedBf16>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A weight as a builder hands it out: read into a tensor, or left where it is mapped.
+pub enum Fetched {
+    Tensor(Tensor),
+    Mapped(MappedBf16),
+}
+
+/// Calls `get` (a `VarBuilder::get_with_hints(.., MAP)`) and returns the mapped tensor when the
+/// builder is one of [`builder_mapped`] and the tensor can be read in place, else the tensor
+/// `get` read. `VarBuilder` hands out only tensors, so the backend passes the mapping back on
+/// this thread (it is taken here, within the same call).
+pub fn fetch(get: impl FnOnce() -> candle_core::Result<Tensor>) -> Result<Fetched> {
+    HANDOFF.with(|h| h.borrow_mut().take());
+    let tensor = get();
+    if let Some(mapped) = HANDOFF.with(|h| h.borrow_mut().take()) {
+        return Ok(Fetched::Mapped(mapped));
+    }
+    Ok(Fetched::Tensor(tensor?))
+}
+
+/// The `VarBuilder` backend over a [`Checkpoint`]; with `map`, bf16 matrices asked for with the
+/// [`MAP`] hint in bf16 are handed to [`fetch`] where they are mapped.
+struct Backend {
+    checkpoint: Arc<Checkpoint>,
+    map: bool,
+}
 
 impl SimpleBackend for Backend {
-    fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(&self, s: Shape, name: &str, h: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        if self.map && is_map(h) && dtype == DType::BF16 && dev.is_cpu() {
+            if let Some(mapped) = self.checkpoint.mapped_bf16(name, s.dims()) {
+                HANDOFF.with(|slot| *slot.borrow_mut() = Some(mapped));
+                // What `fetch` discards: the weight is the mapping it takes.
+                return Tensor::zeros(0, DType::BF16, dev);
+            }
+        }
         let read = match dtype {
-            DType::F32 | DType::BF16 => self.0.get_in(name, s.dims(), dtype),
-            _ => self.0.get(name, s.dims()),
+            DType::F32 | DType::BF16 => self.checkpoint.get_in(name, s.dims(), dtype),
+            _ => self.checkpoint.get(name, s.dims()),
         };
         read.map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?.to_dtype(dtype)?.to_device(dev)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let shape = self.0.shape(name).map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?.to_vec();
+        let shape = self.checkpoint.shape(name).map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?.to_vec();
         self.get(Shape::from(shape), name, candle_nn::Init::Const(0.), dtype, dev)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.0.entries.contains_key(name)
+        self.checkpoint.entries.contains_key(name)
     }
 }
 
@@ -265,14 +374,23 @@ pub fn var_builder(dir: &Path) -> Result<VarBuilder<'static>> {
 
 /// A `VarBuilder` reading from an already opened checkpoint.
 pub fn builder(checkpoint: Arc<Checkpoint>) -> VarBuilder<'static> {
-    VarBuilder::from_backend(Box::new(Backend(checkpoint)), DType::F32, Device::Cpu)
+    VarBuilder::from_backend(Box::new(Backend { checkpoint, map: false }), DType::F32, Device::Cpu)
 }
 
 /// A `VarBuilder` reading from an already opened checkpoint in a compute dtype (f32 or bf16):
 /// each tensor is converted to it whatever its stored dtype, an f32 one rounded to nearest
 /// even as `from_pretrained(dtype=torch.bfloat16)` rounds it.
 pub fn builder_in(checkpoint: Arc<Checkpoint>, dtype: ComputeDtype) -> Result<VarBuilder<'static>> {
-    Ok(VarBuilder::from_backend(Box::new(Backend(checkpoint)), crate::precision::candle_dtype(dtype), Device::Cpu))
+    let backend = Backend { checkpoint, map: false };
+    Ok(VarBuilder::from_backend(Box::new(backend), crate::precision::candle_dtype(dtype), Device::Cpu))
+}
+
+/// As [`builder_in`], and in bf16 a matrix stored in bf16 that a module asks for with [`MAP`]
+/// through [`fetch`] stays where it is mapped (a resident model's linear weights and embedding
+/// table). A streamed model must not use it: its layers are read and released one by one.
+pub fn builder_mapped(checkpoint: Arc<Checkpoint>, dtype: ComputeDtype) -> Result<VarBuilder<'static>> {
+    let backend = Backend { checkpoint, map: dtype == ComputeDtype::Bf16 };
+    Ok(VarBuilder::from_backend(Box::new(backend), crate::precision::candle_dtype(dtype), Device::Cpu))
 }
 
 #[cfg(test)]

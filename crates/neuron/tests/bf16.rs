@@ -87,3 +87,34 @@ fn a_bf16_model_keeps_activations_and_the_attention_and_conv_caches_in_bf16_and_
         }
     }
 }
+
+/// A resident bf16 model of a bf16 checkpoint reads its linear weights and embedding table where
+/// the checkpoint is mapped (no copy at load) and packs them per call; one built with the
+/// weights copied and packed at load (any `VarBuilder` but `builder_mapped`, as tests use)
+/// computes the same bits: the prefill's logits and every decode step's.
+#[test]
+fn a_bf16_model_reading_its_mapped_weights_computes_what_one_with_packed_copies_computes() {
+    let r = chelsea();
+    let mapped = model(ComputeDtype::Bf16);
+    let checkpoint = std::sync::Arc::new(neuron::weights::Checkpoint::open(&model_dir()).unwrap());
+    let copied = Model::new(
+        &Config::from_dir(&model_dir()).unwrap(),
+        neuron::weights::builder_in(checkpoint, ComputeDtype::Bf16).unwrap(),
+    )
+    .unwrap();
+    let bits = |t: &Tensor| -> Vec<u32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()
+    };
+    let pixels = r.pixels.as_ref().map(|(p, v)| (p, v));
+    let (mut a, mut b) = (mapped.new_cache(), copied.new_cache());
+    let (mut la, mut lb) = (
+        mapped.prefill(&r.ids, pixels, &mut a, &mut Taps::disabled()).unwrap(),
+        copied.prefill(&r.ids, pixels, &mut b, &mut Taps::disabled()).unwrap(),
+    );
+    for step in 0..4 {
+        assert!(bits(&la) == bits(&lb), "step {step}: the mapped model's logits differ from the packed one's");
+        let token = neuron::model::argmax(&la.to_vec1::<f32>().unwrap()).unwrap();
+        la = mapped.decode_step(token, &mut a).unwrap();
+        lb = copied.decode_step(token, &mut b).unwrap();
+    }
+}

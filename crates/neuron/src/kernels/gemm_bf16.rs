@@ -1,5 +1,7 @@
 //! A bf16 × bf16 → f32 GEMM for linear layers: `out[i, j] = Σ_p x[i, p] · w[j, p]`, with the
-//! weight `w [n, k]` (nn.Linear's layout) packed once, at load, into [`PackedBf16`].
+//! weight `w [n, k]` (nn.Linear's layout) packed once, at load, into [`PackedBf16`] — or left
+//! where it is stored (a mapped checkpoint) and packed one micro-panel at a time inside each
+//! call ([`PackedBf16::in_place`], see "A weight read in place" below).
 //!
 //! # Kernel
 //!
@@ -65,10 +67,25 @@
 //! subnormal results to zero (DAZ/FTZ, whatever MXCSR says); the portable kernel keeps
 //! subnormals (`subnormals_are_flushed_by_the_avx512_kernel_and_kept_by_the_portable_one`).
 //!
+//! # A weight read in place
+//!
+//! Packing at load copies the whole weight onto fresh pages before the first answer. A weight
+//! in a mapped bf16 checkpoint is already in the page cache, as transformers uses it, so
+//! [`PackedBf16::in_place`] keeps a reference to it and each call packs each (panel, k-block)
+//! micro-panel into a 64 KiB buffer of its thread just before the micro-kernel reads it, then
+//! reuses the buffer for the next one. The buffer holds exactly the bytes the packed layout
+//! holds at that place, and the micro-kernels are the same, so both forms give the same bits
+//! (`a_weight_read_in_place_gives_the_packed_weights_bits`). With AVX-512 the micro-panel is
+//! packed by 16 × 16 transposes of 32-bit depth pairs in registers (16 rows of w, one cache line
+//! each, in; 16 pair-rows out): the weight is read once per call, as the packed one is, and
+//! the transposes cost a few percent of a prefill's products.
+//!
 //! # Sizes
 //!
 //! `matmul` panics, naming the sizes, when x does not hold rows · k values or out does not
 //! hold rows · n; zero rows is a valid empty product (nothing is written).
+
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
@@ -139,8 +156,27 @@ pub struct PackedBf16 {
     kc: usize,
     /// Panels of NR columns, ⌈n/NR⌉.
     panels: usize,
-    /// The packed bf16 bits, in the layout of the module doc.
-    data: Vec<Line>,
+    data: Data,
+}
+
+/// Where a weight's bits are.
+enum Data {
+    /// Packed at load, in the layout of the module doc.
+    Packed(Vec<Line>),
+    /// As stored, [n, k] row-major; packed micro-panel by micro-panel inside each call.
+    InPlace(Arc<dyn Bf16Rows>),
+}
+
+/// A bf16 matrix [n, k], row-major, held elsewhere (a mapped checkpoint's tensor).
+pub trait Bf16Rows: Send + Sync {
+    /// The n·k values.
+    fn values(&self) -> &[half::bf16];
+}
+
+impl Bf16Rows for Vec<half::bf16> {
+    fn values(&self) -> &[half::bf16] {
+        self
+    }
 }
 
 /// A raw pointer that threads writing disjoint parts of one buffer can share.
@@ -162,28 +198,31 @@ impl PackedBf16 {
         let kp = k.div_ceil(2);
         let panels = n.div_ceil(NR);
         let mut data = vec![Line([0; 32]); (panels * NR * 2 * kp).div_ceil(32)];
-        let dst = SendPtr(data.as_mut_ptr() as *mut u16);
-        let bits = |j: usize, p: usize| if j < n && p < k { w[j * k + p].to_bits() } else { 0 };
-        // One task per panel (panels are disjoint in the layout). Within a panel, 32 depths at
-        // a time: the 32 rows of w are read one cache line each, written as 16 pair-rows.
+        let kc = k_block(kp);
+        let lines = SendPtr(data.as_mut_ptr());
+        // One task per panel (panels are disjoint in the layout), each micro-panel packed as a
+        // weight read in place packs it per call, straight to its place.
         (0..panels).into_par_iter().with_min_len(4).for_each(|jw| {
-            let dst = dst.get();
-            for q0 in (0..kp).step_by(16) {
-                for q in q0..(q0 + 16).min(kp) {
-                    let off = Self::offset(jw, q, kp, k_block(kp), panels);
-                    for lane in 0..NR {
-                        let j = jw * NR + lane;
-                        // SAFETY: offset(jw, q) + 2·NR ≤ panels·NR·2·kp, inside data; panels
-                        // write disjoint ranges.
-                        unsafe {
-                            *dst.add(off + 2 * lane) = bits(j, 2 * q);
-                            *dst.add(off + 2 * lane + 1) = bits(j, 2 * q + 1);
-                        }
-                    }
-                }
+            for qc in (0..kp).step_by(kc) {
+                let kc_len = kc.min(kp - qc);
+                // offset() counts bf16; a micro-panel starts on a pair-row, 2 lines of 32.
+                let at = Self::offset(jw, qc, kp, kc, panels) / 32;
+                // SAFETY: the micro-panel of (jw, qc) is kc_len pair-rows (2·kc_len lines) from
+                // line `at`, inside data; panels write disjoint ranges.
+                let dst = unsafe { std::slice::from_raw_parts_mut(lines.get().add(at), 2 * kc_len) };
+                pack_micro_panel(w, n, k, jw, qc, kc_len, dst);
             }
         });
-        PackedBf16 { n, k, kp, kc: k_block(kp), panels, data }
+        PackedBf16 { n, k, kp, kc: k_block(kp), panels, data: Data::Packed(data) }
+    }
+
+    /// The weight w [n, k] (row-major) where it is, packed per call (see the module doc): no
+    /// copy and no work now. Panics if it does not hold n·k values.
+    pub fn in_place(w: Arc<dyn Bf16Rows>, n: usize, k: usize) -> PackedBf16 {
+        let len = w.values().len();
+        assert_eq!(len, n * k, "PackedBf16::in_place: w has {len} values, expected n·k = {n}·{k} = {}", n * k);
+        let kp = k.div_ceil(2);
+        PackedBf16 { n, k, kp, kc: k_block(kp), panels: n.div_ceil(NR), data: Data::InPlace(w) }
     }
 
     pub fn n(&self) -> usize {
@@ -194,9 +233,17 @@ impl PackedBf16 {
         self.k
     }
 
-    /// Bytes held (for memory accounting).
+    /// Bytes held (for memory accounting): the packed copy, nothing for a weight read in place.
     pub fn bytes(&self) -> usize {
-        self.data.len() * std::mem::size_of::<Line>()
+        match &self.data {
+            Data::Packed(data) => data.len() * std::mem::size_of::<Line>(),
+            Data::InPlace(_) => 0,
+        }
+    }
+
+    /// Whether the weight is read where it is stored and packed per call.
+    pub fn is_in_place(&self) -> bool {
+        matches!(self.data, Data::InPlace(_))
     }
 
     /// Index (in bf16) of pair q, column 0 of panel jw in the packed layout.
@@ -209,8 +256,27 @@ impl PackedBf16 {
         2 * NR * (block * NB * kp + qc * nb_len + l * kc_len + (q - qc))
     }
 
-    fn base(&self) -> *const u16 {
-        self.data.as_ptr() as *const u16
+    /// A buffer for one micro-panel (KCP pair-rows of NR columns), for a weight packed per call.
+    fn panel_buffer(&self) -> Vec<Line> {
+        match self.data {
+            Data::Packed(_) => Vec::new(),
+            Data::InPlace(_) => vec![Line([0; 32]); self.kc * 2 * NR / 32],
+        }
+    }
+
+    /// The micro-panel of panel jw, pairs qc..qc + kc_len: in the packed weight, or packed into
+    /// `buffer` (from [`Self::panel_buffer`]) from the weight as stored.
+    fn micro_panel(&self, jw: usize, qc: usize, kc_len: usize, buffer: &mut [Line]) -> *const u16 {
+        match &self.data {
+            // SAFETY: offset(jw, qc) is inside the packed data (the layout of the module doc).
+            Data::Packed(data) => unsafe {
+                (data.as_ptr() as *const u16).add(Self::offset(jw, qc, self.kp, self.kc, self.panels))
+            },
+            Data::InPlace(w) => {
+                pack_micro_panel(w.values(), self.n, self.k, jw, qc, kc_len, buffer);
+                buffer.as_ptr() as *const u16
+            }
+        }
     }
 
     /// out[i·n + j] = Σ_p x[i·k + p] · w[j·k + p] for i < rows, accumulated in f32 (bf16 × bf16
@@ -337,11 +403,12 @@ impl PackedBf16 {
     ) {
         let (n, kp) = (self.n, self.kp);
         let groups = rows.div_ceil(MR);
+        let mut buffer = self.panel_buffer();
         for (bp0, bp1, _) in self.blocks(p0, p1) {
             for qc in (0..kp).step_by(self.kc) {
                 let kc_len = self.kc.min(kp - qc);
                 for jw in bp0..bp1 {
-                    let wp = self.base().add(Self::offset(jw, qc, kp, self.kc, self.panels));
+                    let wp = self.micro_panel(jw, qc, kc_len, &mut buffer);
                     let cols = (n - jw * NR).min(NR);
                     let masks = masks(cols);
                     for g in g0..g1 {
@@ -368,13 +435,14 @@ impl PackedBf16 {
         let groups = rows.div_ceil(PR);
         let c = SendPtr(out.as_mut_ptr());
         self.on_threads(groups, |p0, p1, g0, g1| {
+            let mut buffer = self.panel_buffer();
             for (bp0, bp1, _) in self.blocks(p0, p1) {
                 for qc in (0..self.kp).step_by(self.kc) {
                     let kc_len = self.kc.min(self.kp - qc);
                     for jw in bp0..bp1 {
-                        let off = Self::offset(jw, qc, self.kp, self.kc, self.panels);
+                        let wp = self.micro_panel(jw, qc, kc_len, &mut buffer);
                         // SAFETY: the micro-panel of (jw, qc) is kc_len pair-rows of 2·NR bf16.
-                        let wp = unsafe { std::slice::from_raw_parts(self.base().add(off), kc_len * 2 * NR) };
+                        let wp = unsafe { std::slice::from_raw_parts(wp, kc_len * 2 * NR) };
                         let cols = (self.n - jw * NR).min(NR);
                         for h in 0..cols.div_ceil(16) {
                             for g in g0..g1 {
@@ -388,6 +456,55 @@ impl PackedBf16 {
             }
         });
     }
+}
+
+/// Packs the micro-panel of panel jw, pairs qc..qc + kc_len, of w [n, k] (row-major) into
+/// `dst`: kc_len pair-rows of NR columns × 2 depths, zero past n and past k, the bytes
+/// [`PackedBf16::pack`] puts at that place.
+#[allow(clippy::too_many_arguments)]
+fn pack_micro_panel(w: &[half::bf16], n: usize, k: usize, jw: usize, qc: usize, kc_len: usize, dst: &mut [Line]) {
+    pack_micro_panel_with(true, w, n, k, jw, qc, kc_len, dst)
+}
+
+/// [`pack_micro_panel`], by the AVX-512 transposes when `vector` and the CPU has them, else
+/// element by element (the tests run both).
+#[allow(clippy::too_many_arguments)]
+fn pack_micro_panel_with(
+    vector: bool,
+    w: &[half::bf16],
+    n: usize,
+    k: usize,
+    jw: usize,
+    qc: usize,
+    kc_len: usize,
+    dst: &mut [Line],
+) {
+    assert!(dst.len() * 32 >= kc_len * 2 * NR, "a micro-panel of {kc_len} pairs into {} lines", dst.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        if vector && avx512::can_pack() {
+            // SAFETY: the CPU has AVX-512F and BW (checked); the sizes were checked above and by
+            // the caller (w holds n·k values).
+            unsafe { avx512::pack_micro_panel(w, n, k, jw, qc, kc_len, dst.as_mut_ptr() as *mut u16) };
+            return;
+        }
+    }
+    let dst = &mut bytemuck_lines(dst)[..kc_len * 2 * NR];
+    for (q, pair_row) in dst.chunks_exact_mut(2 * NR).enumerate() {
+        let p = 2 * (qc + q);
+        for (lane, slot) in pair_row.chunks_exact_mut(2).enumerate() {
+            let j = jw * NR + lane;
+            let at = |d: usize| if j < n && d < k { w[j * k + d].to_bits() } else { 0 };
+            slot[0] = at(p);
+            slot[1] = at(p + 1);
+        }
+    }
+}
+
+/// The lines as their bf16 bits.
+fn bytemuck_lines(lines: &mut [Line]) -> &mut [u16] {
+    // SAFETY: a Line is 32 u16 with no padding (repr(C)); the slice covers the same bytes.
+    unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr() as *mut u16, lines.len() * 32) }
 }
 
 /// bf16 bits → f32: the bf16 is the f32's upper half (exact).
@@ -465,6 +582,83 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{MR, NR, NV};
+
+    /// Whether this CPU has what [`pack_micro_panel`] needs (AVX-512F and BW), detected once.
+    pub(super) fn can_pack() -> bool {
+        static CAN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *CAN.get_or_init(|| is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw"))
+    }
+
+    /// [`super::pack_micro_panel`] by 16 × 16 transposes of 32-bit depth pairs: per half of the
+    /// panel (16 columns) and per 16 pairs, the 16 rows' 64 bytes are loaded (masked past k, zero
+    /// past n), transposed in registers, and stored as 16 pair-rows' halves.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn pack_micro_panel(
+        w: &[half::bf16],
+        n: usize,
+        k: usize,
+        jw: usize,
+        qc: usize,
+        kc_len: usize,
+        dst: *mut u16,
+    ) {
+        let src = w.as_ptr() as *const u16;
+        for half in 0..NR / 16 {
+            let j0 = jw * NR + half * 16;
+            for q0 in (0..kc_len).step_by(16) {
+                let pairs = (kc_len - q0).min(16);
+                // The depths this tile covers: 2·pairs from depth p0, fewer at the end of k.
+                let p0 = 2 * (qc + q0);
+                let depths = (2 * pairs).min(k - p0.min(k));
+                let mask: __mmask32 = if depths >= 32 { !0 } else { (1u32 << depths) - 1 };
+                let mut r = [_mm512_setzero_si512(); 16];
+                for (i, r) in r.iter_mut().enumerate() {
+                    if j0 + i < n {
+                        *r = _mm512_maskz_loadu_epi16(mask, src.add((j0 + i) * k + p0) as *const i16);
+                    }
+                }
+                let out = transpose16(r);
+                for (q, v) in out.iter().enumerate().take(pairs) {
+                    // Pair-row q0 + q is 2·NR u16 (128 bytes, 64-byte aligned); this half at +16·2.
+                    _mm512_store_si512(dst.add((q0 + q) * 2 * NR + half * 32) as *mut _, *v);
+                }
+            }
+        }
+    }
+
+    /// The 16 × 16 transpose of 32-bit elements: out[c] lane r = r[r] lane c.
+    #[inline(always)]
+    unsafe fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
+        // Within each 128-bit lane L, t[2i] holds rows 2i, 2i+1 at columns 4L, 4L+1 and t[2i+1]
+        // the same rows at 4L+2, 4L+3; then u[4g + c] holds rows 4g..4g+4 at column 4L + c.
+        let mut t = [_mm512_setzero_si512(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+        }
+        let mut u = [_mm512_setzero_si512(); 16];
+        for g in 0..4 {
+            u[4 * g] = _mm512_unpacklo_epi64(t[4 * g], t[4 * g + 2]);
+            u[4 * g + 1] = _mm512_unpackhi_epi64(t[4 * g], t[4 * g + 2]);
+            u[4 * g + 2] = _mm512_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
+            u[4 * g + 3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
+        }
+        // Column 4L + c gathers lane L of u[c], u[4 + c], u[8 + c], u[12 + c] (a 4 × 4 transpose
+        // of 128-bit lanes).
+        let mut out = [_mm512_setzero_si512(); 16];
+        for c in 0..4 {
+            let v0 = _mm512_shuffle_i32x4::<0x44>(u[c], u[4 + c]);
+            let v1 = _mm512_shuffle_i32x4::<0xEE>(u[c], u[4 + c]);
+            let v2 = _mm512_shuffle_i32x4::<0x44>(u[8 + c], u[12 + c]);
+            let v3 = _mm512_shuffle_i32x4::<0xEE>(u[8 + c], u[12 + c]);
+            out[c] = _mm512_shuffle_i32x4::<0x88>(v0, v2);
+            out[4 + c] = _mm512_shuffle_i32x4::<0xDD>(v0, v2);
+            out[8 + c] = _mm512_shuffle_i32x4::<0x88>(v1, v3);
+            out[12 + c] = _mm512_shuffle_i32x4::<0xDD>(v1, v3);
+        }
+        out
+    }
 
     /// The micro-kernel for `rows` (1..=MR) rows, V registers of columns.
     #[allow(clippy::too_many_arguments)]
@@ -833,6 +1027,96 @@ mod tests {
     fn an_x_of_the_wrong_size_panics_naming_the_sizes() {
         let packed = PackedBf16::pack(&[bf16::ONE; 6], 3, 2);
         packed.matmul(&[bf16::ONE; 3], 2, &mut [0.0; 6]);
+    }
+
+    /// The packed bits at every place of the layout of the module doc, written out element by
+    /// element: `[block][k-block][panel in block][pair][column][depth]`, zero past n and k.
+    fn documented_layout(w: &[bf16], n: usize, k: usize) -> Vec<u16> {
+        let (kp, panels) = (k.div_ceil(2), n.div_ceil(NR));
+        let kc = k_block(kp);
+        let mut out = vec![0u16; panels * NR * 2 * kp];
+        for jw in 0..panels {
+            for q in 0..kp {
+                let off = PackedBf16::offset(jw, q, kp, kc, panels);
+                for lane in 0..NR {
+                    let j = jw * NR + lane;
+                    for e in 0..2 {
+                        let p = 2 * q + e;
+                        out[off + 2 * lane + e] = if j < n && p < k { w[j * k + p].to_bits() } else { 0 };
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Shapes that cross every edge of the packing: one column, a last panel of 1..31 columns,
+    /// odd k, one k-block and several (k = 1153 and 2049 are 2 and 3 k-blocks), more than one
+    /// block of NB panels.
+    const EDGE_SHAPES: [(usize, usize); 9] =
+        [(1, 1), (1, 2), (3, 17), (33, 31), (64, 64), (100, 1153), (161, 2049), (200, 32), (130, 1024)];
+
+    #[test]
+    fn packing_writes_the_documented_layout_for_every_edge_of_n_and_k() {
+        let mut rng = Rng(3);
+        for (n, k) in EDGE_SHAPES {
+            let w = rng.vec(n * k);
+            let packed = PackedBf16::pack(&w, n, k);
+            let Data::Packed(data) = &packed.data else { panic!("pack gave a weight read in place") };
+            let bits: Vec<u16> = data.iter().flat_map(|l| l.0).collect();
+            let expected = documented_layout(&w, n, k);
+            assert_eq!(bits.len(), expected.len(), "n {n}, k {k}: packed sizes");
+            let wrong = bits.iter().zip(&expected).position(|(a, b)| a != b);
+            assert!(wrong.is_none(), "n {n}, k {k}: packed bf16 {wrong:?} is not the documented layout's");
+            // Micro-panel by micro-panel, element by element (the path of a CPU without AVX-512).
+            let (kp, kc) = (packed.kp, packed.kc);
+            for jw in 0..packed.panels {
+                for qc in (0..kp).step_by(kc) {
+                    let kc_len = kc.min(kp - qc);
+                    let mut lines = vec![Line([0; 32]); 2 * kc_len];
+                    pack_micro_panel_with(false, &w, n, k, jw, qc, kc_len, &mut lines);
+                    let at = PackedBf16::offset(jw, qc, kp, kc, packed.panels);
+                    let scalar: Vec<u16> = lines.iter().flat_map(|l| l.0).collect();
+                    assert!(
+                        scalar == expected[at..at + scalar.len()],
+                        "n {n}, k {k}: the element-by-element packing of panel {jw}, pairs from {qc} differs"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_weight_read_in_place_gives_the_packed_weights_bits() {
+        let mut rng = Rng(5);
+        for (n, k) in EDGE_SHAPES {
+            let w = rng.vec(n * k);
+            let packed = PackedBf16::pack(&w, n, k);
+            let in_place = PackedBf16::in_place(Arc::new(w), n, k);
+            assert!(
+                in_place.is_in_place() && in_place.bytes() == 0,
+                "n {n}, k {k}: a weight read in place holds no copy"
+            );
+            for rows in [1, 5, 12, 13, 40] {
+                let x = rng.vec(rows * k);
+                for kernel in kernels() {
+                    let (a, b) = (run(&packed, kernel, &x, rows), run(&in_place, kernel, &x, rows));
+                    let wrong = a.iter().zip(&b).position(|(a, b)| a.to_bits() != b.to_bits());
+                    assert!(
+                        wrong.is_none(),
+                        "{kernel:?} kernel, rows {rows}, n {n}, k {k}: out[{wrong:?}] is {:?} packed, {:?} read in place",
+                        wrong.map(|i| a[i]),
+                        wrong.map(|i| b[i])
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "PackedBf16::in_place: w has 5 values, expected n·k = 3·2 = 6")]
+    fn a_weight_read_in_place_of_the_wrong_size_panics_naming_the_sizes() {
+        PackedBf16::in_place(Arc::new(vec![bf16::ONE; 5]), 3, 2);
     }
 
     #[test]

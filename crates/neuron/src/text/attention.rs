@@ -173,10 +173,11 @@ impl Attention {
             let q = apply_rotary(&q, &cos, &sin)?;
             let k = apply_rotary(&k.contiguous()?, &cos, &sin)?;
             let cached = match state.take() {
-                Some(past) => {
-                    KvState { key: Tensor::cat(&[&past.key, &k], 1)?, value: Tensor::cat(&[&past.value, &v], 1)? }
+                Some(mut past) => {
+                    past.append(&k, &v)?;
+                    past
                 }
-                None => KvState { key: k, value: v },
+                None => KvState::new(&k, &v)?,
             };
             rows.push(self.attend(&q, &cached, padding[row])?);
             **state = Some(cached);
@@ -188,20 +189,18 @@ impl Attention {
 
     /// One row's attention: q [heads, seq, head_dim] of the row's last `seq` tokens over all its
     /// cached keys and values, the first `padding` of which are masked → [seq, heads·head_dim].
+    ///
+    /// Query head h reads KV head h / groups where it is cached (`repeat_kv` without its copy):
+    /// each head's product is the one it was over the repeated keys, on the same operands.
     fn attend(&self, q: &Tensor, cached: &KvState, padding: usize) -> Result<Tensor> {
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let seq = q.dim(1)?;
         let total = cached.key.dim(1)?;
-        // repeat_kv: KV head j serves query heads j·groups .. (j+1)·groups.
         let groups = nh / nkv;
-        let repeat = |t: &Tensor| -> Result<Tensor> {
-            Ok(t.unsqueeze(1)?.expand((nkv, groups, total, hd))?.reshape((nh, total, hd))?)
-        };
-        let (k, v) = (repeat(&cached.key)?, repeat(&cached.value)?);
-        let scores = crate::precision::scale(&crate::linear::matmul(q, &k.t()?)?, self.scale)?;
+        let scores = crate::precision::scale(&crate::linear::matmul_grouped(q, &cached.key.t()?, groups)?, self.scale)?;
         let mask = attention_mask(seq, total - seq, padding, q.device())?;
         let probs = in_f32(&scores, |s| Ok(candle_nn::ops::softmax_last_dim(&s.broadcast_add(&mask)?)?))?;
-        Ok(crate::linear::matmul(&probs, &v)?.transpose(0, 1)?.reshape((seq, nh * hd))?)
+        Ok(crate::linear::matmul_grouped(&probs, &cached.value, groups)?.transpose(0, 1)?.reshape((seq, nh * hd))?)
     }
 }
 

@@ -161,10 +161,12 @@ impl DecoderLayer {
 }
 
 /// `embed_tokens`: the whole table, or rows gathered from the mapped checkpoint on use
-/// (248320 × 5120 floats are 5 GB; a prompt needs a few hundred rows).
+/// (248320 × 5120 floats are 5 GB; a prompt needs a few hundred rows), converted (streamed) or
+/// copied as stored (a resident bf16 model of a bf16 checkpoint).
 enum Embedding {
     Resident(Tensor),
     Mapped(Arc<Checkpoint>),
+    MappedBf16(crate::weights::MappedBf16),
 }
 
 /// `lm_head`: the whole matrix, or read from the mapped checkpoint in vocabulary chunks
@@ -212,14 +214,23 @@ impl TextModel {
     /// (or the embeddings when `tie_word_embeddings`), in `vb`'s dtype, which is the compute
     /// dtype.
     pub fn new(cfg: &TextConfig, tie_word_embeddings: bool, vb: VarBuilder<'static>) -> Result<Self> {
+        use crate::weights::{fetch, Fetched, MAP};
         let lm = vb.pp("model.language_model");
-        let embed_tokens = lm.get((cfg.vocab_size, cfg.hidden_size), "embed_tokens.weight")?;
-        let lm_head = if tie_word_embeddings {
-            Linear::new(embed_tokens.clone(), None)
-        } else {
-            linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?
+        let shape = (cfg.vocab_size, cfg.hidden_size);
+        let fetched = fetch(|| lm.get_with_hints(shape, "embed_tokens.weight", MAP))?;
+        let lm_head = match (&fetched, tie_word_embeddings) {
+            (_, false) => linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?,
+            (Fetched::Tensor(table), true) => Linear::new(table.clone(), None),
+            (Fetched::Mapped(_), true) => match fetch(|| lm.get_with_hints(shape, "embed_tokens.weight", MAP))? {
+                Fetched::Mapped(table) => Linear::mapped(table, None),
+                Fetched::Tensor(_) => bail!("the embedding table was mapped once, not twice"),
+            },
         };
-        Self::assemble(cfg, vb, Embedding::Resident(embed_tokens), Head::Resident(lm_head), Residency::Resident)
+        let embed_tokens = match fetched {
+            Fetched::Tensor(table) => Embedding::Resident(table),
+            Fetched::Mapped(table) => Embedding::MappedBf16(table),
+        };
+        Self::assemble(cfg, vb, embed_tokens, Head::Resident(lm_head), Residency::Resident)
     }
 
     /// As [`TextModel::new`] but streamed from a mapped checkpoint: each decoder layer is
@@ -290,6 +301,7 @@ impl TextModel {
             Embedding::Mapped(checkpoint) => {
                 Ok(checkpoint.gather_rows(EMBED_TOKENS, input_ids)?.to_dtype(self.dtype)?)
             }
+            Embedding::MappedBf16(table) => table.gather_rows(input_ids),
         }
     }
 
