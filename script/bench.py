@@ -17,6 +17,17 @@ then `--runs` times under `torch.no_grad()`:
   past_key_values=cache, logits_to_keep=1)` with the previous step's argmax; every step is one
   sample, so the median is the time per generated token.
 
+`--batch 1,4,8` adds batched greedy decoding (`batches` in the JSON): per batch size B, the user
+texts of `batch_prompts` (row r the first ceil(W * (B - r) / B) of the prompt's W words, so the
+rows differ in length; a batch of one is the prompt alone, unpadded, since transformers PR
+#46773 leaves a padded batch of one unmasked) through the chat template, left-padded by the
+processor (`padding_side="left"`), then `generate(do_sample=False, eos_token_id=None)` for
+`--decode-steps` + 1 tokens. A logits processor notes when each step's logits arrive; a round's
+decode time runs from the prefill's logits to the last step's (`--decode-steps` forwards with
+generate's own work between them), the prefill excluded, and gives B * steps / time tokens per
+second. One warm-up round, then `--runs`. The Rust side (examples/bench.rs) cuts the same rows
+and times the same span.
+
 `--prompt-tokens N` builds the user text deterministically instead of `--prompt`: the longest
 run of make_model.CORPUS's words that the checkpoint's tokenizer encodes to exactly N tokens.
 The samples, medians, input sizes, load time and peak resident memory go to `--out` (JSON)
@@ -38,7 +49,7 @@ from pathlib import Path
 import torch
 import transformers
 from PIL import Image
-from transformers import AutoProcessor, Qwen3_5ForConditionalGeneration
+from transformers import AutoProcessor, LogitsProcessor, LogitsProcessorList, Qwen3_5ForConditionalGeneration
 
 import make_model
 from capture import build_messages
@@ -100,6 +111,64 @@ def decode_samples(model: Qwen3_5ForConditionalGeneration, inputs, steps: int, r
     return samples, tokens
 
 
+def batch_prompts(prompt: str, rows: int) -> list[str]:
+    """The user texts of a batch of `rows`: row r keeps the first ceil(W * (rows - r) / rows) of the
+    prompt's W words (examples/bench.rs cuts them the same way)."""
+    words = prompt.split()
+    return [" ".join(words[: -(-len(words) * (rows - r) // rows)]) for r in range(rows)]
+
+
+class StepClock(LogitsProcessor):
+    """Notes the time at each call: `generate` calls its logits processors once per generated
+    token, as soon as that step's logits are in hand (the first call after the prefill)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.times.append(time.perf_counter())
+        return scores
+
+
+def batched_decode(model, processor, prompt: str, rows: int, steps: int, runs: int) -> dict:
+    """Tokens per second of `generate` decoding a left-padded batch of `rows` for `steps` steps
+    after its prefill (see the module's docstring), per round after one warm-up, and the tokens."""
+    texts = [
+        processor.apply_chat_template(build_messages(0, text), tokenize=False, add_generation_prompt=True)
+        for text in batch_prompts(prompt, rows)
+    ]
+    processor.tokenizer.padding_side = "left"
+    inputs = processor(text=texts, return_tensors="pt", padding=True)
+    mask = inputs["attention_mask"]
+    if rows == 1 and not bool(mask.all()):
+        sys.exit("error: a batch of one must be unpadded (transformers PR #46773: its padding is not masked)")
+    seconds, tokens = [], []
+    for round_ in range(runs + 1):
+        clock = StepClock()
+        out = model.generate(
+            **inputs,
+            do_sample=False,
+            max_new_tokens=steps + 1,
+            eos_token_id=None,
+            pad_token_id=processor.tokenizer.pad_token_id,
+            logits_processor=LogitsProcessorList([clock]),
+        )
+        if len(clock.times) != steps + 1:
+            sys.exit(f"error: generate produced {len(clock.times)} tokens, not {steps + 1}")
+        tokens = out[:, inputs["input_ids"].shape[1] :].tolist()
+        if round_ > 0:
+            seconds.append(clock.times[-1] - clock.times[0])
+    throughput = [rows * steps / s for s in seconds]
+    return {
+        "rows": rows,
+        "row_tokens": [int(n) for n in mask.sum(-1)],
+        "decode_steps": steps,
+        "decode_seconds": seconds,
+        "tokens_per_second": {"samples": throughput, "median": statistics.median(throughput)},
+        "tokens": tokens,
+    }
+
+
 def bench(args: argparse.Namespace) -> dict:
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
@@ -145,6 +214,9 @@ def bench(args: argparse.Namespace) -> dict:
         if args.decode_steps > 0:
             samples, decode_tokens = decode_samples(model, inputs, args.decode_steps, args.runs)
             timings["decode"] = {"samples_seconds": samples, "median_seconds": statistics.median(samples)}
+        batches = [
+            batched_decode(model, processor, prompt, rows, args.decode_steps, args.runs) for rows in args.batch or []
+        ]
 
     # The prefill stage must be the forward pass minus the vision tower, not something cheaper.
     prefill_vs_forward = float((results["prefill"] - results["forward"]).abs().max())
@@ -152,6 +224,7 @@ def bench(args: argparse.Namespace) -> dict:
         sys.exit(f"error: prefill logits differ from the forward pass's by {prefill_vs_forward}")
 
     input_ids = inputs["input_ids"][0]
+    extra = {"batches": batches} if args.batch else {}
     return {
         "model_dir": str(args.model_dir),
         "image": str(args.image),
@@ -175,7 +248,16 @@ def bench(args: argparse.Namespace) -> dict:
             "torch": torch.__version__,
             "python": platform.python_version(),
         },
+        **extra,
     }
+
+
+def batch_sizes(text: str) -> list[int]:
+    """`--batch 1,4,8` as a list of positive sizes."""
+    sizes = [int(size) for size in text.split(",")]
+    if any(size < 1 for size in sizes):
+        raise argparse.ArgumentTypeError(f"batch sizes must be positive: {text}")
+    return sizes
 
 
 def main() -> None:
@@ -190,7 +272,14 @@ def main() -> None:
     parser.add_argument("--decode-steps", type=int, default=8, help="cached decode steps per round (0: none)")
     parser.add_argument("--out", required=True, type=Path, help="JSON file for the results")
     parser.add_argument("--dtype", choices=["f32", "bf16"], default="f32", help="from_pretrained(dtype=...)")
+    parser.add_argument(
+        "--batch",
+        type=batch_sizes,
+        help="batch sizes for batched greedy decoding, comma-separated (1,4,8); none: no batched stage",
+    )
     args = parser.parse_args()
+    if args.batch and args.decode_steps < 1:
+        parser.error("--batch times decode steps: give --decode-steps 1 or more")
 
     report = bench(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -204,6 +293,9 @@ def main() -> None:
     for name, t in report["stages"].items():
         samples = " ".join(f"{s:.3f}" for s in t["samples_seconds"])
         print(f"{name:<8} {t['median_seconds']:>10.3f}  {samples}")
+    for batch in report.get("batches", []):
+        samples = " ".join(f"{s:.2f}" for s in batch["tokens_per_second"]["samples"])
+        print(f"batch {batch['rows']:<2} {batch['tokens_per_second']['median']:>8.2f} tokens/s  {samples}")
 
 
 if __name__ == "__main__":

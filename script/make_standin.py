@@ -55,6 +55,9 @@ SPECIAL_IDS = {
     "<|vision_end|>": 248054,
     "<|image_pad|>": 248056,
     "<|video_pad|>": 248057,
+    # Added, not special, in the release (make_model.THINK_TOKENS): the chat template writes them.
+    "<think>": 248068,
+    "</think>": 248069,
 }
 MAX_SHARD_BYTES = 2 * 1024**3
 CHUNK_ELEMENTS = 1 << 24  # float32 elements drawn at a time: 64 MB

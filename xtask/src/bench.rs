@@ -15,11 +15,17 @@
 //! by `script/gemm_rates.py` and `examples/gemm_rates.rs` with the same threads) as a share of
 //! the f32 peak, and each stage's time outside GEMMs: its median minus its GEMMs' flop at
 //! that side's rates.
+//!
+//! With `--batch 1,4,8` both sides also decode left-padded text batches of those sizes, and the
+//! report gains their tokens per second ([`batch`]).
+
+mod batch;
 
 use contract::ComputeDtype;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use serde::Deserialize;
 use xshell::{cmd, Shell};
 
@@ -51,6 +57,11 @@ pub struct Args {
     /// `from_pretrained(dtype=torch.bfloat16)`, Rust with `Model::load(.., ComputeDtype::Bf16)`).
     #[arg(long, default_value = "f32")]
     dtype: ComputeDtype,
+    /// Batch sizes for batched greedy decoding, comma-separated (`--batch 1,4,8`): per size, a
+    /// left-padded batch of text prompts cut from the user text, `--decode-steps` steps after
+    /// the prefill, as tokens per second. Without it, no batched stage runs.
+    #[arg(long, value_delimiter = ',')]
+    batch: Vec<NonZeroUsize>,
 }
 
 /// Reads every shard of the checkpoint once, so that each side's load starts from the page
@@ -104,6 +115,13 @@ struct Side {
     /// The machine's memory read bandwidth, measured by the Rust side with the same threads.
     #[serde(default)]
     memory_bandwidth_gbs: Option<f64>,
+    /// Bytes of cache one decode step reads on average (attention's keys and values, the Gated
+    /// DeltaNet's states); Rust side only.
+    #[serde(default)]
+    decode_cache_bytes: Option<f64>,
+    /// Batched decoding, one entry per `--batch` size in order (none without the flag).
+    #[serde(default)]
+    batches: Vec<batch::BatchRun>,
 }
 
 #[derive(Deserialize)]
@@ -113,15 +131,21 @@ struct Stage {
 }
 
 pub fn run(sh: &Shell, args: Args) -> Result<()> {
+    ensure!(
+        args.batch.is_empty() || args.decode_steps > 0,
+        "--batch times decode steps: give --decode-steps 1 or more"
+    );
     let mut host = Host::detect()?;
     // Before anything else runs, so the loops have the cores to themselves.
     host.measure(args.threads.min(host.logical_cpus.max(1)));
+    host.measure_bandwidth(args.threads.min(host.logical_cpus.max(1)));
     let mut loads = vec![("before transformers", load_average())];
     let (dir, _) = standin::ensure(sh, args.dir.clone())?;
     let out = sh.current_dir().join(&args.out);
     std::fs::create_dir_all(&out)?;
     let (runs, threads, tokens) = (args.runs.to_string(), args.threads.to_string(), args.prompt_tokens.to_string());
     let steps = args.decode_steps.to_string();
+    let batch_args = batch::side_args(&args.batch);
     let (py_json, rs_json) = (out.join("transformers.json"), out.join("rust.json"));
     let (shapes_json, py_gemms, rs_gemms) =
         (out.join("gemm_shapes.json"), out.join("transformers_gemms.json"), out.join("rust_gemms.json"));
@@ -129,28 +153,28 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
     let dtype = args.dtype.name();
     warm_page_cache(&dir)?;
     eprintln!("transformers: loading the stand-in in {dtype} and timing {runs} runs per stage");
-    harness::run_python(
-        sh,
-        "bench.py",
-        &[
-            "--model-dir".into(),
-            dir.display().to_string(),
-            "--image".into(),
-            IMAGE.into(),
-            "--prompt-tokens".into(),
-            tokens,
-            "--threads".into(),
-            threads.clone(),
-            "--runs".into(),
-            runs.clone(),
-            "--decode-steps".into(),
-            steps.clone(),
-            "--out".into(),
-            py_json.display().to_string(),
-            "--dtype".into(),
-            dtype.into(),
-        ],
-    )?;
+    let bench_args: Vec<String> = [
+        "--model-dir".into(),
+        dir.display().to_string(),
+        "--image".into(),
+        IMAGE.into(),
+        "--prompt-tokens".into(),
+        tokens,
+        "--threads".into(),
+        threads.clone(),
+        "--runs".into(),
+        runs.clone(),
+        "--decode-steps".into(),
+        steps.clone(),
+        "--out".into(),
+        py_json.display().to_string(),
+        "--dtype".into(),
+        dtype.into(),
+    ]
+    .into_iter()
+    .chain(batch_args.iter().cloned())
+    .collect();
+    harness::run_python(sh, "bench.py", &bench_args)?;
     let python = read(&py_json)?;
     loads.push(("after transformers", load_average()));
     let prompt = python.prompt.clone().context("bench.py recorded no prompt")?;
@@ -194,7 +218,7 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
     let dir_arg = dir.display().to_string();
     let rs_arg = rs_json.display().to_string();
     warm_page_cache(&dir)?;
-    cmd!(sh, "{bench} --model-dir {dir_arg} --image {IMAGE} --prompt {prompt} --runs {runs} --decode-steps {steps} --out {rs_arg} --dtype {dtype}")
+    cmd!(sh, "{bench} --model-dir {dir_arg} --image {IMAGE} --prompt {prompt} --runs {runs} --decode-steps {steps} --out {rs_arg} --dtype {dtype} {batch_args...}")
         .env("RAYON_NUM_THREADS", &threads)
         .run()?;
     let rust = read(&rs_json)?;
@@ -206,7 +230,10 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
 
     let rates = Rates { rust: read_rates(&rs_gemms)?, python: read_rates(&py_gemms)? };
     let loads: Vec<(&str, f64)> = loads.into_iter().filter_map(|(when, load)| Some((when, load?))).collect();
-    let report = render(&host, args.dtype, &loads, &inventory, &rates, &rust, &python);
+    let mut report = render(&host, args.dtype, &loads, &inventory, &rates, &rust, &python);
+    if !args.batch.is_empty() {
+        report.push_str(&batch::render(&rust.batches, &python.batches));
+    }
     print!("{report}");
     std::fs::write(out.join("report.md"), &report)?;
     eprintln!("written: {}", out.join("report.md").display());
@@ -329,16 +356,7 @@ fn render(
     {
         // Decode reads every decoder weight once per token and does little arithmetic on each:
         // the bound is memory bandwidth, not GEMM rate.
-        let rate = |st: &Stage| bytes / st.median_seconds / 1e9;
-        let bandwidth = rust.memory_bandwidth_gbs.map_or("not measured".into(), |b| format!("{b:.1} GB/s"));
-        s.push_str(&format!(
-            "\nDecode reads {:.2} GB of weights per token: Rust {:.1} GB/s, transformers {:.1} GB/s; this \
-             machine's measured memory read bandwidth ({} threads): {bandwidth}.\n",
-            bytes / 1e9,
-            rate(r),
-            rate(p),
-            rust.threads,
-        ));
+        s.push_str(&decode_line(bytes, rust.decode_cache_bytes, rust.memory_bandwidth_gbs, r, p, rust.threads));
         if rust.decode_tokens != python.decode_tokens {
             s.push_str(&format!(
                 "**The greedy tokens differ: Rust {:?}, transformers {:?}.**\n",
@@ -361,6 +379,38 @@ fn render(
         }
     }
     s
+}
+
+/// The decode paragraph: the bytes a step reads (the weights and, when the Rust side counted
+/// them, the cache), each side's rate, and that rate as a share of the memory read bandwidth
+/// the Rust side measured right after its decode steps (both sides read the same bytes).
+fn decode_line(
+    weights: f64,
+    cache: Option<f64>,
+    bandwidth: Option<f64>,
+    rust: &Stage,
+    python: &Stage,
+    threads: usize,
+) -> String {
+    let bytes = weights + cache.unwrap_or(0.0);
+    let rate = |st: &Stage| {
+        let gbs = bytes / st.median_seconds / 1e9;
+        match bandwidth {
+            Some(b) => format!("{gbs:.1} GB/s ({:.0} % of the bandwidth)", 100.0 * gbs / b),
+            None => format!("{gbs:.1} GB/s"),
+        }
+    };
+    let read = match cache {
+        Some(c) => format!("{:.2} GB ({:.2} GB of weights, {:.1} MB of cache)", bytes / 1e9, weights / 1e9, c / 1e6),
+        None => format!("{:.2} GB of weights", weights / 1e9),
+    };
+    let bandwidth = bandwidth.map_or("not measured".into(), |b| format!("{b:.1} GB/s"));
+    format!(
+        "\nDecode reads {read} per step: Rust {}, transformers {}; this machine's measured memory read bandwidth \
+         ({threads} threads): {bandwidth}.\n",
+        rate(rust),
+        rate(python),
+    )
 }
 
 /// The one-minute load average, from /proc/loadavg (none where there is no such file).
@@ -409,6 +459,24 @@ mod tests {
             "stages": { "vision": { "median_seconds": vision, "samples_seconds": [vision] } },
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn the_decode_line_gives_the_bytes_per_step_and_each_sides_share_of_the_bandwidth() {
+        let step = |seconds: f64| Stage { median_seconds: seconds, samples_seconds: vec![seconds] };
+        let decode = decode_line(9.0e9, Some(1.0e9), Some(40.0), &step(0.25), &step(0.5), 2);
+        assert!(
+            decode.contains(
+                "Decode reads 10.00 GB (9.00 GB of weights, 1000.0 MB of cache) per step: Rust 40.0 GB/s (100 % of the \
+                 bandwidth), transformers 20.0 GB/s (50 % of the bandwidth)"
+            ),
+            "{decode}"
+        );
+        let unmeasured = decode_line(9.0e9, None, None, &step(0.25), &step(0.5), 2);
+        assert!(
+            unmeasured.contains("Decode reads 9.00 GB of weights per step: Rust 36.0 GB/s, transformers"),
+            "{unmeasured}"
+        );
     }
 
     #[test]

@@ -28,6 +28,10 @@
 //! independent `VFMADD231PS zmm` (and `VDPBF16PS zmm` when the CPU has it) on every core used,
 //! and the report prints those rates next to the peaks, so a CPU with one FMA unit shows up
 //! as a loop at half the peak.
+//!
+//! Decode is bound by memory, not arithmetic: [`Host::measure_bandwidth`] times the used cores
+//! streaming a 2 GiB buffer once (`read_bandwidth`), the bound a decode step's bytes are set
+//! against.
 
 use std::fmt::Write as _;
 
@@ -43,6 +47,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut host = Host::detect()?;
     let cores = args.threads.min(host.logical_cpus.max(1));
     host.measure(cores);
+    host.measure_bandwidth(cores);
     print!("{}", host.describe(cores));
     Ok(())
 }
@@ -62,6 +67,8 @@ pub struct Host {
     pub listed_ghz: f64,
     /// What the cores did when measured (see [`Measured`]); `None` until [`Host::measure`].
     pub measured: Option<Measured>,
+    /// The memory read bandwidth in GB/s, when measured ([`Host::measure_bandwidth`]).
+    pub read_gbs: Option<f64>,
     pub avx512f: bool,
     pub avx512_bf16: bool,
     pub amx_bf16: bool,
@@ -133,6 +140,7 @@ impl Host {
             ghz,
             listed_ghz: ghz,
             measured: None,
+            read_gbs: None,
             clock_source,
             max_ghz,
             avx512f: has("avx512f"),
@@ -143,6 +151,11 @@ impl Host {
             bf16_flop_per_cycle,
             bf16_unit,
         })
+    }
+
+    /// Measures the memory read bandwidth with `cores` threads (see [`read_bandwidth`]).
+    pub fn measure_bandwidth(&mut self, cores: usize) {
+        self.read_gbs = read_bandwidth(cores);
     }
 
     /// Measures the clock and the vector loops on `cores` threads at once and takes the
@@ -209,8 +222,52 @@ impl Host {
             }
             s.push_str(".\n");
         }
+        if let Some(gbs) = self.read_gbs {
+            let _ = writeln!(
+                s,
+                "Memory read bandwidth with {cores} threads: {gbs:.1} GB/s (the best of five passes over 2 GiB)."
+            );
+        }
         s
     }
+}
+
+/// The memory read bandwidth of `threads` threads in GB/s: each streams its share of a 2 GiB
+/// buffer once (AVX2 loads summed as 64-bit integers, in assembly so that the debug build of the
+/// xtask runs it as fast as a release build would), the best of five passes of wall time from
+/// a common start to the last thread's end. `None` without AVX2.
+pub fn read_bandwidth(threads: usize) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return None;
+        }
+        let threads = threads.max(1);
+        // 128-byte pieces: the loop reads four 32-byte vectors per iteration.
+        let len = (2usize << 30) / 8;
+        let buffer = vec![1u64; len];
+        let share = (len / threads) / 16 * 16;
+        let mut best = f64::INFINITY;
+        for _ in 0..5 {
+            let barrier = std::sync::Barrier::new(threads);
+            let started = std::sync::OnceLock::new();
+            std::thread::scope(|scope| {
+                for t in 0..threads {
+                    let (barrier, started, part) = (&barrier, &started, &buffer[t * share..(t + 1) * share]);
+                    scope.spawn(move || {
+                        barrier.wait();
+                        started.get_or_init(std::time::Instant::now);
+                        loops::read(part);
+                    });
+                }
+            });
+            let seconds = started.get().map_or(f64::INFINITY, |t| t.elapsed().as_secs_f64());
+            best = best.min(seconds);
+        }
+        Some((share * threads * 8) as f64 / best / 1e9)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
 }
 
 /// The clock and the vector throughput, measured with every used core busy: each figure per
@@ -371,6 +428,40 @@ mod loops {
         };
     }
 
+    /// Reads every byte of `part` (a multiple of 16 values) once, four 32-byte loads per
+    /// iteration into four independent sums.
+    pub fn read(part: &[u64]) {
+        assert!(part.len() % 16 == 0, "read: {} values is not a multiple of 16", part.len());
+        if part.is_empty() || !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        // SAFETY: the CPU has AVX2 (checked); the loop reads part.len() · 8 bytes from its start,
+        // 128 at a time, and part.len() · 8 is a multiple of 128.
+        unsafe { run(part.as_ptr(), part.as_ptr().add(part.len())) }
+
+        #[target_feature(enable = "avx2")]
+        unsafe fn run(from: *const u64, to: *const u64) {
+            asm!(
+                "vpxor ymm0, ymm0, ymm0",
+                "vpxor ymm1, ymm1, ymm1",
+                "vpxor ymm2, ymm2, ymm2",
+                "vpxor ymm3, ymm3, ymm3",
+                "2:",
+                "vpaddq ymm0, ymm0, [{p}]",
+                "vpaddq ymm1, ymm1, [{p} + 32]",
+                "vpaddq ymm2, ymm2, [{p} + 64]",
+                "vpaddq ymm3, ymm3, [{p} + 96]",
+                "add {p}, 128",
+                "cmp {p}, {end}",
+                "jb 2b",
+                p = inout(reg) from => _,
+                end = in(reg) to,
+                out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _,
+                options(nostack, readonly),
+            );
+        }
+    }
+
     vector_loop!(fma, "avx512f", "vfmadd231ps");
     vector_loop!(dpbf16, "avx512bf16", "vdpbf16ps");
 }
@@ -464,8 +555,10 @@ flags		: fpu sse sse2 avx avx2 fma avx512f avx512bw avx512_bf16 avx512_vnni
         host.measured = Some(Measured { cores: 2, ghz: 4.3, fma_gflops: Some(540.0), dpbf16_gflops: Some(1080.0) });
         host.ghz = 4.3;
         close(host.f32_peak_gflops(2), 2.0 * 4.3 * 64.0, "f32 peak from the measured clock");
+        host.read_gbs = Some(45.94);
         let text = host.describe(2);
         for expected in [
+            "Memory read bandwidth with 2 threads: 45.9 GB/s",
             "4.30 GHz (listed: 2.60 GHz)",
             "`VFMADD231PS` 540 GFLOP/s (98 % of the peak)",
             "`VDPBF16PS` 1080 GFLOP/s (98 % of the peak)",
