@@ -26,6 +26,18 @@ Values follow make_model.py's `init_tensor` rules (so activations stay of order 
 the layers) from a fixed seed, and every shard is written with sorted keys, so two runs write
 the same bytes. The generator holds at most one shard (or one oversized tensor) in memory.
 Besides the checkpoint it writes `standin.json` with the parameter and byte counts.
+
+`--kind moe` writes the MoE stand-in instead: Qwen3.6-35B-A3B's published configuration
+(script/qwen3.6-35b-a3b.config.json: hidden 2048, 16 heads over 2 KV heads of 256, 256 routed
+experts of 512 with 8 per token and a shared expert of 512, linear attention with 16 key and 32
+value heads, the vision tower of 1152 with out_hidden_size 2048) cut the same way, to 4 decoder
+layers (three Gated DeltaNet, one full attention, each with its sparse MoE block) and 4 vision
+blocks: 4.48 G parameters (9.0 GB in bf16, 17.9 GB in float32), plus 0.85 G in `mtp.*`, whose
+layer is shaped like the full-attention layer (its MoE block included). The routed experts are
+in the fused layout of the published files, `mlp.experts.gate_up_proj` [E, 2I, H] (gate rows
+first) and `mlp.experts.down_proj` [E, H, I] (transformers' module parameters, which its loader
+reads as they are), drawn N(0, 1/fan_in) like every projection. The router is left as drawn
+(make_model.py's near ties are the tiny model's business).
 """
 
 from __future__ import annotations
@@ -44,6 +56,10 @@ from tokenizers import Tokenizer
 import make_model
 
 RELEASE_CONFIG = Path(__file__).with_name("qwen3.6-27b.config.json")
+# The published configuration of each kind of stand-in (`--kind`).
+RELEASE_CONFIGS = {"dense": RELEASE_CONFIG, "moe": Path(__file__).with_name("qwen3.6-35b-a3b.config.json")}
+# The routed experts in the fused layout: [E, 2I, H] and [E, H, I], drawn N(0, 1/fan_in).
+FUSED_EXPERTS = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
 TEXT_LAYERS = 4
 VISION_DEPTH = 4
 # The ids of Qwen3.6's special tokens; the configuration names four of them.
@@ -64,9 +80,9 @@ CHUNK_ELEMENTS = 1 << 24  # float32 elements drawn at a time: 64 MB
 CHECK_IMAGE_SIDE = 448  # 28x28 patches of 16 pixels, 14x14 = 196 merged image tokens
 
 
-def standin_config() -> dict:
+def standin_config(kind: str = "dense") -> dict:
     """The release configuration with the layer counts cut; the key layout is kept."""
-    config = json.loads(RELEASE_CONFIG.read_text())
+    config = json.loads(RELEASE_CONFIGS[kind].read_text())
     config["text_config"]["num_hidden_layers"] = TEXT_LAYERS
     config["vision_config"]["depth"] = VISION_DEPTH
     named = {
@@ -87,11 +103,19 @@ def tensor_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     concatenated [embedding, hidden state] back to the hidden size, its two input norms, a
     final norm and one decoder layer shaped like the text model's full-attention layers.
     """
-    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+    from transformers import (
+        Qwen3_5Config,
+        Qwen3_5ForConditionalGeneration,
+        Qwen3_5MoeConfig,
+        Qwen3_5MoeForConditionalGeneration,
+    )
 
-    hf_config = Qwen3_5Config(**{k: v for k, v in config.items() if k not in ("architectures", "model_type")})
+    moe = config["model_type"] == "qwen3_5_moe"
+    config_class = Qwen3_5MoeConfig if moe else Qwen3_5Config
+    model_class = Qwen3_5MoeForConditionalGeneration if moe else Qwen3_5ForConditionalGeneration
+    hf_config = config_class(**{k: v for k, v in config.items() if k not in ("architectures", "model_type")})
     with torch.device("meta"):
-        skeleton = Qwen3_5ForConditionalGeneration(hf_config)
+        skeleton = model_class(hf_config)
     shapes = {name: tuple(p.shape) for name, p in skeleton.state_dict().items()}
 
     hidden = hf_config.text_config.hidden_size
@@ -124,9 +148,15 @@ def draw(name: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tenso
     """make_model.init_tensor as bf16, drawn in row chunks so large tensors never exist in f32."""
     out = torch.empty(shape, dtype=torch.bfloat16)
     step = max(1, CHUNK_ELEMENTS // math.prod(shape[1:]))
+    fused = name.endswith(FUSED_EXPERTS)
     for start in range(0, shape[0], step):
         stop = min(shape[0], start + step)
-        out[start:stop] = make_model.init_tensor(name, (stop - start, *shape[1:]), gen).to(torch.bfloat16)
+        if fused:
+            # Each expert's matrix as make_model.init_tensor draws a projection: N(0, 1/fan_in).
+            chunk = torch.randn((stop - start, *shape[1:]), generator=gen, dtype=torch.float32) / math.sqrt(shape[-1])
+        else:
+            chunk = make_model.init_tensor(name, (stop - start, *shape[1:]), gen)
+        out[start:stop] = chunk.to(torch.bfloat16)
     return out
 
 
@@ -189,9 +219,9 @@ def check_processor(out: Path) -> None:
     print(f"checked tokenizer and processor: {n_pads} image tokens of id {ids['<|image_pad|>']}", file=sys.stderr)
 
 
-def write_standin(out: Path) -> None:
+def write_standin(out: Path, kind: str = "dense") -> None:
     started = time.monotonic()
-    config = standin_config()
+    config = standin_config(kind)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     write_processor_files(out, config)
     check_processor(out)
@@ -231,8 +261,14 @@ def write_standin(out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path, help="folder to (re)write the stand-in into")
+    parser.add_argument(
+        "--kind",
+        choices=sorted(RELEASE_CONFIGS),
+        default="dense",
+        help="Qwen3.6-27B's configuration (dense, the default) or Qwen3.6-35B-A3B's (moe)",
+    )
     args = parser.parse_args()
-    make_model.write_atomically(args.out, write_standin)
+    make_model.write_atomically(args.out, lambda out: write_standin(out, args.kind))
 
 
 if __name__ == "__main__":
