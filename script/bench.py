@@ -28,6 +28,11 @@ generate's own work between them), the prefill excluded, and gives B * steps / t
 second. One warm-up round, then `--runs`. The Rust side (examples/bench.rs) cuts the same rows
 and times the same span.
 
+A checkpoint of the MoE family (`model_type` `qwen3_5_moe`, the MoE stand-in of `cargo xtask bench
+--standin moe`) is loaded as `Qwen3_5MoeForConditionalGeneration` with `experts_implementation=
+"grouped_mm"` (what `from_pretrained` picks by default, and what capture.py pins); every stage is
+the same call.
+
 `--prompt-tokens N` builds the user text deterministically instead of `--prompt`: the longest
 run of make_model.CORPUS's words that the checkpoint's tokenizer encodes to exactly N tokens.
 The samples, medians, input sizes, load time and peak resident memory go to `--out` (JSON)
@@ -49,7 +54,14 @@ from pathlib import Path
 import torch
 import transformers
 from PIL import Image
-from transformers import AutoProcessor, LogitsProcessor, LogitsProcessorList, Qwen3_5ForConditionalGeneration
+from transformers import (
+    AutoConfig,
+    AutoProcessor,
+    LogitsProcessor,
+    LogitsProcessorList,
+    Qwen3_5ForConditionalGeneration,
+    Qwen3_5MoeForConditionalGeneration,
+)
 
 import make_model
 from capture import build_messages
@@ -178,8 +190,13 @@ def bench(args: argparse.Namespace) -> dict:
     print(f"prompt: {prompt!r}", file=sys.stderr)
 
     started = time.perf_counter()
-    model = Qwen3_5ForConditionalGeneration.from_pretrained(
-        args.model_dir, dtype={"f32": torch.float32, "bf16": torch.bfloat16}[args.dtype], attn_implementation="eager"
+    moe = AutoConfig.from_pretrained(args.model_dir).model_type == "qwen3_5_moe"
+    model_class = Qwen3_5MoeForConditionalGeneration if moe else Qwen3_5ForConditionalGeneration
+    model = model_class.from_pretrained(
+        args.model_dir,
+        dtype={"f32": torch.float32, "bf16": torch.bfloat16}[args.dtype],
+        attn_implementation="eager",
+        **({"experts_implementation": "grouped_mm"} if moe else {}),
     )
     model.eval()
     load_seconds = time.perf_counter() - started

@@ -18,6 +18,12 @@
 //!
 //! With `--batch 1,4,8` both sides also decode left-padded text batches of those sizes, and the
 //! report gains their tokens per second ([`batch`]).
+//!
+//! With `--standin moe` it runs on the MoE stand-in (Qwen3.6-35B-A3B's widths, `cargo xtask
+//! standin --kind moe`) instead: the routed experts' products enter the GEMM inventory at the
+//! mean rows per expert (`gemms.rs`), decode counts the k of E experts a token reads, and a
+//! float32 run is refused where the host's memory cannot hold transformers' resident copy
+//! ([`fits_in_memory`]).
 
 mod batch;
 
@@ -35,6 +41,10 @@ use crate::{harness, standin};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// Which stand-in: Qwen3.6-27B's (dense, the default) or Qwen3.6-35B-A3B's (moe); as
+    /// `cargo xtask standin --kind`.
+    #[arg(long, value_enum, default_value_t = standin::Kind::Dense)]
+    standin: standin::Kind,
     /// Where the stand-in lives (written there if absent); as for `cargo xtask standin`.
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -73,6 +83,34 @@ fn warm_page_cache(dir: &std::path::Path) -> Result<()> {
         std::io::copy(&mut file, &mut std::io::sink()).with_context(|| format!("reading {}", shard.display()))?;
     }
     Ok(())
+}
+
+/// transformers' peak resident memory over the float32 size of the model it holds, measured on
+/// the dense stand-in (22.7 GB for 16.7 GB, 2026-11-30): the loaded weights plus the loader's
+/// and the activations' working memory.
+const TRANSFORMERS_F32_PEAK_OVER_SIZE: f64 = 1.36;
+
+/// Refuses a float32 run that transformers cannot hold on this host (the MoE stand-in's 17.9 GB
+/// would peak near 24.4 GB, past a 24 GB machine, where the kernel would kill it mid-run).
+fn fits_in_memory(f32_bytes: u64, total: Option<u64>) -> Result<()> {
+    let Some(total) = total else { return Ok(()) };
+    let need = TRANSFORMERS_F32_PEAK_OVER_SIZE * f32_bytes as f64;
+    ensure!(
+        need < 0.95 * total as f64,
+        "in float32 transformers would peak near {:.1} GB ({TRANSFORMERS_F32_PEAK_OVER_SIZE}× the stand-in's \
+         {:.1} GB, as measured on the dense stand-in) and this host has {:.1} GB of memory: run with --dtype bf16",
+        need / 1e9,
+        f32_bytes as f64 / 1e9,
+        total as f64 / 1e9
+    );
+    Ok(())
+}
+
+/// MemTotal from /proc/meminfo (none where there is no such file).
+fn mem_total_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = info.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// " Then the first forward pass: …" — load plus the first pass is the time to a first answer,
@@ -140,7 +178,10 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
     host.measure(args.threads.min(host.logical_cpus.max(1)));
     host.measure_bandwidth(args.threads.min(host.logical_cpus.max(1)));
     let mut loads = vec![("before transformers", load_average())];
-    let (dir, _) = standin::ensure(sh, args.dir.clone())?;
+    let (dir, sizes) = standin::ensure(sh, args.standin, args.dir.clone())?;
+    if args.standin == standin::Kind::Moe && args.dtype == ComputeDtype::F32 {
+        fits_in_memory(sizes.f32_bytes(), mem_total_bytes())?;
+    }
     let out = sh.current_dir().join(&args.out);
     std::fs::create_dir_all(&out)?;
     let (runs, threads, tokens) = (args.runs.to_string(), args.threads.to_string(), args.prompt_tokens.to_string());
@@ -231,6 +272,9 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
     let rates = Rates { rust: read_rates(&rs_gemms)?, python: read_rates(&py_gemms)? };
     let loads: Vec<(&str, f64)> = loads.into_iter().filter_map(|(when, load)| Some((when, load?))).collect();
     let mut report = render(&host, args.dtype, &loads, &inventory, &rates, &rust, &python);
+    if args.standin == standin::Kind::Moe {
+        report = report.replacen("on the full-width stand-in", "on the full-width MoE stand-in (Qwen3.6-35B-A3B)", 1);
+    }
     if !args.batch.is_empty() {
         report.push_str(&batch::render(&rust.batches, &python.batches));
     }

@@ -9,6 +9,13 @@
 //! median — norms, activations, rotary embeddings, softmax, the DeltaNet's convolution and
 //! recurrence, copies — is its time outside GEMMs.
 //!
+//! A sparse MoE block (the `qwen3_5_moe` stand-in) multiplies each routed expert's matrices on
+//! the rows of the tokens routed to it: tokens × k rows over E experts, about 8.7 per expert for
+//! 277 tokens, 8 of 256. Which expert gets how many depends on the router, so they are counted
+//! at the mean, rounded to whole rows, with a use count that keeps the flop exact (tokens × k ÷
+//! those rows products per matrix); the shared expert and the router are ordinary weights over
+//! every token.
+//!
 //! `lm_head` at one position reads 248 320 × 5120 floats for 2.5 GFLOP: it runs at the speed
 //! of memory, not of the multiplier. It is measured as 1 × 5120 by 5120 × 16384 blocks (the
 //! chunk the streamed model reads; 335 MB, far past any cache) and counted as vocab ÷ 16384
@@ -80,7 +87,28 @@ pub fn inventory(weights: &[(String, Vec<usize>)], cfg: &Config, patches: usize,
     let v = &cfg.vision_config;
     let t = &cfg.text_config;
     let merged = patches / (v.spatial_merge_size * v.spatial_merge_size);
+    // The routed experts' rows: tokens × k over E, at the mean (see the module's docs).
+    let routed = t.moe.as_ref().map(|moe| {
+        let pairs = (tokens * moe.num_experts_per_tok) as f64;
+        let rows = (pairs / moe.num_experts as f64).round().max(1.0) as usize;
+        (rows, pairs / rows as f64, moe.num_experts as f64)
+    });
     for (name, dims) in weights {
+        if let Some((rows, uses, experts)) = routed.filter(|_| name.starts_with("model.language_model.")) {
+            // Fused: `experts.gate_up_proj` [E, 2I, H] and `experts.down_proj` [E, H, I], one
+            // entry for all E; per expert: `experts.{e}.{gate,up,down}_proj.weight` [out, in].
+            let fused = name.ends_with(".mlp.experts.gate_up_proj") || name.ends_with(".mlp.experts.down_proj");
+            let product = match dims.as_slice() {
+                [_, out, inp] if fused => Some((*out, *inp, uses)),
+                [out, inp] if name.contains(".mlp.experts.") => Some((*out, *inp, uses / experts)),
+                _ => None,
+            };
+            if let Some((n, k, uses)) = product {
+                let leaf = name.trim_end_matches(".weight").rsplit('.').next().unwrap_or(name);
+                add(Shape { batch: 1, m: rows, k, n }, &format!("experts.{leaf} (routed)"), 0.0, uses);
+                continue;
+            }
+        }
         let skipped = ["embed_tokens", "pos_embed", "conv1d"].iter().any(|s| name.contains(s));
         if dims.len() < 2 || skipped || !name.ends_with(".weight") {
             continue;
@@ -202,6 +230,32 @@ mod tests {
         assert_eq!(text_qk.prefill_uses, 1.0, "one full-attention layer in four");
         // 3 weight shapes, 2 lm_head blocks, 4 attention products; norms, biases, conv1d skipped.
         assert_eq!(gemms.len(), 9, "shapes: {:?}", gemms.iter().map(|g| g.shape).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn routed_experts_are_counted_at_the_mean_rows_per_expert_with_exact_flop() {
+        let text =
+            std::fs::read_to_string(crate::cli::project_root().join("script/qwen3.6-35b-a3b.config.json")).unwrap();
+        let cfg: Config = serde_json::from_str(&text).unwrap();
+        let weights = vec![
+            weight("model.language_model.layers.0.mlp.experts.gate_up_proj", &[256, 1024, 2048]),
+            weight("model.language_model.layers.0.mlp.experts.down_proj", &[256, 2048, 512]),
+            weight("model.language_model.layers.0.mlp.shared_expert.gate_proj.weight", &[512, 2048]),
+            weight("model.language_model.layers.0.mlp.gate.weight", &[256, 2048]),
+            weight("mtp.layers.0.mlp.experts.gate_up_proj", &[256, 1024, 2048]),
+        ];
+        // 277 tokens × 8 = 2216 (token, expert) pairs over 256 experts: 8.66, so 9 rows.
+        let gemms = inventory(&weights, &cfg, 784, 277);
+        let find = |shape: Shape| gemms.iter().find(|g| g.shape == shape).unwrap_or_else(|| panic!("no {shape:?}"));
+        let gate_up = find(Shape { batch: 1, m: 9, k: 2048, n: 1024 });
+        assert_eq!(gate_up.what, ["experts.gate_up_proj (routed)"]);
+        let flop = gate_up.prefill_uses * gate_up.shape.flops();
+        assert!((flop - 2.0 * 2216.0 * 2048.0 * 1024.0).abs() < 1.0, "routed gate_up flop {flop}");
+        find(Shape { batch: 1, m: 9, k: 512, n: 2048 });
+        assert_eq!(find(Shape { batch: 1, m: 277, k: 2048, n: 512 }).prefill_uses, 1.0, "the shared expert");
+        assert_eq!(find(Shape { batch: 1, m: 277, k: 2048, n: 256 }).what, ["mlp.gate"], "the router");
+        // 4 weight shapes and 4 attention products; mtp.* is not the forward pass's.
+        assert_eq!(gemms.len(), 8, "shapes: {:?}", gemms.iter().map(|g| g.shape).collect::<Vec<_>>());
     }
 
     #[test]

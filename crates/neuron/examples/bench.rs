@@ -109,7 +109,7 @@ fn main() -> Result<()> {
         "patches": patches,
         "stages": { "vision": vision, "prefill": prefill, "forward": forward, "decode": decode },
         "decode_tokens": decode_tokens,
-        "decode_weight_bytes": decode_weight_bytes(&args.model_dir, args.dtype)?,
+        "decode_weight_bytes": decode_weight_bytes(&args.model_dir, &config, args.dtype)?,
         "decode_cache_bytes": decode_cache_bytes,
         "memory_bandwidth_gbs": bandwidth,
         "peak_rss_bytes": peak_rss,
@@ -264,18 +264,20 @@ fn cache_bytes(cache: &Cache) -> (usize, usize) {
 
 /// Bytes of weights (in the compute dtype) one decode step reads: every decoder layer, the
 /// final norm and the `lm_head` (the embedding table contributes one row, the vision tower
-/// nothing).
-fn decode_weight_bytes(dir: &Path, dtype: neuron::ComputeDtype) -> Result<f64> {
+/// nothing); of a sparse MoE block's routed experts only the k of E the token is routed to.
+fn decode_weight_bytes(dir: &Path, config: &Config, dtype: neuron::ComputeDtype) -> Result<f64> {
     let checkpoint = neuron::weights::Checkpoint::open(dir)?;
-    let mut params = 0usize;
+    let routed = config.text_config.moe.as_ref().map_or(1.0, |m| m.num_experts_per_tok as f64 / m.num_experts as f64);
+    let mut params = 0.0;
     for name in checkpoint.names() {
         let read =
             (name.starts_with("model.language_model.") && !name.contains("embed_tokens")) || name == "lm_head.weight";
         if read {
-            params += checkpoint.shape(name)?.iter().product::<usize>();
+            let share = if name.contains(".mlp.experts.") { routed } else { 1.0 };
+            params += share * checkpoint.shape(name)?.iter().product::<usize>() as f64;
         }
     }
-    Ok(neuron::precision::candle_dtype(dtype).size_in_bytes() as f64 * params as f64)
+    Ok(neuron::precision::candle_dtype(dtype).size_in_bytes() as f64 * params)
 }
 
 /// The machine's memory read bandwidth with this process's threads: the best of five passes
