@@ -1,6 +1,7 @@
 //! `cargo xtask check`: every file the manifest records exists and has its digest, every
-//! dump has its recorded shape and dtype, every case was captured, and nothing under
-//! `fixtures/dumps/` is left that no entry references.
+//! dump has its recorded shape and dtype, every case was captured, nothing under
+//! `fixtures/dumps/` is left that no entry references, and the recorded files fit
+//! [`FIXTURES_BUDGET`].
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -40,8 +41,15 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
     Ok(())
 }
 
+/// Bytes the files a manifest records may take together: a clone of the repository stays
+/// small, and a new case makes room for itself instead of growing `fixtures/` unnoticed.
+pub const FIXTURES_BUDGET: u64 = 25_000_000;
+
 fn problems(manifest: &Manifest) -> Vec<String> {
     let mut problems = Vec::new();
+    if let Some(over) = over_budget(manifest, FIXTURES_BUDGET) {
+        problems.push(over);
+    }
     for (name, model) in &manifest.models {
         if model.files.is_empty() && !model.is_external() {
             problems.push(format!("models.\"{name}\": no files recorded; run `cargo xtask make-model --model {name}`"));
@@ -88,6 +96,31 @@ fn problems(manifest: &Manifest) -> Vec<String> {
     problems
 }
 
+/// Why the recorded files exceed `budget` bytes, naming the largest cases; `None` within it.
+fn over_budget(manifest: &Manifest, budget: u64) -> Option<String> {
+    let size = |path: &Path| std::fs::metadata(manifest.root.join(path)).map_or(0, |m| m.len());
+    let total: u64 = manifest.recorded_files().iter().map(|f| size(&f.path)).sum();
+    if total <= budget {
+        return None;
+    }
+    let mut cases: Vec<(u64, String)> = manifest
+        .case_refs()
+        .map(|case| {
+            let bytes = case.dumps_in_order().map(|(tap, _)| size(&case.dump_path_at(tap))).sum();
+            (bytes, case.to_string())
+        })
+        .collect();
+    cases.sort_by(|a, b| b.cmp(a));
+    let largest: Vec<String> = cases.iter().take(5).map(|(b, c)| format!("{c} {:.2} MB", *b as f64 / 1e6)).collect();
+    Some(format!(
+        "the recorded files take {:.2} MB, over the budget of {:.2} MB: narrow a case's `taps` or `rows` \
+         and re-capture it (largest cases: {})",
+        total as f64 / 1e6,
+        budget as f64 / 1e6,
+        largest.join(", ")
+    ))
+}
+
 /// Files below `root/rel`, as paths relative to `root`, sorted.
 fn files_under(root: &Path, rel: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -102,4 +135,28 @@ fn files_under(root: &Path, rel: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped() -> Manifest {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace root");
+        Manifest::load(&root.join("fixtures.toml")).expect("the shipped manifest loads")
+    }
+
+    #[test]
+    fn the_shipped_fixtures_fit_their_budget() {
+        let manifest = shipped();
+        assert_eq!(over_budget(&manifest, FIXTURES_BUDGET), None);
+    }
+
+    #[test]
+    fn fixtures_over_the_budget_are_a_problem_naming_the_total_and_the_largest_cases() {
+        let manifest = shipped();
+        let message = over_budget(&manifest, 1_000_000).expect("the shipped fixtures exceed 1 MB");
+        assert!(message.contains("over the budget of 1.00 MB"), "{message}");
+        assert!(message.contains("largest cases: "), "{message}");
+    }
 }

@@ -431,7 +431,7 @@ mod loops {
     /// Reads every byte of `part` (a multiple of 16 values) once, four 32-byte loads per
     /// iteration into four independent sums.
     pub fn read(part: &[u64]) {
-        assert!(part.len() % 16 == 0, "read: {} values is not a multiple of 16", part.len());
+        assert!(part.len().is_multiple_of(16), "read: {} values is not a multiple of 16", part.len());
         if part.is_empty() || !std::arch::is_x86_feature_detected!("avx2") {
             return;
         }
