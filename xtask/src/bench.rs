@@ -72,6 +72,10 @@ pub struct Args {
     /// the prefill, as tokens per second. Without it, no batched stage runs.
     #[arg(long, value_delimiter = ',')]
     batch: Vec<NonZeroUsize>,
+    /// How Rust holds the weights: `resident` (bf16 packed at load) or `mapped` (bf16 read where
+    /// the checkpoint is mapped and packed per call: no copy at load, a slower decode step).
+    #[arg(long, default_value = "resident")]
+    residency: neuron::model::Residency,
 }
 
 /// Reads every shard of the checkpoint once, so that each side's load starts from the page
@@ -153,6 +157,9 @@ struct Side {
     /// The machine's memory read bandwidth, measured by the Rust side with the same threads.
     #[serde(default)]
     memory_bandwidth_gbs: Option<f64>,
+    /// How the Rust side held its weights (`Residency::name`); Rust side only.
+    #[serde(default)]
+    residency: Option<String>,
     /// Bytes of cache one decode step reads on average (attention's keys and values, the Gated
     /// DeltaNet's states); Rust side only.
     #[serde(default)]
@@ -257,9 +264,10 @@ pub fn run(sh: &Shell, args: Args) -> Result<()> {
         .join("release/examples");
     let (bench, gemm_rates) = (examples.join("bench"), examples.join("gemm_rates"));
     let dir_arg = dir.display().to_string();
+    let residency = args.residency.name();
     let rs_arg = rs_json.display().to_string();
     warm_page_cache(&dir)?;
-    cmd!(sh, "{bench} --model-dir {dir_arg} --image {IMAGE} --prompt {prompt} --runs {runs} --decode-steps {steps} --out {rs_arg} --dtype {dtype} {batch_args...}")
+    cmd!(sh, "{bench} --model-dir {dir_arg} --image {IMAGE} --prompt {prompt} --runs {runs} --decode-steps {steps} --out {rs_arg} --dtype {dtype} --residency {residency} {batch_args...}")
         .env("RAYON_NUM_THREADS", &threads)
         .run()?;
     let rust = read(&rs_json)?;
@@ -332,7 +340,10 @@ fn render(
         python.image_tokens,
         python.patches,
         threads,
-        dtype_name,
+        match &rust.residency {
+            Some(residency) => format!("{dtype_name} (Rust's weights {residency})"),
+            None => dtype_name.to_string(),
+        },
         rust.load_seconds,
         python.load_seconds,
         first_answer(rust, python),

@@ -47,6 +47,10 @@ struct Args {
     /// timed. None: no batched stage.
     #[arg(long, value_delimiter = ',')]
     batch: Vec<std::num::NonZeroUsize>,
+    /// How the weights are held: `resident` (bf16 packed at load) or `mapped` (bf16 read where
+    /// the checkpoint is mapped, packed per call).
+    #[arg(long, default_value = "resident")]
+    residency: neuron::model::Residency,
 }
 
 #[path = "common/allocator.rs"]
@@ -64,7 +68,8 @@ fn main() -> Result<()> {
         return vision_only(&args, &config);
     }
     let started = Instant::now();
-    let model = Model::load(&args.model_dir, &config, neuron::model::Residency::Resident, args.dtype)?;
+    anyhow::ensure!(args.residency != neuron::model::Residency::Streamed, "the bench runs a resident model");
+    let model = Model::load(&args.model_dir, &config, args.residency, args.dtype)?;
     let load_seconds = started.elapsed().as_secs_f64();
 
     let processed = Processor::from_dir(&args.model_dir)?.process(&[args.image.as_path()], &args.prompt)?;
@@ -102,6 +107,7 @@ fn main() -> Result<()> {
         "side": "rust",
         "threads": candle_core::utils::get_num_threads(),
         "dtype": args.dtype.name(),
+        "residency": args.residency.name(),
         "load_seconds": load_seconds,
         "first_forward_seconds": first_forward_seconds,
         "prompt_tokens": ids.len(),

@@ -329,7 +329,7 @@ mod tests {
         assert_eq!(values(&linear.forward(&x).unwrap()), values(&plain.forward(&x).unwrap()));
     }
 
-    /// A resident bf16 model's builder leaves a bf16-stored weight where the checkpoint is mapped
+    /// A mapped bf16 model's builder leaves a bf16-stored weight where the checkpoint is mapped
     /// (same bits as the packed copy, for 1 to 40 rows); a weight stored in f32 is rounded and
     /// packed as before, and an f32 model never maps.
     #[test]

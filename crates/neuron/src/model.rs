@@ -286,14 +286,14 @@ pub struct Model {
 
 impl Model {
     /// The one way to load a checkpoint folder (`config.json` read by the caller, shards
-    /// found by [`crate::weights::safetensors_files`]), resident or streamed, computing in
+    /// found by [`crate::weights::safetensors_files`]), resident, mapped or streamed ([`Residency`]), computing in
     /// `dtype`: f32, or bf16 as the reference runs with `from_pretrained(dtype=torch.bfloat16)`
     /// (see [`crate::precision`]).
     pub fn load(dir: &std::path::Path, config: &Config, residency: Residency, dtype: ComputeDtype) -> Result<Self> {
         let checkpoint = Arc::new(Checkpoint::open(dir)?);
         match residency {
-            // bf16 weights stored in bf16 stay where they are mapped (see `weights`).
-            Residency::Resident => Model::new(config, crate::weights::builder_mapped(checkpoint, dtype)?),
+            Residency::Resident => Model::new(config, crate::weights::builder_in(checkpoint, dtype)?),
+            Residency::Mapped => Model::new(config, crate::weights::builder_mapped(checkpoint, dtype)?),
             Residency::Streamed => Model::streamed(config, checkpoint, dtype),
         }
     }

@@ -11,12 +11,44 @@ use anyhow::Result;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Residency {
     /// Every tensor read once, in the compute dtype, and kept (the iteration model, a resident
-    /// benchmark).
+    /// benchmark, a server): a bf16 weight packed at load for its kernel, so that every product,
+    /// a decode step's included, reads it packed.
     Resident,
+    /// As [`Residency::Resident`], but in bf16 a weight stored in bf16 stays where the
+    /// checkpoint is mapped and is packed per call (`weights::builder_mapped`): nothing is
+    /// copied at load, so the first answer comes as soon as transformers' does, and every
+    /// product pays its packing, which a decode step (one row) feels most. In f32 it is
+    /// [`Residency::Resident`].
+    Mapped,
     /// At most one vision block or decoder layer in memory at a time, read from the mapped
     /// checkpoint just before it runs: a 27B checkpoint in the memory of one layer plus
     /// activations.
     Streamed,
+}
+
+impl Residency {
+    /// The command line's spelling (see the `FromStr` impl).
+    pub fn name(self) -> &'static str {
+        match self {
+            Residency::Resident => "resident",
+            Residency::Mapped => "mapped",
+            Residency::Streamed => "streamed",
+        }
+    }
+}
+
+impl std::str::FromStr for Residency {
+    type Err = anyhow::Error;
+
+    /// `resident`, `mapped` or `streamed` (a command line's spelling).
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "resident" => Ok(Residency::Resident),
+            "mapped" => Ok(Residency::Mapped),
+            "streamed" => Ok(Residency::Streamed),
+            other => anyhow::bail!("unknown residency {other:?}: give resident, mapped or streamed"),
+        }
+    }
 }
 
 /// Builds layer `i` (from a `VarBuilder` the closure owns).
@@ -36,7 +68,7 @@ impl<T> Stack<T> {
     ) -> Result<Self> {
         Ok(match residency {
             Residency::Streamed => Stack::Streamed { len, build: Box::new(build) },
-            Residency::Resident => Stack::Resident((0..len).map(build).collect::<Result<_>>()?),
+            Residency::Resident | Residency::Mapped => Stack::Resident((0..len).map(build).collect::<Result<_>>()?),
         })
     }
 
@@ -47,5 +79,19 @@ impl<T> Stack<T> {
             Stack::Resident(layers) => layers.iter().enumerate().try_for_each(|(i, layer)| f(i, layer)),
             Stack::Streamed { len, build } => (0..*len).try_for_each(|i| f(i, &build(i)?)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_residency_parses_from_its_name_and_an_unknown_one_is_refused_naming_the_three() {
+        for residency in [Residency::Resident, Residency::Mapped, Residency::Streamed] {
+            assert_eq!(residency.name().parse::<Residency>().unwrap(), residency, "{}", residency.name());
+        }
+        let err = "packed".parse::<Residency>().unwrap_err().to_string();
+        assert!(err.contains("\"packed\"") && err.contains("resident, mapped or streamed"), "{err}");
     }
 }

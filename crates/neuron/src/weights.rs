@@ -11,11 +11,12 @@
 //! resident set would grow to the size of the checkpoint however carefully layers are
 //! dropped. The kernel keeps the pages in its page cache, so a second read is still cheap.
 //!
-//! A resident bf16 model of a bf16 checkpoint copies nothing large: its linear weights and its
-//! embedding table are read where the checkpoint is mapped ([`MappedBf16`], handed out by
+//! A bf16 model loaded `Residency::Mapped` from a bf16 checkpoint copies nothing large: its
+//! linear weights and its embedding table are read where the checkpoint is mapped ([`MappedBf16`], handed out by
 //! [`fetch`] from a builder of [`builder_mapped`]), as transformers uses the mapped file. Copying
 //! them meant 8.6 GB of fresh pages before the first answer, which this VM hands out slowly
-//! after another process has freed memory (docs/BENCHMARKS.md).
+//! after another process has freed memory (docs/BENCHMARKS.md). The price is a packing per call,
+//! which a decode step feels, so `Residency::Resident` still packs at load.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

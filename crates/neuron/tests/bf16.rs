@@ -88,20 +88,16 @@ fn a_bf16_model_keeps_activations_and_the_attention_and_conv_caches_in_bf16_and_
     }
 }
 
-/// A resident bf16 model of a bf16 checkpoint reads its linear weights and embedding table where
-/// the checkpoint is mapped (no copy at load) and packs them per call; one built with the
-/// weights copied and packed at load (any `VarBuilder` but `builder_mapped`, as tests use)
-/// computes the same bits: the prefill's logits and every decode step's.
+/// A bf16 model loaded `Residency::Mapped` reads its linear weights and embedding table where
+/// the checkpoint is mapped (no copy at load) and packs them per call; one loaded `Resident`
+/// packs copies at load. Both compute the same bits: the prefill's logits and every decode
+/// step's.
 #[test]
 fn a_bf16_model_reading_its_mapped_weights_computes_what_one_with_packed_copies_computes() {
     let r = chelsea();
-    let mapped = model(ComputeDtype::Bf16);
-    let checkpoint = std::sync::Arc::new(neuron::weights::Checkpoint::open(&model_dir()).unwrap());
-    let copied = Model::new(
-        &Config::from_dir(&model_dir()).unwrap(),
-        neuron::weights::builder_in(checkpoint, ComputeDtype::Bf16).unwrap(),
-    )
-    .unwrap();
+    let config = Config::from_dir(&model_dir()).unwrap();
+    let mapped = Model::load(&model_dir(), &config, Residency::Mapped, ComputeDtype::Bf16).unwrap();
+    let copied = model(ComputeDtype::Bf16);
     let bits = |t: &Tensor| -> Vec<u32> {
         t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()
     };

@@ -162,7 +162,7 @@ impl DecoderLayer {
 
 /// `embed_tokens`: the whole table, or rows gathered from the mapped checkpoint on use
 /// (248320 × 5120 floats are 5 GB; a prompt needs a few hundred rows), converted (streamed) or
-/// copied as stored (a resident bf16 model of a bf16 checkpoint).
+/// copied as stored (a bf16 model of a bf16 checkpoint loaded `Residency::Mapped`).
 enum Embedding {
     Resident(Tensor),
     Mapped(Arc<Checkpoint>),
