@@ -118,6 +118,17 @@ unsafe fn sweep(x: &[f32], w: &[f32], n: usize, j0: usize, acc: &mut [f32]) {
 mod tests {
     use super::*;
 
+    /// Whether this CPU has AVX2 and FMA, asked here rather than through [`fused`], which the
+    /// test checks.
+    fn cpu_fuses() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
     /// One row times a weight, as `gemm` computes it (candle's matmul calls it) and as [`gemv`]
     /// does, on shapes with ragged blocks, tails of fewer than 16 columns and the stand-in's
     /// `lm_head` width: the same bits.
@@ -130,6 +141,9 @@ mod tests {
             let (xs, ws): (Vec<f32>, Vec<f32>) =
                 (x.flatten_all().unwrap().to_vec1().unwrap(), w.flatten_all().unwrap().to_vec1().unwrap());
             let Some(got) = gemv(&xs, &ws, k, n) else {
+                // Declining is right only where gemm does not fuse; elsewhere it would hide
+                // every check below.
+                assert!(!cpu_fuses(), "k {k}, n {n}: gemv declined on a CPU with AVX2 and FMA");
                 eprintln!("skipped: this CPU lacks AVX2 and FMA, where gemm does not fuse");
                 return;
             };
@@ -143,5 +157,6 @@ mod tests {
         }
         let x = [1f32, 2.0];
         assert!(gemv(&x, &[0.0; 6], 2, 3).is_none(), "k = 2 is gemm's other path");
+        assert!(gemv(&[1f32; 5], &[0.0; 5], 5, 1).is_none(), "n = 1 is gemm's other path");
     }
 }
