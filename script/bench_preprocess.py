@@ -40,6 +40,17 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "fixtures" / "models" / "tiny-qwen3.6-27b"
 
 
+
+def median_ms(run, runs: int) -> float:
+    """Median wall time of `run()` in ms over `runs` timed calls, after one untimed warm-up."""
+    times = []
+    for i in range(runs + 1):
+        start = time.perf_counter()
+        run()
+        if i:
+            times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
@@ -62,13 +73,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     totals = [0.0, 0.0, 0.0]
     for path in images:
-        times = []
-        for run in range(args.runs + 1):
-            start = time.perf_counter()
-            processor(images=[Image.open(path)], return_tensors="pt")
-            if run:
-                times.append((time.perf_counter() - start) * 1e3)
-        ref = statistics.median(times)
+        ref = median_ms(lambda: processor(images=[Image.open(path)], return_tensors="pt"), args.runs)
         r = rust[str(path)]
         mp = r["megapixels"]
         totals[0] += mp
@@ -116,14 +121,12 @@ def bench_videos(tmp: Path, rust_bin: Path, runs: int) -> None:
     print("|---|---|---|---|---|---|---|---|")
     totals = [0.0, 0.0, 0.0]
     for path in clips:
-        times = []
-        for run in range(runs + 1):
-            start = time.perf_counter()
+
+        def reference() -> None:
             frames, metadata = load_video(str(path), backend="pyav", sample_indices_fn=video_processor.sample_frames)
             video_processor(videos=[frames], video_metadata=[metadata], do_sample_frames=False, return_tensors="pt")
-            if run:
-                times.append((time.perf_counter() - start) * 1e3)
-        ref = statistics.median(times)
+
+        ref = median_ms(reference, runs)
         r = rust[str(path)]
         s = r["seconds"]
         totals[0] += s
